@@ -1,0 +1,259 @@
+//! The interface an application implements to be replicated.
+//!
+//! Raft replicates a log of commands; every node applies the committed
+//! commands in log order to its copy of the application's state. If the
+//! application's `apply` is deterministic, every copy goes through the same
+//! sequence of states, so every replica holds a prefix of one history. That
+//! is the whole trick of a replicated state machine (Raft paper §2).
+//!
+//! An application supplies three things:
+//!
+//! * a **command** type: what a client asks the cluster to do (the log holds
+//!   these commands, not their effects: a *logical* log);
+//! * a **response** type: what applying one command returns to the client;
+//! * [`StateMachine::apply`], which turns (state, command) into (state',
+//!   response).
+//!
+//! The state itself is a sorted map from byte keys to byte values, kept by
+//! this crate in the same redb database as the log and reached through
+//! [`AppState`] (writes, during apply) and [`AppView`] (reads). Because this
+//! crate owns the state, it also does the rest for you: the applied state and
+//! the position it reflects are committed in one transaction (a restart
+//! neither loses applied commands nor applies one twice), snapshots are
+//! taken and installed by copying the map, and the log is purged behind them.
+//!
+//! # Determinism
+//!
+//! `apply` runs on every replica, at different times, possibly years apart
+//! when a new node replays the log. It must depend on nothing but the state
+//! and the command: no clock, no random numbers, no local configuration, no
+//! iteration over a `HashMap`. Anything time-like that a command needs (an
+//! expiry, a timestamp) must be chosen by the leader *before* proposing and
+//! carried inside the command, or derived from [`ApplyContext`]. This is why
+//! statement-based replication of `now()` goes wrong and a logical log does
+//! not.
+//!
+//! # Example: a replicated counter
+//!
+//! ```
+//! use raft_core::app::{AppState, ApplyContext, StateError, StateMachine};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum CounterCommand { Add(i64), Reset }
+//!
+//! struct Counter;
+//!
+//! impl StateMachine for Counter {
+//!     type Command = CounterCommand;
+//!     type Response = i64; // the value after the command
+//!
+//!     fn apply(&self, state: &mut AppState<'_>, _ctx: ApplyContext, cmd: CounterCommand)
+//!         -> Result<i64, StateError>
+//!     {
+//!         let old = match state.get(b"count")? {
+//!             Some(bytes) => i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])),
+//!             None => 0,
+//!         };
+//!         let new = match cmd { CounterCommand::Add(n) => old.wrapping_add(n), CounterCommand::Reset => 0 };
+//!         state.insert(b"count", &new.to_le_bytes())?;
+//!         Ok(new)
+//!     }
+//! }
+//! ```
+//!
+//! A complete program that runs this counter on a three-node cluster is
+//! `raft-core/examples/counter.rs`.
+
+use std::fmt;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::LogId;
+
+/// The table that holds the application's state.
+pub(crate) const APP_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app");
+
+/// A replicated application. See the [module docs](self).
+pub trait StateMachine: Send + Sync + 'static {
+    /// What clients ask for. Encoded into the log when proposed.
+    type Command: Serialize + DeserializeOwned + Send + Sync + fmt::Debug + 'static;
+    /// What applying a command returns. Sent back to the proposing client.
+    type Response: Serialize + DeserializeOwned + Send + Sync + fmt::Debug + 'static;
+
+    /// Applies one committed command to the state.
+    ///
+    /// Called on every replica, once per committed command, in log order,
+    /// from a blocking thread (never from the async runtime), inside the
+    /// write transaction that also records `ctx.log_id` as applied. If it
+    /// returns an error, the transaction is abandoned and the node stops:
+    /// an error here means the local storage failed, not that the command
+    /// was invalid. An invalid command must instead produce a response that
+    /// says so, and change nothing, identically on every replica.
+    fn apply(
+        &self,
+        state: &mut AppState<'_>,
+        ctx: ApplyContext,
+        command: Self::Command,
+    ) -> Result<Self::Response, StateError>;
+}
+
+/// Where in the log the command being applied sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// The entry's log id. Identical on every replica, so it may be used to
+    /// make deterministic decisions (for example to expire client sessions
+    /// after a number of entries).
+    pub log_id: LogId,
+}
+
+impl ApplyContext {
+    /// The entry's log index.
+    pub fn index(&self) -> u64 {
+        self.log_id.index
+    }
+}
+
+/// Local storage failed while reading or writing the application state.
+#[derive(Debug, thiserror::Error)]
+#[error("state machine storage: {0}")]
+pub struct StateError(#[from] redb::Error);
+
+impl From<redb::StorageError> for StateError {
+    fn from(e: redb::StorageError) -> Self {
+        StateError(e.into())
+    }
+}
+
+impl From<redb::TableError> for StateError {
+    fn from(e: redb::TableError) -> Self {
+        StateError(e.into())
+    }
+}
+
+impl From<redb::TransactionError> for StateError {
+    fn from(e: redb::TransactionError) -> Self {
+        StateError(e.into())
+    }
+}
+
+/// Write access to the application state, valid during one `apply` batch.
+pub struct AppState<'t> {
+    pub(crate) table: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl AppState<'_> {
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        get(&self.table, key)
+    }
+
+    /// Stores `value` under `key`, replacing any previous value.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.table.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool, StateError> {
+        Ok(self.table.remove(key)?.is_some())
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order,
+    /// starting at the first key `>= start` (pass `prefix` to start at the
+    /// beginning).
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        scan_prefix(&self.table, prefix, start, limit)
+    }
+}
+
+/// A consistent read-only view of the application state, and the log
+/// position it reflects.
+pub struct AppView {
+    pub(crate) table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    pub(crate) applied: Option<LogId>,
+}
+
+impl AppView {
+    /// The last log entry whose effect this view includes. Every key read
+    /// through this view reflects exactly the entries up to this one: the
+    /// view is a consistent prefix of the replicated history.
+    pub fn applied(&self) -> Option<LogId> {
+        self.applied
+    }
+
+    /// The index of [`AppView::applied`], or 0 before anything was applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.map_or(0, |l| l.index)
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match &self.table {
+            Some(t) => get(t, key),
+            None => Ok(None),
+        }
+    }
+
+    /// See [`AppState::scan_prefix`].
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        match &self.table {
+            Some(t) => scan_prefix(t, prefix, start, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Visits every entry in key order (used for digests and snapshots).
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StateError> {
+        if let Some(t) = &self.table {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                f(k.value(), v.value());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn get(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StateError> {
+    Ok(table.get(key)?.map(|v| v.value().to_vec()))
+}
+
+fn scan_prefix(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    start: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    let start = if start < prefix { prefix } else { start };
+    let mut out = Vec::new();
+    for item in table.range::<&[u8]>(start..)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}

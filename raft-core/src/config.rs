@@ -1,0 +1,127 @@
+//! Node configuration, with defaults chosen for a cluster on one machine or
+//! one data centre, with an fsync on every append.
+//!
+//! # Timeouts and failure detection
+//!
+//! A follower decides the leader has failed when it hears nothing for an
+//! *election timeout*, drawn at random from
+//! `[election_timeout_min, election_timeout_max)` so that followers rarely
+//! time out together and split the vote (§5.2). The leader sends heartbeats
+//! every `heartbeat_interval` to keep followers from timing out.
+//!
+//! Too short a timeout, and a slow disk or a busy CPU looks like a dead
+//! leader: needless elections, each a short outage. Too long, and a real
+//! failure takes that long to detect. The rule of thumb is
+//! `heartbeat_interval ≪ election timeout`, with the election timeout an
+//! order of magnitude above the round trip plus fsync time.
+//!
+//! openraft 0.9 also uses `heartbeat_interval` as the timeout of each
+//! AppendEntries RPC, so the heartbeat must exceed the time a follower needs
+//! to fsync a full batch of `max_entries_per_append` entries and answer.
+//! The 100 ms default leaves room for a slow disk; openraft's own 50 ms does
+//! not under load on a shared 2-core machine.
+
+use std::time::Duration;
+
+/// Everything a node needs to know that is not stored in its data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Identifies the cluster. Nodes refuse Raft connections from nodes of
+    /// another cluster, so a misdirected node can never join.
+    pub cluster_id: String,
+    /// How often the leader sends heartbeats; also openraft 0.9's timeout
+    /// for one AppendEntries RPC. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomized election timeout. Default 500 ms.
+    pub election_timeout_min: Duration,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    /// Default 1000 ms.
+    pub election_timeout_max: Duration,
+    /// Take a snapshot after this many entries were applied since the last
+    /// one; the log before the snapshot is then purged. Default 10,000.
+    pub snapshot_every: u64,
+    /// Entries to keep in the log behind a snapshot, so that a follower
+    /// that is only a little behind catches up from the log rather than by
+    /// a full snapshot transfer. Default 1,000.
+    pub keep_behind_snapshot: u64,
+    /// The most entries sent in one AppendEntries RPC. Default 256.
+    pub max_entries_per_append: u64,
+    /// The most entries deleted in one purge transaction. Default 1,024
+    /// (openraft's default of 1 would mean one fsync per purged entry).
+    pub purge_batch: u64,
+    /// Snapshots are sent to followers in chunks of this many bytes.
+    /// Default 1 MiB; must be well below `max_frame_bytes`.
+    pub snapshot_chunk_bytes: u64,
+    /// Timeout for sending one snapshot chunk. Default 10 s.
+    pub install_snapshot_timeout: Duration,
+    /// The largest frame the TCP transport sends or accepts. Default 64 MiB.
+    /// An AppendEntries request that would be larger is split by openraft
+    /// into smaller ones.
+    pub max_frame_bytes: u32,
+    /// How long the TCP transport waits to connect to a peer. Default 1 s.
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults, for a cluster called `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>) -> Self {
+        Config {
+            cluster_id: cluster_id.into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+            max_entries_per_append: 256,
+            purge_batch: 1_024,
+            snapshot_chunk_bytes: 1 << 20,
+            install_snapshot_timeout: Duration::from_secs(10),
+            max_frame_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The openraft configuration this config stands for, validated.
+    pub fn to_openraft(&self) -> Result<openraft::Config, openraft::ConfigError> {
+        let ms = |d: Duration| d.as_millis().max(1) as u64;
+        openraft::Config {
+            cluster_name: self.cluster_id.clone(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            install_snapshot_timeout: ms(self.install_snapshot_timeout),
+            max_payload_entries: self.max_entries_per_append,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            purge_batch_size: self.purge_batch,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new("raft-core")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_for_openraft() {
+        let c = Config::default().to_openraft().unwrap();
+        assert_eq!(c.heartbeat_interval, 100);
+        assert!(c.election_timeout_min > 3 * c.heartbeat_interval);
+    }
+
+    #[test]
+    fn inverted_election_timeouts_are_rejected() {
+        let mut c = Config::default();
+        c.election_timeout_max = c.election_timeout_min;
+        assert!(c.to_openraft().is_err());
+    }
+}

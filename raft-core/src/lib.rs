@@ -1,0 +1,29 @@
+//! # raft-core
+//!
+//! Raft leader election and log replication for your own service, built on
+//! [openraft](https://docs.rs/openraft/0.9.25), with a durable log in
+//! [redb](https://docs.rs/redb) and a TCP transport.
+//!
+//! Read the modules in this order:
+//!
+//! 1. [`app`]: what an application implements: a command type, a response
+//!    type and a deterministic `apply`.
+//! 2. [`types`]: node ids, node addresses, log ids, the openraft type
+//!    configuration and its aliases.
+//! 3. [`storage`]: the durable log and the applied state on redb, and an
+//!    in-memory log for tests.
+//! 4. [`codec`]: the one binary encoding used on disk and on the wire.
+//!
+//! The design is explained in `docs/architecture/raft-core.md`.
+
+pub mod app;
+pub mod codec;
+pub mod config;
+pub mod storage;
+pub mod types;
+
+pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
+pub use types::{LogId, Node, NodeId};
+
+/// openraft itself, for embedders who need what this crate does not wrap.
+pub use openraft;

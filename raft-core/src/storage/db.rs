@@ -1,0 +1,264 @@
+//! The node's data directory: one redb database, its tables and its format
+//! version.
+//!
+//! # On-disk layout
+//!
+//! `<data-dir>/raft.redb` holds everything, so that one transaction can
+//! cover the log and the state machine:
+//!
+//! | table     | key          | value                                          |
+//! |-----------|--------------|------------------------------------------------|
+//! | `meta`    | `"format"`   | format version (u32), written at creation      |
+//! |           | `"vote"`     | the current term and vote                      |
+//! |           | `"committed"`| the last known committed log id                |
+//! |           | `"purged"`   | the last purged log id                         |
+//! | `log`     | index (u64)  | one encoded log entry                          |
+//! | `sm`      | `"applied"`  | the last applied log id                        |
+//! |           | `"membership"`| the last applied membership                   |
+//! |           | `"snapshot_meta"`, `"snapshot"` | the current snapshot        |
+//! | `app`     | bytes        | the application state (see [`crate::app`])     |
+//!
+//! Every value is encoded with [`crate::codec`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+
+/// The file name of the database inside a data directory.
+pub const DB_FILE: &str = "raft.redb";
+
+/// The on-disk format this build writes and understands. Bump it when a
+/// table or an encoded type changes shape, and teach [`Db::open`] to upgrade.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
+
+/// Why a data directory could not be opened. Every variant names the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The directory or file could not be created or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file exists but is not a redb database, or redb found it
+    /// corrupted beyond repair.
+    #[error("{path}: not a readable raft-core database (corrupted or not a redb file): {reason}")]
+    Corrupted {
+        /// The database file.
+        path: PathBuf,
+        /// What redb reported.
+        reason: String,
+    },
+    /// The database was written by a build with another on-disk format.
+    #[error("{path}: on-disk format version {found}, this build understands only {FORMAT_VERSION}")]
+    UnknownFormat {
+        /// The database file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+    },
+    /// The file is a redb database, but not one this crate created.
+    #[error("{path}: a redb database without a raft-core format version; refusing to use it")]
+    ForeignDatabase {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Another process has the database open.
+    #[error("{path}: the database is already open in another process")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+}
+
+/// A shared handle on the node's database.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Database>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`, checking its format version.
+    ///
+    /// Never panics on a bad file: redb's own checks are wrapped so that a
+    /// corrupted file gives [`OpenError::Corrupted`].
+    pub fn open(dir: &Path) -> Result<Db, OpenError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?;
+        let path = dir.join(DB_FILE);
+        let existed = path.exists();
+        let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
+
+        let opened = std::panic::catch_unwind(|| {
+            if existed {
+                Database::open(&path)
+            } else {
+                Database::create(&path)
+            }
+        })
+        .map_err(|_| corrupted("redb panicked while opening the file".into()))?;
+        let db = match opened {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenError::Locked { path: path.clone() })
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
+                // redb reports a file that is not a database (bad magic
+                // number, short header) as an I/O error of kind InvalidData.
+                if source.kind() == std::io::ErrorKind::InvalidData {
+                    return Err(corrupted(source.to_string()));
+                }
+                return Err(OpenError::Io { path: path.clone(), source });
+            }
+            Err(e) => return Err(corrupted(e.to_string())),
+        };
+        let db = Db { inner: Arc::new(db), path: Some(path.clone()) };
+        db.check_format(existed).map_err(|e| match e {
+            FormatCheck::Redb(reason) => corrupted(reason),
+            FormatCheck::Open(e) => e,
+        })?;
+        Ok(db)
+    }
+
+    /// A database that lives in memory only: for tests and for nodes that
+    /// need no durability (a Maelstrom node, say).
+    pub fn in_memory() -> Db {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap_or_else(|e| panic!("invariant: an in-memory redb always opens ({e})"));
+        let db = Db { inner: Arc::new(db), path: None };
+        db.check_format(false)
+            .unwrap_or_else(|_| panic!("invariant: a new in-memory database takes a format version"));
+        db
+    }
+
+    /// The database file, or `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn check_format(&self, existed: bool) -> Result<(), FormatCheck> {
+        let path = || self.path.clone().unwrap_or_default();
+        let found: Option<u32> = {
+            let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
+            match tx.open_table(META) {
+                Ok(t) => match t.get("format").map_err(FormatCheck::redb)? {
+                    Some(v) => Some(
+                        codec::decode(v.value()).map_err(|e| FormatCheck::Redb(e.to_string()))?,
+                    ),
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(FormatCheck::redb(e)),
+            }
+        };
+        match found {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(found) => Err(FormatCheck::Open(OpenError::UnknownFormat { path: path(), found })),
+            None if existed && self.has_any_table()? => {
+                Err(FormatCheck::Open(OpenError::ForeignDatabase { path: path() }))
+            }
+            None => {
+                let tx = self.inner.begin_write().map_err(FormatCheck::redb)?;
+                {
+                    let mut meta = tx.open_table(META).map_err(FormatCheck::redb)?;
+                    meta.insert("format", codec::encode(&FORMAT_VERSION).as_slice())
+                        .map_err(FormatCheck::redb)?;
+                    // Create the other tables so readers never meet a
+                    // missing table.
+                    tx.open_table(LOG).map_err(FormatCheck::redb)?;
+                    tx.open_table(SM).map_err(FormatCheck::redb)?;
+                    tx.open_table(crate::app::APP_TABLE).map_err(FormatCheck::redb)?;
+                }
+                tx.commit().map_err(FormatCheck::redb)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn has_any_table(&self) -> Result<bool, FormatCheck> {
+        let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
+        let any = tx.list_tables().map_err(FormatCheck::redb)?.next().is_some();
+        Ok(any)
+    }
+}
+
+enum FormatCheck {
+    Redb(String),
+    Open(OpenError),
+}
+
+impl FormatCheck {
+    fn redb(e: impl Into<redb::Error>) -> Self {
+        FormatCheck::Redb(e.into().to_string())
+    }
+}
+
+/// Reads and decodes one value from a `&str`-keyed table.
+pub(crate) fn get_value<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, DbError> {
+    match table.get(key)? {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Encodes and writes one value into a `&str`-keyed table.
+pub(crate) fn put_value<T: Serialize>(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), DbError> {
+    table.insert(key, codec::encode(value).as_slice())?;
+    Ok(())
+}
+
+/// Any failure below the storage traits: redb, or a value that does not
+/// decode (which means the file was corrupted or written by another build).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// redb failed.
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// A stored value does not decode.
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
+    /// The application's storage failed during apply.
+    #[error(transparent)]
+    App(#[from] crate::app::StateError),
+}
+
+macro_rules! redb_into_db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self { DbError::Redb(e.into()) }
+        }
+    )*};
+}
+redb_into_db_error!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);

@@ -1,0 +1,35 @@
+//! Storage: where a node keeps its Raft log and its applied state.
+//!
+//! * [`db`]: the data directory, its single redb database and format version.
+//! * [`log_store`]: the durable Raft log ([`RedbLogStore`]).
+//! * [`state_machine`]: the applied state and snapshots ([`StateMachineStore`]).
+//! * [`mem_log`]: a log kept in memory ([`MemLogStore`]) for tests.
+//!
+//! redb's calls block on disk I/O, so every call from openraft's async core
+//! runs on tokio's blocking pool ([`blocking`]), never on a core thread.
+
+pub mod db;
+pub mod log_store;
+pub mod mem_log;
+pub mod state_machine;
+
+pub use db::{Db, OpenError};
+pub use log_store::RedbLogStore;
+pub use mem_log::MemLogStore;
+pub use state_machine::StateMachineStore;
+
+/// Runs blocking storage work on tokio's blocking pool and waits for it.
+/// A panic inside `f` is re-raised here, in the caller.
+pub(crate) async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(e) => panic!("invariant: blocking storage task was cancelled ({e})"),
+        },
+    }
+}
