@@ -46,8 +46,9 @@ pub struct Config {
     pub keep_behind_snapshot: u64,
     /// The most entries sent in one AppendEntries RPC. Default 256.
     pub max_entries_per_append: u64,
-    /// The most entries deleted in one purge transaction. Default 1,024
-    /// (openraft's default of 1 would mean one fsync per purged entry).
+    /// Purge the log only once at least this many entries can be deleted in
+    /// one transaction. Default 1,024 (openraft's default of 1 would mean
+    /// one fsync per purged entry).
     pub purge_batch: u64,
     /// Snapshots are sent to followers in chunks of this many bytes.
     /// Default 1 MiB; must be well below `max_frame_bytes`.
@@ -60,6 +61,13 @@ pub struct Config {
     pub max_frame_bytes: u32,
     /// How long the TCP transport waits to connect to a peer. Default 1 s.
     pub connect_timeout: Duration,
+    /// How long [`crate::RaftNode::write`] and
+    /// [`crate::RaftNode::read_barrier`] wait. A write that times out is
+    /// *indeterminate*: it may still commit. Default 5 s.
+    pub request_timeout: Duration,
+    /// How long membership changes wait (adding a learner waits for it to
+    /// catch up, which may take a snapshot transfer). Default 60 s.
+    pub change_timeout: Duration,
 }
 
 impl Config {
@@ -78,6 +86,8 @@ impl Config {
             install_snapshot_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            change_timeout: Duration::from_secs(60),
         }
     }
 

@@ -12,17 +12,29 @@
 //!    configuration and its aliases.
 //! 3. [`storage`]: the durable log and the applied state on redb, and an
 //!    in-memory log for tests.
-//! 4. [`codec`]: the one binary encoding used on disk and on the wire.
+//! 4. [`network`]: the TCP transport between nodes, and an in-process one
+//!    for tests.
+//! 5. [`node`]: [`RaftNode`], the handle an embedder holds: open, initialize,
+//!    write, read barrier, membership changes, metrics, shutdown.
+//! 6. [`config`] and [`error`]: the knobs with their defaults, and what each
+//!    call can fail with.
+//! 7. [`codec`]: the one binary encoding used on disk and on the wire.
 //!
 //! The design is explained in `docs/architecture/raft-core.md`.
 
 pub mod app;
 pub mod codec;
 pub mod config;
+pub mod error;
+pub mod network;
+pub mod node;
 pub mod storage;
 pub mod types;
 
 pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
+pub use config::Config;
+pub use error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
+pub use node::{NodeMetrics, RaftNode, Role, Storage, Written};
 pub use types::{LogId, Node, NodeId};
 
 /// openraft itself, for embedders who need what this crate does not wrap.

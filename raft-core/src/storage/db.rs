@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -102,20 +102,23 @@ impl Db {
     /// Never panics on a bad file: redb's own checks are wrapped so that a
     /// corrupted file gives [`OpenError::Corrupted`].
     pub fn open(dir: &Path) -> Result<Db, OpenError> {
+        // redb validates what it reads, but a corrupted page deep in the
+        // file might still trip an assertion; turn that into an error too.
+        let path = dir.join(DB_FILE);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir)))
+            .unwrap_or_else(|_| {
+                Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() })
+            })
+    }
+
+    fn open_inner(dir: &Path) -> Result<Db, OpenError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(DB_FILE);
         let existed = path.exists();
         let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
 
-        let opened = std::panic::catch_unwind(|| {
-            if existed {
-                Database::open(&path)
-            } else {
-                Database::create(&path)
-            }
-        })
-        .map_err(|_| corrupted("redb panicked while opening the file".into()))?;
+        let opened = if existed { Database::open(&path) } else { Database::create(&path) };
         let db = match opened {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -262,3 +265,13 @@ redb_into_db_error!(
     redb::TransactionError,
     redb::CommitError
 );
+
+impl Db {
+    /// Makes every earlier commit durable (one empty durable transaction).
+    pub fn flush(&self) -> Result<(), DbError> {
+        let mut tx = self.inner.begin_write()?;
+        tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
+        tx.commit()?;
+        Ok(())
+    }
+}

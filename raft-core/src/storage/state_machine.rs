@@ -196,7 +196,12 @@ impl<A: StateMachine> StateMachineStore<A> {
                 app.insert(k.as_slice(), v.as_slice())?;
             }
             let mut sm = tx.open_table(SM)?;
-            put_value(&mut sm, "applied", &meta.last_log_id)?;
+            match &meta.last_log_id {
+                Some(applied) => put_value(&mut sm, "applied", applied)?,
+                None => {
+                    sm.remove("applied")?;
+                }
+            }
             put_value(&mut sm, "membership", &meta.last_membership)?;
             put_value(&mut sm, "snapshot_meta", &meta)?;
             sm.insert("snapshot", data.as_slice())?;

@@ -1,0 +1,486 @@
+//! The node handle: one replica of an application, with the calls an
+//! embedder needs and nothing more.
+//!
+//! ```text
+//!   client ──write──▶ RaftNode (leader) ──append──▶ log (fsync)
+//!                        │   └──AppendEntries──▶ followers (fsync, ack)
+//!                        │ majority acked = committed
+//!                        ▼
+//!                     apply ──▶ StateMachine ──▶ response to client
+//! ```
+//!
+//! A node is opened on a data directory ([`RaftNode::open`]) or built from
+//! parts ([`RaftNode::start`]). A new cluster is formed once, by calling
+//! [`RaftNode::initialize`] on one node with the initial members; every
+//! later start, including a restart after a crash, reads the vote, log and
+//! membership from storage and rejoins without being initialized again.
+//!
+//! # Leader failure
+//!
+//! Only the leader accepts writes. When it fails, followers stop hearing
+//! heartbeats, and after an election timeout one of them becomes a
+//! candidate, increments the *term*, and asks for votes. A voter grants at
+//! most one vote per term, durably, and only to a candidate whose log is at
+//! least as up-to-date as its own (§5.4.1); a candidate needs a majority.
+//! Two majorities always share a node, so at most one leader wins each term
+//! (no split brain), and the winner holds every committed entry (no lost
+//! committed writes). A deposed leader that comes back learns the new term
+//! from the first message it receives and steps down; its uncommitted
+//! entries are overwritten.
+//!
+//! Clients learn where the leader is from errors that carry a
+//! [`LeaderHint`](crate::error::LeaderHint).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::net::TcpListener;
+
+use crate::app::{AppView, StateMachine};
+use crate::codec;
+use crate::config::Config;
+use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
+use crate::network::local::LocalRouter;
+use crate::network::tcp::{TcpNetwork, TcpServer};
+use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
+use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
+
+/// Where a node keeps its log and state.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Durable: one redb database in this directory (created if missing).
+    Durable(std::path::PathBuf),
+    /// In memory only; everything is lost when the node stops.
+    InMemory,
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts writes and replicates them.
+    Leader,
+    /// A voter that follows the leader.
+    Follower,
+    /// A voter that is campaigning for leadership.
+    Candidate,
+    /// Receives the log but does not vote (also a node not yet in the cluster).
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+impl From<ServerState> for Role {
+    fn from(s: ServerState) -> Self {
+        match s {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+/// What a node knows about itself and, if it leads, about its followers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeMetrics {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// The index of the last entry in its log.
+    pub last_log_index: u64,
+    /// The highest index it knows to be committed.
+    pub committed_index: u64,
+    /// The index of the last entry applied to its state machine.
+    pub applied_index: u64,
+    /// The last index covered by its current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last index purged from its log.
+    pub purged_index: Option<u64>,
+    /// Voters of the current membership.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners of the current membership.
+    pub learners: BTreeSet<NodeId>,
+    /// Every member's addresses.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// On the leader only: for each other member, the last index known to be
+    /// in its log (`None` before the first successful AppendEntries). The
+    /// difference from `last_log_index` is that follower's replication lag.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// On the leader only: how long ago a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+impl NodeMetrics {
+    fn from_raft(m: &RaftMetrics, committed: Option<LogId>) -> Self {
+        let membership = m.membership_config.membership();
+        NodeMetrics {
+            id: m.id,
+            role: m.state.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: committed.map_or(0, |l| l.index),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().filter(|(id, _)| **id != m.id).map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                .unwrap_or_default(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+}
+
+/// A committed and applied command's response, and where it sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<R> {
+    /// The log position of the command. Every replica that has applied this
+    /// index reflects the write: clients use it as a session token.
+    pub log_id: LogId,
+    /// What the state machine returned.
+    pub response: R,
+}
+
+/// One replica of the application `A`. See the [module docs](self).
+pub struct RaftNode<A: StateMachine> {
+    id: NodeId,
+    config: Config,
+    raft: Raft,
+    sm: StateMachineStore<A>,
+    db: Db,
+    server: Option<TcpServer>,
+}
+
+impl<A: StateMachine> RaftNode<A> {
+    /// Opens a durable node on `data_dir` that talks to its peers over TCP,
+    /// serving Raft RPCs on `raft_listener` (already bound, so that tests can
+    /// bind port 0).
+    ///
+    /// On a fresh directory the node waits to be initialized or added to a
+    /// cluster; on one that holds state it resumes as the member it was.
+    pub async fn open(
+        id: NodeId,
+        config: Config,
+        data_dir: &Path,
+        app: A,
+        raft_listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        let network = TcpNetwork::new(id, &config);
+        let mut node =
+            Self::start(id, config, Storage::Durable(data_dir.to_path_buf()), app, network).await?;
+        node.server = Some(TcpServer::spawn(raft_listener, node.raft.clone(), id, &node.config));
+        Ok(node)
+    }
+
+    /// Starts a node on `router`, the in-process transport, and registers it
+    /// there. For tests and single-process clusters.
+    pub async fn start_local(
+        id: NodeId,
+        config: Config,
+        storage: Storage,
+        app: A,
+        router: &LocalRouter,
+    ) -> Result<Self, StartError> {
+        let node = Self::start(id, config, storage, app, router.network(id)).await?;
+        router.register(id, node.raft.clone());
+        Ok(node)
+    }
+
+    /// Starts a node from parts: any storage, any transport. The caller is
+    /// responsible for delivering incoming RPCs to [`RaftNode::raft`].
+    pub async fn start<N>(
+        id: NodeId,
+        config: Config,
+        storage: Storage,
+        app: A,
+        network: N,
+    ) -> Result<Self, StartError>
+    where
+        N: openraft::network::RaftNetworkFactory<TypeConfig>,
+    {
+        let raft_config = Arc::new(config.to_openraft()?);
+        let raft_err = |e: openraft::error::Fatal<NodeId>| StartError::Raft(e.to_string());
+        let (raft, db, sm) = match storage {
+            Storage::Durable(dir) => {
+                let db = Db::open(&dir)?;
+                let sm = StateMachineStore::new(db.clone(), app);
+                let log = RedbLogStore::new(db.clone());
+                let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
+                (raft, db, sm)
+            }
+            Storage::InMemory => {
+                let db = Db::in_memory();
+                let sm = StateMachineStore::new(db.clone(), app);
+                let raft =
+                    Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone()).await.map_err(raft_err)?;
+                (raft, db, sm)
+            }
+        };
+        tracing::info!(node_id = id, path = ?db.path(), "raft node started");
+        Ok(RaftNode { id, config, raft, sm, db, server: None })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The address the TCP transport listens on, if this node uses it.
+    pub fn raft_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// The openraft handle, for what this type does not wrap.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        self.sm.app()
+    }
+
+    /// Forms a new cluster of `members`, which must include this node. Call
+    /// it on one node, once. Returns `Ok(false)` if this node was already
+    /// initialized (which is how a restarted node answers: harmless). Never
+    /// initialize different nodes with *different* member sets: each would
+    /// form its own cluster, and the two would elect two leaders.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<bool, ChangeError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node_id = self.id, "cluster initialized");
+                Ok(true)
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => Err(ChangeError::Invalid(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(ChangeError::ShuttingDown),
+        }
+    }
+
+    /// Proposes `command`, waits until it is committed and applied here, and
+    /// returns the state machine's response.
+    ///
+    /// Only the leader accepts writes. This node checks its role *before*
+    /// proposing, so [`WriteError::NotLeader`] always means the command was
+    /// not proposed. Once proposed, anything but a response is
+    /// [`WriteError::Indeterminate`]: openraft also reports "forward to
+    /// leader" when a leader loses its office with the entry in its log, and
+    /// that entry may yet be committed by the next leader (treating that
+    /// answer as a definite failure is how Redis-Raft once acknowledged a
+    /// failure for a write that had committed).
+    pub async fn write(&self, command: &A::Command) -> Result<Written<A::Response>, WriteError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(WriteError::NotLeader { leader: leader_hint(&metrics) });
+        }
+        let payload = Command(codec::encode(command));
+        let result = tokio::time::timeout(self.config.request_timeout, self.raft.client_write(payload)).await;
+        let resp = match result {
+            Err(_) => {
+                return Err(WriteError::Indeterminate {
+                    reason: format!("not committed within {:?}", self.config.request_timeout),
+                    leader: self.leader_hint(),
+                })
+            }
+            Ok(Ok(resp)) => resp,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return Err(WriteError::Indeterminate {
+                    reason: "leadership changed after the command was proposed".into(),
+                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                return Err(WriteError::Indeterminate { reason: e.to_string(), leader: None })
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                return Err(WriteError::Indeterminate { reason: format!("node stopped: {e}"), leader: None })
+            }
+        };
+        match codec::decode::<Result<A::Response, String>>(&resp.data.0) {
+            Ok(Ok(response)) => Ok(Written { log_id: resp.log_id, response }),
+            Ok(Err(reason)) => Err(WriteError::Undecodable(reason)),
+            Err(e) => Err(WriteError::Undecodable(e.to_string())),
+        }
+    }
+
+    /// A linearizable read barrier (ReadIndex, Raft thesis §6.4): confirms
+    /// with a quorum that this node is still the leader, then waits until
+    /// the local state machine has applied everything committed before the
+    /// call. A read of [`RaftNode::view`] after it returns sees every write
+    /// that completed before the barrier started. Returns the read index.
+    ///
+    /// No clock is involved: a leader that has been deposed but does not
+    /// know it yet cannot get the quorum's confirmation, so it cannot serve
+    /// a stale value.
+    pub async fn read_barrier(&self) -> Result<u64, ReadError> {
+        let result = tokio::time::timeout(self.config.request_timeout, self.raft.ensure_linearizable()).await;
+        match result {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ReadError::NotLeader {
+                leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+            }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
+            Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
+        }
+    }
+
+    /// Waits until this node has applied at least `index` (for example a
+    /// read index obtained from the leader, or a client's session token).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ReadError> {
+        if self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index) >= index {
+            return Ok(());
+        }
+        match self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "wait_applied").await {
+            Ok(_) => Ok(()),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(ReadError::Timeout),
+            Err(openraft::metrics::WaitError::ShuttingDown) => Err(ReadError::ShuttingDown),
+        }
+    }
+
+    /// The local applied state, as it is now: possibly behind the leader
+    /// (replication lag). [`AppView::applied`] says how far it reaches.
+    pub fn view(&self) -> Result<AppView, ReadError> {
+        self.sm.view().map_err(|e| ReadError::Storage(e.to_string()))
+    }
+
+    /// Adds `id` as a learner (a non-voting member that receives the log)
+    /// and waits until it has caught up with the leader.
+    pub async fn add_learner(&self, id: NodeId, node: Node) -> Result<LogId, ChangeError> {
+        let fut = self.raft.add_learner(id, node, true);
+        self.change(fut).await
+    }
+
+    /// Makes the learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<LogId, ChangeError> {
+        let fut = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+        self.change(fut).await
+    }
+
+    /// Removes `id` from the cluster, voter or learner. A removed node stops
+    /// receiving the log; never add it back under the same id with its old
+    /// data.
+    pub async fn remove(&self, id: NodeId) -> Result<LogId, ChangeError> {
+        let is_voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let fut = self.raft.change_membership(change, false);
+        self.change(fut).await
+    }
+
+    async fn change(
+        &self,
+        fut: impl std::future::Future<
+            Output = Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                RaftError<NodeId, ClientWriteError<NodeId, Node>>,
+            >,
+        >,
+    ) -> Result<LogId, ChangeError> {
+        use openraft::error::ChangeMembershipError as E;
+        match tokio::time::timeout(self.config.change_timeout, fut).await {
+            Err(_) => Err(ChangeError::Indeterminate(format!(
+                "not complete within {:?}",
+                self.config.change_timeout
+            ))),
+            Ok(Ok(resp)) => Ok(resp.log_id),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ChangeError::NotLeader {
+                leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(E::InProgress(e))))) => {
+                Err(ChangeError::InProgress(e.to_string()))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ChangeError::Invalid(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ChangeError::ShuttingDown),
+        }
+    }
+
+    /// Asks this node to campaign for leadership now, instead of waiting for
+    /// an election timeout. It wins only if its log is up to date and a
+    /// majority grants its vote.
+    pub async fn campaign(&self) -> Result<(), ChangeError> {
+        self.raft.trigger().elect().await.map_err(|_| ChangeError::ShuttingDown)
+    }
+
+    /// Takes a snapshot now (and lets the log behind it be purged).
+    pub async fn snapshot(&self) -> Result<(), ChangeError> {
+        self.raft.trigger().snapshot().await.map_err(|_| ChangeError::ShuttingDown)
+    }
+
+    /// The node's current metrics, including its committed index.
+    pub async fn metrics(&self) -> NodeMetrics {
+        let raft_metrics = self.raft.metrics().borrow().clone();
+        let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
+        NodeMetrics::from_raft(&raft_metrics, committed)
+    }
+
+    /// The leader this node knows of, with its addresses.
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        leader_hint(&self.raft.metrics().borrow())
+    }
+
+    /// Waits until this node knows of a leader, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "wait_for_leader")
+            .await
+            .ok()?;
+        m.current_leader
+    }
+
+    /// Stops the node: the transport stops accepting connections, openraft
+    /// stops, and the database is flushed so that everything applied is
+    /// durable.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node_id = self.id, error = %e, "raft did not stop cleanly");
+        }
+        let db = self.db.clone();
+        if let Err(e) = crate::storage::blocking(move || db.flush()).await {
+            tracing::warn!(node_id = self.id, error = %e, "final flush failed");
+        }
+        tracing::info!(node_id = self.id, "raft node stopped");
+    }
+}
+
+fn leader_hint(m: &RaftMetrics) -> Option<LeaderHint> {
+    let id = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&id).cloned();
+    Some(LeaderHint { id, node })
+}

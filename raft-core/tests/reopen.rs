@@ -1,0 +1,173 @@
+//! Closing and reopening a data directory gives back exactly what was
+//! stored: vote, log, committed and purged log ids, applied state,
+//! membership and snapshot. Also: opening something that is not a valid
+//! data directory fails with an error naming the path, never a panic.
+
+#[path = "common_app.rs"]
+mod common_app;
+
+use std::collections::BTreeSet;
+
+use common_app::{Register, Set};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
+use raft_core::codec;
+use raft_core::storage::{Db, OpenError, RedbLogStore, StateMachineStore};
+use raft_core::types::{Command, LogId, TypeConfig, Vote};
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn set(term: u64, index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
+    let cmd = Set { key: key.into(), value: value.into() };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command(codec::encode(&cmd))) }
+}
+
+#[tokio::test]
+async fn everything_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+
+    let (snapshot_before, log_before) = {
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = RedbLogStore::new(db.clone());
+        let mut sm = StateMachineStore::new(db.clone(), Register);
+
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        let mut entries = vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }];
+        for i in 2..=20 {
+            entries.push(set(2, i, &format!("k{}", i % 5), &format!("v{i}")));
+        }
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries[..15].to_vec()).await.unwrap();
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        log.purge(log_id(2, 10)).await.unwrap();
+        log.save_committed(Some(log_id(2, 18))).await.unwrap();
+        sm.apply(entries[15..18].to_vec()).await.unwrap();
+        db.flush().unwrap();
+        let log_before = log.try_get_log_entries(0..100).await.unwrap();
+        (snapshot, log_before)
+    };
+
+    let db = Db::open(dir.path()).unwrap();
+    let mut log = RedbLogStore::new(db.clone());
+    let mut sm = StateMachineStore::new(db, Register);
+
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(2, 10)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 20)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 18)));
+    let entries = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (11..=20).collect::<Vec<_>>());
+    assert_eq!(entries, log_before);
+
+    let (applied, stored_membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(2, 18)));
+    assert_eq!(stored_membership.membership(), &membership);
+
+    let view = sm.view().unwrap();
+    assert_eq!(view.applied(), Some(log_id(2, 18)));
+    // k3 was last written by entry 18 ("v18"), k4 by entry 14.
+    assert_eq!(view.get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
+    assert_eq!(view.get(b"k4").unwrap().as_deref(), Some(&b"v14"[..]));
+
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("snapshot survives restart");
+    assert_eq!(snapshot.meta, snapshot_before.meta);
+    assert_eq!(snapshot.snapshot.get_ref(), snapshot_before.snapshot.get_ref());
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 15)));
+}
+
+#[tokio::test]
+async fn installed_snapshot_replaces_state_and_survives_reopen() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let snapshot = {
+        let db = Db::open(src.path()).unwrap();
+        let mut sm = StateMachineStore::new(db, Register);
+        sm.apply(vec![set(1, 1, "a", "1"), set(1, 2, "b", "2")]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap()
+    };
+    {
+        let db = Db::open(dst.path()).unwrap();
+        let mut sm = StateMachineStore::new(db.clone(), Register);
+        sm.apply(vec![set(1, 1, "stale", "x")]).await.unwrap();
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()).await.unwrap();
+        db.flush().unwrap();
+    }
+    let db = Db::open(dst.path()).unwrap();
+    let mut sm = StateMachineStore::new(db, Register);
+    let view = sm.view().unwrap();
+    assert_eq!(view.get(b"stale").unwrap(), None, "install replaces the whole state");
+    assert_eq!(view.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)));
+    assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raft.redb"), b"this is not a redb database, just some text").unwrap();
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(matches!(err, OpenError::Corrupted { .. }), "{err:?}");
+    assert!(err.to_string().contains(dir.path().to_str().unwrap()), "error names the path: {err}");
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Db::open(dir.path()).unwrap());
+    {
+        let db = redb::Database::open(dir.path().join("raft.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut meta = tx.open_table(def).unwrap();
+            meta.insert("format", codec::encode(&99u32).as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(matches!(err, OpenError::UnknownFormat { found: 99, .. }), "{err:?}");
+    assert!(err.to_string().contains("raft.redb"), "{err}");
+}
+
+#[test]
+fn a_foreign_redb_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join("raft.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("other");
+            tx.open_table(def).unwrap().insert(1, 2).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(matches!(err, OpenError::ForeignDatabase { .. }), "{err:?}");
+}
+
+#[test]
+fn corrupted_bytes_in_the_file_never_panic() {
+    // Flip bytes across the file at many offsets; each open must return
+    // either a working database or an error, never panic.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        db.flush().unwrap();
+    }
+    let path = dir.path().join("raft.redb");
+    let original = std::fs::read(&path).unwrap();
+    let step = (original.len() / 64).max(1);
+    for offset in (0..original.len()).step_by(step) {
+        let mut bytes = original.clone();
+        for b in bytes.iter_mut().skip(offset).take(16) {
+            *b ^= 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let result = std::panic::catch_unwind(|| Db::open(dir.path()).map(drop));
+        assert!(result.is_ok(), "Db::open panicked with corruption at offset {offset}");
+    }
+}
