@@ -57,7 +57,10 @@ async fn main() -> Result<()> {
         "both" => vec!["memory", "tcp"],
         s => vec![s],
     };
-    println!("{:<8} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}", "setup", "writers", "writes/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs");
+    println!(
+        "{:<8} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "setup", "writers", "writes/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs"
+    );
     for setup in setups {
         let dir = tempfile::tempdir()?;
         let nodes = start(setup, dir.path()).await?;
@@ -67,7 +70,13 @@ async fn main() -> Result<()> {
             let q = |p: f64| h.value_at_quantile(p);
             println!(
                 "{:<8} {:>8} {:>12.0} {:>10} {:>10} {:>10} {:>10}",
-                setup, writers, rate, q(0.5), q(0.9), q(0.99), q(0.999)
+                setup,
+                writers,
+                rate,
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999)
             );
         }
         let nodes = Arc::try_unwrap(nodes).ok().context("writers still running")?;
@@ -103,7 +112,11 @@ async fn start(setup: &str, dir: &std::path::Path) -> Result<BTreeMap<u64, RaftN
 
 /// Runs `writers` closed-loop writers against the leader; returns writes per
 /// second and the latency histogram (µs) of the measured period.
-async fn run(nodes: Arc<BTreeMap<u64, RaftNode<Noop>>>, writers: usize, measure: Duration) -> (f64, Histogram<u64>) {
+async fn run(
+    nodes: Arc<BTreeMap<u64, RaftNode<Noop>>>,
+    writers: usize,
+    measure: Duration,
+) -> (f64, Histogram<u64>) {
     let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let warmup = Instant::now() + Duration::from_secs(1);
     let end = warmup + measure;

@@ -31,7 +31,12 @@ impl StateMachine for Counter {
     type Command = CounterCommand;
     type Response = i64;
 
-    fn apply(&self, state: &mut AppState<'_>, _ctx: ApplyContext, cmd: CounterCommand) -> Result<i64, StateError> {
+    fn apply(
+        &self,
+        state: &mut AppState<'_>,
+        _ctx: ApplyContext,
+        cmd: CounterCommand,
+    ) -> Result<i64, StateError> {
         let old = read_count(state.get(b"count")?);
         let CounterCommand::Add(n) = cmd;
         let new = old.wrapping_add(n);
@@ -46,7 +51,9 @@ fn read_count(bytes: Option<Vec<u8>>) -> i64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
     let dir = tempfile::tempdir()?;
     let config = Config::new("counter-example");
 

@@ -73,6 +73,9 @@ use serde::Serialize;
 
 use crate::types::LogId;
 
+/// One entry of the application state: key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The table that holds the application's state.
 pub(crate) const APP_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app");
 
@@ -169,7 +172,7 @@ impl AppState<'_> {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<Vec<KeyValue>, StateError> {
         scan_prefix(&self.table, prefix, start, limit)
     }
 }
@@ -208,7 +211,7 @@ impl AppView {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<Vec<KeyValue>, StateError> {
         match &self.table {
             Some(t) => scan_prefix(t, prefix, start, limit),
             None => Ok(Vec::new()),
@@ -216,10 +219,7 @@ impl AppView {
     }
 
     /// Visits every entry in key order (used for digests and snapshots).
-    pub fn for_each(
-        &self,
-        mut f: impl FnMut(&[u8], &[u8]),
-    ) -> Result<(), StateError> {
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StateError> {
         if let Some(t) = &self.table {
             for item in t.iter()? {
                 let (k, v) = item?;
@@ -242,7 +242,7 @@ fn scan_prefix(
     prefix: &[u8],
     start: &[u8],
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+) -> Result<Vec<KeyValue>, StateError> {
     let start = if start < prefix { prefix } else { start };
     let mut out = Vec::new();
     for item in table.range::<&[u8]>(start..)? {

@@ -43,8 +43,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// Decodes a whole value; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let err = |reason: String| DecodeError { what: std::any::type_name::<T>(), reason };
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| err(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| err(e.to_string()))?;
     if used != bytes.len() {
         return Err(err(format!("{} trailing bytes", bytes.len() - used)));
     }

@@ -92,6 +92,7 @@ impl Config {
     }
 
     /// The openraft configuration this config stands for, validated.
+    #[allow(clippy::result_large_err)] // openraft's own error type
     pub fn to_openraft(&self) -> Result<openraft::Config, openraft::ConfigError> {
         let ms = |d: Duration| d.as_millis().max(1) as u64;
         openraft::Config {

@@ -140,7 +140,9 @@ impl NodeMetrics {
             matched: m
                 .replication
                 .as_ref()
-                .map(|r| r.iter().filter(|(id, _)| **id != m.id).map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+                .map(|r| {
+                    r.iter().filter(|(id, _)| **id != m.id).map(|(id, l)| (*id, l.map(|l| l.index))).collect()
+                })
                 .unwrap_or_default(),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
@@ -232,8 +234,9 @@ impl<A: StateMachine> RaftNode<A> {
             Storage::InMemory => {
                 let db = Db::in_memory();
                 let sm = StateMachineStore::new(db.clone(), app);
-                let raft =
-                    Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone()).await.map_err(raft_err)?;
+                let raft = Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone())
+                    .await
+                    .map_err(raft_err)?;
                 (raft, db, sm)
             }
         };
@@ -278,7 +281,9 @@ impl<A: StateMachine> RaftNode<A> {
                 Ok(true)
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
-            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => Err(ChangeError::Invalid(e.to_string())),
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
+                Err(ChangeError::Invalid(e.to_string()))
+            }
             Err(RaftError::Fatal(_)) => Err(ChangeError::ShuttingDown),
         }
     }
@@ -343,9 +348,11 @@ impl<A: StateMachine> RaftNode<A> {
         match result {
             Err(_) => Err(ReadError::Timeout),
             Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ReadError::NotLeader {
-                leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-            }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ReadError::NotLeader {
+                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+                })
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
             Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
         }
@@ -387,7 +394,8 @@ impl<A: StateMachine> RaftNode<A> {
     /// receiving the log; never add it back under the same id with its old
     /// data.
     pub async fn remove(&self, id: NodeId) -> Result<LogId, ChangeError> {
-        let is_voter = self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let is_voter =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -413,9 +421,11 @@ impl<A: StateMachine> RaftNode<A> {
                 self.config.change_timeout
             ))),
             Ok(Ok(resp)) => Ok(resp.log_id),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ChangeError::NotLeader {
-                leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ChangeError::NotLeader {
+                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+                })
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(E::InProgress(e))))) => {
                 Err(ChangeError::InProgress(e.to_string()))
             }

@@ -8,14 +8,13 @@
 //! majority keeps serving while a minority is down; membership changes; and
 //! the transport shrugs off strangers and garbage.
 
-#[path = "common_app.rs"]
-mod common_app;
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common_app::{Register, Set};
+use common::{Register, Set};
 use raft_core::{Config, Node, NodeId, RaftNode, Role, WriteError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +30,12 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: u64, config: Config) -> Cluster {
-        let mut c = Cluster { dir: tempfile::tempdir().unwrap(), config, addrs: BTreeMap::new(), nodes: BTreeMap::new() };
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            config,
+            addrs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
         let mut members = BTreeMap::new();
         for id in 1..=n {
             c.spawn(id, None).await;
@@ -189,7 +193,10 @@ async fn leader_failover_loses_no_acknowledged_write_and_old_leader_catches_up()
     c.nodes[&new].read_barrier().await.unwrap();
     let view = c.nodes[&new].view().unwrap();
     for i in 0..100 {
-        assert!(view.get(format!("before{i}").as_bytes()).unwrap().is_some(), "acknowledged write before{i} lost");
+        assert!(
+            view.get(format!("before{i}").as_bytes()).unwrap().is_some(),
+            "acknowledged write before{i} lost"
+        );
     }
     drop(view);
 

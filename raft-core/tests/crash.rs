@@ -15,20 +15,19 @@
 //! The child is this same test binary, re-run with `--ignored --exact
 //! crash_child` and the directory in an environment variable.
 
-#[path = "common_app.rs"]
-mod common_app;
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
-use common_app::{Register, Set};
+use common::{Register, Set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader};
-use rand::Rng;
 use raft_core::codec;
 use raft_core::storage::{Db, RedbLogStore, StateMachineStore};
 use raft_core::types::{Command, LogId, TypeConfig};
+use rand::Rng;
 
 const DIR_VAR: &str = "RAFT_CORE_CRASH_DIR";
 

@@ -9,13 +9,12 @@
 //! partition heals it sees the higher term, steps down, and its uncommitted
 //! entry is overwritten by the new leader's log.
 
-#[path = "common_app.rs"]
-mod common_app;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common_app::{Register, Set};
+use common::{Register, Set};
 use raft_core::network::local::LocalRouter;
 use raft_core::{Config, Node, RaftNode, ReadError, Role, Storage, WriteError};
 
@@ -34,7 +33,8 @@ async fn isolated_leader_cannot_commit_or_read_and_steps_down_on_heal() {
     config.request_timeout = Duration::from_millis(1500);
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        let node = RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
+        let node =
+            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
         nodes.insert(id, node);
     }
     let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
@@ -67,7 +67,9 @@ async fn isolated_leader_cannot_commit_or_read_and_steps_down_on_heal() {
     router.heal();
     wait_for("the old leader to step down and catch up", || async {
         let m = nodes[&old].metrics().await;
-        m.role == Role::Follower && m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
+        m.role == Role::Follower
+            && m.leader == Some(new)
+            && m.applied_index >= nodes[&new].metrics().await.applied_index
     })
     .await;
     let value = nodes[&old].view().unwrap().get(b"k").unwrap();

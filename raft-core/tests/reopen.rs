@@ -3,12 +3,11 @@
 //! membership and snapshot. Also: opening something that is not a valid
 //! data directory fails with an error naming the path, never a panic.
 
-#[path = "common_app.rs"]
-mod common_app;
+mod common;
 
 use std::collections::BTreeSet;
 
-use common_app::{Register, Set};
+use common::{Register, Set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
@@ -35,7 +34,8 @@ async fn everything_survives_close_and_reopen() {
         let mut sm = StateMachineStore::new(db.clone(), Register);
 
         log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
-        let mut entries = vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }];
+        let mut entries =
+            vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Membership(membership.clone()) }];
         for i in 2..=20 {
             entries.push(set(2, i, &format!("k{}", i % 5), &format!("v{i}")));
         }

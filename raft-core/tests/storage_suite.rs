@@ -3,10 +3,9 @@
 //! truncations and purges, vote persistence, membership tracking through
 //! apply, and snapshot build/install.
 
-#[path = "common_app.rs"]
-mod common_app;
+mod common;
 
-use common_app::Register;
+use common::Register;
 use openraft::testing::{StoreBuilder, Suite};
 use raft_core::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
 use raft_core::types::{StorageError, TypeConfig};

@@ -105,15 +105,13 @@ impl Db {
         // redb validates what it reads, but a corrupted page deep in the
         // file might still trip an assertion; turn that into an error too.
         let path = dir.join(DB_FILE);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir)))
-            .unwrap_or_else(|_| {
-                Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() })
-            })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir))).unwrap_or_else(
+            |_| Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() }),
+        )
     }
 
     fn open_inner(dir: &Path) -> Result<Db, OpenError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(DB_FILE);
         let existed = path.exists();
         let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
@@ -165,9 +163,7 @@ impl Db {
             let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
             match tx.open_table(META) {
                 Ok(t) => match t.get("format").map_err(FormatCheck::redb)? {
-                    Some(v) => Some(
-                        codec::decode(v.value()).map_err(|e| FormatCheck::Redb(e.to_string()))?,
-                    ),
+                    Some(v) => Some(codec::decode(v.value()).map_err(|e| FormatCheck::Redb(e.to_string()))?),
                     None => None,
                 },
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -259,12 +255,7 @@ macro_rules! redb_into_db_error {
         }
     )*};
 }
-redb_into_db_error!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError
-);
+redb_into_db_error!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);
 
 impl Db {
     /// Makes every earlier commit durable (one empty durable transaction).

@@ -101,11 +101,7 @@ impl RedbLogStore {
 
     /// Deletes entries with index in `range`, and records `purged` if given,
     /// in one durable transaction.
-    fn delete_range(
-        &self,
-        range: (Bound<u64>, Bound<u64>),
-        purged: Option<LogId>,
-    ) -> Result<(), DbError> {
+    fn delete_range(&self, range: (Bound<u64>, Bound<u64>), purged: Option<LogId>) -> Result<(), DbError> {
         let mut tx = self.db.inner.begin_write()?;
         tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
         {
@@ -169,9 +165,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let this = self.clone();
-        blocking(move || this.read_meta("vote"))
-            .await
-            .map_err(|e| StorageIOError::read_vote(&e).into())
+        blocking(move || this.read_meta("vote")).await.map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     /// The committed log id is a hint that lets a restarted node re-apply
@@ -181,9 +175,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     /// database persists it.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let this = self.clone();
-        blocking(move || this.write_meta("committed", &committed, Durability::None))
-            .await
-            .map_err(write_err)
+        blocking(move || this.write_meta("committed", &committed, Durability::None)).await.map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -228,10 +220,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     /// Removes `(-∞, log_id.index]`, already covered by a snapshot.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let this = self.clone();
-        blocking(move || {
-            this.delete_range((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id))
-        })
-        .await
-        .map_err(write_err)
+        blocking(move || this.delete_range((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id)))
+            .await
+            .map_err(write_err)
     }
 }

@@ -43,8 +43,7 @@ use super::db::{get_value, put_value, Db, DbError, SM};
 use crate::app::{AppState, AppView, ApplyContext, StateMachine, APP_TABLE};
 use crate::codec;
 use crate::types::{
-    Entry, EntryPayload, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Entry, EntryPayload, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The version of the snapshot encoding, checked when one is installed.
@@ -117,14 +116,13 @@ impl<A: StateMachine> StateMachineStore<A> {
                         // Every replica runs the same decoder on the same
                         // bytes, so even a command that fails to decode
                         // gets the same (error) response everywhere.
-                        let result: Result<A::Response, String> =
-                            match codec::decode::<A::Command>(&cmd.0) {
-                                Ok(c) => {
-                                    let ctx = ApplyContext { log_id: entry.log_id };
-                                    Ok(self.app.apply(&mut state, ctx, c)?)
-                                }
-                                Err(e) => Err(e.to_string()),
-                            };
+                        let result: Result<A::Response, String> = match codec::decode::<A::Command>(&cmd.0) {
+                            Ok(c) => {
+                                let ctx = ApplyContext { log_id: entry.log_id };
+                                Ok(self.app.apply(&mut state, ctx, c)?)
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
                         replies.push(Reply(codec::encode(&result)));
                     }
                     EntryPayload::Membership(m) => {
@@ -232,9 +230,7 @@ fn sm_write_err(e: DbError) -> StorageError {
 impl<A: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let this = self.clone();
-        blocking(move || this.build())
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+        blocking(move || this.build()).await.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
@@ -279,8 +275,6 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let this = self.clone();
-        blocking(move || this.current())
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        blocking(move || this.current()).await.map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

@@ -18,7 +18,12 @@ impl StateMachine for Register {
     type Command = Set;
     type Response = Option<String>;
 
-    fn apply(&self, state: &mut AppState<'_>, _ctx: ApplyContext, cmd: Set) -> Result<Option<String>, StateError> {
+    fn apply(
+        &self,
+        state: &mut AppState<'_>,
+        _ctx: ApplyContext,
+        cmd: Set,
+    ) -> Result<Option<String>, StateError> {
         let old = state.get(cmd.key.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned());
         state.insert(cmd.key.as_bytes(), cmd.value.as_bytes())?;
         Ok(old)
