@@ -52,7 +52,7 @@ fn read_count(bytes: Option<Vec<u8>>) -> i64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error,openraft=off".into()))
         .init();
     let dir = tempfile::tempdir()?;
     let config = Config::new("counter-example");
