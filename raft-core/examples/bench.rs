@@ -48,6 +48,9 @@ struct Args {
     /// Measured seconds per row (after one second of warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Batches being committed at once (group commit); default: Config's.
+    #[arg(long)]
+    max_inflight_batches: Option<usize>,
 }
 
 #[tokio::main]
@@ -63,7 +66,11 @@ async fn main() -> Result<()> {
     );
     for setup in setups {
         let dir = tempfile::tempdir()?;
-        let nodes = start(setup, dir.path()).await?;
+        let mut config = Config::new("bench");
+        if let Some(k) = args.max_inflight_batches {
+            config.max_inflight_batches = k;
+        }
+        let nodes = start(setup, dir.path(), config).await?;
         let nodes = Arc::new(nodes);
         for &writers in &args.writers {
             let (rate, h) = run(nodes.clone(), writers, Duration::from_secs(args.seconds)).await;
@@ -87,8 +94,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn start(setup: &str, dir: &std::path::Path) -> Result<BTreeMap<u64, RaftNode<Noop>>> {
-    let config = Config::new("bench");
+async fn start(setup: &str, dir: &std::path::Path, config: Config) -> Result<BTreeMap<u64, RaftNode<Noop>>> {
     let router = LocalRouter::new();
     let mut nodes = BTreeMap::new();
     let mut members = BTreeMap::new();

@@ -16,6 +16,8 @@
 //!    for tests.
 //! 5. [`node`]: [`RaftNode`], the handle an embedder holds: open, initialize,
 //!    write, read barrier, membership changes, metrics, shutdown.
+//!    Writes go through the [`proposer`], which commits concurrent commands
+//!    together (group commit).
 //! 6. [`config`] and [`error`]: the knobs with their defaults, and what each
 //!    call can fail with.
 //! 7. [`codec`]: the one binary encoding used on disk and on the wire.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod storage;
 pub mod types;
 

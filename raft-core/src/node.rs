@@ -46,8 +46,9 @@ use crate::config::Config;
 use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
 use crate::network::local::LocalRouter;
 use crate::network::tcp::{TcpNetwork, TcpServer};
+use crate::proposer::{leader_hint, Proposer};
 use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
-use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// Where a node keeps its log and state.
 #[derive(Debug, Clone)]
@@ -172,6 +173,7 @@ pub struct RaftNode<A: StateMachine> {
     sm: StateMachineStore<A>,
     db: Db,
     server: Option<TcpServer>,
+    proposer: Proposer,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -241,7 +243,8 @@ impl<A: StateMachine> RaftNode<A> {
             }
         };
         tracing::info!(node_id = id, path = ?db.path(), "raft node started");
-        Ok(RaftNode { id, config, raft, sm, db, server: None })
+        let proposer = Proposer::spawn(raft.clone(), &config);
+        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer })
     }
 
     /// This node's id.
@@ -289,7 +292,8 @@ impl<A: StateMachine> RaftNode<A> {
     }
 
     /// Proposes `command`, waits until it is committed and applied here, and
-    /// returns the state machine's response.
+    /// returns the state machine's response. Concurrent calls are committed
+    /// together in one log entry ([`crate::proposer`]).
     ///
     /// Only the leader accepts writes. This node checks its role *before*
     /// proposing, so [`WriteError::NotLeader`] always means the command was
@@ -300,35 +304,28 @@ impl<A: StateMachine> RaftNode<A> {
     /// answer as a definite failure is how Redis-Raft once acknowledged a
     /// failure for a write that had committed).
     pub async fn write(&self, command: &A::Command) -> Result<Written<A::Response>, WriteError> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
-            return Err(WriteError::NotLeader { leader: leader_hint(&metrics) });
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if m.state != ServerState::Leader {
+                return Err(WriteError::NotLeader { leader: leader_hint(&m) });
+            }
         }
-        let payload = Command(codec::encode(command));
-        let result = tokio::time::timeout(self.config.request_timeout, self.raft.client_write(payload)).await;
-        let resp = match result {
+        let rx = self.proposer.propose(codec::encode(command)).await?;
+        let (log_id, data) = match tokio::time::timeout(self.config.request_timeout, rx).await {
             Err(_) => {
                 return Err(WriteError::Indeterminate {
                     reason: format!("not committed within {:?}", self.config.request_timeout),
                     leader: self.leader_hint(),
                 })
             }
-            Ok(Ok(resp)) => resp,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                return Err(WriteError::Indeterminate {
-                    reason: "leadership changed after the command was proposed".into(),
-                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-                })
+            Ok(Err(_)) => {
+                return Err(WriteError::Indeterminate { reason: "node stopped".into(), leader: None })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                return Err(WriteError::Indeterminate { reason: e.to_string(), leader: None })
-            }
-            Ok(Err(RaftError::Fatal(e))) => {
-                return Err(WriteError::Indeterminate { reason: format!("node stopped: {e}"), leader: None })
-            }
+            Ok(Ok(outcome)) => outcome?,
         };
-        match codec::decode::<Result<A::Response, String>>(&resp.data.0) {
-            Ok(Ok(response)) => Ok(Written { log_id: resp.log_id, response }),
+        match codec::decode::<Result<A::Response, String>>(&data) {
+            Ok(Ok(response)) => Ok(Written { log_id, response }),
             Ok(Err(reason)) => Err(WriteError::Undecodable(reason)),
             Err(e) => Err(WriteError::Undecodable(e.to_string())),
         }
@@ -475,6 +472,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// stops, and the database is flushed so that everything applied is
     /// durable.
     pub async fn shutdown(mut self) {
+        self.proposer.shutdown();
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
@@ -487,10 +485,4 @@ impl<A: StateMachine> RaftNode<A> {
         }
         tracing::info!(node_id = self.id, "raft node stopped");
     }
-}
-
-fn leader_hint(m: &RaftMetrics) -> Option<LeaderHint> {
-    let id = m.current_leader?;
-    let node = m.membership_config.membership().get_node(&id).cloned();
-    Some(LeaderHint { id, node })
 }

@@ -5,7 +5,7 @@
 //! them here so that embedders never spell out a type parameter, and so that a
 //! later openraft upgrade stays inside this crate.
 //!
-//! The log payload is opaque bytes ([`Command`]): the application's own
+//! The log payload is opaque bytes ([`Batch`]): the application's own
 //! command type is encoded once, when it is proposed, and decoded once, when
 //! it is applied (see [`crate::app`]). The log, the transport and the storage
 //! are therefore not generic over the application at all.
@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 /// A node's identity in the cluster. Never reuse the id of a removed node.
 pub type NodeId = u64;
@@ -43,39 +44,51 @@ impl fmt::Display for Node {
     }
 }
 
-/// One application command as it travels in the log: the bytes of the
-/// application's own command type, encoded by [`crate::codec`].
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
+/// The payload of one log entry: a batch of application commands, each the
+/// bytes of the application's own command type, encoded by [`crate::codec`].
+///
+/// Commands proposed concurrently travel together in one entry, so that one
+/// log append, one fsync and one AppendEntries round commit all of them
+/// (group commit). Each command keeps its own response.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<ByteBuf>);
 
-impl fmt::Debug for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Command({} bytes)", self.0.len())
+impl Batch {
+    /// A batch of one encoded command.
+    pub fn one(command: Vec<u8>) -> Self {
+        Batch(vec![ByteBuf::from(command)])
     }
 }
 
-impl fmt::Display for Command {
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes: usize = self.0.iter().map(|c| c.len()).sum();
+        write!(f, "Batch({} commands, {bytes} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
 }
 
-/// What applying one log entry produced: the encoded application response,
-/// or empty for blank and membership entries.
+/// What applying one log entry produced: one encoded response per command
+/// of its [`Batch`] (none for blank and membership entries).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(#[serde(with = "serde_bytes")] pub Vec<u8>);
+pub struct Replies(pub Vec<ByteBuf>);
 
-impl fmt::Debug for Reply {
+impl fmt::Debug for Replies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Reply({} bytes)", self.0.len())
+        write!(f, "Replies({})", self.0.len())
     }
 }
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of every node built by this crate.
     pub TypeConfig:
-        D = Command,
-        R = Reply,
+        D = Batch,
+        R = Replies,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,

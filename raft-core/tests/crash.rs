@@ -26,7 +26,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader};
 use raft_core::codec;
 use raft_core::storage::{Db, RedbLogStore, StateMachineStore};
-use raft_core::types::{Command, LogId, TypeConfig};
+use raft_core::types::{Batch, LogId, TypeConfig};
 use rand::Rng;
 
 const DIR_VAR: &str = "RAFT_CORE_CRASH_DIR";
@@ -35,7 +35,7 @@ fn entry(index: u64) -> Entry<TypeConfig> {
     let cmd = Set { key: format!("k{}", index % 7), value: format!("v{index}") };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-        payload: EntryPayload::Normal(Command(codec::encode(&cmd))),
+        payload: EntryPayload::Normal(Batch::one(codec::encode(&cmd))),
     }
 }
 

@@ -12,7 +12,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
 use raft_core::storage::{Db, OpenError, RedbLogStore, StateMachineStore};
-use raft_core::types::{Command, LogId, TypeConfig, Vote};
+use raft_core::types::{Batch, LogId, TypeConfig, Vote};
 
 fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 0), index)
@@ -20,7 +20,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 fn set(term: u64, index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
     let cmd = Set { key: key.into(), value: value.into() };
-    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command(codec::encode(&cmd))) }
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Batch::one(codec::encode(&cmd))) }
 }
 
 #[tokio::test]

@@ -347,12 +347,12 @@ mod tests {
 
     use openraft::{CommittedLeaderId, LogId, Vote};
 
-    use crate::types::{Command, Entry, EntryPayload};
+    use crate::types::{Batch, Entry, EntryPayload};
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command(vec![7; bytes])),
+            payload: EntryPayload::Normal(Batch::one(vec![7; bytes])),
         }
     }
 

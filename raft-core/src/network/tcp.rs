@@ -803,7 +803,7 @@ mod tests {
     use crate::app::{AppState, ApplyContext, StateError, StateMachine};
     use crate::network::frame::PROTOCOL_VERSION;
     use crate::storage::{Db, MemLogStore, StateMachineStore};
-    use crate::types::{Command, Entry, EntryPayload};
+    use crate::types::{Batch, Entry, EntryPayload};
 
     /// The smallest application: every command is a no-op.
     struct Nothing;
@@ -877,7 +877,7 @@ mod tests {
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 2), index),
-            payload: EntryPayload::Normal(Command(vec![0xAB; bytes])),
+            payload: EntryPayload::Normal(Batch::one(vec![0xAB; bytes])),
         }
     }
 

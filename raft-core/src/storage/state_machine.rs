@@ -43,7 +43,7 @@ use super::db::{get_value, put_value, Db, DbError, SM};
 use crate::app::{AppState, AppView, ApplyContext, StateMachine, APP_TABLE};
 use crate::codec;
 use crate::types::{
-    Entry, EntryPayload, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The version of the snapshot encoding, checked when one is installed.
@@ -99,7 +99,7 @@ impl<A: StateMachine> StateMachineStore<A> {
         Ok((get_value(&sm, "applied")?, get_value(&sm, "membership")?.unwrap_or_default()))
     }
 
-    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Reply>, DbError> {
+    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Replies>, DbError> {
         let mut tx = self.db.inner.begin_write()?;
         tx.set_durability(Durability::None).map_err(redb::Error::from)?;
         let mut replies = Vec::with_capacity(entries.len());
@@ -111,23 +111,26 @@ impl<A: StateMachine> StateMachineStore<A> {
             for entry in entries {
                 last = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => replies.push(Reply::default()),
-                    EntryPayload::Normal(cmd) => {
-                        // Every replica runs the same decoder on the same
-                        // bytes, so even a command that fails to decode
-                        // gets the same (error) response everywhere.
-                        let result: Result<A::Response, String> = match codec::decode::<A::Command>(&cmd.0) {
-                            Ok(c) => {
-                                let ctx = ApplyContext { log_id: entry.log_id };
-                                Ok(self.app.apply(&mut state, ctx, c)?)
-                            }
-                            Err(e) => Err(e.to_string()),
-                        };
-                        replies.push(Reply(codec::encode(&result)));
+                    EntryPayload::Blank => replies.push(Replies::default()),
+                    EntryPayload::Normal(batch) => {
+                        let ctx = ApplyContext { log_id: entry.log_id };
+                        let mut out = Vec::with_capacity(batch.0.len());
+                        for cmd in batch.0 {
+                            // Every replica runs the same decoder on the
+                            // same bytes, so even a command that fails to
+                            // decode gets the same (error) response everywhere.
+                            let result: Result<A::Response, String> = match codec::decode::<A::Command>(&cmd)
+                            {
+                                Ok(c) => Ok(self.app.apply(&mut state, ctx, c)?),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            out.push(ByteBuf::from(codec::encode(&result)));
+                        }
+                        replies.push(Replies(out));
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                        replies.push(Reply::default());
+                        replies.push(Replies::default());
                     }
                 }
             }
@@ -242,7 +245,7 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         blocking(move || this.applied()).await.map_err(sm_read_err)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Replies>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -1,0 +1,152 @@
+//! Group commit: many concurrent writes, one log entry.
+//!
+//! Every log append costs an fsync on the leader and on each follower, and
+//! openraft 0.9 appends each proposal on its own. Proposing every client
+//! command separately would therefore cap a cluster at about one write per
+//! fsync, however many clients wait. The proposer instead collects the
+//! commands that arrive while earlier ones are being replicated and proposes
+//! them together, as one [`Batch`] entry: one append, one fsync per node, one
+//! AppendEntries round for all of them. Under light load a batch holds one
+//! command and nothing waits; under heavy load batches grow, and throughput
+//! with them.
+//!
+//! At most `max_inflight_batches` batches (default 1) are being committed at
+//! once; the next batch accumulates while they are.
+//!
+//! # What the caller learns
+//!
+//! Each command gets its own outcome. The proposer checks that this node
+//! still leads right before proposing, so [`WriteError::NotLeader`] always
+//! means "not proposed". After proposing, anything but a response is
+//! [`WriteError::Indeterminate`] (see [`crate::RaftNode::write`]).
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{LeaderHint, WriteError};
+use crate::types::{Batch, LogId, Raft, RaftMetrics};
+
+/// The outcome of one proposed command: where it was committed and its
+/// encoded response.
+pub(crate) type Outcome = Result<(LogId, ByteBuf), WriteError>;
+
+struct Proposal {
+    command: Vec<u8>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The handle of the batching task.
+pub(crate) struct Proposer {
+    tx: mpsc::Sender<Proposal>,
+    task: JoinHandle<()>,
+}
+
+impl Proposer {
+    pub(crate) fn spawn(raft: Raft, config: &Config) -> Self {
+        let (tx, rx) = mpsc::channel(config.max_batch_commands.max(1) * 4);
+        let limits = Limits {
+            commands: config.max_batch_commands.max(1),
+            bytes: config.max_batch_bytes.max(1),
+            inflight: config.max_inflight_batches.max(1),
+        };
+        Proposer { tx, task: tokio::spawn(run(raft, rx, limits)) }
+    }
+
+    /// Queues an encoded command; the receiver yields its outcome.
+    pub(crate) async fn propose(&self, command: Vec<u8>) -> Result<oneshot::Receiver<Outcome>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Proposal { command, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.task.abort();
+    }
+}
+
+struct Limits {
+    commands: usize,
+    bytes: usize,
+    inflight: usize,
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
+    let inflight = Arc::new(Semaphore::new(limits.inflight));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        // Take everything that queued up meanwhile, within the limits.
+        // Callers that gave up waiting are dropped here, unproposed.
+        let mut bytes = first.command.len();
+        let mut batch = vec![first];
+        while batch.len() < limits.commands && bytes < limits.bytes {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.command.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        // Leadership may have moved while the batch waited.
+        let not_leader = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            (m.state != ServerState::Leader).then(|| leader_hint(&m))
+        };
+        if let Some(leader) = not_leader {
+            for p in batch {
+                let _ = p.reply.send(Err(WriteError::NotLeader { leader: leader.clone() }));
+            }
+            continue;
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Outcome>>) =
+                batch.into_iter().map(|p| (ByteBuf::from(p.command), p.reply)).unzip();
+            let n = commands.len();
+            tracing::trace!(commands = n, "proposing batch");
+            let indeterminate =
+                |reason: String, leader: Option<LeaderHint>| WriteError::Indeterminate { reason, leader };
+            let failure = match raft.client_write(Batch(commands)).await {
+                Ok(resp) if resp.data.0.len() == n => {
+                    for (reply, data) in replies.into_iter().zip(resp.data.0) {
+                        let _ = reply.send(Ok((resp.log_id, data)));
+                    }
+                    return;
+                }
+                Ok(resp) => indeterminate(
+                    format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
+                    None,
+                ),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => indeterminate(
+                    "leadership changed after the command was proposed".into(),
+                    f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
+                ),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    indeterminate(e.to_string(), None)
+                }
+                Err(RaftError::Fatal(e)) => indeterminate(format!("node stopped: {e}"), None),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+        });
+    }
+}
+
+pub(crate) fn leader_hint(m: &RaftMetrics) -> Option<LeaderHint> {
+    let id = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&id).cloned();
+    Some(LeaderHint { id, node })
+}

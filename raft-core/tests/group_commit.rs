@@ -1,0 +1,61 @@
+//! Group commit: concurrent writes share log entries, and each still gets
+//! its own response.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Register, Set};
+use raft_core::network::local::LocalRouter;
+use raft_core::{Config, Node, RaftNode, Storage};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_responses() {
+    let router = LocalRouter::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let node =
+            RaftNode::start_local(id, Config::new("group-commit"), Storage::InMemory, Register, &router)
+                .await
+                .unwrap();
+        nodes.insert(id, node);
+    }
+    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
+    nodes[&1].initialize(members).await.unwrap();
+    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let nodes = Arc::new(nodes);
+
+    let writers = 200;
+    let mut tasks = Vec::new();
+    for i in 0..writers {
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{i}");
+            let first =
+                nodes[&leader].write(&Set { key: key.clone(), value: format!("first-{i}") }).await.unwrap();
+            let second = nodes[&leader].write(&Set { key, value: format!("second-{i}") }).await.unwrap();
+            assert_eq!(first.response, None, "writer {i}: a new key has no previous value");
+            assert_eq!(
+                second.response,
+                Some(format!("first-{i}")),
+                "writer {i} got another writer's response"
+            );
+            [first.log_id.index, second.log_id.index]
+        }));
+    }
+    let mut indexes = BTreeSet::new();
+    for t in tasks {
+        indexes.extend(t.await.unwrap());
+    }
+    assert!(
+        indexes.len() < 2 * writers / 2,
+        "{} writes used {} log entries: concurrent writes were not batched",
+        2 * writers,
+        indexes.len()
+    );
+    for (_, n) in Arc::into_inner(nodes).unwrap() {
+        n.shutdown().await;
+    }
+}
