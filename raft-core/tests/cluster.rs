@@ -148,6 +148,8 @@ fn config() -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_1000_writes_to_identical_states() {
     let c = std::sync::Arc::new(Cluster::start(3, config()).await);
+    let leader = c.leader().await;
+    let term = c.nodes[&leader].metrics().await.term;
     let mut tasks = Vec::new();
     for t in 0..16 {
         let c = c.clone();
@@ -170,6 +172,10 @@ async fn three_nodes_replicate_1000_writes_to_identical_states() {
     for id in [2, 3] {
         assert_eq!(c.state(id), reference, "node {id} differs from node 1");
     }
+    // The default timeouts leave room for an fsync per append under load:
+    // no follower timed out and started an election.
+    let m = c.nodes[&leader].metrics().await;
+    assert_eq!((m.role, m.term), (Role::Leader, term), "a spurious election happened under load");
     std::sync::Arc::into_inner(c).unwrap().shutdown().await;
 }
 
