@@ -119,26 +119,48 @@ impl ApplyContext {
     }
 }
 
-/// Local storage failed while reading or writing the application state.
+/// Local storage failed, or holds something that cannot be right, while
+/// reading or writing the application state.
 #[derive(Debug, thiserror::Error)]
-#[error("state machine storage: {0}")]
-pub struct StateError(#[from] redb::Error);
+#[non_exhaustive]
+pub enum StateError {
+    /// redb failed.
+    #[error("state machine storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// A stored record does not decode: the file was corrupted, or written
+    /// by an incompatible build.
+    #[error("state machine data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StateError {
+    /// A stored record is not what it must be.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        StateError::Corrupt(what.into())
+    }
+}
+
+impl From<crate::codec::DecodeError> for StateError {
+    fn from(e: crate::codec::DecodeError) -> Self {
+        StateError::Corrupt(e.to_string())
+    }
+}
 
 impl From<redb::StorageError> for StateError {
     fn from(e: redb::StorageError) -> Self {
-        StateError(e.into())
+        StateError::Storage(e.into())
     }
 }
 
 impl From<redb::TableError> for StateError {
     fn from(e: redb::TableError) -> Self {
-        StateError(e.into())
+        StateError::Storage(e.into())
     }
 }
 
 impl From<redb::TransactionError> for StateError {
     fn from(e: redb::TransactionError) -> Self {
-        StateError(e.into())
+        StateError::Storage(e.into())
     }
 }
 

@@ -29,7 +29,7 @@
 //! entries are overwritten.
 //!
 //! Clients learn where the leader is from errors that carry a
-//! [`LeaderHint`](crate::error::LeaderHint).
+//! [`crate::error::LeaderHint`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -341,10 +341,22 @@ impl<A: StateMachine> RaftNode<A> {
     /// know it yet cannot get the quorum's confirmation, so it cannot serve
     /// a stale value.
     pub async fn read_barrier(&self) -> Result<u64, ReadError> {
-        let result = tokio::time::timeout(self.config.request_timeout, self.raft.ensure_linearizable()).await;
+        let index = self.read_index().await?;
+        self.wait_applied(index, self.config.request_timeout).await?;
+        Ok(index)
+    }
+
+    /// The first half of [`RaftNode::read_barrier`], for serving reads on
+    /// followers: on the leader, confirms leadership with a quorum and
+    /// returns the index a reader must have applied before reading. A
+    /// follower that obtains it from the leader, waits until it has applied
+    /// that index itself, and then reads locally, serves a linearizable read
+    /// without the data passing through the leader.
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        let result = tokio::time::timeout(self.config.request_timeout, self.raft.get_read_log_id()).await;
         match result {
             Err(_) => Err(ReadError::Timeout),
-            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ReadError::NotLeader {
                     leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
@@ -450,6 +462,13 @@ impl<A: StateMachine> RaftNode<A> {
         let raft_metrics = self.raft.metrics().borrow().clone();
         let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
         NodeMetrics::from_raft(&raft_metrics, committed)
+    }
+
+    /// Whether this node currently believes it is the leader. Only a hint:
+    /// it may have been deposed without knowing it yet (see
+    /// [`RaftNode::read_barrier`] for how reads stay safe anyway).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// The leader this node knows of, with its addresses.

@@ -102,7 +102,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 /// A term and the candidate voted for in it (and whether that vote won).
 pub type Vote = openraft::Vote<NodeId>;
-/// One log entry: log id plus payload (blank, membership, or a [`Command`]).
+/// One log entry: log id plus payload (blank, membership, or a [`Batch`]).
 pub type Entry = openraft::Entry<TypeConfig>;
 /// The payload of an [`Entry`].
 pub type EntryPayload = openraft::EntryPayload<TypeConfig>;

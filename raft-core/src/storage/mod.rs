@@ -6,7 +6,7 @@
 //! * [`mem_log`]: a log kept in memory ([`MemLogStore`]) for tests.
 //!
 //! redb's calls block on disk I/O, so every call from openraft's async core
-//! runs on tokio's blocking pool ([`blocking`]), never on a core thread.
+//! runs on tokio's blocking pool (`blocking`), never on a core thread.
 
 pub mod db;
 pub mod log_store;

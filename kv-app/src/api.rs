@@ -1,0 +1,376 @@
+//! The HTTP API's wire types: what the server sends and the client parses.
+//! Both sides use these definitions, so they cannot drift apart. The API
+//! itself is described in `docs/api.md`.
+//!
+//! Values are arbitrary bytes. In JSON a value is carried as `"value"`, a
+//! UTF-8 string, when it is valid UTF-8, and otherwise as `"value_b64"`,
+//! standard base64. A request may use either; a response uses `value`
+//! whenever it can.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started
+    /// (ReadIndex). Served by the leader, or by a follower after it has
+    /// applied the leader's read index.
+    #[default]
+    Linearizable,
+    /// Reflects at least the state at the client's session token: the
+    /// client's own earlier writes and reads (read-your-writes, monotonic
+    /// reads). Served by any node once it has applied up to the token.
+    Session,
+    /// Whatever this node has applied now; may be behind the leader.
+    Stale,
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "linearizable" => Ok(Consistency::Linearizable),
+            "session" => Ok(Consistency::Session),
+            "stale" => Ok(Consistency::Stale),
+            other => Err(format!("unknown consistency {other:?}: use linearizable, session or stale")),
+        }
+    }
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once committed: in the durable log of a majority of voters.
+    #[default]
+    Majority,
+    /// Once every voter has it in its log: fully synchronous replication.
+    /// Waits, then fails with `not_fully_replicated`, while a voter is down.
+    All,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "majority" => Ok(Durability::Majority),
+            "all" => Ok(Durability::All),
+            other => Err(format!("unknown durability {other:?}: use majority or all")),
+        }
+    }
+}
+
+/// A value in JSON: exactly one of the two fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonValue {
+    /// The value as a UTF-8 string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value in standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+}
+
+impl JsonValue {
+    /// The JSON form of `bytes`: `value` if UTF-8, else `value_b64`.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => JsonValue { value: Some(s.to_owned()), value_b64: None },
+            Err(_) => JsonValue {
+                value: None,
+                value_b64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            },
+        }
+    }
+
+    /// The bytes, or why they cannot be had.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        match (&self.value, &self.value_b64) {
+            (Some(s), None) => Ok(s.as_bytes().to_vec()),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("value_b64 is not valid base64: {e}")),
+            (Some(_), Some(_)) => Err("give either value or value_b64, not both".into()),
+            (None, None) => Err("missing value (or value_b64)".into()),
+        }
+    }
+}
+
+/// The body of `PUT /v1/kv/{key}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    /// The value.
+    #[serde(flatten)]
+    pub value: JsonValue,
+    /// For exactly-once writes: the client's id (with `seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// For exactly-once writes: this write's sequence number (with `client_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The body of `DELETE /v1/kv/{key}` (optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// See [`PutRequest::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// See [`PutRequest::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The body of `POST /v1/cas/{key}`. Exactly one of `expected`,
+/// `expected_b64` and `expect_absent: true` must be given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasRequest {
+    /// The value the key must hold, as UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The value the key must hold, as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_b64: Option<String>,
+    /// The key must not exist (create-if-absent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expect_absent: bool,
+    /// The new value.
+    #[serde(flatten)]
+    pub value: JsonValue,
+    /// See [`PutRequest::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// See [`PutRequest::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The answer to a read of one key (`GET /v1/kv/{key}`), 200 only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// The key.
+    pub key: String,
+    /// The value.
+    #[serde(flatten)]
+    pub value: JsonValue,
+    /// The log index the read reflects (the serving node's applied index):
+    /// the client's new session token.
+    pub index: u64,
+    /// The node that served the read.
+    pub node: u64,
+    /// The highest index the serving node knows to be committed. For a
+    /// `stale` read, `committed_index - index` is how far behind it is.
+    pub committed_index: u64,
+}
+
+/// The answer to a write (PUT, DELETE, or a CAS that succeeded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// The log index of the write: the client's new session token.
+    pub index: u64,
+    /// The node that committed it (the leader).
+    pub node: u64,
+    /// True if this (client_id, seq) had been applied before, and this is
+    /// the remembered outcome.
+    pub duplicate: bool,
+    /// For a put: whether the key was new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// For a delete: whether the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existed: Option<bool>,
+    /// For a CAS: whether it took effect (a failed CAS is a 412 with this
+    /// body and `succeeded: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// For a CAS: the value after the operation (absent: the key does not
+    /// exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<JsonValue>,
+}
+
+/// One key and value of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListItem {
+    /// The key.
+    pub key: String,
+    /// The value.
+    #[serde(flatten)]
+    pub value: JsonValue,
+}
+
+/// The answer to `GET /v1/kv?prefix=P&limit=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    /// Keys starting with the prefix, in byte order.
+    pub items: Vec<ListItem>,
+    /// True if more keys match than `limit` allowed.
+    pub more: bool,
+    /// See [`ReadResponse::index`].
+    pub index: u64,
+    /// See [`ReadResponse::node`].
+    pub node: u64,
+    /// See [`ReadResponse::committed_index`].
+    pub committed_index: u64,
+}
+
+/// Where the leader is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// Its node id.
+    pub id: u64,
+    /// Its HTTP address, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_addr: Option<String>,
+}
+
+/// Every error response's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code; see [`codes`].
+    pub error: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Whether the same request may simply be sent again. For writes this is
+    /// true only when the write certainly did not take effect.
+    pub retryable: bool,
+    /// The leader, when the error is about not being it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderInfo>,
+    /// A log index the error relates to (the committed index of a write
+    /// that was not fully replicated, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// The error codes, with their HTTP status.
+pub mod codes {
+    /// 400: the request is malformed (JSON, parameters, key encoding).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// 413: the key or value is over its size limit.
+    pub const TOO_LARGE: &str = "too_large";
+    /// 404: the key does not exist.
+    pub const KEY_NOT_FOUND: &str = "key_not_found";
+    /// 404: no such node in the membership.
+    pub const UNKNOWN_NODE: &str = "unknown_node";
+    /// 412: the CAS's expected value did not match (body: a WriteResponse).
+    pub const CAS_MISMATCH: &str = "cas_mismatch";
+    /// 409: this (client_id, seq) is older than the client's latest write.
+    pub const STALE_SEQUENCE: &str = "stale_sequence";
+    /// 409: another membership change is in progress, or the change is invalid.
+    pub const CONFLICT: &str = "conflict";
+    /// 503: no leader is known, or the leader cannot be reached; the request
+    /// was not carried out. Retry later.
+    pub const NO_LEADER: &str = "no_leader";
+    /// 503: the read could not be served in time (no quorum, lagging node);
+    /// nothing changed. Retry.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// 504: the write was (or may have been) proposed, but its outcome is
+    /// unknown: it may still take effect.
+    pub const INDETERMINATE: &str = "indeterminate";
+    /// 504: the write committed on a majority, but not every voter
+    /// acknowledged it in time (durability=all).
+    pub const NOT_FULLY_REPLICATED: &str = "not_fully_replicated";
+    /// 500: the node's storage failed.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// One follower's replication state, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerStatus {
+    /// The follower.
+    pub id: u64,
+    /// The last index known to be in its log (`None`: not yet known).
+    pub matched_index: Option<u64>,
+    /// `last_log_index - matched_index`: its replication lag in entries.
+    pub lag: u64,
+}
+
+/// `GET /v1/cluster/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// This node.
+    pub id: u64,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// The highest index this node knows to be committed.
+    pub committed_index: u64,
+    /// The index of the last entry this node applied.
+    pub applied_index: u64,
+    /// The last index of this node's snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The last index purged from this node's log.
+    pub purged_index: Option<u64>,
+    /// Voter ids.
+    pub voters: Vec<u64>,
+    /// Learner ids.
+    pub learners: Vec<u64>,
+    /// On the leader: each other member's replication state.
+    pub followers: Vec<FollowerStatus>,
+    /// A digest of the applied data, equal on replicas with equal data.
+    pub state_digest: String,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Raft (TCP transport) address.
+    pub raft_addr: String,
+    /// HTTP address.
+    pub api_addr: String,
+    /// True for a voter, false for a learner.
+    pub voter: bool,
+}
+
+/// `GET /v1/cluster/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    /// Every member.
+    pub members: Vec<Member>,
+    /// The leader, if known.
+    pub leader: Option<u64>,
+}
+
+/// The body of `POST /v1/cluster/learners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearnerRequest {
+    /// The new node's id (never reuse a removed node's id).
+    pub id: u64,
+    /// Its Raft address.
+    pub raft_addr: String,
+    /// Its HTTP address.
+    pub api_addr: String,
+}
+
+/// The answer to a membership change or a snapshot request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeResponse {
+    /// The log index of the change (0 for snapshot and campaign).
+    pub index: u64,
+    /// The node that carried it out.
+    pub node: u64,
+}
+
+/// `POST /v1/internal/read-index`: the leader's answer to a follower that
+/// wants to serve a linearizable read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// Apply up to here, then read.
+    pub index: u64,
+    /// The leader that confirmed it.
+    pub node: u64,
+}

@@ -1,0 +1,130 @@
+//! `kv-server`: one node of the replicated KV service.
+//!
+//! With no flags it runs a single-node cluster with its data in `./data`,
+//! HTTP on 127.0.0.1:8080 and Raft on 127.0.0.1:9080, initializing itself
+//! on first start and reopening its data afterwards.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kv_app::server::{self, ServerConfig};
+use raft_core::Node;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "A node of the replicated key-value service (Raft on openraft + redb)")]
+struct Args {
+    /// This node's id: a positive integer, unique in the cluster, never reused.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Where this node keeps its data (created if missing).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// The address clients reach this node on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// The address other nodes reach this node's Raft transport on.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    raft_addr: String,
+    /// The cluster's name; nodes refuse Raft traffic from other clusters.
+    #[arg(long, default_value = "kv")]
+    cluster_id: String,
+    /// Form a new cluster of these members on first start, as
+    /// "ID=RAFT_ADDR/HTTP_ADDR,...". Give every node the same list.
+    /// Default: a single-node cluster of this node.
+    #[arg(long)]
+    initial_members: Option<String>,
+    /// Join a running cluster through any member's HTTP address, instead of
+    /// forming one. Ignored when the data directory already holds a cluster.
+    #[arg(long, conflicts_with = "initial_members")]
+    join: Option<String>,
+    /// The largest value accepted, in bytes.
+    #[arg(long, default_value_t = kv_app::command::DEFAULT_MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+    /// Take a snapshot (and purge the log behind it) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot when the log is purged, so that a
+    /// follower a little behind catches up from the log instead of a full
+    /// snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_keep_entries: u64,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Election timeout range in milliseconds, as MIN-MAX.
+    #[arg(long, default_value = "500-1000")]
+    election_timeout_ms: String,
+}
+
+fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
+    let mut members = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) =
+            part.split_once('=').with_context(|| format!("{part:?}: expected ID=RAFT_ADDR/HTTP_ADDR"))?;
+        let (raft, http) =
+            addrs.split_once('/').with_context(|| format!("{part:?}: expected ID=RAFT_ADDR/HTTP_ADDR"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("{part:?}: {id:?} is not a node id"))?;
+        if members.insert(id, Node::new(raft.trim(), http.trim())).is_some() {
+            bail!("node id {id} appears twice in --initial-members");
+        }
+    }
+    Ok(members)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .init();
+    let args = Args::parse();
+    if args.id == 0 {
+        bail!("--id must be a positive integer");
+    }
+    let (min, max) = args
+        .election_timeout_ms
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        .context("--election-timeout-ms: expected MIN-MAX, e.g. 500-1000")?;
+
+    let http = tokio::net::TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
+    let raft = tokio::net::TcpListener::bind(&args.raft_addr)
+        .await
+        .with_context(|| format!("binding the Raft address {}", args.raft_addr))?;
+
+    let mut config = ServerConfig::new(args.id, &args.data_dir);
+    config.raft = raft_core::Config::new(args.cluster_id);
+    config.raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    config.raft.election_timeout_min = Duration::from_millis(min);
+    config.raft.election_timeout_max = Duration::from_millis(max);
+    config.raft.snapshot_every = args.snapshot_every;
+    config.raft.keep_behind_snapshot = args.snapshot_keep_entries;
+    config.raft.purge_batch = config.raft.purge_batch.min(args.snapshot_every.max(1));
+    config.max_value_bytes = args.max_value_bytes;
+    config.join = args.join;
+    config.initial_members = match &args.initial_members {
+        Some(s) => parse_members(s)?,
+        None if config.join.is_none() => BTreeMap::from([(
+            args.id,
+            Node::new(raft.local_addr()?.to_string(), http.local_addr()?.to_string()),
+        )]),
+        None => BTreeMap::new(),
+    };
+
+    let server = server::start(config, http, raft).await?;
+    println!("kv-server node {} listening http={} raft={}", args.id, server.http_addr, server.raft_addr);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

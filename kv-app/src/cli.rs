@@ -1,0 +1,568 @@
+//! `kvctl`, the command-line client: argument parsing and output, on top of
+//! [`crate::client`] and [`crate::local_cluster`]. The binary
+//! (`src/bin/kvctl.rs`) only parses arguments and calls [`main`].
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done |
+//! | 1 | a definite "no": `get` of a missing key, a `cas` whose expected value did not match |
+//! | 2 | an error: bad arguments, an unreachable cluster, a refused request (a write that certainly did not take effect), a failed read |
+//! | 3 | a write's (or membership change's) outcome is unknown: it timed out, and may or may not take effect |
+//!
+//! Errors are one line on stderr. With `--json`, answers are the server's
+//! JSON, one object per line, on stdout.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::api::{Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse};
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::local_cluster::{self, ClusterConfig, LocalCluster};
+
+/// Exit code: a definite negative answer (missing key, CAS mismatch).
+pub const EXIT_NO: u8 = 1;
+/// Exit code: an error.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code: a write whose outcome is unknown.
+pub const EXIT_INDETERMINATE: u8 = 3;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "kvctl", version, about = "Talk to a kv-server cluster, or run one locally")]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The cluster's HTTP endpoints, comma-separated (host:port or http://host:port).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub endpoints: Vec<String>,
+    /// Read consistency: linearizable, session or stale.
+    #[arg(long, global = true, default_value = "linearizable")]
+    pub consistency: Consistency,
+    /// Write durability: majority or all.
+    #[arg(long, global = true, default_value = "majority")]
+    pub durability: Durability,
+    /// Print the server's JSON answer instead of a human summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up after this many seconds, retries included.
+    #[arg(long, global = true, default_value_t = 30.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store VALUE under KEY.
+    Put {
+        /// The key.
+        key: String,
+        /// The value (UTF-8).
+        value: String,
+    },
+    /// Print KEY's value (exit 1 if it does not exist).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete KEY (succeeds whether or not it existed).
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to TO if it holds FROM, or with --absent if it does not
+    /// exist. Exit 1 on a mismatch, printing the current value.
+    #[command(override_usage = "kvctl cas KEY FROM TO\n       kvctl cas --absent KEY TO")]
+    Cas {
+        /// The key.
+        key: String,
+        /// FROM TO, or just TO with --absent.
+        #[arg(num_args = 1..=2, required = true, value_name = "VALUE")]
+        values: Vec<String>,
+        /// Require the key to be absent instead of giving FROM.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// List keys starting with PREFIX (all keys: "").
+    List {
+        /// The prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many keys.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show the status of the first reachable endpoint (--all: of every one).
+    Status {
+        /// Ask every endpoint.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the members and the leader.
+    Members,
+    /// Add a node as a learner (returns once it has caught up).
+    AddLearner {
+        /// The new node's id (never reuse a removed node's id).
+        id: u64,
+        /// Its Raft address.
+        raft_addr: String,
+        /// Its HTTP address.
+        api_addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The node id.
+        id: u64,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node id.
+        id: u64,
+    },
+    /// Ask a node to take a snapshot (default: the first endpoint).
+    Snapshot {
+        /// The node's HTTP address.
+        endpoint: Option<String>,
+    },
+    /// Ask a node to start an election (default: the first endpoint).
+    Campaign {
+        /// The node's HTTP address.
+        endpoint: Option<String>,
+    },
+    /// Run a cluster of kv-server processes on this machine.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `kvctl cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start N nodes in the background and wait for a leader. With an
+    /// existing stopped cluster in DIR, restart it.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Where the nodes keep their data, logs and cluster.json.
+        #[arg(long)]
+        dir: PathBuf,
+        /// HTTP ports P, P+1, ...; Raft ports P+1000, ... (default: free ports).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// The kv-server binary (default: the one next to kvctl).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
+    /// Stop the nodes listed in DIR/cluster.json (their data stays).
+    Down {
+        /// The cluster's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// Runs the command and turns the result into an exit code, printing a
+/// one-line error to stderr on failure.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kvctl: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let changes_state = cli.command.changes_state();
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvctl: {e:#}");
+            ExitCode::from(error_exit_code(&e, changes_state))
+        }
+    }
+}
+
+/// The exit code for a failed command: [`EXIT_INDETERMINATE`] if it was a
+/// write (or membership change) whose outcome is unknown, else
+/// [`EXIT_ERROR`].
+pub fn error_exit_code(e: &anyhow::Error, changes_state: bool) -> u8 {
+    let unknown =
+        e.chain().filter_map(|cause| cause.downcast_ref::<ClientError>()).any(|c| !c.outcome_known());
+    if changes_state && unknown {
+        EXIT_INDETERMINATE
+    } else {
+        EXIT_ERROR
+    }
+}
+
+impl Command {
+    /// Whether the command asks the cluster to change something (so that
+    /// an error may leave its outcome unknown).
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Command::Put { .. }
+            | Command::Del { .. }
+            | Command::Cas { .. }
+            | Command::AddLearner { .. }
+            | Command::Promote { .. }
+            | Command::Remove { .. }
+            | Command::Snapshot { .. }
+            | Command::Campaign { .. } => true,
+            Command::Get { .. }
+            | Command::List { .. }
+            | Command::Status { .. }
+            | Command::Members
+            | Command::Cluster(_) => false,
+        }
+    }
+}
+
+/// Runs one command. `Ok` carries the exit code of an answer (0, or 1 for a
+/// definite "no"); `Err` is an error to report.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    let deadline = Duration::from_secs_f64(g.timeout);
+    let options = ClientOptions {
+        deadline,
+        request_timeout: ClientOptions::default().request_timeout.min(deadline),
+        consistency: g.consistency,
+        durability: g.durability,
+        ..ClientOptions::default()
+    };
+    if let Command::Cluster(command) = cli.command {
+        return cluster(command, g.json).await;
+    }
+    let client = Client::with_options(g.endpoints.clone(), options).context("bad --endpoints")?;
+    let first_endpoint = client.endpoints()[0].clone();
+    match cli.command {
+        Command::Put { key, value } => {
+            let w = client.put(&key, value.as_bytes(), None).await.with_context(|| format!("put {key:?}"))?;
+            print_write(g.json, &w, w.created.map(|c| if c { "created" } else { "updated" }))?;
+        }
+        Command::Get { key } => match client.get(&key, None).await.with_context(|| format!("get {key:?}"))? {
+            Some(read) if g.json => print_json(&ReadResponse::from(read))?,
+            Some(read) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&read.value)?;
+                out.write_all(b"\n")?;
+            }
+            None => {
+                eprintln!("kvctl: key {key:?} not found");
+                return Ok(ExitCode::from(EXIT_NO));
+            }
+        },
+        Command::Del { key } => {
+            let w = client.delete(&key, None).await.with_context(|| format!("delete {key:?}"))?;
+            print_write(g.json, &w, w.existed.map(|e| if e { "deleted" } else { "did not exist" }))?;
+        }
+        Command::Cas { key, values, absent } => {
+            let (expected, new) = match (absent, values.as_slice()) {
+                (false, [from, to]) => (Some(from.as_bytes()), to),
+                (true, [to]) => (None, to),
+                (false, _) => bail!("cas takes KEY FROM TO (or --absent KEY TO)"),
+                (true, _) => bail!("with --absent, cas takes KEY TO"),
+            };
+            let outcome = client
+                .cas(&key, expected, new.as_bytes(), None)
+                .await
+                .with_context(|| format!("cas {key:?}"))?;
+            let succeeded = outcome.succeeded;
+            let current = outcome.current.clone();
+            if g.json {
+                print_json(&WriteResponse::from(outcome))?;
+            } else if succeeded {
+                println!("OK (index {}, node {})", outcome.index, outcome.node);
+            }
+            if !succeeded {
+                match current {
+                    Some(v) => eprintln!("kvctl: cas {key:?} failed: current value is {}", show(&v)),
+                    None => eprintln!("kvctl: cas {key:?} failed: the key does not exist"),
+                }
+                return Ok(ExitCode::from(EXIT_NO));
+            }
+        }
+        Command::List { prefix, limit } => {
+            let listing =
+                client.list(&prefix, limit, None).await.with_context(|| format!("list {prefix:?}"))?;
+            if g.json {
+                print_json(&ListResponse::from(listing))?;
+            } else {
+                for item in &listing.items {
+                    println!("{}\t{}", item.key, show(&item.value));
+                }
+                if listing.more {
+                    eprintln!("kvctl: more keys match; raise --limit to see them");
+                }
+            }
+        }
+        Command::Status { all } => {
+            if all {
+                let mut statuses = Vec::new();
+                for endpoint in client.endpoints() {
+                    match client.status(Some(endpoint)).await {
+                        Ok(s) => statuses.push((endpoint.clone(), Some(s))),
+                        Err(e) => {
+                            eprintln!("kvctl: {endpoint}: {e}");
+                            statuses.push((endpoint.clone(), None));
+                        }
+                    }
+                }
+                if statuses.iter().all(|(_, s)| s.is_none()) {
+                    bail!("no endpoint answered");
+                }
+                if g.json {
+                    print_json(&statuses.iter().filter_map(|(_, s)| s.as_ref()).collect::<Vec<_>>())?;
+                } else {
+                    for (endpoint, status) in &statuses {
+                        if let Some(s) = status {
+                            println!("{endpoint}: {}", status_line(s));
+                        }
+                    }
+                }
+            } else {
+                let s = client.status(None).await.context("status")?;
+                if g.json {
+                    print_json(&s)?;
+                } else {
+                    print_status(&s);
+                }
+            }
+        }
+        Command::Members => {
+            let m = client.members().await.context("members")?;
+            if g.json {
+                print_json(&m)?;
+            } else {
+                for member in &m.members {
+                    let role = if member.voter { "voter" } else { "learner" };
+                    let leader = if m.leader == Some(member.id) { " (leader)" } else { "" };
+                    println!(
+                        "{}\t{role}\thttp={}\traft={}{leader}",
+                        member.id, member.api_addr, member.raft_addr
+                    );
+                }
+            }
+        }
+        Command::AddLearner { id, raft_addr, api_addr } => {
+            let r = client
+                .add_learner(id, &raft_addr, &api_addr)
+                .await
+                .with_context(|| format!("add learner {id}"))?;
+            print_change(g.json, &r)?;
+        }
+        Command::Promote { id } => {
+            let r = client.promote(id).await.with_context(|| format!("promote {id}"))?;
+            print_change(g.json, &r)?;
+        }
+        Command::Remove { id } => {
+            let r = client.remove(id).await.with_context(|| format!("remove {id}"))?;
+            print_change(g.json, &r)?;
+        }
+        Command::Snapshot { endpoint } => {
+            let endpoint = endpoint.unwrap_or(first_endpoint);
+            let r = client.snapshot(&endpoint).await.with_context(|| format!("snapshot on {endpoint}"))?;
+            print_change(g.json, &r)?;
+        }
+        Command::Campaign { endpoint } => {
+            let endpoint = endpoint.unwrap_or(first_endpoint);
+            let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
+            print_change(g.json, &r)?;
+        }
+        Command::Cluster(_) => unreachable!("invariant: cluster commands are handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cluster(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::Up { nodes, dir, base_port, bin } => {
+            let bin = match bin {
+                Some(bin) => bin,
+                None => local_cluster::default_server_binary()?,
+            };
+            let mut config = ClusterConfig::new(nodes, &dir, bin);
+            config.base_port = base_port;
+            let cluster = LocalCluster::up(config)
+                .await
+                .with_context(|| format!("starting a cluster in {}", dir.display()))?;
+            let leader = cluster.leader();
+            let restarted = cluster.restarted();
+            let file = cluster.detach();
+            if json {
+                print_json(&file)?;
+            } else {
+                let verb = if restarted { "restarted" } else { "started" };
+                println!("{verb} {} nodes in {}; leader: node {leader}", file.nodes.len(), dir.display());
+                for n in &file.nodes {
+                    println!(
+                        "node {}: http={} raft={} pid={} log={}",
+                        n.id,
+                        n.http_addr,
+                        n.raft_addr,
+                        n.pid,
+                        n.data_dir.join(local_cluster::LOG_FILE).display()
+                    );
+                }
+                let endpoints: Vec<&str> = file.nodes.iter().map(|n| n.http_addr.as_str()).collect();
+                println!("endpoints: {}", endpoints.join(","));
+                println!("try: kvctl --endpoints {} put greeting hello", endpoints.join(","));
+                println!("stop: kvctl cluster down --dir {}", dir.display());
+            }
+        }
+        ClusterCommand::Down { dir } => {
+            let report = local_cluster::down(&dir)
+                .with_context(|| format!("stopping the cluster in {}", dir.display()))?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for (node, how) in report.lines() {
+                    println!("node {} (pid {}): {how}", node.id, node.pid);
+                }
+                println!("data kept in {}; `kvctl cluster up --dir {0}` restarts it", dir.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let line = serde_json::to_string(value).context("encoding JSON")?;
+    println!("{line}");
+    Ok(())
+}
+
+fn print_write(json: bool, w: &WriteResponse, what: Option<&str>) -> anyhow::Result<()> {
+    if json {
+        return print_json(w);
+    }
+    let mut notes = vec![format!("index {}", w.index), format!("node {}", w.node)];
+    notes.extend(what.map(str::to_owned));
+    if w.duplicate {
+        notes.push("applied by an earlier attempt".into());
+    }
+    println!("OK ({})", notes.join(", "));
+    Ok(())
+}
+
+fn print_change(json: bool, r: &crate::api::ChangeResponse) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!("OK (index {}, node {})", r.index, r.node);
+    Ok(())
+}
+
+fn status_line(s: &StatusResponse) -> String {
+    let leader = s.leader.map_or("none".to_owned(), |l| l.to_string());
+    format!(
+        "node {} {} term {} leader {leader} last_log {} committed {} applied {}",
+        s.id, s.role, s.term, s.last_log_index, s.committed_index, s.applied_index
+    )
+}
+
+fn print_status(s: &StatusResponse) {
+    let opt = |v: Option<u64>| v.map_or("none".to_owned(), |v| v.to_string());
+    println!("node:            {}", s.id);
+    println!("role:            {}", s.role);
+    println!("term:            {}", s.term);
+    println!("leader:          {}", opt(s.leader));
+    println!("last log index:  {}", s.last_log_index);
+    println!("committed index: {}", s.committed_index);
+    println!("applied index:   {}", s.applied_index);
+    println!("snapshot index:  {}", opt(s.snapshot_index));
+    println!("purged index:    {}", opt(s.purged_index));
+    println!("voters:          {:?}", s.voters);
+    println!("learners:        {:?}", s.learners);
+    for f in &s.followers {
+        println!("follower {}:      matched {} lag {}", f.id, opt(f.matched_index), f.lag);
+    }
+    println!("state digest:    {}", s.state_digest);
+}
+
+/// A value for humans: as text if UTF-8, else escaped.
+fn show(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(s) => s.to_owned(),
+        Err(_) => value.escape_ascii().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+
+    fn failed(error: ClientError) -> anyhow::Error {
+        Err::<(), _>(error).context("put \"k\"").unwrap_err()
+    }
+
+    #[test]
+    fn unknown_write_outcome_exits_3_and_definite_failure_exits_2() {
+        let timed_out = failed(ClientError::Indeterminate { reason: "timeout".into() });
+        assert_eq!(error_exit_code(&timed_out, true), EXIT_INDETERMINATE);
+        let refused = failed(ClientError::Unavailable { reason: "refused".into() });
+        assert_eq!(error_exit_code(&refused, true), EXIT_ERROR);
+        // A read has no outcome to be unsure of.
+        let garbled = failed(ClientError::Decode { endpoint: "e".into(), reason: "r".into() });
+        assert_eq!(error_exit_code(&garbled, false), EXIT_ERROR);
+        assert_eq!(error_exit_code(&garbled, true), EXIT_INDETERMINATE);
+        assert_eq!(error_exit_code(&anyhow::anyhow!("bad --endpoints"), true), EXIT_ERROR);
+    }
+
+    #[test]
+    fn cas_takes_from_and_to_or_absent_and_to() {
+        let cli = Cli::try_parse_from(["kvctl", "cas", "k", "a", "b"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Cas { ref values, absent: false, .. } if values == &["a", "b"])
+        );
+        let cli = Cli::try_parse_from(["kvctl", "cas", "--absent", "k", "b"]).unwrap();
+        assert!(matches!(cli.command, Command::Cas { ref values, absent: true, .. } if values == &["b"]));
+        assert!(Cli::try_parse_from(["kvctl", "cas", "k"]).is_err());
+    }
+
+    #[test]
+    fn global_options_parse_anywhere() {
+        let cli = Cli::try_parse_from([
+            "kvctl",
+            "get",
+            "k",
+            "--endpoints",
+            "a:1,b:2",
+            "--consistency",
+            "stale",
+            "--json",
+            "--timeout",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.endpoints, ["a:1", "b:2"]);
+        assert_eq!(cli.global.consistency, Consistency::Stale);
+        assert!(cli.global.json);
+        assert_eq!(cli.global.timeout, 0.5);
+        assert!(Cli::try_parse_from(["kvctl", "--timeout", "0", "get", "k"]).is_err());
+        assert!(Cli::try_parse_from(["kvctl", "--durability", "some", "put", "k", "v"]).is_err());
+    }
+}

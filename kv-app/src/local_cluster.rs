@@ -1,0 +1,769 @@
+//! A cluster of `kv-server` processes on this machine, for trying things
+//! out (`kvctl cluster up` / `down`) and for tests that need real processes
+//! (to kill one with SIGKILL, say).
+//!
+//! [`LocalCluster::up`] starts N nodes, each with its own data directory
+//! `DIR/node-i` and log `DIR/node-i/server.log`, all bootstrapped with the
+//! same `--initial-members` list, waits until every node agrees on a leader,
+//! and records the nodes in `DIR/cluster.json`:
+//!
+//! ```json
+//! {"nodes":[{"id":1,"pid":4242,"http_addr":"127.0.0.1:40001",
+//!            "raft_addr":"127.0.0.1:40002","data_dir":"DIR/node-1"}, ...]}
+//! ```
+//!
+//! The returned [`LocalCluster`] owns the processes: dropping it kills them,
+//! which is what a test wants. `kvctl cluster up` instead calls
+//! [`LocalCluster::detach`] and leaves them running in their own process
+//! group (so a Ctrl-C in the terminal does not reach them), and
+//! [`down`] later stops them using the pids in `cluster.json`: SIGTERM, a
+//! grace period, then SIGKILL.
+//!
+//! The data directories outlive the processes. `up` on a directory whose
+//! `cluster.json` lists no running process restarts that cluster on the same
+//! addresses (Raft remembers its members by address); `up` on a directory
+//! whose nodes still run refuses.
+//!
+//! Shortcuts a production tool would not take: free ports are found by
+//! binding port 0 and closing the socket, so another process could grab a
+//! port before the node binds it; and a pid in `cluster.json` may have been
+//! reused by an unrelated process, which is why on Linux a pid only counts
+//! as a node if its command line names the node's data directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, ClientError, ClientOptions};
+
+/// The file, in the cluster's directory, that lists its nodes.
+pub const CLUSTER_FILE: &str = "cluster.json";
+/// Each node's log (its stderr and stdout), in its data directory.
+pub const LOG_FILE: &str = "server.log";
+/// How long [`down`] waits after SIGTERM before sending SIGKILL: long
+/// enough for a node to finish its in-flight writes and close its log.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// With `--base-port P`, node i's Raft port is its HTTP port plus this
+/// (kv-server's own defaults are 8080 and 9080).
+pub const RAFT_PORT_OFFSET: u16 = 1000;
+
+/// Errors of [`LocalCluster`] and [`down`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalClusterError {
+    /// Reading or writing a file, or starting a process, failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory's nodes are still running.
+    #[error("a cluster is already running in {dir} (pids {pids:?}); stop it with `kvctl cluster down --dir {dir}`")]
+    AlreadyRunning {
+        /// The directory.
+        dir: String,
+        /// The running pids.
+        pids: Vec<u32>,
+    },
+    /// The directory holds a cluster of another size.
+    #[error("{dir} holds a cluster of {existing} nodes, not {requested}; use another --dir, or delete it")]
+    DifferentCluster {
+        /// The directory.
+        dir: String,
+        /// Nodes in its cluster.json.
+        existing: usize,
+        /// Nodes asked for.
+        requested: u64,
+    },
+    /// `cluster.json` could not be read.
+    #[error("{path}: {reason}")]
+    BadClusterFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The arguments do not describe a cluster that can be started.
+    #[error("{0}")]
+    Invalid(String),
+    /// A node exited while the cluster was starting.
+    #[error("node {id} exited during startup ({status}); the end of {log}:\n{tail}")]
+    NodeExited {
+        /// The node.
+        id: u64,
+        /// How it exited.
+        status: String,
+        /// Its log file.
+        log: String,
+        /// The log's last lines.
+        tail: String,
+    },
+    /// No leader was agreed on in time.
+    #[error("no leader after {waited:?}: {detail}; see the logs in {dir}/node-*/{LOG_FILE}")]
+    NoLeader {
+        /// How long we waited.
+        waited: Duration,
+        /// What the nodes said last.
+        detail: String,
+        /// The cluster's directory.
+        dir: String,
+    },
+    /// The node id is not part of the cluster.
+    #[error("no node {0} in this cluster")]
+    UnknownNode(u64),
+    /// A status client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How many nodes (ids 1..=nodes).
+    pub nodes: u64,
+    /// The cluster's directory.
+    pub dir: PathBuf,
+    /// HTTP ports `base_port + i - 1` and Raft ports `RAFT_PORT_OFFSET`
+    /// higher; `None`: free ports chosen by the OS.
+    pub base_port: Option<u16>,
+    /// The `kv-server` binary. Integration tests of this package can use
+    /// `env!("CARGO_BIN_EXE_kv-server")`.
+    pub bin: PathBuf,
+    /// More arguments for every node (`--max-value-bytes 1024`, say).
+    pub extra_args: Vec<String>,
+    /// How long to wait for the nodes to agree on a leader.
+    pub startup_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// `nodes` nodes in `dir` on free ports, run from `bin`.
+    pub fn new(nodes: u64, dir: impl Into<PathBuf>, bin: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            nodes,
+            dir: dir.into(),
+            base_port: None,
+            bin: bin.into(),
+            extra_args: Vec::new(),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One node, as recorded in `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u64,
+    /// Its process id (of the latest start).
+    pub pid: u32,
+    /// Its HTTP address, `127.0.0.1:PORT`.
+    pub http_addr: String,
+    /// Its Raft address, `127.0.0.1:PORT`.
+    pub raft_addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+/// The contents of `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// The nodes, by id.
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl ClusterFile {
+    /// Reads `dir/cluster.json`; `Ok(None)` if there is none.
+    pub fn load(dir: &Path) -> Result<Option<ClusterFile>, LocalClusterError> {
+        let path = dir.join(CLUSTER_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LocalClusterError::Io { what: format!("reading {}", path.display()), source })
+            }
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| LocalClusterError::BadClusterFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `dir/cluster.json` (via a temporary file and a rename, so a
+    /// reader never sees half a file).
+    pub fn save(&self, dir: &Path) -> Result<(), LocalClusterError> {
+        let path = dir.join(CLUSTER_FILE);
+        let tmp = dir.join(format!("{CLUSTER_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self).expect("invariant: ClusterFile serializes to JSON");
+        fs::write(&tmp, text + "\n").map_err(|source| io(format!("writing {}", tmp.display()), source))?;
+        fs::rename(&tmp, &path).map_err(|source| io(format!("writing {}", path.display()), source))
+    }
+
+    /// The HTTP endpoints, by node id.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.http_addr.clone()).collect()
+    }
+}
+
+/// A running local cluster. Dropping it kills its nodes, unless it was
+/// [detached](LocalCluster::detach).
+#[derive(Debug)]
+pub struct LocalCluster {
+    config: ClusterConfig,
+    file: ClusterFile,
+    children: BTreeMap<u64, Child>,
+    leader: u64,
+    restarted: bool,
+}
+
+impl LocalCluster {
+    /// Starts the nodes (or restarts the stopped cluster recorded in the
+    /// directory), waits until they agree on a leader, and writes
+    /// `cluster.json`. On failure, kills whatever it started; the logs stay.
+    pub async fn up(config: ClusterConfig) -> Result<LocalCluster, LocalClusterError> {
+        if config.nodes == 0 {
+            return Err(LocalClusterError::Invalid("a cluster needs at least one node".into()));
+        }
+        let dir = &config.dir;
+        fs::create_dir_all(dir).map_err(|source| io(format!("creating {}", dir.display()), source))?;
+        let (nodes, restarted) = match ClusterFile::load(dir)? {
+            Some(existing) => {
+                let running: Vec<u32> =
+                    existing.nodes.iter().filter(|n| is_running(n)).map(|n| n.pid).collect();
+                if !running.is_empty() {
+                    return Err(LocalClusterError::AlreadyRunning {
+                        dir: dir.display().to_string(),
+                        pids: running,
+                    });
+                }
+                if existing.nodes.len() as u64 != config.nodes {
+                    return Err(LocalClusterError::DifferentCluster {
+                        dir: dir.display().to_string(),
+                        existing: existing.nodes.len(),
+                        requested: config.nodes,
+                    });
+                }
+                (existing.nodes, true)
+            }
+            None => (plan_nodes(&config)?, false),
+        };
+        let mut cluster = LocalCluster {
+            config,
+            file: ClusterFile { nodes },
+            children: BTreeMap::new(),
+            leader: 0,
+            restarted,
+        };
+        let ids: Vec<u64> = cluster.file.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            // On error, dropping `cluster` kills the nodes already started.
+            cluster.start(id)?;
+        }
+        let timeout = cluster.config.startup_timeout;
+        cluster.leader = cluster.wait_for_leader(timeout).await?;
+        tracing::info!(nodes = cluster.file.nodes.len(), leader = cluster.leader, dir = %cluster.config.dir.display(), "local cluster up");
+        Ok(cluster)
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.file.nodes
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: u64) -> Result<&NodeInfo, LocalClusterError> {
+        self.file.nodes.iter().find(|n| n.id == id).ok_or(LocalClusterError::UnknownNode(id))
+    }
+
+    /// The HTTP endpoints of all nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.file.endpoints()
+    }
+
+    /// The leader found by the last [`LocalCluster::wait_for_leader`] (or by `up`).
+    pub fn leader(&self) -> u64 {
+        self.leader
+    }
+
+    /// Whether `up` restarted a stopped cluster rather than creating one.
+    pub fn restarted(&self) -> bool {
+        self.restarted
+    }
+
+    /// A client for all nodes, with default options.
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::new(self.endpoints())
+    }
+
+    /// A client with the given options.
+    pub fn client_with(&self, options: ClientOptions) -> Result<Client, ClientError> {
+        Client::with_options(self.endpoints(), options)
+    }
+
+    /// Starts node `id` (again), with the same arguments as before; its data
+    /// directory is reopened. Does nothing if it is running.
+    pub fn start(&mut self, id: u64) -> Result<(), LocalClusterError> {
+        if let Some(child) = self.children.get_mut(&id) {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            self.children.remove(&id);
+        }
+        let members = initial_members(&self.file.nodes);
+        let node =
+            self.file.nodes.iter_mut().find(|n| n.id == id).ok_or(LocalClusterError::UnknownNode(id))?;
+        let child = spawn_node(&self.config, node, &members)?;
+        node.pid = child.id();
+        self.children.insert(id, child);
+        self.file.save(&self.config.dir)
+    }
+
+    /// Kills node `id` with SIGKILL (a crash: nothing is flushed) and reaps it.
+    pub fn kill(&mut self, id: u64) -> Result<(), LocalClusterError> {
+        self.node(id)?;
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Stops node `id` with SIGTERM (a clean shutdown), then SIGKILL if it
+    /// is still running after [`STOP_GRACE`].
+    pub fn stop(&mut self, id: u64) -> Result<(), LocalClusterError> {
+        self.node(id)?;
+        if let Some(mut child) = self.children.remove(&id) {
+            stop_child(&mut child);
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node answers and all name the same leader,
+    /// which also says it is the leader. Returns its id.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64, LocalClusterError> {
+        let probe = ClientOptions {
+            request_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            deadline: Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        let client = Client::with_options(self.endpoints(), probe)?;
+        let started = Instant::now();
+        loop {
+            self.check_children()?;
+            let mut detail = Vec::new();
+            let mut leaders = Vec::new();
+            let mut leader_says_so = false;
+            for node in &self.file.nodes {
+                if !self.children.contains_key(&node.id) {
+                    continue;
+                }
+                match client.status(Some(&node.http_addr)).await {
+                    Ok(s) => {
+                        leaders.push(s.leader);
+                        leader_says_so |= s.leader == Some(s.id) && s.role == "leader";
+                        detail.push(format!("node {} is {} (leader {:?})", s.id, s.role, s.leader));
+                    }
+                    Err(e) => {
+                        leaders.push(None);
+                        detail.push(format!("node {}: {e}", node.id));
+                    }
+                }
+            }
+            if let Some(Some(leader)) = leaders.first() {
+                if leader_says_so && leaders.iter().all(|l| *l == Some(*leader)) {
+                    self.leader = *leader;
+                    return Ok(*leader);
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(LocalClusterError::NoLeader {
+                    waited: timeout,
+                    detail: detail.join("; "),
+                    dir: self.config.dir.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Leaves the nodes running after this value is dropped (they are in
+    /// their own process group already); returns what `cluster.json` says.
+    pub fn detach(mut self) -> ClusterFile {
+        self.children.clear();
+        self.file.clone()
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after [`STOP_GRACE`]).
+    pub fn shutdown(mut self) {
+        for child in self.children.values_mut() {
+            let _ = signal(child.id(), Some(Signal::SIGTERM));
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for child in self.children.values_mut() {
+            wait_until(deadline, || matches!(child.try_wait(), Ok(Some(_)) | Err(_)));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Fails if a node we started has exited.
+    fn check_children(&mut self) -> Result<(), LocalClusterError> {
+        for (id, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = self.config.dir.join(format!("node-{id}")).join(LOG_FILE);
+                return Err(LocalClusterError::NodeExited {
+                    id: *id,
+                    status: status.to_string(),
+                    tail: tail(&log, 20),
+                    log: log.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How [`down`] stopped each node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DownReport {
+    /// Exited after SIGTERM.
+    pub stopped: Vec<NodeInfo>,
+    /// Still running after the grace period; killed with SIGKILL.
+    pub killed: Vec<NodeInfo>,
+    /// Were not running.
+    pub not_running: Vec<NodeInfo>,
+}
+
+impl DownReport {
+    /// One line per node, by id: the node and what happened to it.
+    pub fn lines(&self) -> Vec<(&NodeInfo, &'static str)> {
+        let mut lines: Vec<(&NodeInfo, &'static str)> = Vec::new();
+        lines.extend(self.stopped.iter().map(|n| (n, "stopped")));
+        lines.extend(self.killed.iter().map(|n| (n, "killed (did not stop after SIGTERM)")));
+        lines.extend(self.not_running.iter().map(|n| (n, "was not running")));
+        lines.sort_by_key(|(n, _)| n.id);
+        lines
+    }
+}
+
+/// Stops the nodes listed in `dir/cluster.json`: SIGTERM, up to
+/// [`STOP_GRACE`] for them to exit, then SIGKILL. Keeps `cluster.json` and
+/// the data, so `up` can restart the cluster.
+pub fn down(dir: &Path) -> Result<DownReport, LocalClusterError> {
+    let file = ClusterFile::load(dir)?.ok_or_else(|| {
+        LocalClusterError::Invalid(format!(
+            "no {CLUSTER_FILE} in {}: no cluster was started there",
+            dir.display()
+        ))
+    })?;
+    let mut report = DownReport::default();
+    let mut signalled = Vec::new();
+    for node in file.nodes {
+        if is_running(&node) && signal(node.pid, Some(Signal::SIGTERM)).is_ok() {
+            signalled.push(node);
+        } else {
+            report.not_running.push(node);
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    wait_until(deadline, || signalled.iter().all(|n| !is_running(n)));
+    for node in signalled {
+        if is_running(&node) {
+            let _ = signal(node.pid, Some(Signal::SIGKILL));
+            wait_until(Instant::now() + Duration::from_secs(1), || !is_running(&node));
+            report.killed.push(node);
+        } else {
+            report.stopped.push(node);
+        }
+    }
+    Ok(report)
+}
+
+/// The kv-server binary next to the running executable (both are built
+/// into the same `target/<profile>/` directory).
+pub fn default_server_binary() -> Result<PathBuf, LocalClusterError> {
+    let exe =
+        std::env::current_exe().map_err(|source| io("finding the current executable".into(), source))?;
+    let bin = exe.with_file_name(format!("kv-server{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        return Err(LocalClusterError::Invalid(format!(
+            "no kv-server next to {} (build it with `cargo build -p kv-app`, or pass --bin)",
+            exe.display()
+        )));
+    }
+    Ok(bin)
+}
+
+/// Ids, addresses and data directories for a new cluster.
+fn plan_nodes(config: &ClusterConfig) -> Result<Vec<NodeInfo>, LocalClusterError> {
+    let n = config.nodes;
+    let ports: Vec<(u16, u16)> = match config.base_port {
+        Some(base) => (0..n)
+            .map(|i| {
+                let http = u16::try_from(u64::from(base) + i).ok();
+                let raft = http.and_then(|p| p.checked_add(RAFT_PORT_OFFSET));
+                http.zip(raft)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                LocalClusterError::Invalid(format!("--base-port {base} leaves no room for {n} nodes"))
+            })?,
+        None => {
+            // Hold every listener until all ports are chosen, so no port is
+            // handed out twice.
+            let listeners = (0..2 * n)
+                .map(|_| TcpListener::bind("127.0.0.1:0"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| io("finding free ports".into(), source))?;
+            let ports = listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.port()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| io("finding free ports".into(), source))?;
+            ports.chunks(2).map(|p| (p[0], p[1])).collect()
+        }
+    };
+    Ok(ports
+        .into_iter()
+        .zip(1..)
+        .map(|((http, raft), id)| NodeInfo {
+            id,
+            pid: 0,
+            http_addr: format!("127.0.0.1:{http}"),
+            raft_addr: format!("127.0.0.1:{raft}"),
+            data_dir: config.dir.join(format!("node-{id}")),
+        })
+        .collect())
+}
+
+/// The `--initial-members` argument: `1=RAFT/HTTP,2=...`.
+fn initial_members(nodes: &[NodeInfo]) -> String {
+    nodes.iter().map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.http_addr)).collect::<Vec<_>>().join(",")
+}
+
+/// Starts one node in the background, in its own process group, with its
+/// output going to its log.
+fn spawn_node(config: &ClusterConfig, node: &NodeInfo, members: &str) -> Result<Child, LocalClusterError> {
+    fs::create_dir_all(&node.data_dir)
+        .map_err(|source| io(format!("creating {}", node.data_dir.display()), source))?;
+    let log_path = node.data_dir.join(LOG_FILE);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| io(format!("opening {}", log_path.display()), source))?;
+    let log_too = log.try_clone().map_err(|source| io(format!("opening {}", log_path.display()), source))?;
+    let mut command = Command::new(&config.bin);
+    command
+        .arg("--id")
+        .arg(node.id.to_string())
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .arg("--http-addr")
+        .arg(&node.http_addr)
+        .arg("--raft-addr")
+        .arg(&node.raft_addr)
+        .arg("--initial-members")
+        .arg(members)
+        .args(&config.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_too))
+        .stderr(Stdio::from(log))
+        // A process group of its own: the terminal's Ctrl-C goes to
+        // kvctl's group only, and the node outlives kvctl.
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|source| io(format!("starting {} for node {}", config.bin.display(), node.id), source))?;
+    tracing::info!(node_id = node.id, pid = child.id(), http = %node.http_addr, raft = %node.raft_addr, "started kv-server");
+    Ok(child)
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the child.
+fn stop_child(child: &mut Child) {
+    let _ = signal(child.id(), Some(Signal::SIGTERM));
+    wait_until(Instant::now() + STOP_GRACE, || matches!(child.try_wait(), Ok(Some(_)) | Err(_)));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether the node's recorded pid is a live process that is this node.
+fn is_running(node: &NodeInfo) -> bool {
+    let Ok(pid) = i32::try_from(node.pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // If the node is our own child and has exited, reap it, or it would
+    // linger as a zombie that still answers signals.
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    match signal(node.pid, None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    // On Linux, make sure the pid was not reused by another program.
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    let data_dir = node.data_dir.as_os_str().as_encoded_bytes();
+    for _ in 0..20 {
+        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", node.pid)) else { return false };
+        if !cmdline.is_empty() {
+            return cmdline.split(|&b| b == 0).any(|arg| arg == data_dir);
+        }
+        // An empty command line: a zombie, or a process in the middle of
+        // exec (its parent is already back from spawn, its arguments are
+        // not in place yet). Only the latter is worth waiting for.
+        let stat = fs::read_to_string(format!("/proc/{}/stat", node.pid)).unwrap_or_default();
+        if stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Polls `done` every 50 ms until it is true or `deadline` passes.
+fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) {
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of a file (empty if it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let Ok(file) = File::open(path) else { return String::new() };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Sends `signal` to process `pid` (a `u32`, as `Child::id` and
+/// `cluster.json` have it).
+fn signal(pid: u32, signal: Option<Signal>) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    kill(Pid::from_raw(pid), signal)
+}
+
+fn io(what: String, source: std::io::Error) -> LocalClusterError {
+    LocalClusterError::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_port_gives_consecutive_http_ports_and_raft_ports_1000_higher() {
+        let mut config = ClusterConfig::new(3, "/tmp/c", "kv-server");
+        config.base_port = Some(8080);
+        let nodes = plan_nodes(&config).unwrap();
+        let addrs: Vec<(u64, &str, &str)> =
+            nodes.iter().map(|n| (n.id, n.http_addr.as_str(), n.raft_addr.as_str())).collect();
+        assert_eq!(
+            addrs,
+            [
+                (1, "127.0.0.1:8080", "127.0.0.1:9080"),
+                (2, "127.0.0.1:8081", "127.0.0.1:9081"),
+                (3, "127.0.0.1:8082", "127.0.0.1:9082")
+            ]
+        );
+        assert_eq!(nodes[1].data_dir, Path::new("/tmp/c/node-2"));
+        assert_eq!(
+            initial_members(&nodes),
+            "1=127.0.0.1:9080/127.0.0.1:8080,2=127.0.0.1:9081/127.0.0.1:8081,3=127.0.0.1:9082/127.0.0.1:8082"
+        );
+
+        config.base_port = Some(65000);
+        assert!(matches!(plan_nodes(&config), Err(LocalClusterError::Invalid(_))));
+    }
+
+    #[test]
+    fn free_ports_are_all_different() {
+        let nodes = plan_nodes(&ClusterConfig::new(5, "/tmp/c", "kv-server")).unwrap();
+        let mut addrs: Vec<&str> =
+            nodes.iter().flat_map(|n| [n.http_addr.as_str(), n.raft_addr.as_str()]).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 10);
+    }
+
+    /// A process that stands in for a node: its command line names the data
+    /// directory, and it exits promptly on SIGTERM.
+    fn fake_node(data_dir: &Path) -> Child {
+        Command::new("sh")
+            // Gives up by itself after 30 s, so a failed test leaks nothing.
+            .args([
+                "-c",
+                "trap 'exit 0' TERM; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+                "sh",
+            ])
+            .arg(data_dir)
+            .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn up_refuses_a_running_cluster_and_down_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("node-1");
+        let mut child = fake_node(&data_dir);
+        let running = NodeInfo {
+            id: 1,
+            pid: child.id(),
+            http_addr: "127.0.0.1:1".into(),
+            raft_addr: "127.0.0.1:2".into(),
+            data_dir,
+        };
+        // A pid that is not a node: pid 1 is init, whose command line does
+        // not name our data directory.
+        let impostor = NodeInfo { id: 2, pid: 1, data_dir: dir.path().join("node-2"), ..running.clone() };
+        let file = ClusterFile { nodes: vec![running.clone(), impostor.clone()] };
+        file.save(dir.path()).unwrap();
+        assert_eq!(ClusterFile::load(dir.path()).unwrap(), Some(file));
+        assert!(is_running(&running));
+        assert!(!is_running(&impostor));
+
+        let err = LocalCluster::up(ClusterConfig::new(2, dir.path(), "kv-server")).await.unwrap_err();
+        assert!(
+            matches!(err, LocalClusterError::AlreadyRunning { ref pids, .. } if pids == &[running.pid]),
+            "{err}"
+        );
+
+        let report = down(dir.path()).unwrap();
+        assert_eq!(report.stopped, std::slice::from_ref(&running));
+        assert_eq!(report.not_running, [impostor]);
+        assert!(report.killed.is_empty());
+        assert!(!is_running(&running));
+        // `down` reaped it already (it is our child); this only placates
+        // the zombie lint.
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn down_without_a_cluster_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(down(dir.path()), Err(LocalClusterError::Invalid(_))));
+    }
+}

@@ -1,0 +1,216 @@
+//! Cluster endpoints: status, membership changes, snapshots and elections.
+//!
+//! Membership changes are log entries like any write, so only the leader
+//! can make them; a follower forwards them. A new node joins in two steps:
+//! it is first added as a *learner*, which receives the log but does not
+//! vote, and only once it has caught up is it promoted to *voter*. Adding a
+//! voter that is far behind would make every commit wait for a node that
+//! cannot acknowledge anything yet.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_core::{ChangeError, Node, NodeMetrics};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::forward::{self, Kind};
+use super::Ctx;
+use crate::api::{
+    codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
+};
+use crate::state_machine;
+
+/// `GET /health`: the process is up and its node answers.
+pub async fn health(State(ctx): State<Ctx>) -> Response {
+    let m = ctx.node.metrics().await;
+    Json(json!({"status": "ok", "node": ctx.id, "role": role(&m), "leader": m.leader})).into_response()
+}
+
+fn role(m: &NodeMetrics) -> String {
+    serde_json::to_value(m.role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// `GET /v1/cluster/status`: this node's view of the cluster.
+pub async fn status(State(ctx): State<Ctx>) -> Response {
+    let m = ctx.node.metrics().await;
+    let digest = match ctx
+        .node
+        .view()
+        .map_err(ApiError::from)
+        .and_then(|v| state_machine::digest(&v).map_err(ApiError::from))
+    {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    let followers = m
+        .matched
+        .iter()
+        .map(|(id, matched)| FollowerStatus {
+            id: *id,
+            matched_index: *matched,
+            lag: m.last_log_index.saturating_sub(matched.unwrap_or(0)),
+        })
+        .collect();
+    Json(StatusResponse {
+        id: m.id,
+        role: role(&m),
+        term: m.term,
+        leader: m.leader,
+        last_log_index: m.last_log_index,
+        committed_index: m.committed_index,
+        applied_index: m.applied_index,
+        snapshot_index: m.snapshot_index,
+        purged_index: m.purged_index,
+        voters: m.voters.iter().copied().collect(),
+        learners: m.learners.iter().copied().collect(),
+        followers,
+        state_digest: digest,
+    })
+    .into_response()
+}
+
+/// `GET /v1/cluster/members`.
+pub async fn members(State(ctx): State<Ctx>) -> Response {
+    let m = ctx.node.metrics().await;
+    let members = m
+        .nodes
+        .iter()
+        .map(|(id, n)| Member {
+            id: *id,
+            raft_addr: n.raft_addr.clone(),
+            api_addr: n.api_addr.clone(),
+            voter: m.voters.contains(id),
+        })
+        .collect();
+    Json(MembersResponse { members, leader: m.leader }).into_response()
+}
+
+/// Runs a membership change on the leader, or forwards it there.
+async fn change(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    method: Method,
+    uri: &Uri,
+    body: Bytes,
+    result: Result<raft_core::LogId, ChangeError>,
+) -> Response {
+    match result {
+        Ok(log_id) => Json(ChangeResponse { index: log_id.index, node: ctx.id }).into_response(),
+        Err(ChangeError::NotLeader { leader }) => {
+            let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+            forward::to_leader(ctx, leader.as_ref(), headers, method, pq, body, Kind::Write).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `POST /v1/cluster/learners`: add a node as a learner and wait until it
+/// has caught up.
+pub async fn add_learner(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Ok(body) = body else { return ApiError::bad_request("cannot read the request body").into_response() };
+    let req: AddLearnerRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
+    };
+    if req.raft_addr.is_empty() || req.api_addr.is_empty() {
+        return ApiError::bad_request("raft_addr and api_addr are required").into_response();
+    }
+    if !ctx.node.is_leader() {
+        let leader = ctx.node.leader_hint();
+        let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+        return forward::to_leader(&ctx, leader.as_ref(), &headers, Method::POST, pq, body, Kind::Write)
+            .await;
+    }
+    let result = ctx.node.add_learner(req.id, Node::new(req.raft_addr, req.api_addr)).await;
+    change(&ctx, &headers, Method::POST, &uri, body, result).await
+}
+
+fn id_of(ctx: &Ctx, id: &str, m: &NodeMetrics) -> Result<u64, Response> {
+    let id: u64 =
+        id.parse().map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")).into_response())?;
+    if !m.nodes.contains_key(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::UNKNOWN_NODE,
+            format!("node {id} is not a member (as far as node {} knows)", ctx.id),
+        )
+        .into_response());
+    }
+    Ok(id)
+}
+
+/// `POST /v1/cluster/members/{id}/promote`: make a learner a voter.
+pub async fn promote(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let m = ctx.node.metrics().await;
+    let id = match id_of(&ctx, &id, &m) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    if m.voters.contains(&id) {
+        return ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, format!("node {id} is already a voter"))
+            .into_response();
+    }
+    let result = ctx.node.promote(id).await;
+    change(&ctx, &headers, Method::POST, &uri, Bytes::new(), result).await
+}
+
+/// `DELETE /v1/cluster/members/{id}`: remove a voter or learner.
+pub async fn remove(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let m = ctx.node.metrics().await;
+    let id = match id_of(&ctx, &id, &m) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result = ctx.node.remove(id).await;
+    change(&ctx, &headers, Method::DELETE, &uri, Bytes::new(), result).await
+}
+
+/// `POST /v1/cluster/snapshot`: take a snapshot on this node now.
+pub async fn snapshot(State(ctx): State<Ctx>) -> Response {
+    match ctx.node.snapshot().await {
+        Ok(()) => Json(ChangeResponse { index: 0, node: ctx.id }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `POST /v1/cluster/campaign`: ask this node to stand for election now.
+pub async fn campaign(State(ctx): State<Ctx>) -> Response {
+    match ctx.node.campaign().await {
+        Ok(()) => Json(ChangeResponse { index: 0, node: ctx.id }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Any other path.
+pub async fn not_found(uri: Uri) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
+        .into_response()
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}

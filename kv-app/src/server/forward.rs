@@ -1,0 +1,92 @@
+//! Client redirection, done by the server: a request that only the leader
+//! can serve (a write, a membership change, the read index of a
+//! linearizable read) is forwarded to the leader's HTTP address, and the
+//! leader's answer is passed back unchanged.
+//!
+//! Forwarding happens at most once (the `x-kv-forwarded-by` header marks a
+//! forwarded request; a node that receives one and is not the leader answers
+//! 503 instead of forwarding again), so two nodes with stale ideas of who
+//! leads cannot bounce a request between them.
+//!
+//! What the client learns when forwarding fails depends on whether the
+//! request could have reached the leader: a refused connection means it
+//! certainly did not (503, retryable); a timeout or a broken connection
+//! after sending means it might have (504 indeterminate, for writes).
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use raft_core::LeaderHint;
+
+use super::error::{leader_info, ApiError};
+use super::Ctx;
+
+/// The header that marks a forwarded request, with the forwarding node's id.
+pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
+
+/// Whether this request was already forwarded once.
+pub fn was_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_BY)
+}
+
+/// Whether a failed forward may have carried out the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads and read-index requests: a failure is always retryable.
+    Read,
+    /// Writes and membership changes: a failure after sending is
+    /// indeterminate.
+    Write,
+}
+
+/// Sends the request to the leader and returns its response as is.
+pub async fn to_leader(
+    ctx: &Ctx,
+    leader: Option<&LeaderHint>,
+    headers: &HeaderMap,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+    kind: Kind,
+) -> Response {
+    let info = leader_info(leader);
+    if was_forwarded(headers) {
+        return ApiError::no_leader(
+            format!("node {} is not the leader and does not forward a forwarded request", ctx.id),
+            info,
+        )
+        .into_response();
+    }
+    let Some(addr) = info.as_ref().and_then(|l| l.api_addr.clone()) else {
+        return ApiError::no_leader("no leader is known; retry shortly", info).into_response();
+    };
+    let url = format!("http://{addr}{path_and_query}");
+    let mut req = ctx.http.request(method, &url).header(FORWARDED_BY, ctx.id.to_string()).body(body);
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        req = req.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match resp.bytes().await {
+                Ok(bytes) => {
+                    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
+                }
+                Err(e) => failed(kind, format!("reading the leader's answer failed: {e}"), info),
+            }
+        }
+        Err(e) if e.is_connect() => {
+            ApiError::no_leader(format!("cannot reach the leader at {addr}: {e}"), info).into_response()
+        }
+        Err(e) => failed(kind, format!("forwarding to the leader at {addr} failed: {e}"), info),
+    }
+}
+
+fn failed(kind: Kind, message: String, info: Option<crate::api::LeaderInfo>) -> Response {
+    match kind {
+        Kind::Read => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::api::codes::UNAVAILABLE, message)
+            .with_leader(info)
+            .into_response(),
+        Kind::Write => ApiError::indeterminate(message, info).into_response(),
+    }
+}

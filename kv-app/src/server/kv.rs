@@ -1,0 +1,468 @@
+//! The key-value endpoints, and the three read paths.
+//!
+//! ```text
+//! linearizable (leader):    read_barrier: quorum confirms leadership,
+//!                           wait applied ≥ read index, read local state
+//! linearizable (follower):  ask the leader for its read index
+//!                           (POST /v1/internal/read-index), wait until
+//!                           *this* node applied it, read local state
+//! session:                  wait until applied ≥ the client's token, read
+//! stale:                    read local state now; report committed index
+//! ```
+//!
+//! Writes go to the leader (forwarded if they arrive elsewhere), are
+//! committed by Raft, applied by the state machine exactly once per
+//! (client_id, seq), and acknowledged at `majority` (committed) or `all`
+//! (every voter has the entry in its log) durability.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_core::{AppView, WriteError};
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+
+use super::error::{leader_info, ApiError};
+use super::forward::{self, Kind};
+use super::Ctx;
+use crate::api::{
+    codes, CasRequest, Consistency, DeleteRequest, Durability, JsonValue, ListItem, ListResponse, PutRequest,
+    ReadIndexResponse, ReadResponse, WriteResponse,
+};
+use crate::command::{KvCommand, KvResponse, SessionId, WriteOp, WriteOutcome, MAX_KEY_BYTES};
+use crate::state_machine;
+
+/// The most keys one list request may ask for.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Query parameters of reads.
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    consistency: Option<String>,
+    token: Option<u64>,
+}
+
+/// Query parameters of writes.
+#[derive(Debug, Deserialize)]
+pub struct WriteParams {
+    durability: Option<String>,
+}
+
+/// Query parameters of a listing.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    prefix: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
+    token: Option<u64>,
+}
+
+type ApiResult<T> = Result<T, Response>;
+
+fn reject(e: ApiError) -> Response {
+    e.into_response()
+}
+
+fn key_of(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let Path(key) = path.map_err(|e| reject(ApiError::bad_request(format!("invalid key: {e}"))))?;
+    if key.is_empty() {
+        return Err(reject(ApiError::bad_request("the key is empty")));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(reject(ApiError::too_large(format!(
+            "the key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        ))));
+    }
+    Ok(key)
+}
+
+fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|e| reject(ApiError::bad_request(format!("invalid query: {e}"))))
+}
+
+fn consistency_of(s: Option<&str>) -> ApiResult<Consistency> {
+    s.map_or(Ok(Consistency::default()), |s| s.parse().map_err(|e: String| reject(ApiError::bad_request(e))))
+}
+
+fn durability_of(s: Option<&str>) -> ApiResult<Durability> {
+    s.map_or(Ok(Durability::default()), |s| s.parse().map_err(|e: String| reject(ApiError::bad_request(e))))
+}
+
+fn json_of<T: serde::de::DeserializeOwned>(body: &Bytes, allow_empty: bool) -> ApiResult<Option<T>> {
+    if body.is_empty() && allow_empty {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| reject(ApiError::bad_request(format!("invalid JSON body: {e}"))))
+}
+
+fn session_of(client_id: Option<u64>, seq: Option<u64>) -> ApiResult<Option<SessionId>> {
+    match (client_id, seq) {
+        (None, None) => Ok(None),
+        (Some(client_id), Some(seq)) if seq >= 1 => Ok(Some(SessionId { client_id, seq })),
+        (Some(_), Some(_)) => Err(reject(ApiError::bad_request("seq starts at 1"))),
+        _ => Err(reject(ApiError::bad_request("give both client_id and seq, or neither"))),
+    }
+}
+
+fn value_of(ctx: &Ctx, v: &JsonValue, what: &str) -> ApiResult<Vec<u8>> {
+    let bytes = v.to_bytes().map_err(|e| reject(ApiError::bad_request(format!("{what}: {e}"))))?;
+    if bytes.len() > ctx.config.max_value_bytes {
+        return Err(reject(ApiError::too_large(format!(
+            "{what} is {} bytes; the limit is {}",
+            bytes.len(),
+            ctx.config.max_value_bytes
+        ))));
+    }
+    Ok(bytes)
+}
+
+fn body_of(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        let status = e.status();
+        let err = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!("request body too large: {e}"))
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        };
+        reject(err)
+    })
+}
+
+/// Makes the local state fresh enough for `consistency`, and returns a view
+/// of it.
+async fn prepare_read(ctx: &Ctx, consistency: Consistency, token: Option<u64>) -> ApiResult<AppView> {
+    match consistency {
+        Consistency::Stale => {}
+        Consistency::Session => {
+            if let Some(token) = token {
+                ctx.node.wait_applied(token, ctx.config.read_wait).await.map_err(|e| {
+                    reject(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        codes::UNAVAILABLE,
+                        format!(
+                            "node {} has not applied index {token} yet ({e}); retry or ask another node",
+                            ctx.id
+                        ),
+                    ))
+                })?;
+            }
+        }
+        Consistency::Linearizable => {
+            if ctx.node.is_leader() {
+                ctx.node.read_barrier().await.map_err(|e| reject(e.into()))?;
+            } else {
+                let index = read_index_from_leader(ctx).await?;
+                ctx.node.wait_applied(index, ctx.config.read_wait).await.map_err(|e| reject(e.into()))?;
+            }
+        }
+    }
+    ctx.node.view().map_err(|e| reject(e.into()))
+}
+
+/// A follower's half of a linearizable read: the leader's read index.
+async fn read_index_from_leader(ctx: &Ctx) -> ApiResult<u64> {
+    let hint = ctx.node.leader_hint();
+    let info = leader_info(hint.as_ref());
+    let Some(addr) = info.as_ref().and_then(|l| l.api_addr.clone()) else {
+        return Err(reject(ApiError::no_leader("no leader is known; retry shortly", info)));
+    };
+    let unavailable = |m: String| {
+        reject(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, m).with_leader(info.clone()),
+        )
+    };
+    let resp = ctx
+        .http
+        .post(format!("http://{addr}/v1/internal/read-index"))
+        .header(forward::FORWARDED_BY, ctx.id.to_string())
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("asking the leader at {addr} for a read index: {e}")))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(unavailable(format!("the leader at {addr} gave no read index: {status} {text}")));
+    }
+    let r: ReadIndexResponse =
+        resp.json().await.map_err(|e| unavailable(format!("bad read index answer from {addr}: {e}")))?;
+    Ok(r.index)
+}
+
+async fn committed_index(ctx: &Ctx) -> u64 {
+    ctx.node.metrics().await.committed_index
+}
+
+/// `GET /v1/kv/{key}`.
+pub async fn get(
+    State(ctx): State<Ctx>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Response {
+    let run = async {
+        let key = key_of(key)?;
+        let params = query_of(params)?;
+        let consistency = consistency_of(params.consistency.as_deref())?;
+        let view = prepare_read(&ctx, consistency, params.token).await?;
+        let value = state_machine::get(&view, &key).map_err(|e| reject(e.into()))?;
+        let index = view.applied_index();
+        let committed_index = committed_index(&ctx).await.max(index);
+        Ok(match value {
+            Some(v) => Json(ReadResponse {
+                key,
+                value: JsonValue::from_bytes(&v),
+                index,
+                node: ctx.id,
+                committed_index,
+            })
+            .into_response(),
+            None => ApiError::new(StatusCode::NOT_FOUND, codes::KEY_NOT_FOUND, format!("no key {key:?}"))
+                .with_index(index)
+                .into_response(),
+        })
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+/// `GET /v1/kv?prefix=P&limit=N`.
+pub async fn list(State(ctx): State<Ctx>, params: Result<Query<ListParams>, QueryRejection>) -> Response {
+    let run = async {
+        let params = query_of(params)?;
+        let consistency = consistency_of(params.consistency.as_deref())?;
+        let limit = params.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_LIST_LIMIT {
+            return Err(reject(ApiError::bad_request(format!("limit must be 1 to {MAX_LIST_LIMIT}"))));
+        }
+        let prefix = params.prefix.unwrap_or_default();
+        let view = prepare_read(&ctx, consistency, params.token).await?;
+        let (items, more) = state_machine::list(&view, &prefix, limit).map_err(|e| reject(e.into()))?;
+        let index = view.applied_index();
+        Ok(Json(ListResponse {
+            items: items
+                .into_iter()
+                .map(|(key, v)| ListItem { key, value: JsonValue::from_bytes(&v) })
+                .collect(),
+            more,
+            index,
+            node: ctx.id,
+            committed_index: committed_index(&ctx).await.max(index),
+        })
+        .into_response())
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+/// `POST /v1/internal/read-index`: on the leader, confirm leadership and
+/// return the index a follower must apply before serving a linearizable read.
+pub async fn read_index(State(ctx): State<Ctx>) -> Response {
+    match ctx.node.read_index().await {
+        Ok(index) => Json(ReadIndexResponse { index, node: ctx.id }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The request a write handler extracted, ready to propose.
+struct Write<'a> {
+    headers: &'a HeaderMap,
+    method: Method,
+    uri: &'a Uri,
+    body: Bytes,
+    op: WriteOp,
+    session: Option<SessionId>,
+    durability: Durability,
+}
+
+/// `PUT /v1/kv/{key}`.
+pub async fn put(
+    State(ctx): State<Ctx>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let run = async {
+        let key = key_of(key)?;
+        let durability = durability_of(query_of(params)?.durability.as_deref())?;
+        let body = body_of(body)?;
+        let req: PutRequest = json_of(&body, false)?.unwrap_or_default();
+        let value = value_of(&ctx, &req.value, "value")?;
+        let session = session_of(req.client_id, req.seq)?;
+        let op = WriteOp::Put { key, value: ByteBuf::from(value) };
+        Ok(write(
+            &ctx,
+            Write { headers: &headers, method: Method::PUT, uri: &uri, body, op, session, durability },
+        )
+        .await)
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub async fn delete(
+    State(ctx): State<Ctx>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let run = async {
+        let key = key_of(key)?;
+        let durability = durability_of(query_of(params)?.durability.as_deref())?;
+        let body = body_of(body)?;
+        let req: DeleteRequest = json_of(&body, true)?.unwrap_or_default();
+        let session = session_of(req.client_id, req.seq)?;
+        let op = WriteOp::Delete { key };
+        Ok(write(
+            &ctx,
+            Write { headers: &headers, method: Method::DELETE, uri: &uri, body, op, session, durability },
+        )
+        .await)
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+/// `POST /v1/cas/{key}`.
+pub async fn cas(
+    State(ctx): State<Ctx>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let run = async {
+        let key = key_of(key)?;
+        let durability = durability_of(query_of(params)?.durability.as_deref())?;
+        let body = body_of(body)?;
+        let req: CasRequest = json_of(&body, false)?.unwrap_or_default();
+        let expected = match (&req.expected, &req.expected_b64, req.expect_absent) {
+            (Some(s), None, false) => {
+                Some(value_of(&ctx, &JsonValue { value: Some(s.clone()), value_b64: None }, "expected")?)
+            }
+            (None, Some(b), false) => {
+                Some(value_of(&ctx, &JsonValue { value: None, value_b64: Some(b.clone()) }, "expected_b64")?)
+            }
+            (None, None, true) => None,
+            _ => {
+                return Err(reject(ApiError::bad_request(
+                    "give exactly one of expected, expected_b64 and expect_absent: true",
+                )))
+            }
+        };
+        let value = value_of(&ctx, &req.value, "value")?;
+        let session = session_of(req.client_id, req.seq)?;
+        let op = WriteOp::Cas { key, expected: expected.map(ByteBuf::from), value: ByteBuf::from(value) };
+        Ok(write(
+            &ctx,
+            Write { headers: &headers, method: Method::POST, uri: &uri, body, op, session, durability },
+        )
+        .await)
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Proposes a write on the leader, or forwards it there.
+async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
+    let cmd = KvCommand { session: w.session, proposed_at_ms: now_ms(), op: w.op };
+    let written = match ctx.node.write(&cmd).await {
+        Ok(written) => written,
+        // Not proposed here: safe to pass on to the leader.
+        Err(WriteError::NotLeader { leader }) => {
+            let pq = w.uri.path_and_query().map_or(w.uri.path(), |pq| pq.as_str());
+            return forward::to_leader(ctx, leader.as_ref(), w.headers, w.method, pq, w.body, Kind::Write)
+                .await;
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let index = written.log_id.index;
+    let (outcome, duplicate) = match written.response {
+        KvResponse::Applied(o) => (o, false),
+        KvResponse::Duplicate(o) => (o, true),
+        KvResponse::StaleSequence { last_seq } => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                codes::STALE_SEQUENCE,
+                format!("this client already wrote seq {last_seq}; a retry of an older write is not applied"),
+            )
+            .with_index(index)
+            .into_response()
+        }
+        KvResponse::Rejected { reason } => {
+            return ApiError::bad_request(reason).with_index(index).into_response()
+        }
+    };
+    if w.durability == Durability::All {
+        if let Err(e) = wait_all_voters(ctx, index).await {
+            return e.into_response();
+        }
+    }
+    let mut resp = WriteResponse {
+        index,
+        node: ctx.id,
+        duplicate,
+        created: None,
+        existed: None,
+        succeeded: None,
+        current: None,
+    };
+    let mut status = StatusCode::OK;
+    match outcome {
+        WriteOutcome::Put { created } => resp.created = Some(created),
+        WriteOutcome::Delete { existed } => resp.existed = Some(existed),
+        WriteOutcome::Cas { succeeded, current } => {
+            resp.succeeded = Some(succeeded);
+            resp.current = current.map(|c| JsonValue::from_bytes(&c));
+            if !succeeded {
+                status = StatusCode::PRECONDITION_FAILED;
+            }
+        }
+    }
+    (status, Json(resp)).into_response()
+}
+
+/// Waits until every voter's log holds `index` (fully synchronous
+/// replication), or times out while any voter is down or slow.
+async fn wait_all_voters(ctx: &Ctx, index: u64) -> Result<(), ApiError> {
+    let timeout: Duration = ctx.config.raft.request_timeout;
+    let waited = ctx
+        .node
+        .raft()
+        .wait(Some(timeout))
+        .metrics(
+            |m| {
+                let replication = m.replication.as_ref();
+                m.membership_config.membership().voter_ids().all(|v| {
+                    v == m.id
+                        || replication
+                            .and_then(|r| r.get(&v))
+                            .and_then(|l| l.as_ref())
+                            .is_some_and(|l| l.index >= index)
+                })
+            },
+            "durability=all",
+        )
+        .await;
+    waited.map(|_| ()).map_err(|_| {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            codes::NOT_FULLY_REPLICATED,
+            format!(
+                "committed at index {index} on a majority, but not every voter acknowledged it within {timeout:?}"
+            ),
+        )
+        .with_index(index)
+    })
+}

@@ -1,0 +1,167 @@
+//! `/metrics`: the node's state and its HTTP traffic in Prometheus' text
+//! format.
+//!
+//! Request counts and latencies are recorded by a middleware as requests
+//! complete. Raft's own figures (term, indexes, per-follower replication
+//! lag) are read from the node when the endpoint is scraped, so they are
+//! never stale. Leader changes are counted by a task that watches the
+//! node's metrics.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::Ctx;
+
+type Labels = Vec<(String, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// The node's metrics registry and the metrics updated as things happen.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Times this node saw the leader change (including to "none").
+    pub leader_changes: Counter,
+    /// Times this node saw a new term (each is an election somewhere).
+    pub terms_seen: Counter,
+    term: Gauge,
+    last_log_index: Gauge,
+    committed_index: Gauge,
+    applied_index: Gauge,
+    is_leader: Gauge,
+    follower_lag: Family<Labels, Gauge>,
+    follower_matched: Family<Labels, Gauge<i64, AtomicI64>>,
+    sessions: Gauge,
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("kv")),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            leader_changes: Counter::default(),
+            terms_seen: Counter::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            committed_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            is_leader: Gauge::default(),
+            follower_lag: Family::default(),
+            follower_matched: Family::default(),
+            sessions: Gauge::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register("http_requests", "HTTP requests by route, method and status", m.requests.clone());
+            r.register("http_request_seconds", "HTTP request latency by route and method", m.latency.clone());
+            r.register("leader_changes", "Leader changes seen by this node", m.leader_changes.clone());
+            r.register(
+                "raft_terms",
+                "New terms seen by this node (each follows an election)",
+                m.terms_seen.clone(),
+            );
+            r.register("raft_term", "Current Raft term", m.term.clone());
+            r.register(
+                "raft_last_log_index",
+                "Index of the last entry in this node's log",
+                m.last_log_index.clone(),
+            );
+            r.register(
+                "raft_committed_index",
+                "Highest index this node knows to be committed",
+                m.committed_index.clone(),
+            );
+            r.register("raft_applied_index", "Index of the last entry applied here", m.applied_index.clone());
+            r.register("raft_is_leader", "1 if this node is the leader", m.is_leader.clone());
+            r.register(
+                "raft_follower_lag_entries",
+                "On the leader: entries each follower is behind (last log index - matched index)",
+                m.follower_lag.clone(),
+            );
+            r.register(
+                "raft_follower_matched_index",
+                "On the leader: last index known to be in each follower's log (-1: unknown)",
+                m.follower_matched.clone(),
+            );
+            r.register("sessions", "Client sessions remembered for exactly-once writes", m.sessions.clone());
+        }
+        m
+    }
+
+    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = vec![
+            ("route".to_string(), route.to_string()),
+            ("method".to_string(), method.to_string()),
+            ("status".to_string(), status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        let labels =
+            vec![("route".to_string(), route.to_string()), ("method".to_string(), method.to_string())];
+        self.latency.get_or_create(&labels).observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The middleware that counts and times every request by its route.
+pub async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    ctx.metrics.record(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(ctx): State<Ctx>) -> Response {
+    let m = ctx.node.metrics().await;
+    let g = &ctx.metrics;
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    g.term.set(as_i64(m.term));
+    g.last_log_index.set(as_i64(m.last_log_index));
+    g.committed_index.set(as_i64(m.committed_index));
+    g.applied_index.set(as_i64(m.applied_index));
+    g.is_leader.set(i64::from(m.is_leader()));
+    g.follower_lag.clear();
+    g.follower_matched.clear();
+    for (id, matched) in &m.matched {
+        let labels = vec![("follower".to_string(), id.to_string())];
+        g.follower_lag
+            .get_or_create(&labels)
+            .set(as_i64(m.last_log_index.saturating_sub(matched.unwrap_or(0))));
+        g.follower_matched.get_or_create(&labels).set(matched.map_or(-1, as_i64));
+    }
+    if let Ok(view) = ctx.node.view() {
+        if let Ok(n) = crate::state_machine::session_count(&view) {
+            g.sessions.set(as_i64(n as u64));
+        }
+    }
+    let mut out = String::new();
+    let registry = g.registry.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = encode(&mut out, &registry) {
+        return super::error::ApiError::internal(format!("encoding metrics: {e}")).into_response();
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+}

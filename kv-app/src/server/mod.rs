@@ -1,0 +1,270 @@
+//! `kv-server`: one replica of the KV service, serving HTTP.
+//!
+//! A server is a [`raft_core::RaftNode`] running the
+//! [`crate::state_machine::KvStateMachine`], plus an axum
+//! router that turns HTTP requests into Raft writes and reads:
+//!
+//! * [`kv`]: keys: get, put, delete, compare-and-swap, list, each read at
+//!   the consistency level the client asks for;
+//! * [`cluster`]: status, membership changes, snapshots, elections;
+//! * [`forward`]: passing requests only the leader can serve to the leader;
+//! * [`metrics`]: `/metrics` for Prometheus;
+//! * [`error`]: how failures map to status codes and error bodies.
+//!
+//! [`start`] takes already-bound listeners, so tests can use port 0.
+
+// Handlers return early with a ready `Response` as the error value; it is
+// large, but only built on the error path, once per request.
+#![allow(clippy::result_large_err)]
+
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod kv;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use raft_core::{Node, NodeId, RaftNode};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::AddLearnerRequest;
+use crate::command::DEFAULT_MAX_VALUE_BYTES;
+use crate::state_machine::KvStateMachine;
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where its redb database lives.
+    pub data_dir: PathBuf,
+    /// The members to form a new cluster with, if this node's data
+    /// directory is empty and `join` is not set. Each node of a static
+    /// cluster is started with the same list; initializing several nodes
+    /// with the *same* list is safe.
+    pub initial_members: BTreeMap<NodeId, Node>,
+    /// The HTTP address of any member of a running cluster to join.
+    pub join: Option<String>,
+    /// The largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// How long a session or linearizable read on a lagging node waits for
+    /// it to catch up before answering 503.
+    pub read_wait: Duration,
+    /// Raft settings.
+    pub raft: raft_core::Config,
+}
+
+impl ServerConfig {
+    /// Defaults for node `id` with data in `data_dir`.
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            id,
+            data_dir: data_dir.into(),
+            initial_members: BTreeMap::new(),
+            join: None,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            read_wait: Duration::from_secs(5),
+            raft: raft_core::Config::new("kv"),
+        }
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    /// This node's id.
+    pub id: NodeId,
+    /// The Raft node.
+    pub node: Arc<RaftNode<KvStateMachine>>,
+    /// HTTP client used to forward requests to the leader.
+    pub http: reqwest::Client,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The configuration.
+    pub config: Arc<ServerConfig>,
+}
+
+/// A running server.
+pub struct Server {
+    /// The HTTP address.
+    pub http_addr: SocketAddr,
+    /// The Raft transport's address.
+    pub raft_addr: SocketAddr,
+    ctx: Ctx,
+    http_task: JoinHandle<()>,
+    watch_task: JoinHandle<()>,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Opens the node's data directory, starts Raft and the HTTP API, and forms
+/// or joins the cluster if this node is new.
+pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -> anyhow::Result<Server> {
+    let http_addr = http.local_addr()?;
+    let raft_addr = raft.local_addr()?;
+    let node = RaftNode::open(config.id, config.raft.clone(), &config.data_dir, KvStateMachine, raft)
+        .await
+        .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;
+    let node = Arc::new(node);
+    let ctx = Ctx {
+        id: config.id,
+        node: node.clone(),
+        http: reqwest::Client::builder()
+            .timeout(config.raft.request_timeout + Duration::from_secs(2))
+            .build()
+            .context("building the HTTP client")?,
+        metrics: Arc::new(metrics::Metrics::new()),
+        config: Arc::new(config.clone()),
+    };
+
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = router(ctx.clone());
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let watch_task = tokio::spawn(watch_leadership(ctx.clone()));
+
+    let (fresh, learner) = {
+        let m = node.metrics().await;
+        (m.voters.is_empty() && m.learners.is_empty(), m.learners.contains(&config.id))
+    };
+    if let (Some(join), true) = (&config.join, fresh || learner) {
+        // A node that stopped between being added as a learner and being
+        // promoted finishes joining on restart.
+        join_cluster(&ctx, join, raft_addr, http_addr, !fresh).await?;
+    } else if fresh && !config.initial_members.is_empty() {
+        if !config.initial_members.contains_key(&config.id) {
+            bail!("--initial-members does not include this node's id {}", config.id);
+        }
+        node.initialize(config.initial_members.clone()).await?;
+    }
+    tracing::info!(node_id = config.id, %http_addr, %raft_addr, "kv-server serving");
+    Ok(Server { http_addr, raft_addr, ctx, http_task, watch_task, shutdown_tx })
+}
+
+impl Server {
+    /// The Raft node.
+    pub fn node(&self) -> &Arc<RaftNode<KvStateMachine>> {
+        &self.ctx.node
+    }
+
+    /// Stops serving HTTP, then stops the node and flushes its database.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        self.watch_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        let Ctx { node, .. } = self.ctx;
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown().await,
+            Err(node) => {
+                // A handler still holds the node (a stuck request); stop Raft anyway.
+                let _ = node.raft().shutdown().await;
+            }
+        }
+    }
+}
+
+fn router(ctx: Ctx) -> Router {
+    // A value may arrive base64-encoded (4/3 larger) inside a JSON body.
+    let body_limit = ctx.config.max_value_bytes.saturating_mul(4) / 3 + 64 * 1024;
+    Router::new()
+        .route("/health", get(cluster::health))
+        .route("/metrics", get(metrics::scrape))
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/cas/{*key}", post(kv::cas))
+        .route("/v1/cluster/status", get(cluster::status))
+        .route("/v1/cluster/members", get(cluster::members))
+        .route("/v1/cluster/learners", post(cluster::add_learner))
+        .route("/v1/cluster/members/{id}/promote", post(cluster::promote))
+        .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
+        .route("/v1/cluster/snapshot", post(cluster::snapshot))
+        .route("/v1/cluster/campaign", post(cluster::campaign))
+        .route("/v1/internal/read-index", post(kv::read_index))
+        .fallback(cluster::not_found)
+        .method_not_allowed_fallback(cluster::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(ctx)
+}
+
+/// Asks a running cluster to add this node as a learner (which waits until
+/// it has caught up) and then to promote it to voter.
+async fn join_cluster(
+    ctx: &Ctx,
+    via: &str,
+    raft_addr: SocketAddr,
+    http_addr: SocketAddr,
+    already_learner: bool,
+) -> anyhow::Result<()> {
+    let base = if via.starts_with("http") { via.to_string() } else { format!("http://{via}") };
+    let http = reqwest::Client::builder().timeout(ctx.config.raft.change_timeout).build()?;
+    let req =
+        AddLearnerRequest { id: ctx.id, raft_addr: raft_addr.to_string(), api_addr: http_addr.to_string() };
+    let steps = [
+        ("adding as learner", format!("{base}/v1/cluster/learners"), Some(&req)),
+        ("promoting to voter", format!("{base}/v1/cluster/members/{}/promote", ctx.id), None),
+    ];
+    for (what, url, body) in steps.into_iter().skip(usize::from(already_learner)) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut r = http.post(&url);
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            match r.send().await {
+                Ok(resp) if resp.status().is_success() => break,
+                Ok(resp) if attempt < 30 && resp.status().as_u16() >= 500 => {}
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    bail!("joining via {base}: {what} failed: {status} {text}");
+                }
+                Err(e) if attempt < 30 => tracing::warn!(error = %e, "joining via {base}: {what}; retrying"),
+                Err(e) => bail!("joining via {base}: {what}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!(node_id = ctx.id, "joined: {what} done");
+    }
+    Ok(())
+}
+
+/// Counts leader changes and new terms for `/metrics`, and logs them.
+async fn watch_leadership(ctx: Ctx) {
+    let mut rx = ctx.node.raft().metrics();
+    let (mut leader, mut term) = {
+        let m = rx.borrow();
+        (m.current_leader, m.current_term)
+    };
+    while rx.changed().await.is_ok() {
+        let (l, t) = {
+            let m = rx.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if t != term {
+            ctx.metrics.terms_seen.inc();
+            term = t;
+        }
+        if l != leader {
+            ctx.metrics.leader_changes.inc();
+            tracing::info!(node_id = ctx.id, term = t, leader = ?l, "leader changed");
+            leader = l;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Real `kv-server` processes on 127.0.0.1: forwarding, leader failure,
+//! read consistency levels, durability levels, exactly-once writes,
+//! membership changes, log compaction and snapshot catch-up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ProcCluster;
+use kv_app::api::{Consistency, Durability};
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_forwards_writes_and_leader_crash_loses_no_acknowledged_write() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+
+    let (status, body) =
+        c.request(follower, Method::PUT, "/v1/kv/via-follower", Some(r#"{"value":"x"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node"], leader, "the write was forwarded to and committed by the leader");
+
+    let client = c.client();
+    for i in 0..100 {
+        client.put(&format!("before/{i}"), b"v", None).await.unwrap();
+    }
+    c.kill(leader);
+    let client = c.client(); // the survivors only
+    let mut last = 0;
+    for i in 0..100 {
+        last = client.put(&format!("after/{i}"), b"v", None).await.unwrap().index;
+    }
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    for i in 0..100 {
+        for key in [format!("before/{i}"), format!("after/{i}")] {
+            let read = client.get(&key, Consistency::Linearizable).await.unwrap();
+            assert!(read.is_some(), "acknowledged write {key} was lost");
+        }
+    }
+
+    c.spawn(leader, &[]);
+    c.converge(last).await;
+    let s = c.status(leader).await.unwrap();
+    assert_ne!(s.role, "leader");
+    assert!(s.applied_index >= last, "the restarted node caught up: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_linearizable_and_stale_reads_on_a_follower() {
+    let c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let f_addr = c.nodes[&follower].http.clone();
+    let client = c.client();
+
+    let w = client.put("mine", b"1", None).await.unwrap();
+    assert!(client.session_token() >= w.index);
+    // Read-your-writes on a follower: it waits until it applied the token.
+    let r = client.get_from(&f_addr, "mine", Consistency::Session).await.unwrap().unwrap();
+    assert_eq!((r.value.as_slice(), r.node), (&b"1"[..], follower));
+    assert!(r.index >= w.index, "a session read reflects the client's write");
+
+    // A linearizable read served by the follower itself, after the leader's read index.
+    client.put("mine", b"2", None).await.unwrap();
+    let r = client.get_from(&f_addr, "mine", Consistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!((r.value.as_slice(), r.node), (&b"2"[..], follower));
+
+    // A stale read states how far the node's state reaches.
+    let r = client.get_from(&f_addr, "mine", Consistency::Stale).await.unwrap().unwrap();
+    assert_eq!(r.node, follower);
+    assert!(r.committed_index >= r.index, "lag = committed_index - index is never negative: {r:?}");
+
+    // The leader reports each follower's matched index and lag.
+    let s = c.status(leader).await.unwrap();
+    assert_eq!(s.followers.len(), 2, "{s:?}");
+    assert!(s.followers.iter().all(|f| f.matched_index.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_all_waits_while_a_voter_is_down() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.kill(follower);
+
+    let (status, body) =
+        c.request(leader, Method::PUT, "/v1/kv/sync?durability=all", Some(r#"{"value":"a"}"#)).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "not_fully_replicated");
+    assert!(body["index"].as_u64().unwrap() > 0, "the write is committed and says where: {body}");
+    let (status, body) = c.request(leader, Method::PUT, "/v1/kv/async", Some(r#"{"value":"b"}"#)).await;
+    assert_eq!(status, 200, "majority durability does not wait for the missing voter: {body}");
+
+    c.spawn(follower, &[]);
+    let client = c.client();
+    let w = client.put("sync", b"c", Durability::All).await.unwrap();
+    assert!(w.index > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    let c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let put = r#"{"value":"first","client_id":7,"seq":1}"#;
+    let (s1, b1) = c.request(leader, Method::PUT, "/v1/kv/once", Some(put)).await;
+    let (s2, b2) = c.request(leader, Method::PUT, "/v1/kv/once", Some(put)).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!((b1["duplicate"].as_bool(), b2["duplicate"].as_bool()), (Some(false), Some(true)));
+    assert!(b2["index"].as_u64() >= b1["index"].as_u64(), "the retry answers with a token at least as new");
+
+    // A create-if-absent CAS, retried after another client changed the key:
+    // re-applying it would fail (the key exists); dedup returns the original
+    // success, and the other client's value stays.
+    let cas = r#"{"expect_absent":true,"value":"mine","client_id":9,"seq":1}"#;
+    let (s, b) = c.request(leader, Method::POST, "/v1/cas/lock", Some(cas)).await;
+    assert_eq!((s, b["succeeded"].as_bool()), (200, Some(true)), "{b}");
+    let (s, _) = c.request(leader, Method::PUT, "/v1/kv/lock", Some(r#"{"value":"theirs"}"#)).await;
+    assert_eq!(s, 200);
+    let (s, b) = c.request(leader, Method::POST, "/v1/cas/lock", Some(cas)).await;
+    assert_eq!((s, b["succeeded"].as_bool(), b["duplicate"].as_bool()), (200, Some(true), Some(true)), "{b}");
+    let (_, b) = c.request(leader, Method::GET, "/v1/kv/lock", None).await;
+    assert_eq!(b["value"], "theirs", "the retry was not applied again");
+
+    // An older seq after a newer one is refused, and changes nothing.
+    let newer = r#"{"value":"two","client_id":7,"seq":2}"#;
+    assert_eq!(c.request(leader, Method::PUT, "/v1/kv/once", Some(newer)).await.0, 200);
+    let (s, b) = c.request(leader, Method::PUT, "/v1/kv/once", Some(put)).await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("stale_sequence")), "{b}");
+    let (_, b) = c.request(leader, Method::GET, "/v1/kv/once", None).await;
+    assert_eq!(b["value"], "two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_and_a_voter_is_removed() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let client = c.client();
+    for i in 0..50 {
+        client.put(&format!("k{i}"), b"v", None).await.unwrap();
+    }
+    c.add_node(4);
+    let via = c.nodes[&1].http.clone();
+    c.spawn(4, &["--join", &via]);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        if let Some(s) = c.status(4).await {
+            if s.voters.contains(&4) && s.applied_index > 50 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "node 4 did not become a voter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let leader = c.leader().await;
+    let victim = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    let (status, body) = c.request(4, Method::DELETE, &format!("/v1/cluster/members/{victim}"), None).await;
+    assert_eq!(status, 200, "removal via a follower is forwarded: {body}");
+    c.kill(victim);
+    let (_, members) = c.request(leader, Method::GET, "/v1/cluster/members", None).await;
+    let ids: Vec<u64> =
+        members["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&victim) && ids.contains(&4), "{members}");
+
+    let w = c.client().put("after-removal", b"v", None).await.unwrap();
+    c.converge(w.index).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_stays_bounded_and_a_lagging_node_catches_up_by_snapshot() {
+    // Concurrent writes share log entries (group commit), so 20,000 writes
+    // make far fewer entries: snapshot often to see purging.
+    let mut c = ProcCluster::start(3, &["--snapshot-every", "200", "--snapshot-keep-entries", "50"]).await;
+    let leader = c.leader().await;
+    let lagging = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.kill(lagging);
+
+    let endpoints = c.endpoints();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let client = kv_app::client::Client::new(endpoints.clone()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..(20_000 / 32 + 1) {
+                last = client
+                    .put(&format!("k{}", (t * 1000 + i) % 5000), b"some value", None)
+                    .await
+                    .unwrap()
+                    .index;
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    let s = c.status(leader).await.unwrap();
+    let purged = s.purged_index.unwrap_or(0);
+    assert!(purged > 500, "the leader purged its log behind snapshots: {s:?}");
+    // At most: snapshot interval + entries kept behind it + one purge batch.
+    assert!(s.last_log_index - purged <= 200 + 50 + 200 + 50, "log bounded: {s:?}");
+
+    c.spawn(lagging, &[]);
+    c.converge(last).await;
+    let s = c.status(lagging).await.unwrap();
+    assert!(s.snapshot_index.unwrap_or(0) > purged, "caught up by installing a snapshot: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let c = ProcCluster::start(1, &["--max-value-bytes", "1024"]).await;
+    let (s, _) = c.request(1, Method::PUT, "/v1/kv/existing", Some(r#"{"value":"v"}"#)).await;
+    assert_eq!(s, 200);
+    let before = c.status(1).await.unwrap();
+
+    let long_key = "k".repeat(4097);
+    let big_value = format!(r#"{{"value":"{}"}}"#, "x".repeat(1025));
+    let cases: Vec<(Method, String, Option<String>, u16, &str)> = vec![
+        (Method::PUT, "/v1/kv/a".into(), Some("{not json".into()), 400, "bad_request"),
+        (Method::PUT, "/v1/kv/a".into(), Some(r#"{"valu":"typo"}"#.into()), 400, "bad_request"),
+        (Method::PUT, "/v1/kv/a".into(), Some(r#"{"value_b64":"***"}"#.into()), 400, "bad_request"),
+        (Method::PUT, "/v1/kv/a".into(), Some(r#"{"value":"v","client_id":1}"#.into()), 400, "bad_request"),
+        (
+            Method::PUT,
+            "/v1/kv/a".into(),
+            Some(r#"{"value":"v","client_id":1,"seq":0}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (Method::PUT, "/v1/kv/%FF%FE".into(), Some(r#"{"value":"v"}"#.into()), 400, "bad_request"),
+        (Method::PUT, format!("/v1/kv/{long_key}"), Some(r#"{"value":"v"}"#.into()), 413, "too_large"),
+        (Method::PUT, "/v1/kv/a".into(), Some(big_value), 413, "too_large"),
+        (
+            Method::PUT,
+            "/v1/kv/a?durability=sometimes".into(),
+            Some(r#"{"value":"v"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (Method::GET, "/v1/kv/existing?consistency=eventual".into(), None, 400, "bad_request"),
+        (Method::GET, "/v1/kv/existing?token=abc".into(), None, 400, "bad_request"),
+        (Method::GET, "/v1/kv?limit=0".into(), None, 400, "bad_request"),
+        (
+            Method::POST,
+            "/v1/cas/a".into(),
+            Some(r#"{"expected":"x","expect_absent":true,"value":"v"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (Method::POST, "/v1/cas/a".into(), Some(r#"{"value":"v"}"#.into()), 400, "bad_request"),
+        (Method::POST, "/v1/cluster/members/42/promote".into(), None, 404, "unknown_node"),
+        (Method::DELETE, "/v1/cluster/members/42".into(), None, 404, "unknown_node"),
+        (Method::DELETE, "/v1/cluster/members/nope".into(), None, 400, "bad_request"),
+        (Method::POST, "/v1/cluster/learners".into(), Some(r#"{"id":5}"#.into()), 400, "bad_request"),
+        (Method::GET, "/v1/nothing-here".into(), None, 404, "not_found"),
+        (Method::PATCH, "/v1/kv/a".into(), None, 405, "method_not_allowed"),
+    ];
+    for (method, path, body, want_status, want_code) in cases {
+        let (status, reply) = c.request(1, method.clone(), &path, body.as_deref()).await;
+        let shown = &path[..path.len().min(60)];
+        assert_eq!(status, want_status, "{method} {shown}: {reply}");
+        assert_eq!(reply["error"], want_code, "{method} {shown}: {reply}");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {shown}: {reply}");
+    }
+
+    let after = c.status(1).await.unwrap();
+    assert_eq!(after.last_log_index, before.last_log_index, "nothing was proposed");
+    assert_eq!(after.state_digest, before.state_digest, "nothing changed");
+    let (s, b) = c.request(1, Method::GET, "/v1/kv/existing", None).await;
+    assert_eq!((s, b["value"].as_str()), (200, Some("v")), "the server still serves");
+}

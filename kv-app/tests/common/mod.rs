@@ -1,0 +1,173 @@
+// Test support: a cluster of real `kv-server` processes on 127.0.0.1, each
+// with its own data directory under one temporary directory. Every process
+// is killed when the cluster is dropped.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_app::api::StatusResponse;
+use kv_app::client::{Client, ClientOptions};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct NodeProc {
+    pub id: u64,
+    pub http: String,
+    pub raft: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct ProcCluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub extra_args: Vec<String>,
+    http: reqwest::Client,
+}
+
+/// A free port on 127.0.0.1 (the OS picks it; we release it for the server).
+pub fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes forming one cluster, and waits for a leader.
+    pub async fn start(n: u64, extra_args: &[&str]) -> ProcCluster {
+        let mut c = ProcCluster {
+            tmp: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+        };
+        for id in 1..=n {
+            let dir = c.tmp.path().join(format!("node-{id}"));
+            c.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None });
+        }
+        let members: Vec<String> =
+            c.nodes.values().map(|n| format!("{}={}/{}", n.id, n.raft, n.http)).collect();
+        let members = members.join(",");
+        for id in 1..=n {
+            c.spawn(id, &["--initial-members", &members]);
+        }
+        c.leader().await;
+        c
+    }
+
+    /// Starts (or restarts) node `id` with its usual addresses and directory.
+    pub fn spawn(&mut self, id: u64, args: &[&str]) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        std::fs::create_dir_all(&node.dir).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+            .args(["--id", &id.to_string(), "--data-dir"])
+            .arg(&node.dir)
+            .args(["--http-addr", &node.http, "--raft-addr", &node.raft])
+            .args(args)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        node.child = Some(child);
+    }
+
+    /// Adds a node that is not yet a member (to join later).
+    pub fn add_node(&mut self, id: u64) {
+        let dir = self.tmp.path().join(format!("node-{id}"));
+        self.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None });
+    }
+
+    /// SIGKILL: the process dies at once, with no chance to flush anything.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.http.clone()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::with_options(self.endpoints(), ClientOptions::default()).unwrap()
+    }
+
+    /// A node's status, or None if it does not answer.
+    pub async fn status(&self, id: u64) -> Option<StatusResponse> {
+        let url = format!("http://{}/v1/cluster/status", self.nodes[&id].http);
+        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        resp.json().await.ok()
+    }
+
+    /// Waits until a running node reports itself leader; returns its id.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for n in self.nodes.values().filter(|n| n.child.is_some()) {
+                if let Some(s) = self.status(n.id).await {
+                    if s.role == "leader" {
+                        return s.id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node has applied `index` and they all hold
+    /// the same data (equal digests).
+    pub async fn converge(&self, index: u64) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut digests = Vec::new();
+            for n in self.nodes.values().filter(|n| n.child.is_some()) {
+                match self.status(n.id).await {
+                    Some(s) if s.applied_index >= index => digests.push(s.state_digest),
+                    _ => break,
+                }
+            }
+            let running = self.nodes.values().filter(|n| n.child.is_some()).count();
+            if digests.len() == running && digests.windows(2).all(|w| w[0] == w[1]) {
+                return digests[0].clone();
+            }
+            assert!(Instant::now() < deadline, "nodes did not converge on index {index} within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Raw HTTP, for tests that check status codes and bodies exactly.
+    pub async fn request(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{}", self.nodes[&id].http, path);
+        let mut req = self.http.request(method, url).timeout(Duration::from_secs(20));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
