@@ -133,6 +133,13 @@ pub async fn add_learner(
     change(&ctx, &headers, Method::POST, &uri, body, result).await
 }
 
+/// The node's metrics and the member id named in the path, or a 400/404.
+async fn member(ctx: &Ctx, id: &str) -> Result<(NodeMetrics, u64), Response> {
+    let m = ctx.node.metrics().await;
+    let id = id_of(ctx, id, &m)?;
+    Ok((m, id))
+}
+
 fn id_of(ctx: &Ctx, id: &str, m: &NodeMetrics) -> Result<u64, Response> {
     let id: u64 =
         id.parse().map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")).into_response())?;
@@ -154,9 +161,8 @@ pub async fn promote(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let m = ctx.node.metrics().await;
-    let id = match id_of(&ctx, &id, &m) {
-        Ok(id) => id,
+    let (m, id) = match member(&ctx, &id).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
     if m.voters.contains(&id) {
@@ -174,9 +180,8 @@ pub async fn remove(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let m = ctx.node.metrics().await;
-    let id = match id_of(&ctx, &id, &m) {
-        Ok(id) => id,
+    let id = match member(&ctx, &id).await {
+        Ok((_, id)) => id,
         Err(r) => return r,
     };
     let result = ctx.node.remove(id).await;

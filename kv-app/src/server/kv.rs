@@ -124,7 +124,7 @@ fn value_of(ctx: &Ctx, v: &JsonValue, what: &str) -> ApiResult<Vec<u8>> {
     Ok(bytes)
 }
 
-fn body_of(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Bytes> {
+fn body_of(body: BodyResult) -> ApiResult<Bytes> {
     body.map_err(|e| {
         let status = e.status();
         let err = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -279,6 +279,31 @@ struct Write<'a> {
     durability: Durability,
 }
 
+type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+/// The part every write handler shares: validate the key, the durability
+/// and the body, let `parse` build the operation, then propose it.
+#[allow(clippy::too_many_arguments)] // axum's extractors, passed through
+async fn handle_write(
+    ctx: Ctx,
+    method: Method,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: BodyResult,
+    parse: impl FnOnce(&Ctx, String, &Bytes) -> ApiResult<(WriteOp, Option<SessionId>)>,
+) -> Response {
+    let run = async {
+        let key = key_of(key)?;
+        let durability = durability_of(query_of(params)?.durability.as_deref())?;
+        let body = body_of(body)?;
+        let (op, session) = parse(&ctx, key, &body)?;
+        Ok(write(&ctx, Write { headers: &headers, method, uri: &uri, body, op, session, durability }).await)
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
 /// `PUT /v1/kv/{key}`.
 pub async fn put(
     State(ctx): State<Ctx>,
@@ -286,23 +311,14 @@ pub async fn put(
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: BodyResult,
 ) -> Response {
-    let run = async {
-        let key = key_of(key)?;
-        let durability = durability_of(query_of(params)?.durability.as_deref())?;
-        let body = body_of(body)?;
-        let req: PutRequest = json_of(&body, false)?.unwrap_or_default();
-        let value = value_of(&ctx, &req.value, "value")?;
-        let session = session_of(req.client_id, req.seq)?;
-        let op = WriteOp::Put { key, value: ByteBuf::from(value) };
-        Ok(write(
-            &ctx,
-            Write { headers: &headers, method: Method::PUT, uri: &uri, body, op, session, durability },
-        )
-        .await)
-    };
-    run.await.unwrap_or_else(|r| r)
+    handle_write(ctx, Method::PUT, key, params, headers, uri, body, |ctx, key, body| {
+        let req: PutRequest = json_of(body, false)?.unwrap_or_default();
+        let value = value_of(ctx, &req.value, "value")?;
+        Ok((WriteOp::Put { key, value: ByteBuf::from(value) }, session_of(req.client_id, req.seq)?))
+    })
+    .await
 }
 
 /// `DELETE /v1/kv/{key}`.
@@ -312,22 +328,13 @@ pub async fn delete(
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: BodyResult,
 ) -> Response {
-    let run = async {
-        let key = key_of(key)?;
-        let durability = durability_of(query_of(params)?.durability.as_deref())?;
-        let body = body_of(body)?;
-        let req: DeleteRequest = json_of(&body, true)?.unwrap_or_default();
-        let session = session_of(req.client_id, req.seq)?;
-        let op = WriteOp::Delete { key };
-        Ok(write(
-            &ctx,
-            Write { headers: &headers, method: Method::DELETE, uri: &uri, body, op, session, durability },
-        )
-        .await)
-    };
-    run.await.unwrap_or_else(|r| r)
+    handle_write(ctx, Method::DELETE, key, params, headers, uri, body, |_, key, body| {
+        let req: DeleteRequest = json_of(body, true)?.unwrap_or_default();
+        Ok((WriteOp::Delete { key }, session_of(req.client_id, req.seq)?))
+    })
+    .await
 }
 
 /// `POST /v1/cas/{key}`.
@@ -337,19 +344,16 @@ pub async fn cas(
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: BodyResult,
 ) -> Response {
-    let run = async {
-        let key = key_of(key)?;
-        let durability = durability_of(query_of(params)?.durability.as_deref())?;
-        let body = body_of(body)?;
-        let req: CasRequest = json_of(&body, false)?.unwrap_or_default();
+    handle_write(ctx, Method::POST, key, params, headers, uri, body, |ctx, key, body| {
+        let req: CasRequest = json_of(body, false)?.unwrap_or_default();
         let expected = match (&req.expected, &req.expected_b64, req.expect_absent) {
             (Some(s), None, false) => {
-                Some(value_of(&ctx, &JsonValue { value: Some(s.clone()), value_b64: None }, "expected")?)
+                Some(value_of(ctx, &JsonValue { value: Some(s.clone()), value_b64: None }, "expected")?)
             }
             (None, Some(b), false) => {
-                Some(value_of(&ctx, &JsonValue { value: None, value_b64: Some(b.clone()) }, "expected_b64")?)
+                Some(value_of(ctx, &JsonValue { value: None, value_b64: Some(b.clone()) }, "expected_b64")?)
             }
             (None, None, true) => None,
             _ => {
@@ -358,16 +362,11 @@ pub async fn cas(
                 )))
             }
         };
-        let value = value_of(&ctx, &req.value, "value")?;
-        let session = session_of(req.client_id, req.seq)?;
+        let value = value_of(ctx, &req.value, "value")?;
         let op = WriteOp::Cas { key, expected: expected.map(ByteBuf::from), value: ByteBuf::from(value) };
-        Ok(write(
-            &ctx,
-            Write { headers: &headers, method: Method::POST, uri: &uri, body, op, session, durability },
-        )
-        .await)
-    };
-    run.await.unwrap_or_else(|r| r)
+        Ok((op, session_of(req.client_id, req.seq)?))
+    })
+    .await
 }
 
 fn now_ms() -> u64 {
