@@ -220,6 +220,9 @@ async fn node_behind_a_purged_log_catches_up_by_snapshot() {
     cfg.snapshot_every = 50;
     cfg.keep_behind_snapshot = 0;
     cfg.purge_batch = 10;
+    // Small chunks, so the snapshot (300 keys, several KiB) crosses the
+    // transport in many InstallSnapshot frames.
+    cfg.snapshot_chunk_bytes = 512;
     let mut c = Cluster::start(3, cfg).await;
     c.write("first", "1").await;
     let leader = c.leader().await;

@@ -166,6 +166,7 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         self.watch_task.abort();
+        let _ = self.watch_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
         let Ctx { node, .. } = self.ctx;
         match Arc::try_unwrap(node) {
