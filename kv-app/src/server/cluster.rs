@@ -16,7 +16,7 @@ use raft_core::{ChangeError, Node, NodeMetrics};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::forward::{self, Kind};
+use super::forward::{self, Forward, Kind, FORWARD_SLACK};
 use super::Ctx;
 use crate::api::{
     codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
@@ -101,7 +101,7 @@ async fn change(
         Ok(log_id) => Json(ChangeResponse { index: log_id.index, node: ctx.id }).into_response(),
         Err(ChangeError::NotLeader { leader }) => {
             let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-            forward::to_leader(ctx, leader.as_ref(), headers, method, pq, body, Kind::Write).await
+            forward::to_leader(ctx, leader.as_ref(), change_forward(ctx, headers, method, pq, body)).await
         }
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -123,14 +123,47 @@ pub async fn add_learner(
     if req.raft_addr.is_empty() || req.api_addr.is_empty() {
         return ApiError::bad_request("raft_addr and api_addr are required").into_response();
     }
-    if !ctx.node.is_leader() {
-        let leader = ctx.node.leader_hint();
-        let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-        return forward::to_leader(&ctx, leader.as_ref(), &headers, Method::POST, pq, body, Kind::Write)
-            .await;
+    if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, body.clone()).await {
+        return forwarded;
     }
     let result = ctx.node.add_learner(req.id, Node::new(req.raft_addr, req.api_addr)).await;
     change(&ctx, &headers, Method::POST, &uri, body, result).await
+}
+
+/// A membership change to pass on: it may wait for a learner to catch up.
+fn change_forward<'a>(
+    ctx: &Ctx,
+    headers: &'a HeaderMap,
+    method: Method,
+    path_and_query: &'a str,
+    body: Bytes,
+) -> Forward<'a> {
+    Forward {
+        headers,
+        method,
+        path_and_query,
+        body,
+        kind: Kind::Write,
+        timeout: ctx.config.raft.change_timeout + FORWARD_SLACK,
+    }
+}
+
+/// On a follower, passes a membership change on to the leader, whose view of
+/// the membership is the one that counts (a follower may not have applied
+/// the latest change yet). `None` on the leader, which handles it itself.
+async fn forward_unless_leader(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    method: Method,
+    uri: &Uri,
+    body: Bytes,
+) -> Option<Response> {
+    if ctx.node.is_leader() {
+        return None;
+    }
+    let leader = ctx.node.leader_hint();
+    let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    Some(forward::to_leader(ctx, leader.as_ref(), change_forward(ctx, headers, method, pq, body)).await)
 }
 
 /// The node's metrics and the member id named in the path, or a 400/404.
@@ -161,6 +194,9 @@ pub async fn promote(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, Bytes::new()).await {
+        return forwarded;
+    }
     let (m, id) = match member(&ctx, &id).await {
         Ok(found) => found,
         Err(r) => return r,
@@ -180,6 +216,9 @@ pub async fn remove(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::DELETE, &uri, Bytes::new()).await {
+        return forwarded;
+    }
     let id = match member(&ctx, &id).await {
         Ok((_, id)) => id,
         Err(r) => return r,

@@ -21,6 +21,10 @@ use raft_core::LeaderHint;
 use super::error::{leader_info, ApiError};
 use super::Ctx;
 
+/// How much longer a forwarding node waits than the leader itself does, so
+/// that the leader's own answer (even a timeout) arrives first.
+pub const FORWARD_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The header that marks a forwarded request, with the forwarding node's id.
 pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
 
@@ -39,16 +43,26 @@ pub enum Kind {
     Write,
 }
 
-/// Sends the request to the leader and returns its response as is.
-pub async fn to_leader(
-    ctx: &Ctx,
-    leader: Option<&LeaderHint>,
-    headers: &HeaderMap,
-    method: Method,
-    path_and_query: &str,
-    body: Bytes,
-    kind: Kind,
-) -> Response {
+/// A request to pass on to the leader.
+pub struct Forward<'a> {
+    /// The original request's headers.
+    pub headers: &'a HeaderMap,
+    /// Its method.
+    pub method: Method,
+    /// Its path and query.
+    pub path_and_query: &'a str,
+    /// Its body.
+    pub body: Bytes,
+    /// What a failure may mean.
+    pub kind: Kind,
+    /// How long to wait for the leader's answer.
+    pub timeout: std::time::Duration,
+}
+
+/// Sends the request to the leader and returns its response as is, waiting
+/// at most `timeout` for it (a little more than the leader itself waits).
+pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>) -> Response {
+    let Forward { headers, method, path_and_query, body, kind, timeout } = req;
     let info = leader_info(leader);
     if was_forwarded(headers) {
         return ApiError::no_leader(
@@ -61,7 +75,8 @@ pub async fn to_leader(
         return ApiError::no_leader("no leader is known; retry shortly", info).into_response();
     };
     let url = format!("http://{addr}{path_and_query}");
-    let mut req = ctx.http.request(method, &url).header(FORWARDED_BY, ctx.id.to_string()).body(body);
+    let mut req =
+        ctx.http.request(method, &url).timeout(timeout).header(FORWARDED_BY, ctx.id.to_string()).body(body);
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         req = req.header(axum::http::header::CONTENT_TYPE, ct);
     }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
 use super::error::{leader_info, ApiError};
-use super::forward::{self, Kind};
+use super::forward::{self, Forward, Kind, FORWARD_SLACK};
 use super::Ctx;
 use crate::api::{
     codes, CasRequest, Consistency, DeleteRequest, Durability, JsonValue, ListItem, ListResponse, PutRequest,
@@ -381,8 +381,15 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
         // Not proposed here: safe to pass on to the leader.
         Err(WriteError::NotLeader { leader }) => {
             let pq = w.uri.path_and_query().map_or(w.uri.path(), |pq| pq.as_str());
-            return forward::to_leader(ctx, leader.as_ref(), w.headers, w.method, pq, w.body, Kind::Write)
-                .await;
+            let req = Forward {
+                headers: w.headers,
+                method: w.method,
+                path_and_query: pq,
+                body: w.body,
+                kind: Kind::Write,
+                timeout: ctx.config.raft.request_timeout + FORWARD_SLACK,
+            };
+            return forward::to_leader(ctx, leader.as_ref(), req).await;
         }
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -230,6 +230,14 @@ async fn join_cluster(
             }
             match r.send().await {
                 Ok(resp) if resp.status().is_success() => break,
+                // A promotion whose first answer was lost may have happened.
+                Ok(resp)
+                    if resp.status() == reqwest::StatusCode::CONFLICT
+                        && body.is_none()
+                        && ctx.node.metrics().await.voters.contains(&ctx.id) =>
+                {
+                    break
+                }
                 Ok(resp) if attempt < 30 && resp.status().as_u16() >= 500 => {}
                 Ok(resp) => {
                     let status = resp.status();

@@ -1,0 +1,79 @@
+//! How long the linearizability checker takes on simulated register
+//! histories of a few sizes.
+//!
+//! ```sh
+//! cargo run --release -p jepsen --example linear_bench
+//! ```
+//!
+//! Each history is linearizable by construction (see `jepsen::sim`), so the
+//! `as simulated` column must say `valid`. The `one read corrupted` column
+//! checks the same history after one late `ok` read was changed to return a
+//! value nobody wrote, which must be `invalid`: refuting a history means
+//! exhausting every order, which can cost more than finding one.
+//!
+//! `clients/key` is the average number of clients working on one key at a
+//! time: it, more than the total size, decides how hard the search is. The
+//! row with 20,000 operations, 20 keys and 10 clients is the size the
+//! harness must check "in seconds".
+
+use std::time::{Duration, Instant};
+
+use jepsen::checker::linear;
+use jepsen::history::{pair, Function, Op, Outcome};
+use jepsen::sim::{simulate_register, RegisterSim};
+
+/// Per check; a check that runs out prints `unknown`.
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn main() -> anyhow::Result<()> {
+    let cases = [
+        // ops, keys, clients, info rate
+        (1_000, 1, 10, 0.05),
+        (20_000, 20, 10, 0.05),
+        (20_000, 20, 200, 0.05),
+        (20_000, 20, 200, 0.20),
+        (100_000, 100, 1_000, 0.05),
+        (10_000, 1, 10, 0.05),
+        (10_000, 1, 20, 0.05),
+        (10_000, 1, 30, 0.05),
+    ];
+    println!(
+        "{:>8} {:>5} {:>8} {:>11} {:>5} {:>9} | {:>22} | {:>22}",
+        "ops", "keys", "clients", "clients/key", "info", "generate", "as simulated", "one read corrupted"
+    );
+    for (ops, keys, concurrency, info_rate) in cases {
+        let sim = RegisterSim { ops, keys, concurrency, info_rate, seed: 42, ..RegisterSim::default() };
+        let started = Instant::now();
+        let mut history = pair(&simulate_register(&sim))?;
+        let generated = started.elapsed();
+
+        let valid = run(&history)?;
+        // The last ok read in the first 90% of the history.
+        let late = history.len() * 9 / 10;
+        if let Some(read) =
+            history[..late].iter_mut().rev().find(|op| op.f == Function::Read && op.outcome == Outcome::Ok)
+        {
+            read.value = serde_json::json!("never written");
+        }
+        let corrupted = run(&history)?;
+        println!(
+            "{:>8} {:>5} {:>8} {:>11} {:>5.2} {:>7.0}ms | {valid:>22} | {corrupted:>22}",
+            ops,
+            keys,
+            concurrency,
+            concurrency / keys,
+            info_rate,
+            generated.as_secs_f64() * 1e3,
+        );
+    }
+    Ok(())
+}
+
+/// Checks and describes the result as "verdict time".
+fn run(history: &[Op]) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let result = linear::check(history, BUDGET)?;
+    let elapsed = started.elapsed();
+    let verdict = serde_json::to_value(result.verdict)?;
+    Ok(format!("{} {:>8.0}ms", verdict.as_str().unwrap_or("?"), elapsed.as_secs_f64() * 1e3))
+}

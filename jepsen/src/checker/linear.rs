@@ -1,0 +1,1678 @@
+//! Linearizability of a compare-and-set register per key.
+//!
+//! # What is checked
+//!
+//! A history is *linearizable* if every operation can be given one instant,
+//! somewhere between its invocation and its completion, at which it takes
+//! effect, such that the operations replayed one at a time in that order,
+//! against a single copy of the data, return exactly what the clients saw.
+//! A stale read from a deposed leader, a lost acknowledged write, or a write
+//! applied twice all make a history non-linearizable.
+//!
+//! The data type is a register per key that starts *absent* (`null`):
+//!
+//! * `read` returns the current value (`null` if absent);
+//! * `write v` sets it to `v`;
+//! * `cas [from, to]` sets it to `to` if it holds `from`, and does nothing
+//!   otherwise. A cas that found another value is reported `fail`.
+//!
+//! Outcomes decide what the search must explain (see [`crate::history`]):
+//!
+//! * `ok`: took effect between invocation and completion;
+//! * `fail`: certainly did not take effect, so it is removed (this includes
+//!   a cas that found another value);
+//! * `info`, or no completion: *may* take effect at any instant after its
+//!   invocation, however late (its completion is at +infinity), or never. An
+//!   unknown read changes nothing and returned nothing we know, so it is
+//!   dropped.
+//!
+//! Values and keys are arbitrary JSON and are compared with
+//! [`serde_json::Value`] equality: structurally, with object members in any
+//! order, and numbers only within their kind, so `1`, `1.0` and `"1"` are
+//! three different values. A workload must write each value in one form.
+//!
+//! # How: one key at a time
+//!
+//! Linearizability is *local* (Herlihy and Wing, 1990): a history is
+//! linearizable if and only if each object's sub-history is. Each key is an
+//! independent register, so the checker splits the history by key and
+//! searches each part alone. The search is exponential in the worst case,
+//! and this turns one enormous search into many small ones.
+//!
+//! # The search (Wing and Gong, improved by Lowe)
+//!
+//! Write down the key's history as a list of *entries*, in real-time order:
+//! a *call* entry where an operation was invoked and a *return* entry where
+//! it completed. An operation can be linearized *next* if its call comes
+//! before the first return still in the list: every operation that
+//! completed before it was invoked has already been linearized. The search
+//! walks the list from the front:
+//!
+//! 1. At a call entry, ask the model whether the operation may take effect
+//!    now (a read must see the current value, a cas must find `from`). If
+//!    so, *lift* the operation (unlink its call and return entries from the
+//!    list), push it on a stack with the state before it, and start again
+//!    from the front with the new state. If not, move to the next entry.
+//! 2. At a return entry, nothing more can go first: the operation that
+//!    returned here must already have taken effect, and no choice made so far
+//!    allows it. *Backtrack*: pop the last linearized operation, restore the
+//!    state, *unlift* it (put its entries back where they were) and try the
+//!    entries after its call instead.
+//! 3. When no return entry is left, every operation that must take effect
+//!    has: the history is linearizable. When backtracking finds the stack
+//!    empty, every order has been tried: it is not.
+//!
+//! Lowe's improvement is memoisation: the future of the search depends only
+//! on *which* operations are linearized (a bitset) and the register's value,
+//! not on the order that led there. Each (bitset, value) configuration is
+//! recorded when first reached, and reaching it again by another order is a
+//! dead end, already explored. This cuts the search from factorial to, in
+//! practice, close to linear in the number of operations. Porcupine (Go,
+//! Athalye) popularised this algorithm for Jepsen-style tests; this is an
+//! independent implementation of the same idea.
+//!
+//! # Four refinements
+//!
+//! Each is exact: it changes how fast the verdict is found, never the
+//! verdict. `agrees_with_brute_force_on_small_random_histories` at the
+//! bottom of this file compares the search with a plain enumeration of every
+//! order on thousands of random histories.
+//!
+//! *Reads go first.* If a read can take effect now (the register holds what
+//! it returned, and it is a candidate), placing it now is never wrong: in
+//! any linearization from here it can be moved to the front, as it changes
+//! nothing and nothing that must precede it is left. So such a read is
+//! placed at once and no alternative is tried in its place. Without this,
+//! every subset of the pending reads would be a distinct configuration.
+//!
+//! *Unknown operations are optional.* An `info` write or cas has no return
+//! entry: it never forces anything, and the search may leave it out
+//! entirely. Such operations live in a second list, sorted by call, and are
+//! tried only after every `ok` candidate failed: most timed-out writes in a
+//! real test either took effect at once or never, and trying the `ok`
+//! operations first finds the explanation without guessing. Memoisation is
+//! strengthened to match: a configuration is also a dead end if one already
+//! seen had the same `ok` operations and value and a *subset* of its unknown
+//! operations placed, because leaving an optional operation unapplied can
+//! only leave more ways open.
+//!
+//! *Unobserved values are all alike.* A value that no `ok` read returns and
+//! no cas expects can never be seen, so unknown operations that would set
+//! one are dropped, and all such values are one value to the model (see
+//! `simplify`). With a unique value per write, the many writes overwritten
+//! before anyone read them stop multiplying configurations.
+//!
+//! *Configurations are stored compactly.* Operations are numbered in call
+//! order, so the placed set is almost always "everything up to some point,
+//! plus a few": stored as that point and a few words, not one bit per
+//! operation. One key's memo may use 512 MiB (`VISITED_MEMORY_LIMIT`); beyond
+//! that it is forgotten and the search goes on (forgetting only prunes less).
+//!
+//! The cost grows with how many operations overlap on one key, far more than
+//! with the length of the history: `examples/linear_bench.rs` measures
+//! milliseconds for 20,000 operations with 10 clients per key, and seconds
+//! to minutes once 30 clients share one key. Workloads keep a few clients
+//! per key and rotate keys.
+//!
+//! # Out of time, and counterexamples
+//!
+//! A budget bounds the whole check. Each key first gets an equal share of
+//! the time left, so that one hard key cannot keep an easy invalid one from
+//! being checked; keys still undecided then share what remains. A key whose
+//! search is cut off is `unknown`, and so is the history unless another key
+//! is proven invalid. Unknown is never a pass.
+//!
+//! For an invalid key the checker reports where the search got furthest: the
+//! longest sequence of operations it could linearize, the register value
+//! after them, the operation whose completion came next but which could not
+//! take effect from there (`blocking`), and every operation that could have
+//! gone next (`candidates`). None of the candidates leads to a complete
+//! linearization. `docs/jepsen.md` shows how to read one.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Verdict;
+use crate::history::{Function, Op, Outcome};
+
+/// The result of a linearizability check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearResult {
+    /// All keys combined with [`Verdict::and`]: invalid if any key is,
+    /// otherwise unknown if any key is, otherwise valid.
+    pub verdict: Verdict,
+    /// One result per key, in order of each key's first operation.
+    pub keys: Vec<KeyResult>,
+}
+
+/// The result for one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyResult {
+    /// The key.
+    pub key: Value,
+    /// Whether this key's operations are linearizable.
+    pub verdict: Verdict,
+    /// How many operations the search had to place: the `ok` operations,
+    /// plus the unknown writes and cas whose value some operation observes.
+    /// (Failed operations, unknown reads, and unknown writes nobody could
+    /// have seen are dropped.)
+    pub ops: usize,
+    /// How many distinct configurations (placed operations, value) the
+    /// search explored: a measure of how hard the key was.
+    pub explored: usize,
+    /// Where the search got stuck, for an invalid key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterexample: Option<Counterexample>,
+}
+
+/// Why a key is not linearizable: the furthest the search got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counterexample {
+    /// The longest sequence of operations that could be linearized, in the
+    /// order they were placed.
+    pub linearized: Vec<Op>,
+    /// The register's value after them (`null`: absent).
+    pub state: Value,
+    /// The `ok` operation whose completion comes next in the history: it
+    /// must take effect before that point, and neither it nor any other
+    /// candidate, placed next, leads to a complete linearization.
+    pub blocking: Op,
+    /// Every operation that could have been linearized next (invoked before
+    /// `blocking` completed and not yet placed), `blocking` included. Each
+    /// was tried, and none leads to a complete linearization.
+    pub candidates: Vec<Op>,
+}
+
+/// A history the register checker cannot judge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinearError {
+    /// An operation is not `read`, `write` or `cas`: the history belongs to
+    /// another workload.
+    #[error("operation invoked at event {index}: the register checker knows read, write and cas, not {f}")]
+    UnsupportedFunction {
+        /// The operation's invocation position.
+        index: usize,
+        /// Its function.
+        f: Function,
+    },
+    /// A cas whose value is not a two-element array `[from, to]`.
+    #[error("operation invoked at event {index}: a cas value must be [from, to], not {value}")]
+    MalformedCas {
+        /// The operation's invocation position.
+        index: usize,
+        /// The value found.
+        value: Value,
+    },
+    /// An operation contradicts itself: `ok` without a completion, or
+    /// completed before it was invoked. [`crate::history::pair`] never
+    /// produces one; hand-built operations might.
+    #[error("operation invoked at event {index}: {reason}")]
+    InconsistentOp {
+        /// The operation's invocation position.
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Checks that the operations on each key are linearizable for a
+/// compare-and-set register, within `budget` for the whole history.
+///
+/// The operations come from [`crate::history::pair`]; their order does not
+/// matter, as the check orders them by their positions in the history.
+///
+/// # Errors
+/// A [`LinearError`] if an operation is not a register operation or is
+/// malformed. A history that is merely not linearizable is an `Ok` result
+/// with [`Verdict::Invalid`].
+pub fn check(ops: &[Op], budget: Duration) -> Result<LinearResult, LinearError> {
+    check_with_memory(ops, budget, VISITED_MEMORY_LIMIT)
+}
+
+/// [`check`], with `memory` bytes for each key's visited configurations.
+fn check_with_memory(ops: &[Op], budget: Duration, memory: usize) -> Result<LinearResult, LinearError> {
+    let start = Instant::now();
+    // A budget too large to add to the clock is no limit at all.
+    let deadline = start.checked_add(budget);
+    let mut values = Interner::default();
+    let absent = values.intern(&Value::Null);
+    debug_assert_eq!(absent, ABSENT, "null is interned first");
+    let keys = partition(ops, &mut values)?;
+
+    // First pass: each key gets an equal share of the time left, so one
+    // hard key cannot starve the others (an easy invalid key among them is
+    // still found). Second pass: keys left undecided share what remains,
+    // in order.
+    let mut results: Vec<KeyResult> = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let share = deadline.map(|d| {
+            let now = Instant::now();
+            let keys_left = u32::try_from(keys.len() - i).unwrap_or(u32::MAX);
+            now + d.saturating_duration_since(now) / keys_left
+        });
+        results.push(check_key(key, ops, memory, share));
+    }
+    if deadline.is_some() {
+        for (key, result) in keys.iter().zip(&mut results) {
+            if result.verdict == Verdict::Unknown {
+                *result = check_key(key, ops, memory, deadline);
+            }
+        }
+    }
+    let verdict = Verdict::all(results.iter().map(|r| r.verdict));
+    tracing::debug!(keys = results.len(), ?verdict, elapsed = ?start.elapsed(), "linearizability checked");
+    Ok(LinearResult { verdict, keys: results })
+}
+
+/// Searches one key until `deadline`.
+fn check_key(key: &KeyOps, ops: &[Op], memory: usize, deadline: Option<Instant>) -> KeyResult {
+    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+    let (verdict, counterexample, explored) = if out_of_time {
+        (Verdict::Unknown, None, 0)
+    } else {
+        let mut search = Search::new(key, memory);
+        let end = search.run(deadline);
+        let explored = search.visited.recorded;
+        match end {
+            SearchEnd::Linearizable => (Verdict::Valid, None, explored),
+            SearchEnd::Undecided => (Verdict::Unknown, None, explored),
+            SearchEnd::NotLinearizable(failure) => {
+                (Verdict::Invalid, Some(failure.into_counterexample(key, ops)), explored)
+            }
+        }
+    };
+    tracing::debug!(key = %key.key, ops = key.len(), explored, ?verdict, "checked key");
+    KeyResult { key: key.key.clone(), verdict, ops: key.len(), explored, counterexample }
+}
+
+// ---------------------------------------------------------------------------
+// The register model, on interned values.
+
+/// A value, interned: two equal JSON values have the same id, so the search
+/// compares and hashes integers instead of JSON trees.
+type ValueId = usize;
+
+/// The id of `null`, the register's initial (absent) value.
+const ABSENT: ValueId = 0;
+
+/// Stands for every value that no operation observes (see [`simplify`]).
+const UNOBSERVED: ValueId = ValueId::MAX;
+
+/// A register operation, as the search sees it.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Read(ValueId),
+    Write(ValueId),
+    Cas { from: ValueId, to: ValueId },
+}
+
+impl Step {
+    /// The register's value after this operation takes effect on `state`,
+    /// or `None` if it cannot take effect there (a read that would return
+    /// another value, an `ok` cas that would not find `from`).
+    fn apply(self, state: ValueId) -> Option<ValueId> {
+        match self {
+            Step::Read(seen) => (seen == state).then_some(state),
+            Step::Write(value) => Some(value),
+            Step::Cas { from, to } => (from == state).then_some(to),
+        }
+    }
+}
+
+/// Gives each distinct JSON value a small id, in order of first sight.
+#[derive(Default)]
+struct Interner {
+    /// Structural hash -> ids of the values with that hash.
+    buckets: HashMap<u64, Vec<ValueId>>,
+    values: Vec<Value>,
+}
+
+impl Interner {
+    fn intern(&mut self, value: &Value) -> ValueId {
+        let mut hasher = DefaultHasher::new();
+        hash_json(value, &mut hasher);
+        let bucket = self.buckets.entry(hasher.finish()).or_default();
+        if let Some(&id) = bucket.iter().find(|&&id| self.values[id] == *value) {
+            return id;
+        }
+        let id = self.values.len();
+        self.values.push(value.clone());
+        bucket.push(id);
+        id
+    }
+}
+
+/// A hash consistent with `Value`'s equality: equal values hash equally.
+/// (`serde_json::Value` does not implement `Hash`.) Objects hash their
+/// members order-independently, as their equality ignores order.
+fn hash_json<H: Hasher>(value: &Value, h: &mut H) {
+    match value {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => {
+            h.write_u8(1);
+            b.hash(h);
+        }
+        Value::Number(n) => {
+            h.write_u8(2);
+            if let Some(u) = n.as_u64() {
+                h.write_u8(0);
+                h.write_u64(u);
+            } else if let Some(i) = n.as_i64() {
+                h.write_u8(1);
+                h.write_i64(i);
+            } else if let Some(f) = n.as_f64() {
+                // 0.0 == -0.0, so they must hash alike.
+                let f = if f == 0.0 { 0.0 } else { f };
+                h.write_u8(2);
+                h.write_u64(f.to_bits());
+            }
+        }
+        Value::String(s) => {
+            h.write_u8(3);
+            s.hash(h);
+        }
+        Value::Array(items) => {
+            h.write_u8(4);
+            h.write_usize(items.len());
+            for item in items {
+                hash_json(item, h);
+            }
+        }
+        Value::Object(members) => {
+            h.write_u8(5);
+            h.write_usize(members.len());
+            let mut sum = 0u64;
+            for (k, v) in members {
+                let mut member = DefaultHasher::new();
+                k.hash(&mut member);
+                hash_json(v, &mut member);
+                sum = sum.wrapping_add(member.finish());
+            }
+            h.write_u64(sum);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Splitting the history by key.
+
+/// An operation the search must (or, if unknown, may) place.
+#[derive(Debug, Clone, Copy)]
+struct RegOp {
+    /// Index into the caller's `ops`.
+    op: usize,
+    step: Step,
+    /// Invocation position in the history.
+    call: usize,
+    /// Completion position; unused for unknown operations.
+    ret: usize,
+}
+
+/// One key's share of the history.
+struct KeyOps {
+    key: Value,
+    /// Operations that completed `ok`: each must be placed.
+    ok: Vec<RegOp>,
+    /// Unknown writes and cas, sorted by call: each may be placed, or not.
+    info: Vec<RegOp>,
+    /// The register's value before any operation: [`ABSENT`], or
+    /// [`UNOBSERVED`] if no operation can see that it is absent.
+    initial: ValueId,
+}
+
+impl KeyOps {
+    fn len(&self) -> usize {
+        self.ok.len() + self.info.len()
+    }
+}
+
+fn partition(ops: &[Op], values: &mut Interner) -> Result<Vec<KeyOps>, LinearError> {
+    let mut keys = Interner::default();
+    let mut parts: Vec<KeyOps> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let index = op.invoke_index;
+        let step = match &op.f {
+            Function::Read => Step::Read(values.intern(&op.value)),
+            Function::Write => Step::Write(values.intern(&op.value)),
+            Function::Cas => match op.value.as_array().map(Vec::as_slice) {
+                Some([from, to]) => Step::Cas { from: values.intern(from), to: values.intern(to) },
+                _ => return Err(LinearError::MalformedCas { index, value: op.value.clone() }),
+            },
+            Function::Other(_) => return Err(LinearError::UnsupportedFunction { index, f: op.f.clone() }),
+        };
+        let ret = match (op.outcome, op.complete_index) {
+            (_, Some(ret)) if ret <= index => {
+                return Err(LinearError::InconsistentOp { index, reason: "completed before it was invoked" })
+            }
+            (Outcome::Ok, None) => {
+                return Err(LinearError::InconsistentOp { index, reason: "ok but never completed" })
+            }
+            (_, ret) => ret.unwrap_or(usize::MAX),
+        };
+
+        let k = keys.intern(&op.key);
+        if k == parts.len() {
+            parts.push(KeyOps { key: op.key.clone(), ok: Vec::new(), info: Vec::new(), initial: ABSENT });
+        }
+        let part = &mut parts[k];
+        let reg = RegOp { op: i, step, call: index, ret };
+        match (op.outcome, step) {
+            (Outcome::Ok, _) => part.ok.push(reg),
+            // Certainly not applied: nothing to explain.
+            (Outcome::Fail, _) => {}
+            // Changed nothing, and what it returned is unknown.
+            (Outcome::Info, Step::Read(_)) => {}
+            (Outcome::Info, _) => part.info.push(reg),
+        }
+    }
+    for part in &mut parts {
+        // The search indexes ok operations in call order (see `OkSet`).
+        part.ok.sort_by_key(|r| r.call);
+        simplify(part);
+        part.info.sort_by_key(|r| r.call);
+    }
+    Ok(parts)
+}
+
+/// Simplifies a key's operations using what the history shows of each
+/// value. A value is *observed* if some `ok` read returns it or some cas
+/// expects it (`from`). An unobserved value can never be seen: once it is
+/// written, the next operation to look at the register must be a write
+/// (a read would return it, a cas would find it), so it vanishes unseen.
+/// Two consequences, both exact (the verdict is unchanged):
+///
+/// * An unknown write or cas that sets an unobserved value never needs to
+///   take effect: removing it leaves every result the same. It is dropped.
+///   In a real test most timed-out writes either never happened or were
+///   overwritten unread, and the search need not try each everywhere.
+/// * The model cannot tell unobserved values apart, so they all become one
+///   value, [`UNOBSERVED`]. Configurations that differ only in which
+///   unobserved value the register holds merge: with unique values per
+///   write, many concurrent writes are overwritten before anyone reads them.
+fn simplify(part: &mut KeyOps) {
+    let mut observed = HashSet::new();
+    for reg in part.ok.iter().chain(&part.info) {
+        match reg.step {
+            Step::Read(seen) => {
+                observed.insert(seen);
+            }
+            Step::Cas { from, .. } => {
+                observed.insert(from);
+            }
+            Step::Write(_) => {}
+        }
+    }
+    part.info.retain(|reg| match reg.step {
+        Step::Write(value) | Step::Cas { to: value, .. } => observed.contains(&value),
+        Step::Read(_) => false,
+    });
+    let merge = |value: ValueId| if observed.contains(&value) { value } else { UNOBSERVED };
+    for reg in part.ok.iter_mut().chain(&mut part.info) {
+        reg.step = match reg.step {
+            Step::Write(value) => Step::Write(merge(value)),
+            Step::Cas { from, to } => Step::Cas { from, to: merge(to) },
+            read => read,
+        };
+    }
+    part.initial = merge(ABSENT);
+}
+
+// ---------------------------------------------------------------------------
+// The search.
+
+/// "No entry": the end of a list.
+const NIL: usize = usize::MAX;
+
+/// A doubly linked list over nodes `0..n`, with a head sentinel `n`, from
+/// which nodes are unlinked and relinked in last-out-first-in order (Knuth's
+/// dancing links): an unlinked node keeps its own pointers, so relinking it
+/// is two stores.
+struct List {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+}
+
+impl List {
+    fn new(n: usize) -> Self {
+        // Node i is followed by i + 1 and the last node by NIL; the head
+        // (node n) comes first.
+        let mut next: Vec<usize> = (1..=n).collect();
+        if let Some(last) = next.last_mut() {
+            *last = NIL;
+        }
+        next.push(if n == 0 { NIL } else { 0 });
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { n } else { i - 1 }).collect();
+        prev.push(NIL);
+        List { next, prev }
+    }
+
+    fn head(&self) -> usize {
+        self.next.len() - 1
+    }
+
+    fn first(&self) -> usize {
+        self.next[self.head()]
+    }
+
+    fn next(&self, node: usize) -> usize {
+        self.next[node]
+    }
+
+    fn unlink(&mut self, node: usize) {
+        let (prev, next) = (self.prev[node], self.next[node]);
+        self.next[prev] = next;
+        if next != NIL {
+            self.prev[next] = prev;
+        }
+    }
+
+    fn relink(&mut self, node: usize) {
+        let (prev, next) = (self.prev[node], self.next[node]);
+        self.next[prev] = node;
+        if next != NIL {
+            self.prev[next] = node;
+        }
+    }
+}
+
+/// Which `ok` operations are placed, indexed in call order.
+///
+/// Early operations are all placed long before the search reaches the end
+/// of the history, so the set is nearly always a prefix plus a few recent
+/// operations, and it is remembered as that: `low` (every index below it is
+/// placed) and the words from `low` to the highest placed index. A visited
+/// configuration then costs a few words instead of one bit per operation
+/// in the key's history.
+struct OkSet {
+    words: Vec<u64>,
+    len: usize,
+    /// The first unplaced index (`len` if all are placed).
+    low: usize,
+    /// One past the highest placed index (0 if none is).
+    end: usize,
+    /// The xor of the Zobrist keys of the placed operations: a hash of the
+    /// set, updated in O(1) per step.
+    hash: u64,
+}
+
+/// What [`OkSet::place`] changed besides the bit, to undo it exactly.
+#[derive(Debug, Clone, Copy)]
+struct OkUndo {
+    low: usize,
+    end: usize,
+}
+
+impl OkSet {
+    fn new(len: usize) -> Self {
+        OkSet { words: vec![0; len.div_ceil(64)], len, low: 0, end: 0, hash: 0 }
+    }
+
+    fn place(&mut self, k: usize, zobrist: u64) -> OkUndo {
+        let undo = OkUndo { low: self.low, end: self.end };
+        self.words[k / 64] |= 1 << (k % 64);
+        self.hash ^= zobrist;
+        self.end = self.end.max(k + 1);
+        if k == self.low {
+            self.low = self.first_unplaced_from(k + 1);
+        }
+        undo
+    }
+
+    /// Undoes [`OkSet::place`]; placements are undone last-in-first-out.
+    fn unplace(&mut self, k: usize, zobrist: u64, undo: OkUndo) {
+        self.words[k / 64] &= !(1 << (k % 64));
+        self.hash ^= zobrist;
+        self.low = undo.low;
+        self.end = undo.end;
+    }
+
+    fn first_unplaced_from(&self, from: usize) -> usize {
+        let mut w = from / 64;
+        let Some(&word) = self.words.get(w) else { return self.len };
+        let mut free = !word & (u64::MAX << (from % 64));
+        loop {
+            if free != 0 {
+                return (w * 64 + free.trailing_zeros() as usize).min(self.len);
+            }
+            w += 1;
+            match self.words.get(w) {
+                Some(&word) => free = !word,
+                None => return self.len,
+            }
+        }
+    }
+
+    /// The words that, with `low`, identify the set.
+    fn window(&self) -> &[u64] {
+        if self.end <= self.low {
+            return &[];
+        }
+        &self.words[self.low / 64..self.end.div_ceil(64)]
+    }
+}
+
+/// Which unknown operations are placed: usually none or a handful, so a
+/// visited configuration stores only the non-zero words.
+struct InfoSet {
+    words: Vec<u64>,
+    placed: usize,
+}
+
+impl InfoSet {
+    fn new(len: usize) -> Self {
+        InfoSet { words: vec![0; len.div_ceil(64)], placed: 0 }
+    }
+
+    fn insert(&mut self, i: usize) {
+        self.words[i / 64] |= 1 << (i % 64);
+        self.placed += 1;
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.words[i / 64] &= !(1 << (i % 64));
+        self.placed -= 1;
+    }
+
+    /// (word index, word) for every non-zero word.
+    fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let words = if self.placed == 0 { &[][..] } else { &self.words[..] };
+        words.iter().copied().enumerate().filter(|&(_, w)| w != 0)
+    }
+
+    /// Whether every placed operation in `pairs` (as stored by
+    /// [`Visited`]) is placed here too.
+    fn contains_all(&self, pairs: &[u64]) -> bool {
+        pairs.chunks_exact(2).all(|pair| {
+            let (index, bits) = (pair[0] as usize, pair[1]);
+            self.words.get(index).is_some_and(|&w| w & bits == bits)
+        })
+    }
+}
+
+/// A `Hasher` that passes a `u64` through: the cache keys are already
+/// uniformly random (Zobrist hashes), so hashing them again is wasted work.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// How much memory the visited configurations of one key may hold, in
+/// bytes. A hard key can reach tens of millions of configurations; past
+/// this, the search forgets them all and carries on. Forgetting is safe (it
+/// only prunes less), and the time budget still bounds the search, so the
+/// verdict keeps its meaning; the machine keeps its memory.
+const VISITED_MEMORY_LIMIT: usize = 512 << 20;
+
+/// Roughly what one hash-table slot costs: key, value, control byte, and
+/// the spare capacity of a table that doubles as it grows.
+const TABLE_BYTES_PER_ENTRY: usize = 32;
+
+/// The configurations already reached: (ok set, unknown set, value).
+struct Visited {
+    /// Hash of (ok set, value) -> offset in `arena` of the latest entry with
+    /// that hash; entries with the same hash are chained through `arena`.
+    heads: HashMap<u64, usize, BuildHasherDefault<PassThrough>>,
+    /// Entries, one after another: the offset of the next entry in the chain
+    /// (`u64::MAX` ends it), the value, `low`, the window's length, the
+    /// number of (index, word) pairs of the unknown set, the window, then
+    /// the pairs.
+    arena: Vec<u64>,
+    /// Configurations recorded so far, forgotten ones included.
+    recorded: usize,
+    /// Bytes the table may hold before it is emptied.
+    limit: usize,
+}
+
+impl Visited {
+    fn new(limit: usize) -> Self {
+        Visited { heads: HashMap::default(), arena: Vec::new(), recorded: 0, limit }
+    }
+
+    /// Records a configuration and returns true, or returns false if it
+    /// needs no exploring: one with the same ok set and value and a subset
+    /// of its unknown operations was reached before (an exact repeat is the
+    /// plain case of that).
+    fn insert(&mut self, state: ValueId, ok: &OkSet, info: &InfoSet) -> bool {
+        const END: u64 = u64::MAX;
+        let state = state as u64;
+        let key = ok.hash ^ state.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let window = ok.window();
+        let mut at = self.heads.get(&key).map_or(END, |&offset| offset as u64);
+        while at != END {
+            let entry = &self.arena[at as usize..];
+            let (next, stored_state, low) = (entry[0], entry[1], entry[2] as usize);
+            let (window_len, pairs) = (entry[3] as usize, entry[4] as usize);
+            let stored_window = &entry[5..5 + window_len];
+            let stored_pairs = &entry[5 + window_len..5 + window_len + 2 * pairs];
+            if stored_state == state
+                && low == ok.low
+                && stored_window == window
+                && info.contains_all(stored_pairs)
+            {
+                return false;
+            }
+            at = next;
+        }
+
+        let bytes = self.arena.len() * 8 + self.heads.len() * TABLE_BYTES_PER_ENTRY;
+        if bytes > self.limit {
+            tracing::warn!(
+                configurations = self.heads.len(),
+                "forgetting visited configurations to bound memory"
+            );
+            self.heads = HashMap::default();
+            self.arena = Vec::new();
+        }
+        let offset = self.arena.len();
+        let next = self.heads.insert(key, offset).map_or(END, |previous| previous as u64);
+        let pairs: Vec<(usize, u64)> = info.nonzero().collect();
+        self.arena.extend([next, state, ok.low as u64, window.len() as u64, pairs.len() as u64]);
+        self.arena.extend_from_slice(window);
+        for (index, word) in pairs {
+            self.arena.extend([index as u64, word]);
+        }
+        self.recorded += 1;
+        true
+    }
+}
+
+/// A call or return entry of an `ok` operation.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Position in the history.
+    pos: usize,
+    /// Index into `KeyOps::ok`.
+    op: usize,
+    is_call: bool,
+}
+
+/// An operation placed in the linearization.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    /// Index into `KeyOps::ok`.
+    Ok(usize),
+    /// Index into `KeyOps::info`.
+    Info(usize),
+}
+
+/// A stack frame: what was placed, and what to restore when it is undone.
+struct Frame {
+    pick: Pick,
+    state_before: ValueId,
+    /// The first return entry when an unknown operation was placed, to
+    /// resume trying unknown operations after it.
+    first_return: usize,
+    /// A read placed because it could go at once: no alternative needs
+    /// trying in its place, so backtracking goes straight past it.
+    forced: bool,
+    /// For an `ok` operation, how to undo its placement in the ok set.
+    undo: OkUndo,
+}
+
+/// Where the walk is in the current configuration.
+#[derive(Clone, Copy)]
+enum Cursor {
+    /// Looking for a read that can go now, from this entry on.
+    Reads(usize),
+    /// Trying the `ok` operations, from this entry on.
+    Main(usize),
+    /// Having reached the first return entry, trying the unknown operations
+    /// invoked before it, from this node on.
+    Info { node: usize, first_return: usize },
+}
+
+/// What came of trying to place an operation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Placed: a new configuration.
+    Placed,
+    /// The model does not allow it from the current value.
+    Impossible,
+    /// Allowed, but the configuration it leads to was explored already (or
+    /// one with every option it has).
+    Explored,
+}
+
+/// How one key's search ended.
+enum SearchEnd {
+    Linearizable,
+    NotLinearizable(Failure),
+    /// Out of time.
+    Undecided,
+}
+
+/// The deepest dead end, in the search's own indices.
+struct Failure {
+    linearized: Vec<Pick>,
+    blocking: usize,
+    candidates: Vec<Pick>,
+}
+
+impl Failure {
+    fn into_counterexample(self, key: &KeyOps, ops: &[Op]) -> Counterexample {
+        let op = |pick: &Pick| match *pick {
+            Pick::Ok(k) => ops[key.ok[k].op].clone(),
+            Pick::Info(i) => ops[key.info[i].op].clone(),
+        };
+        let linearized: Vec<Op> = self.linearized.iter().map(op).collect();
+        // The search knows the value only up to `simplify`'s merging;
+        // replaying the placed operations gives the real one.
+        let mut state = Value::Null;
+        for placed in &linearized {
+            match placed.f {
+                Function::Write => state = placed.value.clone(),
+                Function::Cas => state = placed.value[1].clone(),
+                _ => {}
+            }
+        }
+        Counterexample {
+            linearized,
+            state,
+            blocking: op(&Pick::Ok(self.blocking)),
+            candidates: self.candidates.iter().map(op).collect(),
+        }
+    }
+}
+
+/// One key's search state.
+struct Search<'a> {
+    key: &'a KeyOps,
+    /// Call and return entries of the `ok` operations, in history order.
+    entries: Vec<Entry>,
+    /// Per `ok` operation, its call and return entries.
+    call_entry: Vec<usize>,
+    return_entry: Vec<usize>,
+    /// The entries not yet lifted.
+    main: List,
+    /// The unknown operations not yet placed.
+    info: List,
+    /// A random 64-bit key per `ok` operation; the xor of the keys of the
+    /// placed ones hashes the ok set in O(1) per step (Zobrist hashing).
+    zobrist: Vec<u64>,
+    /// The placed `ok` operations.
+    ok_set: OkSet,
+    /// The placed unknown operations.
+    info_set: InfoSet,
+    /// The register's value after the placed operations.
+    state: ValueId,
+    stack: Vec<Frame>,
+    visited: Visited,
+}
+
+impl<'a> Search<'a> {
+    fn new(key: &'a KeyOps, memory: usize) -> Self {
+        let n = key.ok.len();
+        let mut entries = Vec::with_capacity(2 * n);
+        for (op, reg) in key.ok.iter().enumerate() {
+            entries.push(Entry { pos: reg.call, op, is_call: true });
+            entries.push(Entry { pos: reg.ret, op, is_call: false });
+        }
+        // Positions are distinct events, so there are no ties to order.
+        entries.sort_by_key(|e| e.pos);
+        let mut call_entry = vec![0; n];
+        let mut return_entry = vec![0; n];
+        for (index, entry) in entries.iter().enumerate() {
+            if entry.is_call {
+                call_entry[entry.op] = index;
+            } else {
+                return_entry[entry.op] = index;
+            }
+        }
+        let mut seed = 0x5EED_u64;
+        let zobrist = (0..n).map(|_| splitmix64(&mut seed)).collect();
+        Search {
+            key,
+            main: List::new(entries.len()),
+            info: List::new(key.info.len()),
+            entries,
+            call_entry,
+            return_entry,
+            zobrist,
+            ok_set: OkSet::new(n),
+            info_set: InfoSet::new(key.info.len()),
+            state: key.initial,
+            stack: Vec::new(),
+            visited: Visited::new(memory),
+        }
+    }
+
+    fn run(&mut self, deadline: Option<Instant>) -> SearchEnd {
+        self.visited.insert(self.state, &self.ok_set, &self.info_set);
+        let mut best: Option<Failure> = None;
+        let mut cursor = Cursor::Reads(self.main.first());
+        let mut iterations: u64 = 0;
+        loop {
+            iterations += 1;
+            // Reading the clock costs about as much as a step; do it rarely.
+            if iterations % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                return SearchEnd::Undecided;
+            }
+            match cursor {
+                // A new configuration. A read that can go now goes now, and
+                // nothing else is tried in its place.
+                Cursor::Reads(e) if e != NIL && self.entries[e].is_call => {
+                    let k = self.entries[e].op;
+                    let placement = match self.key.ok[k].step {
+                        Step::Read(_) => self.try_ok(k, true),
+                        _ => Placement::Impossible,
+                    };
+                    cursor = match placement {
+                        Placement::Placed => Cursor::Reads(self.main.first()),
+                        Placement::Impossible => Cursor::Reads(self.main.next(e)),
+                        // This configuration leads only where the search
+                        // has already been, without success.
+                        Placement::Explored => match self.backtrack() {
+                            Some(resume) => resume,
+                            None => return self.exhausted(best),
+                        },
+                    };
+                }
+                Cursor::Reads(_) => cursor = Cursor::Main(self.main.first()),
+                Cursor::Main(NIL) => return SearchEnd::Linearizable,
+                Cursor::Main(e) if self.entries[e].is_call => {
+                    let k = self.entries[e].op;
+                    cursor = match self.try_ok(k, false) {
+                        Placement::Placed => Cursor::Reads(self.main.first()),
+                        Placement::Impossible | Placement::Explored => Cursor::Main(self.main.next(e)),
+                    };
+                }
+                // The first return entry: no ok operation can go next. Try
+                // the unknown ones invoked before this point.
+                Cursor::Main(e) => cursor = Cursor::Info { node: self.info.first(), first_return: e },
+                Cursor::Info { node, first_return }
+                    if node != NIL && self.key.info[node].call < self.entries[first_return].pos =>
+                {
+                    cursor = match self.try_info(node, first_return) {
+                        Placement::Placed => Cursor::Reads(self.main.first()),
+                        Placement::Impossible | Placement::Explored => {
+                            Cursor::Info { node: self.info.next(node), first_return }
+                        }
+                    };
+                }
+                // A dead end: nothing can go next from here.
+                Cursor::Info { first_return, .. } => {
+                    if best.as_ref().is_none_or(|b| self.stack.len() > b.linearized.len()) {
+                        best = Some(self.failure_at(first_return));
+                    }
+                    cursor = match self.backtrack() {
+                        Some(resume) => resume,
+                        None => return self.exhausted(best),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Places `ok` operation `k` now if the model allows it and the
+    /// configuration it leads to is new.
+    fn try_ok(&mut self, k: usize, forced: bool) -> Placement {
+        let Some(next) = self.key.ok[k].step.apply(self.state) else { return Placement::Impossible };
+        let undo = self.ok_set.place(k, self.zobrist[k]);
+        if !self.visited.insert(next, &self.ok_set, &self.info_set) {
+            self.ok_set.unplace(k, self.zobrist[k], undo);
+            return Placement::Explored;
+        }
+        self.stack.push(Frame {
+            pick: Pick::Ok(k),
+            state_before: self.state,
+            first_return: NIL,
+            forced,
+            undo,
+        });
+        self.state = next;
+        // Lift: unlink the call, then the return (undone in reverse order).
+        self.main.unlink(self.call_entry[k]);
+        self.main.unlink(self.return_entry[k]);
+        Placement::Placed
+    }
+
+    /// Places unknown operation `i` now, likewise.
+    fn try_info(&mut self, i: usize, first_return: usize) -> Placement {
+        let Some(next) = self.key.info[i].step.apply(self.state) else { return Placement::Impossible };
+        self.info_set.insert(i);
+        if !self.visited.insert(next, &self.ok_set, &self.info_set) {
+            self.info_set.remove(i);
+            return Placement::Explored;
+        }
+        let undo = OkUndo { low: self.ok_set.low, end: self.ok_set.end };
+        self.stack.push(Frame {
+            pick: Pick::Info(i),
+            state_before: self.state,
+            first_return,
+            forced: false,
+            undo,
+        });
+        self.state = next;
+        self.info.unlink(i);
+        Placement::Placed
+    }
+
+    /// Undoes placements up to and including the last one that had
+    /// alternatives, and says where to continue: with the alternative after
+    /// it. `None` if nothing is left to undo: every order has failed.
+    fn backtrack(&mut self) -> Option<Cursor> {
+        loop {
+            let frame = self.stack.pop()?;
+            self.state = frame.state_before;
+            let resume = match frame.pick {
+                Pick::Ok(k) => {
+                    // Unlift: relink the return, then the call.
+                    self.main.relink(self.return_entry[k]);
+                    self.main.relink(self.call_entry[k]);
+                    self.ok_set.unplace(k, self.zobrist[k], frame.undo);
+                    Cursor::Main(self.main.next(self.call_entry[k]))
+                }
+                Pick::Info(i) => {
+                    self.info.relink(i);
+                    self.info_set.remove(i);
+                    Cursor::Info { node: self.info.next(i), first_return: frame.first_return }
+                }
+            };
+            if !frame.forced {
+                return Some(resume);
+            }
+        }
+    }
+
+    /// The answer once every order has failed: the deepest dead end seen
+    /// is the counterexample. One is always recorded before the search can
+    /// be exhausted; should that ever not hold, describe the root instead,
+    /// or failing that answer `unknown`, which is never wrong.
+    fn exhausted(&self, best: Option<Failure>) -> SearchEnd {
+        if let Some(failure) = best {
+            return SearchEnd::NotLinearizable(failure);
+        }
+        let mut first_return = self.main.first();
+        while first_return != NIL && self.entries[first_return].is_call {
+            first_return = self.main.next(first_return);
+        }
+        if first_return == NIL {
+            return SearchEnd::Undecided;
+        }
+        SearchEnd::NotLinearizable(self.failure_at(first_return))
+    }
+
+    /// Describes the dead end at `first_return`: what is placed, and what
+    /// could have gone next.
+    fn failure_at(&self, first_return: usize) -> Failure {
+        let mut candidates = Vec::new();
+        let mut e = self.main.first();
+        while e != NIL && e != first_return {
+            candidates.push(Pick::Ok(self.entries[e].op));
+            e = self.main.next(e);
+        }
+        let limit = self.entries[first_return].pos;
+        let mut i = self.info.first();
+        while i != NIL && self.key.info[i].call < limit {
+            candidates.push(Pick::Info(i));
+            i = self.info.next(i);
+        }
+        Failure {
+            linearized: self.stack.iter().map(|f| f.pick).collect(),
+            blocking: self.entries[first_return].op,
+            candidates,
+        }
+    }
+}
+
+/// A fast, well-mixed pseudo-random sequence (Steele, Lea and Flood's
+/// SplitMix64), for the Zobrist keys.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hand-written histories, each small enough to check by eye. Each
+    //! valid case has an invalid twin that differs in one observation, so a
+    //! checker that said "valid" to everything would fail half of them.
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::{pair, parse_history};
+    use crate::sim::{simulate_register, RegisterSim};
+
+    const BUDGET: Duration = Duration::from_secs(60);
+
+    fn check_text(text: &str) -> LinearResult {
+        let ops = pair(&parse_history(text).expect("test history parses")).expect("test history pairs");
+        check(&ops, BUDGET).expect("test history is a register history")
+    }
+
+    fn verdict(text: &str) -> Verdict {
+        check_text(text).verdict
+    }
+
+    #[test]
+    fn sequential_read_after_write_is_valid_and_stale_initial_read_is_not() {
+        let valid = r#"{"process":0,"type":"invoke","f":"read","key":"x","value":null,"time":0}
+{"process":0,"type":"ok","f":"read","key":"x","value":null,"time":1}
+{"process":0,"type":"invoke","f":"write","key":"x","value":"a","time":2}
+{"process":0,"type":"ok","f":"write","key":"x","value":"a","time":3}
+{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":4}
+{"process":1,"type":"ok","f":"read","key":"x","value":"a","time":5}"#;
+        assert_eq!(verdict(valid), Verdict::Valid);
+        // The same, but the last read still sees the key absent.
+        let invalid = valid
+            .replace(r#""ok","f":"read","key":"x","value":"a""#, r#""ok","f":"read","key":"x","value":null"#);
+        assert_eq!(verdict(&invalid), Verdict::Invalid);
+    }
+
+    #[test]
+    fn concurrent_writes_let_reads_see_either_but_not_both_orders() {
+        // Writes of 1 and 2 overlap; a later read may see either one.
+        let writes = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":1,"type":"invoke","f":"write","key":"x","value":2,"time":1}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}
+{"process":1,"type":"ok","f":"write","key":"x","value":2,"time":3}
+"#;
+        let read = |p: u64, v: u64| {
+            format!(
+                "{{\"process\":{p},\"type\":\"invoke\",\"f\":\"read\",\"key\":\"x\",\"time\":9}}\n\
+                 {{\"process\":{p},\"type\":\"ok\",\"f\":\"read\",\"key\":\"x\",\"value\":{v},\"time\":9}}\n"
+            )
+        };
+        assert_eq!(verdict(&format!("{writes}{}", read(2, 1))), Verdict::Valid);
+        assert_eq!(verdict(&format!("{writes}{}", read(2, 2))), Verdict::Valid);
+        // Once both writes completed, nothing changes the value: two
+        // sequential reads cannot see 1 and then 2.
+        assert_eq!(verdict(&format!("{writes}{}{}", read(2, 1), read(3, 2))), Verdict::Invalid);
+    }
+
+    #[test]
+    fn read_concurrent_with_a_write_may_see_old_or_new_value() {
+        let history = |seen: &str| {
+            format!(
+                r#"{{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}}
+{{"process":1,"type":"invoke","f":"read","key":"x","time":1}}
+{{"process":1,"type":"ok","f":"read","key":"x","value":{seen},"time":2}}
+{{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":3}}"#
+            )
+        };
+        assert_eq!(verdict(&history("null")), Verdict::Valid);
+        assert_eq!(verdict(&history("1")), Verdict::Valid);
+        assert_eq!(verdict(&history("7")), Verdict::Invalid);
+    }
+
+    /// The stale read from a deposed leader: a write completed, and a read
+    /// that began afterwards still returned the previous value.
+    const STALE_READ: &str = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":1}
+{"process":0,"type":"invoke","f":"write","key":"x","value":2,"time":2}
+{"process":0,"type":"ok","f":"write","key":"x","value":2,"time":3}
+{"process":1,"type":"invoke","f":"read","key":"x","time":4}
+{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":5}"#;
+
+    #[test]
+    fn stale_read_after_completed_write_is_invalid() {
+        assert_eq!(verdict(STALE_READ), Verdict::Invalid);
+    }
+
+    #[test]
+    fn counterexample_shows_the_longest_prefix_the_state_and_the_blocked_read() {
+        let result = check_text(STALE_READ);
+        let key = &result.keys[0];
+        let cx = key.counterexample.as_ref().expect("an invalid key has a counterexample");
+        let values: Vec<&Value> = cx.linearized.iter().map(|op| &op.value).collect();
+        assert_eq!(values, [&json!(1), &json!(2)]);
+        assert_eq!(cx.state, json!(2));
+        assert_eq!((cx.blocking.f.clone(), cx.blocking.value.clone()), (Function::Read, json!(1)));
+        assert_eq!((cx.blocking.invoke_index, cx.blocking.complete_index), (4, Some(5)));
+        assert_eq!(cx.candidates, vec![cx.blocking.clone()]);
+
+        // And it serializes in the documented shape.
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["verdict"], "invalid");
+        assert_eq!(json["keys"][0]["key"], "x");
+        assert_eq!(json["keys"][0]["counterexample"]["state"], 2);
+        assert_eq!(json["keys"][0]["counterexample"]["blocking"]["outcome"], "ok");
+    }
+
+    #[test]
+    fn read_of_a_value_never_written_is_invalid() {
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":1}
+{"process":1,"type":"invoke","f":"read","key":"x","time":2}
+{"process":1,"type":"ok","f":"read","key":"x","value":42,"time":3}"#;
+        let result = check_text(history);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let cx = result.keys[0].counterexample.as_ref().unwrap();
+        assert_eq!(cx.state, json!(1));
+        assert_eq!(cx.blocking.value, json!(42));
+    }
+
+    #[test]
+    fn cas_succeeds_only_from_the_current_value() {
+        let prefix = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":1}
+"#;
+        let cas = |from: u64, to: u64, outcome: &str| {
+            format!(
+                "{{\"process\":0,\"type\":\"invoke\",\"f\":\"cas\",\"key\":\"x\",\"value\":[{from},{to}],\"time\":2}}\n\
+                 {{\"process\":0,\"type\":\"{outcome}\",\"f\":\"cas\",\"key\":\"x\",\"value\":[{from},{to}],\"time\":3}}\n"
+            )
+        };
+        let read = |v: u64| {
+            format!(
+                "{{\"process\":1,\"type\":\"invoke\",\"f\":\"read\",\"key\":\"x\",\"time\":4}}\n\
+                 {{\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"key\":\"x\",\"value\":{v},\"time\":5}}\n"
+            )
+        };
+        // From the current value: it succeeds and the new value is read.
+        assert_eq!(verdict(&format!("{prefix}{}{}", cas(1, 2, "ok"), read(2))), Verdict::Valid);
+        assert_eq!(verdict(&format!("{prefix}{}{}", cas(1, 2, "ok"), read(1))), Verdict::Invalid);
+        // From another value: an ok is impossible.
+        assert_eq!(verdict(&format!("{prefix}{}", cas(3, 4, "ok"))), Verdict::Invalid);
+        // A cas reported failed did nothing: the old value stays, and
+        // seeing its new value is a violation.
+        assert_eq!(verdict(&format!("{prefix}{}{}", cas(3, 4, "fail"), read(1))), Verdict::Valid);
+        assert_eq!(verdict(&format!("{prefix}{}{}", cas(1, 2, "fail"), read(2))), Verdict::Invalid);
+    }
+
+    #[test]
+    fn info_write_may_take_effect_late_or_never() {
+        // Process 0 times out writing 1 (and would continue as process 2).
+        // Reads after the timeout see nothing, then 1: it took effect late.
+        let late = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"info","f":"write","key":"x","value":1,"time":1,"error":"timeout"}
+{"process":1,"type":"invoke","f":"read","key":"x","time":2}
+{"process":1,"type":"ok","f":"read","key":"x","value":null,"time":3}
+{"process":1,"type":"invoke","f":"read","key":"x","time":4}
+{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":5}"#;
+        assert_eq!(verdict(late), Verdict::Valid);
+        // Never taking effect is just as possible.
+        let never = late.replace(r#""value":1,"time":5"#, r#""value":null,"time":5"#);
+        assert_eq!(verdict(&never), Verdict::Valid);
+        // But once seen it cannot be unseen: no second write undoes it.
+        let undone = format!(
+            "{late}\n{}\n{}",
+            r#"{"process":1,"type":"invoke","f":"read","key":"x","time":6}"#,
+            r#"{"process":1,"type":"ok","f":"read","key":"x","value":null,"time":7}"#
+        );
+        assert_eq!(verdict(&undone), Verdict::Invalid);
+    }
+
+    #[test]
+    fn info_write_visible_before_its_invocation_is_invalid() {
+        let history = r#"{"process":1,"type":"invoke","f":"read","key":"x","time":0}
+{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":1}
+{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":2}
+{"process":0,"type":"info","f":"write","key":"x","value":1,"time":3}"#;
+        let result = check_text(history);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        // The write was not invoked yet when the read returned, so it is
+        // not even a candidate.
+        let cx = result.keys[0].counterexample.as_ref().unwrap();
+        assert!(cx.linearized.is_empty());
+        assert_eq!(cx.candidates.len(), 1);
+        assert_eq!(cx.candidates[0].f, Function::Read);
+    }
+
+    #[test]
+    fn invocation_without_completion_counts_as_info() {
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":1,"type":"invoke","f":"read","key":"x","time":1}
+{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":2}"#;
+        assert_eq!(verdict(history), Verdict::Valid);
+    }
+
+    #[test]
+    fn info_cas_takes_effect_only_from_its_from_value() {
+        let history = |from: u64| {
+            format!(
+                r#"{{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}}
+{{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":1}}
+{{"process":0,"type":"invoke","f":"cas","key":"x","value":[{from},2],"time":2}}
+{{"process":0,"type":"info","f":"cas","key":"x","value":[{from},2],"time":3}}
+{{"process":1,"type":"invoke","f":"read","key":"x","time":4}}
+{{"process":1,"type":"ok","f":"read","key":"x","value":2,"time":5}}"#
+            )
+        };
+        assert_eq!(verdict(&history(1)), Verdict::Valid);
+        assert_eq!(verdict(&history(5)), Verdict::Invalid);
+    }
+
+    #[test]
+    fn unknown_read_constrains_nothing() {
+        let history = r#"{"process":0,"type":"invoke","f":"read","key":"x","time":0}
+{"process":0,"type":"info","f":"read","key":"x","value":"impossible","time":1}"#;
+        assert_eq!(verdict(history), Verdict::Valid);
+        assert_eq!(check_text(history).keys[0].ops, 0);
+    }
+
+    #[test]
+    fn failed_write_whose_value_is_read_is_invalid() {
+        let history = |outcome: &str| {
+            format!(
+                r#"{{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}}
+{{"process":0,"type":"{outcome}","f":"write","key":"x","value":1,"time":1}}
+{{"process":1,"type":"invoke","f":"read","key":"x","time":2}}
+{{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":3}}"#
+            )
+        };
+        assert_eq!(verdict(&history("ok")), Verdict::Valid);
+        assert_eq!(verdict(&history("fail")), Verdict::Invalid);
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        // Key "a" is fine; key "b" has a stale read. Reads of "a" interleave
+        // with "b"'s operations without being confused with them.
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"a","value":1,"time":0}
+{"process":1,"type":"invoke","f":"write","key":"b","value":1,"time":1}
+{"process":0,"type":"ok","f":"write","key":"a","value":1,"time":2}
+{"process":1,"type":"ok","f":"write","key":"b","value":1,"time":3}
+{"process":1,"type":"invoke","f":"write","key":"b","value":2,"time":4}
+{"process":1,"type":"ok","f":"write","key":"b","value":2,"time":5}
+{"process":0,"type":"invoke","f":"read","key":"a","time":6}
+{"process":0,"type":"ok","f":"read","key":"a","value":1,"time":7}
+{"process":2,"type":"invoke","f":"read","key":"b","time":8}
+{"process":2,"type":"ok","f":"read","key":"b","value":1,"time":9}"#;
+        let result = check_text(history);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let per_key: Vec<(Value, Verdict, bool)> =
+            result.keys.iter().map(|k| (k.key.clone(), k.verdict, k.counterexample.is_some())).collect();
+        assert_eq!(per_key, [(json!("a"), Verdict::Valid, false), (json!("b"), Verdict::Invalid, true)]);
+    }
+
+    #[test]
+    fn values_compare_as_json_values() {
+        let history = |written: &str, read: &str| {
+            format!(
+                r#"{{"process":0,"type":"invoke","f":"write","key":1,"value":{written},"time":0}}
+{{"process":0,"type":"ok","f":"write","key":1,"value":{written},"time":1}}
+{{"process":0,"type":"invoke","f":"read","key":1,"time":2}}
+{{"process":0,"type":"ok","f":"read","key":1,"value":{read},"time":3}}"#
+            )
+        };
+        // Object members in another order are the same value.
+        assert_eq!(verdict(&history(r#"{"a":1,"b":[2,3]}"#, r#"{"b":[2,3],"a":1}"#)), Verdict::Valid);
+        // Numbers of another kind, or a number as a string, are not.
+        assert_eq!(verdict(&history("1", "1.0")), Verdict::Invalid);
+        assert_eq!(verdict(&history("1", "\"1\"")), Verdict::Invalid);
+    }
+
+    #[test]
+    fn search_backtracks_out_of_a_wrong_first_choice() {
+        // Writes 1 and 2 overlap with each other and with a read of 1. The
+        // search first places write 1, then write 2, and must back out to
+        // find write 2, write 1, read 1... which a later read of 2 rules
+        // out in turn, leaving write 1, read 1, write 2, read 2.
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":1,"type":"invoke","f":"write","key":"x","value":2,"time":1}
+{"process":2,"type":"invoke","f":"read","key":"x","time":2}
+{"process":2,"type":"ok","f":"read","key":"x","value":1,"time":3}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":4}
+{"process":1,"type":"ok","f":"write","key":"x","value":2,"time":5}
+{"process":2,"type":"invoke","f":"read","key":"x","time":6}
+{"process":2,"type":"ok","f":"read","key":"x","value":2,"time":7}"#;
+        assert_eq!(verdict(history), Verdict::Valid);
+        // With the reads swapped no order works.
+        let swapped = history.replace(r#""value":1,"time":3"#, r#""value":9,"time":3"#);
+        assert_eq!(verdict(&swapped), Verdict::Invalid);
+    }
+
+    #[test]
+    fn zero_budget_is_unknown_never_valid() {
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":1}"#;
+        let ops = pair(&parse_history(history).unwrap()).unwrap();
+        let result = check(&ops, Duration::ZERO).unwrap();
+        assert_eq!(result.verdict, Verdict::Unknown);
+        assert_eq!(result.keys[0].verdict, Verdict::Unknown);
+        // An empty history has nothing to disprove.
+        assert_eq!(check(&[], Duration::ZERO).unwrap().verdict, Verdict::Valid);
+    }
+
+    #[test]
+    fn hard_key_does_not_starve_an_invalid_one() {
+        // Key 0: a long history with 30 clients on one key, far too hard to
+        // decide in a second. Key "x" after it: a stale read. Each key first
+        // gets its share of the budget, so "x" is still checked and found
+        // invalid, which makes the whole history invalid whatever key 0's
+        // verdict. (Were key 0 allowed the whole budget, "x" would never be
+        // reached and the verdict would be unknown.)
+        let sim = RegisterSim { ops: 10_000, keys: 1, concurrency: 30, seed: 5, ..RegisterSim::default() };
+        let mut events = simulate_register(&sim);
+        let stale = STALE_READ
+            .replace(r#""process":0"#, r#""process":1000000"#)
+            .replace(r#""process":1,"#, r#""process":1000001,"#);
+        events.extend(parse_history(&stale).unwrap());
+        let ops = pair(&events).unwrap();
+        let result = check(&ops, Duration::from_secs(2)).unwrap();
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert_eq!(result.keys[1].key, json!("x"));
+        assert_eq!(result.keys[1].verdict, Verdict::Invalid);
+        assert_ne!(result.keys[0].verdict, Verdict::Invalid);
+    }
+
+    #[test]
+    fn non_register_operations_are_errors() {
+        let other = r#"{"process":0,"type":"invoke","f":"add","key":"s","value":1,"time":0}"#;
+        let ops = pair(&parse_history(other).unwrap()).unwrap();
+        assert!(matches!(check(&ops, BUDGET), Err(LinearError::UnsupportedFunction { index: 0, .. })));
+
+        let bad_cas = r#"{"process":0,"type":"invoke","f":"cas","key":"x","value":[1],"time":0}"#;
+        let ops = pair(&parse_history(bad_cas).unwrap()).unwrap();
+        assert!(matches!(check(&ops, BUDGET), Err(LinearError::MalformedCas { index: 0, .. })));
+    }
+
+    #[test]
+    fn ok_op_without_completion_is_inconsistent() {
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}"#;
+        let mut ops = pair(&parse_history(history).unwrap()).unwrap();
+        ops[0].outcome = Outcome::Ok;
+        assert!(matches!(check(&ops, BUDGET), Err(LinearError::InconsistentOp { index: 0, .. })));
+    }
+
+    /// A reference checker with no cleverness: try every order in which
+    /// the operations could take effect. Exponential, fine for 8 operations.
+    fn brute_force(ops: &[Op]) -> bool {
+        fn place(ops: &[&Op], placed: &mut Vec<bool>, state: &Value) -> bool {
+            let must_place = |i: usize| ops[i].outcome == Outcome::Ok;
+            if (0..ops.len()).all(|i| placed[i] || !must_place(i)) {
+                return true;
+            }
+            for i in 0..ops.len() {
+                // It may go next if no unplaced ok operation completed
+                // before it was invoked.
+                let blocked = (0..ops.len()).any(|j| {
+                    !placed[j]
+                        && must_place(j)
+                        && ops[j].complete_index.is_some_and(|c| c < ops[i].invoke_index)
+                });
+                if placed[i] || blocked {
+                    continue;
+                }
+                let next = match ops[i].f {
+                    Function::Read => (ops[i].value == *state).then(|| state.clone()),
+                    Function::Write => Some(ops[i].value.clone()),
+                    _ => (ops[i].value[0] == *state).then(|| ops[i].value[1].clone()),
+                };
+                if let Some(next) = next {
+                    placed[i] = true;
+                    if place(ops, placed, &next) {
+                        return true;
+                    }
+                    placed[i] = false;
+                }
+            }
+            false
+        }
+        let relevant: Vec<&Op> = ops
+            .iter()
+            .filter(|op| op.outcome == Outcome::Ok || (op.outcome == Outcome::Info && op.f != Function::Read))
+            .collect();
+        place(&relevant, &mut vec![false; relevant.len()], &Value::Null)
+    }
+
+    /// A random single-key history of up to 8 operations by 4 clients, with
+    /// values drawn from a tiny set so that many are not linearizable.
+    fn random_history(rng: &mut impl rand::Rng) -> Vec<crate::history::Event> {
+        use crate::history::{Event, EventType, Process};
+        let small = |rng: &mut dyn rand::RngCore| match rand::Rng::gen_range(rng, 0..3) {
+            0 => Value::Null,
+            n => json!(n),
+        };
+        let total = rng.gen_range(1..=8);
+        let mut events = Vec::new();
+        let mut slots: Vec<(u64, Option<(Function, Value)>)> = (0..4).map(|p| (p, None)).collect();
+        let mut next_process = 4;
+        let mut invoked = 0;
+        let mut time = 0;
+        loop {
+            time += 1;
+            let slot = rng.gen_range(0..slots.len());
+            let (process, open) = slots[slot].clone();
+            match open {
+                None if invoked < total => {
+                    let (f, value) = match rng.gen_range(0..3) {
+                        0 => (Function::Read, Value::Null),
+                        1 => (Function::Write, small(rng)),
+                        _ => (Function::Cas, json!([small(rng), small(rng)])),
+                    };
+                    let event = Event::new(
+                        Process::Client(process),
+                        EventType::Invoke,
+                        f.clone(),
+                        json!("k"),
+                        value.clone(),
+                        time,
+                    );
+                    events.push(event);
+                    slots[slot].1 = Some((f, value));
+                    invoked += 1;
+                }
+                None => {
+                    if slots.iter().all(|(_, open)| open.is_none()) {
+                        return events;
+                    }
+                }
+                Some((f, value)) => {
+                    // Now and then leave an operation unfinished at the end.
+                    if invoked == total && rng.gen_range(0..6) == 0 {
+                        slots.remove(slot);
+                        if slots.is_empty() {
+                            return events;
+                        }
+                        continue;
+                    }
+                    let kind =
+                        [EventType::Ok, EventType::Ok, EventType::Fail, EventType::Info][rng.gen_range(0..4)];
+                    let value = if f == Function::Read && kind == EventType::Ok { small(rng) } else { value };
+                    events.push(Event::new(Process::Client(process), kind, f, json!("k"), value, time));
+                    slots[slot].1 = None;
+                    if kind == EventType::Info {
+                        slots[slot].0 = next_process;
+                        next_process += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_small_random_histories() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let (mut valid, mut invalid) = (0, 0);
+        for round in 0..10_000 {
+            let events = random_history(&mut rng);
+            let ops = pair(&events).expect("random histories obey the pairing rules");
+            let expected = if brute_force(&ops) { Verdict::Valid } else { Verdict::Invalid };
+            let result = check(&ops, BUDGET).unwrap();
+            assert_eq!(result.verdict, expected, "round {round}: {events:#?}");
+            match expected {
+                Verdict::Valid => valid += 1,
+                _ => invalid += 1,
+            }
+        }
+        // Both answers must have been exercised, or the test proves little.
+        assert!(valid > 2_000 && invalid > 2_000, "{valid} valid, {invalid} invalid");
+    }
+
+    #[test]
+    fn forgetting_visited_configurations_changes_no_verdict() {
+        use rand::SeedableRng;
+        // With no memory at all, every configuration is forgotten at once:
+        // the search is slower but must reach the same verdicts.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..2_000 {
+            let ops = pair(&random_history(&mut rng)).unwrap();
+            let expected = if brute_force(&ops) { Verdict::Valid } else { Verdict::Invalid };
+            assert_eq!(check_with_memory(&ops, BUDGET, 0).unwrap().verdict, expected, "round {round}");
+        }
+        // A larger valid history, with room for a few hundred
+        // configurations: forgotten many times over. (Refuting a large
+        // history without memory takes exponential time; the small ones
+        // above show that forgetting leaves invalid verdicts invalid.)
+        let sim = RegisterSim { ops: 2_000, keys: 1, concurrency: 4, seed: 4, ..RegisterSim::default() };
+        let ops = pair(&simulate_register(&sim)).unwrap();
+        let result = check_with_memory(&ops, BUDGET, 16 << 10).unwrap();
+        assert_eq!(result.verdict, Verdict::Valid);
+        assert!(result.keys[0].explored > 1_000, "explored {}", result.keys[0].explored);
+    }
+
+    /// The size the issue asks to check "in seconds": 20,000 operations
+    /// over 20 keys, 10 clients, with failed, unknown and unfinished
+    /// operations. Linearizable by construction. (Speed is measured by
+    /// `examples/linear_bench.rs`, not asserted here.)
+    #[test]
+    fn large_simulated_linearizable_history_is_valid() {
+        let sim = RegisterSim { ops: 20_000, keys: 20, concurrency: 10, seed: 1, ..RegisterSim::default() };
+        let ops = pair(&simulate_register(&sim)).unwrap();
+        let result = check(&ops, Duration::from_secs(600)).unwrap();
+        assert_eq!(result.verdict, Verdict::Valid);
+        assert_eq!(result.keys.len(), 20);
+    }
+
+    #[test]
+    fn large_simulated_history_with_higher_concurrency_per_key_is_valid() {
+        let sim = RegisterSim { ops: 5_000, keys: 5, concurrency: 50, seed: 2, ..RegisterSim::default() };
+        let ops = pair(&simulate_register(&sim)).unwrap();
+        assert_eq!(check(&ops, Duration::from_secs(600)).unwrap().verdict, Verdict::Valid);
+    }
+
+    #[test]
+    fn large_simulated_history_with_one_corrupted_read_is_invalid() {
+        let sim = RegisterSim { ops: 20_000, keys: 20, concurrency: 10, seed: 3, ..RegisterSim::default() };
+        let mut ops = pair(&simulate_register(&sim)).unwrap();
+        // Late in the history, one ok read returns a value nobody wrote.
+        let victim = ops
+            .iter()
+            .rposition(|op| op.f == Function::Read && op.outcome == Outcome::Ok && op.invoke_index < 30_000)
+            .expect("the simulation has ok reads");
+        ops[victim].value = json!("never written");
+        let result = check(&ops, Duration::from_secs(600)).unwrap();
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let invalid: Vec<&KeyResult> = result.keys.iter().filter(|k| k.verdict == Verdict::Invalid).collect();
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(invalid[0].key, ops[victim].key);
+        let cx = invalid[0].counterexample.as_ref().unwrap();
+        assert_eq!(cx.blocking, ops[victim]);
+    }
+}

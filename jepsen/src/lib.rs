@@ -1,0 +1,34 @@
+//! # jepsen
+//!
+//! A Jepsen-style harness for the KV service: clients record what they asked
+//! and what they were told, and checkers decide whether a correct system
+//! could have told them that. It judges the system only from the outside,
+//! as a client does.
+//!
+//! Read the modules in this order:
+//!
+//! 1. [`history`]: the history file (JSON lines, one event per line), and
+//!    pairing each invocation with its completion into an operation.
+//! 2. [`checker`]: the verdict (valid, invalid, unknown) and the checkers;
+//!    [`checker::linear`] decides linearizability per key.
+//! 3. [`check`]: re-checking a stored history with every checker, which is
+//!    what `jepsen check` does.
+//! 4. [`sim`]: synthetic linearizable histories from a simulated register,
+//!    to test and benchmark the checkers without a cluster.
+//! 5. [`cli`]: the `jepsen` command line and its exit codes.
+//! 6. [`net`]: the proxy on every Raft link, which cuts links per direction
+//!    to make network partitions without root rights.
+//!
+//! The format and how to read a counterexample are described in
+//! `docs/jepsen.md`.
+
+pub mod check;
+pub mod checker;
+pub mod cli;
+pub mod history;
+pub mod net;
+pub mod sim;
+
+pub use check::{check_events, check_file, CheckError, CheckReport};
+pub use checker::Verdict;
+pub use history::{pair, read_history, write_history, Event, HistoryError, Op, Outcome};
