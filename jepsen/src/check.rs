@@ -7,29 +7,63 @@
 //! written by hand), pairs its operations and runs every checker that
 //! applies, and [`CheckReport`] is what `jepsen check` prints.
 //!
-//! Today that is the linearizability checker alone; each checker added later
-//! gets its own field in [`CheckReport`], and [`CheckReport::valid`] combines
-//! them all.
+//! # Which checker sees which operations
+//!
+//! A history file alone decides three checkers; the leader, convergence and
+//! log checkers need what the harness polled from the nodes, so they are not
+//! run here.
+//!
+//! * **Set** ([`crate::checker::set`]): runs if the history has an `add`.
+//!   Every key with an `add` is a set, and *all* operations on it (its adds
+//!   and its whole-set reads) belong to the set checker.
+//! * **Linearizability** ([`crate::checker::linear`]): every operation on
+//!   the other keys, except reads that declare a weaker `consistency`
+//!   (`"session"` or `"stale"`): those never promised linearizability, and
+//!   the session checker judges them. The history is partitioned by key,
+//!   not by function, on purpose: an operation whose function no checker
+//!   knows (a typo, another workload's function on a register key) still
+//!   reaches the register checker and is an error, rather than being
+//!   silently skipped and leaving a vacuous "valid". A history of plain
+//!   `read`/`write`/`cas` operations is checked exactly as before.
+//! * **Session** ([`crate::checker::session`]): runs if some `ok` read
+//!   carries an `index`. Read-your-writes and monotonic reads are decided
+//!   from the history; consistent prefix needs the final log, which a
+//!   history file does not hold, so it is not checked here.
+//!
+//! [`CheckReport::valid`] combines every verdict that ran with
+//! [`Verdict::all`].
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::checker::linear::{self, LinearError, LinearResult};
-use crate::checker::Verdict;
-use crate::history::{self, Event, HistoryError};
+use crate::checker::session::{self, SessionError, SessionResult};
+use crate::checker::set::{self, SetError, SetResult};
+use crate::checker::{canonical_json, Verdict};
+use crate::history::{self, Event, Function, HistoryError, Op};
 
 /// The verdict on a whole history, and each checker's result.
 ///
-/// Serialized as `{"valid": "valid"|"invalid"|"unknown", "linearizability": {...}}`.
+/// Serialized as `{"valid": "valid"|"invalid"|"unknown", "linearizability":
+/// {...}}`, plus `"set"` and `"session"` when those checkers ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckReport {
     /// Every checker's verdict combined: invalid if any checker found a
-    /// violation, else unknown if any ran out of time, else valid.
+    /// violation, else unknown if any could not decide, else valid.
     pub valid: Verdict,
-    /// Linearizability of each key as a compare-and-set register.
+    /// Linearizability of each key as a compare-and-set register (every key
+    /// that is not a set; no keys at all is valid).
     pub linearizability: LinearResult,
+    /// The set workload's check, if the history has `add` operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetResult>,
+    /// Session guarantees, if some `ok` read carries an `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionResult>,
 }
 
 /// A history that cannot be judged at all.
@@ -42,6 +76,12 @@ pub enum CheckError {
     /// The linearizability checker cannot judge these operations.
     #[error(transparent)]
     Linear(#[from] LinearError),
+    /// The set checker cannot judge these operations.
+    #[error(transparent)]
+    Set(#[from] SetError),
+    /// The session checker cannot judge these operations.
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// Reads the history file at `path` and checks it; see [`check_events`].
@@ -53,16 +93,118 @@ pub fn check_file(path: impl AsRef<Path>, budget: Duration) -> Result<CheckRepor
     check_events(&events, budget)
 }
 
-/// Pairs the events into operations and runs every checker, within `budget`
-/// for all of them together.
+/// Pairs the events into operations and runs every checker that applies
+/// (see the [module docs](self)); `budget` bounds the linearizability
+/// search, the only one that can take long.
 ///
 /// # Errors
-/// [`CheckError::History`] if the history breaks the pairing rules,
-/// [`CheckError::Linear`] if it holds operations the register checker does
-/// not know. A history that is merely wrong is an `Ok` report with an
-/// invalid verdict.
+/// [`CheckError::History`] if the history breaks the pairing rules, and the
+/// other variants if it holds operations a checker cannot judge (for
+/// instance [`CheckError::Linear`] for an unknown function on a register
+/// key). A history that is merely wrong is an `Ok` report with an invalid
+/// verdict.
 pub fn check_events(events: &[Event], budget: Duration) -> Result<CheckReport, CheckError> {
     let ops = history::pair(events)?;
-    let linearizability = linear::check(&ops, budget)?;
-    Ok(CheckReport { valid: linearizability.verdict, linearizability })
+
+    let set_keys: HashSet<String> =
+        ops.iter().filter(|op| set::is_add(op)).map(|op| canonical_json(&op.key)).collect();
+    let set = if set_keys.is_empty() { None } else { Some(set::check(&ops)?) };
+
+    let register_ops: Vec<Op> = ops
+        .iter()
+        .filter(|op| !set_keys.contains(&canonical_json(&op.key)) && !weaker_read(op, events))
+        .cloned()
+        .collect();
+    let linearizability = linear::check(&register_ops, budget)?;
+
+    let session = if session::has_indexed_reads(events) { Some(session::check(events, None)?) } else { None };
+
+    let valid = Verdict::all(
+        [Some(linearizability.verdict), set.as_ref().map(|s| s.verdict), session.as_ref().map(|s| s.verdict)]
+            .into_iter()
+            .flatten(),
+    );
+    Ok(CheckReport { valid, linearizability, set, session })
+}
+
+/// A read that asked for less than linearizability.
+fn weaker_read(op: &Op, events: &[Event]) -> bool {
+    op.f == Function::Read
+        && matches!(op.field(events, "consistency"), Some(Value::String(c)) if c == "session" || c == "stale")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::parse_history;
+
+    const BUDGET: Duration = Duration::from_secs(10);
+
+    fn report(text: &str) -> CheckReport {
+        check_events(&parse_history(text).unwrap(), BUDGET).unwrap()
+    }
+
+    #[test]
+    fn register_history_runs_only_linearizability_and_serializes_as_before() {
+        let r = report(
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#,
+        );
+        assert_eq!((r.valid, r.set.is_none(), r.session.is_none()), (Verdict::Valid, true, true));
+        let json = serde_json::to_value(&r).unwrap();
+        let fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["linearizability", "valid"]);
+    }
+
+    #[test]
+    fn set_keys_go_to_the_set_checker_and_other_keys_to_linearizability() {
+        // As a register read, the whole-set read of "s" would be a
+        // violation (nothing wrote [1]); it must not reach the register
+        // checker.
+        let r = report(
+            r#"{"process":0,"type":"invoke","f":"add","key":"s","value":1,"time":1}
+{"process":0,"type":"ok","f":"add","key":"s","value":1,"time":2}
+{"process":0,"type":"invoke","f":"read","key":"s","time":3}
+{"process":0,"type":"ok","f":"read","key":"s","value":[1],"time":4}"#,
+        );
+        assert_eq!(r.valid, Verdict::Valid);
+        assert_eq!(r.set.as_ref().unwrap().verdict, Verdict::Valid);
+        assert!(r.linearizability.keys.is_empty());
+
+        let lost = report(
+            r#"{"process":0,"type":"invoke","f":"add","key":"s","value":1,"time":1}
+{"process":0,"type":"ok","f":"add","key":"s","value":1,"time":2}
+{"process":0,"type":"invoke","f":"read","key":"s","time":3}
+{"process":0,"type":"ok","f":"read","key":"s","value":[],"time":4}"#,
+        );
+        assert_eq!(lost.valid, Verdict::Invalid);
+        assert_eq!(lost.set.unwrap().sets[0].lost.count, 1);
+    }
+
+    #[test]
+    fn unknown_function_on_a_register_key_is_still_an_error() {
+        let events =
+            parse_history(r#"{"process":0,"type":"invoke","f":"increment","key":"x","value":1,"time":1}"#)
+                .unwrap();
+        assert!(matches!(check_events(&events, BUDGET), Err(CheckError::Linear(_))));
+    }
+
+    #[test]
+    fn indexed_reads_run_the_session_checker_and_weaker_reads_skip_linearizability() {
+        // Process 0 writes x=1 at index 5, then a session read of its own
+        // sees the older state at index 4: not linearizable either, but it
+        // only promised session consistency, so only the session checker
+        // may judge it, and it breaks read-your-writes.
+        let r = report(
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2,"index":5}
+{"process":0,"type":"invoke","f":"read","key":"x","time":3,"consistency":"session"}
+{"process":0,"type":"ok","f":"read","key":"x","value":null,"time":4,"index":4,"node":2}"#,
+        );
+        assert_eq!(r.linearizability.verdict, Verdict::Valid);
+        let session = r.session.unwrap();
+        assert_eq!(session.verdict, Verdict::Invalid);
+        assert_eq!(session.read_your_writes_violations, 1);
+        assert_eq!(r.valid, Verdict::Invalid);
+    }
 }

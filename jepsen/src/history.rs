@@ -272,6 +272,19 @@ pub struct Op {
     pub complete_index: Option<usize>,
 }
 
+impl Op {
+    /// An extra field (`node`, `index`, `consistency`, ...) of this
+    /// operation, from its completion if that has it, else from its
+    /// invocation. `events` must be the history the operation was paired
+    /// from; a position outside it reads as absent.
+    pub fn field<'a>(&self, events: &'a [Event], name: &str) -> Option<&'a Value> {
+        let completion = self.complete_index.and_then(|i| events.get(i));
+        completion
+            .and_then(|e| e.extra.get(name))
+            .or_else(|| events.get(self.invoke_index).and_then(|e| e.extra.get(name)))
+    }
+}
+
 /// Everything that can go wrong reading, writing or pairing a history.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -621,6 +634,21 @@ mod tests {
             (Function::Read, json!(1), Outcome::Ok)
         );
         assert_eq!((ops[2].value.clone(), ops[2].outcome), (json!([1, 2]), Outcome::Fail));
+    }
+
+    #[test]
+    fn op_field_prefers_the_completion_then_the_invocation() {
+        let events = parse_history(
+            r#"{"process":0,"type":"invoke","f":"read","key":"x","time":1,"consistency":"session","index":1}
+{"process":0,"type":"ok","f":"read","key":"x","value":1,"time":2,"index":7}"#,
+        )
+        .unwrap();
+        let ops = pair(&events).unwrap();
+        assert_eq!(ops[0].field(&events, "index"), Some(&json!(7)));
+        assert_eq!(ops[0].field(&events, "consistency"), Some(&json!("session")));
+        assert_eq!(ops[0].field(&events, "node"), None);
+        // Paired from another history: out of range reads as absent.
+        assert_eq!(ops[0].field(&events[..0], "index"), None);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! 1. [`history`]: the history file (JSON lines, one event per line), and
 //!    pairing each invocation with its completion into an operation.
 //! 2. [`checker`]: the verdict (valid, invalid, unknown) and the checkers;
-//!    [`checker::linear`] decides linearizability per key.
+//!    [`checker::linear`] decides linearizability per key, [`checker::set`]
+//!    and [`checker::session`] judge the other workloads' histories, and
+//!    [`checker::leaders`], [`checker::convergence`] and [`checker::logs`]
+//!    judge what the harness polls and collects from the nodes.
 //! 3. [`check`]: re-checking a stored history with every checker, which is
 //!    what `jepsen check` does.
 //! 4. [`sim`]: synthetic linearizable histories from a simulated register,

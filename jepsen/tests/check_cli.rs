@@ -105,3 +105,24 @@ fn missing_file_exits_2() {
     assert!(json.is_none());
     assert!(stderr.contains("absent.jsonl"), "stderr: {stderr}");
 }
+
+#[test]
+fn set_history_with_a_lost_element_exits_1_with_the_set_result() {
+    // Element 2 was acknowledged but the final read lacks it. The read of
+    // the whole set must go to the set checker, not the register checker.
+    let text = r#"{"process":0,"type":"invoke","f":"add","key":"s","value":1,"time":1}
+{"process":0,"type":"ok","f":"add","key":"s","value":1,"time":2}
+{"process":0,"type":"invoke","f":"add","key":"s","value":2,"time":3}
+{"process":0,"type":"ok","f":"add","key":"s","value":2,"time":4}
+{"process":1,"type":"invoke","f":"read","key":"s","time":5}
+{"process":1,"type":"ok","f":"read","key":"s","value":[1],"time":6,"node":2}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, json, stderr) = check(&write(dir.path(), "set.jsonl", text), &[]);
+    assert_eq!(code, 1, "stderr: {stderr}");
+    let json = json.expect("a verdict on stdout");
+    assert_eq!(json["valid"], "invalid");
+    assert_eq!(json["linearizability"]["verdict"], "valid");
+    assert_eq!(json["set"]["sets"][0]["lost"]["elements"], serde_json::json!([2]));
+    assert!(json.get("session").is_none());
+}

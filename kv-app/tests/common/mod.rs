@@ -68,6 +68,10 @@ impl ProcCluster {
             .args(["--id", &id.to_string(), "--data-dir"])
             .arg(&node.dir)
             .args(["--http-addr", &node.http, "--raft-addr", &node.raft])
+            // Seven clusters of debug builds share two cores while these
+            // tests run: a longer election timeout keeps a busy CPU from
+            // looking like a dead leader.
+            .args(["--heartbeat-ms", "150", "--election-timeout-ms", "1000-2000"])
             .args(args)
             .args(&self.extra_args)
             .stdout(Stdio::null())
