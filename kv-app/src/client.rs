@@ -93,6 +93,10 @@ use crate::api::{
     JsonValue, ListResponse, MembersResponse, PutRequest, ReadResponse, StatusResponse, WriteResponse,
 };
 
+/// The least time left before the deadline for which another attempt is
+/// started.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// How the client behaves; [`ClientOptions::default`] suits a local cluster.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -918,6 +922,12 @@ impl Client {
                 return Err(give_up(call.kind, unknown, last_failure));
             }
             let remaining = deadline - now;
+            // An attempt begun in the last moments before the deadline would
+            // most likely time out, and a timed-out write is indeterminate:
+            // give up instead of turning a known outcome into an unknown one.
+            if attempt > 0 && remaining < MIN_ATTEMPT {
+                return Err(give_up(call.kind, unknown, last_failure));
+            }
             let timeout = match call.kind {
                 Kind::Change => remaining,
                 Kind::Read | Kind::Write { .. } => options.request_timeout.min(remaining),

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -281,39 +281,53 @@ struct Write<'a> {
 
 type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-/// The part every write handler shares: validate the key, the durability
-/// and the body, let `parse` build the operation, then propose it.
-#[allow(clippy::too_many_arguments)] // axum's extractors, passed through
-async fn handle_write(
-    ctx: Ctx,
-    method: Method,
+/// Everything a write handler needs from the request, extracted once. Each
+/// part keeps its own extraction result, so that a bad key, query or body
+/// becomes our JSON error rather than axum's plain-text rejection.
+pub struct WriteParts {
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<WriteParams>, QueryRejection>,
+    method: Method,
     headers: HeaderMap,
     uri: Uri,
     body: BodyResult,
+}
+
+impl<S: Send + Sync> FromRequest<S> for WriteParts {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let key = Path::<String>::from_request_parts(&mut parts, state).await;
+        let params = Query::<WriteParams>::from_request_parts(&mut parts, state).await;
+        let (method, headers, uri) = (parts.method.clone(), parts.headers.clone(), parts.uri.clone());
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        Ok(WriteParts { key, params, method, headers, uri, body })
+    }
+}
+
+/// The part every write handler shares: validate the key, the durability
+/// and the body, let `parse` build the operation, then propose it.
+async fn handle_write(
+    ctx: Ctx,
+    w: WriteParts,
     parse: impl FnOnce(&Ctx, String, &Bytes) -> ApiResult<(WriteOp, Option<SessionId>)>,
 ) -> Response {
     let run = async {
-        let key = key_of(key)?;
-        let durability = durability_of(query_of(params)?.durability.as_deref())?;
-        let body = body_of(body)?;
+        let key = key_of(w.key)?;
+        let durability = durability_of(query_of(w.params)?.durability.as_deref())?;
+        let body = body_of(w.body)?;
         let (op, session) = parse(&ctx, key, &body)?;
-        Ok(write(&ctx, Write { headers: &headers, method, uri: &uri, body, op, session, durability }).await)
+        let write_req =
+            Write { headers: &w.headers, method: w.method, uri: &w.uri, body, op, session, durability };
+        Ok(write(&ctx, write_req).await)
     };
     run.await.unwrap_or_else(|r| r)
 }
 
 /// `PUT /v1/kv/{key}`.
-pub async fn put(
-    State(ctx): State<Ctx>,
-    key: Result<Path<String>, PathRejection>,
-    params: Result<Query<WriteParams>, QueryRejection>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: BodyResult,
-) -> Response {
-    handle_write(ctx, Method::PUT, key, params, headers, uri, body, |ctx, key, body| {
+pub async fn put(State(ctx): State<Ctx>, w: WriteParts) -> Response {
+    handle_write(ctx, w, |ctx, key, body| {
         let req: PutRequest = json_of(body, false)?.unwrap_or_default();
         let value = value_of(ctx, &req.value, "value")?;
         Ok((WriteOp::Put { key, value: ByteBuf::from(value) }, session_of(req.client_id, req.seq)?))
@@ -322,15 +336,8 @@ pub async fn put(
 }
 
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete(
-    State(ctx): State<Ctx>,
-    key: Result<Path<String>, PathRejection>,
-    params: Result<Query<WriteParams>, QueryRejection>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: BodyResult,
-) -> Response {
-    handle_write(ctx, Method::DELETE, key, params, headers, uri, body, |_, key, body| {
+pub async fn delete(State(ctx): State<Ctx>, w: WriteParts) -> Response {
+    handle_write(ctx, w, |_, key, body| {
         let req: DeleteRequest = json_of(body, true)?.unwrap_or_default();
         Ok((WriteOp::Delete { key }, session_of(req.client_id, req.seq)?))
     })
@@ -338,15 +345,8 @@ pub async fn delete(
 }
 
 /// `POST /v1/cas/{key}`.
-pub async fn cas(
-    State(ctx): State<Ctx>,
-    key: Result<Path<String>, PathRejection>,
-    params: Result<Query<WriteParams>, QueryRejection>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: BodyResult,
-) -> Response {
-    handle_write(ctx, Method::POST, key, params, headers, uri, body, |ctx, key, body| {
+pub async fn cas(State(ctx): State<Ctx>, w: WriteParts) -> Response {
+    handle_write(ctx, w, |ctx, key, body| {
         let req: CasRequest = json_of(body, false)?.unwrap_or_default();
         let expected = match (&req.expected, &req.expected_b64, req.expect_absent) {
             (Some(s), None, false) => {
