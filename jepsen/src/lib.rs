@@ -21,6 +21,8 @@
 //! 5. [`cli`]: the `jepsen` command line and its exit codes.
 //! 6. [`net`]: the proxy on every Raft link, which cuts links per direction
 //!    to make network partitions without root rights.
+//! 7. [`cluster`]: real `kv-server` processes behind those proxies, which
+//!    the harness can kill, restart, pause and resume.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -28,6 +30,7 @@
 pub mod check;
 pub mod checker;
 pub mod cli;
+pub mod cluster;
 pub mod history;
 pub mod net;
 pub mod sim;

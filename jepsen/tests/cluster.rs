@@ -1,0 +1,97 @@
+//! The harness's cluster: real `kv-server` processes whose Raft links run
+//! through the partition proxy. Cutting the leader off makes the majority
+//! elect a new leader; the old one can no longer serve a linearizable read
+//! (clients still reach it directly); healing lets everything converge.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use jepsen::cluster::{Cluster, ClusterSpec, SETTLE};
+use kv_app::api::{Consistency, StatusResponse};
+use kv_app::client::{Client, ClientOptions};
+
+/// The `kv-server` binary next to this test's binary, built if missing.
+fn kv_server() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("kv-server");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "kv-app", "--bin", "kv-server"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building kv-server");
+    }
+    bin
+}
+
+async fn status(addr: &str) -> Option<StatusResponse> {
+    let client = Client::with_options(vec![addr.to_string()], quick()).ok()?;
+    client.status(Some(addr)).await.ok()
+}
+
+fn quick() -> ClientOptions {
+    ClientOptions {
+        deadline: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// Waits until a node among `ids` leads, with a term above `above`.
+async fn leader_among(c: &Cluster, ids: &[u64], above: u64) -> (u64, u64) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        for id in ids {
+            if let Some(s) = status(&c.node(*id).unwrap().http_addr).await {
+                if s.role == "leader" && s.term > above {
+                    return (s.id, s.term);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among {ids:?} within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolating_the_leader_through_the_proxy_elects_another_and_heal_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec { nodes: 3, dir: dir.path().to_path_buf(), bin: kv_server(), extra_args: vec![] };
+    let c = Cluster::start(spec).await.unwrap();
+    let ids = c.ids();
+    let (old, term) = leader_among(&c, &ids, 0).await;
+    let client = Client::new(c.endpoints()).unwrap();
+    client.put("k", b"before", None).await.unwrap();
+
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != old).collect();
+    c.net.partition(&ids, &[vec![old], others.clone()]);
+    let (new, new_term) = leader_among(&c, &others, term).await;
+    assert_ne!(new, old);
+    assert!(new_term > term);
+
+    // The old leader is still reachable by clients, but cannot confirm its
+    // leadership with a majority: no linearizable read from it.
+    let old_addr = c.node(old).unwrap().http_addr.clone();
+    let lonely = Client::with_options(vec![old_addr.clone()], quick()).unwrap();
+    assert!(lonely.get_from(&old_addr, "k", Consistency::Linearizable).await.is_err());
+
+    let w = Client::new(others.iter().map(|id| c.node(*id).unwrap().http_addr.clone()).collect())
+        .unwrap()
+        .put("k", b"after", None)
+        .await
+        .unwrap();
+
+    c.net.heal();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = status(&old_addr).await;
+        if s.as_ref().is_some_and(|s| s.applied_index >= w.index && s.role != "leader") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old leader did not rejoin: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = lonely.get_from(&old_addr, "k", Consistency::Stale).await.unwrap().unwrap();
+    assert_eq!(r.value, b"after", "the old leader caught up with the new leader's write");
+    assert!(c.logs().values().all(|l| !l.contains("panicked at")));
+}
