@@ -257,7 +257,7 @@ impl RaftNetwork<TypeConfig> for MaelstromConnection {
     /// Waits [`BACKOFF_MIN`] after the first refusal, doubling up to
     /// [`BACKOFF_MAX`]; openraft drops the backoff after the next success.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::successors(Some(BACKOFF_MIN), |d| Some((*d * 2).min(BACKOFF_MAX))))
+        raft_core::network::doubling_backoff(BACKOFF_MIN, BACKOFF_MAX)
     }
 }
 
@@ -269,11 +269,7 @@ pub async fn serve(raft: &raft_core::types::Raft, rpc_id: u64, data: &str) -> Pe
             return PeerMessage::RaftRpcRefused { rpc_id, reason: format!("undecodable request: {reason}") }
         }
     };
-    let response = match request {
-        RpcRequest::AppendEntries(req) => RpcResponse::AppendEntries(raft.append_entries(req).await),
-        RpcRequest::Vote(req) => RpcResponse::Vote(raft.vote(req).await),
-        RpcRequest::InstallSnapshot(req) => RpcResponse::InstallSnapshot(raft.install_snapshot(req).await),
-    };
+    let response = request.serve(raft).await;
     PeerMessage::RaftRpcReply { rpc_id, data: encode_data(&response) }
 }
 

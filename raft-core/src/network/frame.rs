@@ -195,6 +195,18 @@ pub enum RpcRequest {
 
 impl RpcRequest {
     /// Which kind of RPC this is.
+    /// Hands the request to the local `raft` and wraps its answer: what
+    /// every transport does with a request that arrived from a peer.
+    pub async fn serve(self, raft: &crate::types::Raft) -> RpcResponse {
+        match self {
+            RpcRequest::AppendEntries(req) => RpcResponse::AppendEntries(raft.append_entries(req).await),
+            RpcRequest::Vote(req) => RpcResponse::Vote(raft.vote(req).await),
+            RpcRequest::InstallSnapshot(req) => {
+                RpcResponse::InstallSnapshot(raft.install_snapshot(req).await)
+            }
+        }
+    }
+
     pub fn rpc_type(&self) -> RPCTypes {
         match self {
             RpcRequest::AppendEntries(_) => RPCTypes::AppendEntries,

@@ -21,3 +21,9 @@ pub mod local;
 pub mod tcp;
 
 pub use tcp::{TcpConnection, TcpNetwork, TcpServer, TransportError};
+
+/// openraft's wait before retrying an unreachable peer: `min` after the first
+/// failure, doubling up to `max`. openraft drops it after the next success.
+pub fn doubling_backoff(min: std::time::Duration, max: std::time::Duration) -> openraft::network::Backoff {
+    openraft::network::Backoff::new(std::iter::successors(Some(min), move |d| Some((*d * 2).min(max))))
+}

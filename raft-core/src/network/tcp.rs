@@ -333,20 +333,11 @@ async fn serve_requests(stream: &mut TcpStream, ctx: &ServerContext, from: NodeI
         let id = request.id;
         tracing::debug!(node_id = ctx.node_id, from, id, rpc = %request.rpc.rpc_type(), "serving Raft RPC");
 
-        let response = ResponseFrame { id, rpc: dispatch(&ctx.raft, request.rpc).await };
+        let response = ResponseFrame { id, rpc: request.rpc.serve(&ctx.raft).await };
         match timeout(WRITE_TIMEOUT, write_frame(stream, &response, ctx.max_frame_bytes)).await {
             Err(_) => return Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
             Ok(result) => result?,
         }
-    }
-}
-
-/// Hands one request to the local Raft and wraps its answer.
-async fn dispatch(raft: &Raft, rpc: RpcRequest) -> RpcResponse {
-    match rpc {
-        RpcRequest::AppendEntries(req) => RpcResponse::AppendEntries(raft.append_entries(req).await),
-        RpcRequest::Vote(req) => RpcResponse::Vote(raft.vote(req).await),
-        RpcRequest::InstallSnapshot(req) => RpcResponse::InstallSnapshot(raft.install_snapshot(req).await),
     }
 }
 
@@ -789,7 +780,7 @@ impl RaftNetwork<TypeConfig> for TcpConnection {
     /// Waits 50 ms after the first failure to reach the peer, doubling up to
     /// 1 s. openraft drops the backoff after the next successful RPC.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::successors(Some(BACKOFF_MIN), |d| Some((*d * 2).min(BACKOFF_MAX))))
+        super::doubling_backoff(BACKOFF_MIN, BACKOFF_MAX)
     }
 }
 
