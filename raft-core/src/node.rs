@@ -19,18 +19,17 @@
 //!
 //! Only the leader accepts writes. When it fails, followers stop hearing
 //! heartbeats, and after an election timeout one of them becomes a
-//! candidate, increments the *term*, and asks for votes for its leader id
-//! (term, node id). A voter grants a vote only to a leader id greater than
-//! any it granted before, durably, and only to a candidate whose log is at
+//! candidate, increments the *term*, and asks for votes. A voter grants at
+//! most one vote per term, durably, and only to a candidate whose log is at
 //! least as up-to-date as its own (§5.4.1); a candidate needs a majority.
-//! Two majorities always share a node, so at most one leader wins each leader
-//! id, a superseded leader can no longer commit (no split brain), and the
-//! winner holds every committed entry (no lost committed writes). openraft
-//! 0.9 orders leader ids by term and then node id, so unlike textbook Raft
-//! two leaders may follow each other within one term number; see
-//! `docs/architecture/raft-core.md`. A deposed leader that comes back learns the new term
-//! from the first message it receives and steps down; its uncommitted
-//! entries are overwritten.
+//! Two majorities always share a node, so at most one leader wins each term
+//! (Election Safety, §5.2), a superseded leader can no longer commit (no
+//! split brain), and the winner holds every committed entry (no lost
+//! committed writes). This is standard Raft because raft-core builds
+//! openraft with its `single-term-leader` feature; see
+//! `docs/architecture/raft-core.md`. A deposed leader that comes back learns
+//! the new term from the first message it receives and steps down; its
+//! uncommitted entries are overwritten.
 //!
 //! Clients learn where the leader is from errors that carry a
 //! [`crate::error::LeaderHint`].

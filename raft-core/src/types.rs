@@ -116,3 +116,23 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 /// The metrics openraft publishes.
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the `single-term-leader` build: two candidates of one term are
+    /// incomparable, so no voter that granted one can grant the other, and a
+    /// term elects at most one leader. Without the feature, (5, node 3) would
+    /// be greater than (5, node 1) and could win term 5 after it.
+    #[test]
+    fn one_term_elects_at_most_one_leader() {
+        let a = Vote::new(5, 1);
+        let b = Vote::new(5, 3);
+        assert_eq!(a.partial_cmp(&b), None);
+        assert!(Vote::new(6, 1) > b, "a greater term still supersedes");
+        // A log id carries the term only: the leader's node id is not stored.
+        let id = LogId::new(openraft::CommittedLeaderId::new(5, 3), 7);
+        assert_eq!(id, LogId::new(openraft::CommittedLeaderId::new(5, 1), 7));
+    }
+}

@@ -114,23 +114,37 @@ fn a_file_that_is_not_a_database_is_a_clear_error() {
     assert!(err.to_string().contains(dir.path().to_str().unwrap()), "error names the path: {err}");
 }
 
-#[test]
-fn an_unknown_format_version_is_refused() {
+/// A fresh database whose format version is then overwritten with `version`.
+fn database_with_format(version: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     drop(Db::open(dir.path()).unwrap());
+    let db = redb::Database::open(dir.path().join("raft.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
     {
-        let db = redb::Database::open(dir.path().join("raft.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-            let mut meta = tx.open_table(def).unwrap();
-            meta.insert("format", codec::encode(&99u32).as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
+        let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let mut meta = tx.open_table(def).unwrap();
+        meta.insert("format", codec::encode(&version).as_slice()).unwrap();
     }
+    tx.commit().unwrap();
+    dir
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = database_with_format(99);
     let err = Db::open(dir.path()).unwrap_err();
     assert!(matches!(err, OpenError::UnknownFormat { found: 99, .. }), "{err:?}");
     assert!(err.to_string().contains("raft.redb"), "{err}");
+}
+
+/// Format 1 stored log ids and votes in openraft's (term, node id) leader-id
+/// form; this build decodes the single-term form, so it must refuse such a
+/// directory rather than misread its votes and log ids.
+#[test]
+fn a_format_1_directory_from_before_single_term_leaders_is_refused() {
+    let dir = database_with_format(1);
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(matches!(err, OpenError::UnknownFormat { found: 1, .. }), "{err:?}");
 }
 
 #[test]

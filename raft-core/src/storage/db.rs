@@ -33,8 +33,14 @@ use crate::codec;
 pub const DB_FILE: &str = "raft.redb";
 
 /// The on-disk format this build writes and understands. Bump it when a
-/// table or an encoded type changes shape, and teach [`Db::open`] to upgrade.
-pub const FORMAT_VERSION: u32 = 1;
+/// table or an encoded type changes shape, and teach [`Db::open`] to upgrade
+/// (or, as so far, refuse the old format with [`OpenError::UnknownFormat`]).
+///
+/// * 1: log ids and votes in openraft's default leader-id form, (term, node id).
+/// * 2: openraft's `single-term-leader` form: a log id carries the bare term,
+///   a vote the term and the candidate voted for. Version 1 files would
+///   decode into nonsense, so they are refused.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
