@@ -23,6 +23,10 @@
 //!    to make network partitions without root rights.
 //! 7. [`cluster`]: real `kv-server` processes behind those proxies, which
 //!    the harness can kill, restart, pause and resume.
+//! 8. [`stats`]: what a run exercised, in numbers: outcomes per function
+//!    and per phase (before, during and after faults), the fault timeline,
+//!    recovery after each heal, and latency percentiles.
+//! 9. [`plot`]: latency and throughput over time, with the faults shaded.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -33,7 +37,9 @@ pub mod cli;
 pub mod cluster;
 pub mod history;
 pub mod net;
+pub mod plot;
 pub mod sim;
+pub mod stats;
 
 pub use check::{check_events, check_file, CheckError, CheckReport};
 pub use checker::Verdict;

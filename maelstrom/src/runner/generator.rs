@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jepsen::history::{Event, EventType, Function, Process};
+use jepsen::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Map, Value};
@@ -52,43 +52,6 @@ const VALUES: u64 = 5;
 
 /// Error codes Maelstrom defines as definite: the operation did not happen.
 const DEFINITE_CODES: [i64; 9] = [1, 10, 11, 12, 14, 20, 21, 22, 30];
-
-/// The history, in the order events happened: each event is appended while
-/// the lock is held, so the vector's order is real-time order.
-#[derive(Clone)]
-pub struct Recorder {
-    start: Instant,
-    events: Arc<Mutex<Vec<Event>>>,
-}
-
-impl Recorder {
-    /// An empty history whose times count from `start`.
-    pub fn new(start: Instant) -> Recorder {
-        Recorder { start, events: Arc::default() }
-    }
-
-    /// Appends an event stamped with the current time.
-    pub fn record(
-        &self,
-        process: Process,
-        kind: EventType,
-        f: Function,
-        key: Value,
-        value: Value,
-        extra: Map<String, Value>,
-    ) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let time = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let mut event = Event::new(process, kind, f, key, value, time);
-        event.extra = extra;
-        events.push(event);
-    }
-
-    /// The events recorded so far.
-    pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
 
 /// The workload's settings.
 #[derive(Debug, Clone)]
@@ -193,14 +156,7 @@ async fn thread(
             _ => {}
         }
         let invoke_value = if f == Function::Read { Value::Null } else { value.clone() };
-        recorder.record(
-            Process::Client(process),
-            EventType::Invoke,
-            f.clone(),
-            json!(key),
-            invoke_value,
-            Map::new(),
-        );
+        recorder.record(Process::Client(process), EventType::Invoke, f.clone(), json!(key), invoke_value);
         net.send(Message { src: client.clone(), dest: node.clone(), body });
 
         let reply = tokio::time::timeout(workload.client_timeout, async {
@@ -221,7 +177,7 @@ async fn thread(
             extra.insert("error".into(), error);
         }
         let value = if f == Function::Read && kind == EventType::Ok { result } else { value };
-        recorder.record(Process::Client(process), kind, f, json!(key), value, extra);
+        recorder.record_with(Process::Client(process), kind, f, json!(key), value, extra);
         if kind == EventType::Info {
             // Jepsen: the process is finished; the thread goes on as a new one.
             process += workload.concurrency as u64;

@@ -36,12 +36,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use jepsen::checker::Verdict;
-use jepsen::history::{EventType, Function, Process};
+use jepsen::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use self::generator::{Recorder, Workload};
+use self::generator::Workload;
 use self::net::{Grudge, Latency, LatencyDist, Net};
 use self::nodes::Nodes;
 
@@ -242,14 +242,7 @@ async fn run_nemesis(
     mut rng: StdRng,
 ) {
     let nemesis = |f: &str, value: Value| {
-        recorder.record(
-            Process::Nemesis,
-            EventType::Info,
-            Function::Other(f.to_owned()),
-            Value::Null,
-            value,
-            Map::new(),
-        );
+        recorder.record(Process::Nemesis, EventType::Info, Function::Other(f.to_owned()), Value::Null, value);
     };
     loop {
         let at = Instant::now() + nemesis::gap(interval, &mut rng);

@@ -17,10 +17,9 @@
 //! Files under the run's directory: `results.edn` and `results.json` (the
 //! same data), `history.jsonl` (the [`jepsen::history`] format, which `jepsen
 //! check` re-checks), `history.txt` (one line per event, for people),
-//! `latency-raw.svg` and `rate.svg` (partitions shaded), and the node logs
-//! in `node-logs/`.
+//! `latency-raw.svg` and `rate.svg` (drawn by [`jepsen::plot`], partitions
+//! shaded), and the node logs in `node-logs/`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,8 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use jepsen::checker::linear::{self, LinearResult};
 use jepsen::checker::Verdict;
-use jepsen::history::{self, Event, EventType, Function, Op, Outcome, Process};
-use plotters::prelude::*;
+use jepsen::history::{self, Event, EventType, Op, Outcome};
+use jepsen::plot::{self, PlotOptions};
+use jepsen::stats::{outcome_counts, Counts};
 use serde_json::{json, Map, Value};
 
 use super::net::NetStats;
@@ -123,27 +123,19 @@ fn workload_results(linear: &LinearResult, settings: &Value, check_secs: f64) ->
 /// Jepsen's stats checker: counts by function and outcome; valid if every
 /// function has at least one `ok`.
 fn stats(ops: &[Op]) -> (bool, Value) {
-    let mut by_f: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut counts = outcome_counts(ops);
+    // A function the workload never managed to run is a failure too.
     for f in ["read", "write", "cas"] {
-        by_f.insert(f.to_owned(), [0; 3]);
+        counts.by_f.entry(f.to_owned()).or_default();
     }
-    for op in ops {
-        let slot = match op.outcome {
-            Outcome::Ok => 0,
-            Outcome::Fail => 1,
-            Outcome::Info => 2,
-        };
-        by_f.entry(op.f.as_str().to_owned()).or_default()[slot] += 1;
-    }
-    let table = |c: [u64; 3]| json!({"valid?": c[0] > 0, "count": c.iter().sum::<u64>(), "ok-count": c[0], "fail-count": c[1], "info-count": c[2]});
-    let total = by_f.values().fold([0; 3], |acc, c| [acc[0] + c[0], acc[1] + c[1], acc[2] + c[2]]);
-    let valid = by_f.values().all(|c| c[0] > 0);
-    let mut out = match table(total) {
+    let table = |c: &Counts| json!({"valid?": c.ok > 0, "count": c.total(), "ok-count": c.ok, "fail-count": c.fail, "info-count": c.info});
+    let valid = counts.by_f.values().all(|c| c.ok > 0);
+    let mut out = match table(&counts.all) {
         Value::Object(m) => m,
         _ => Map::new(),
     };
     out.insert("valid?".into(), json!(valid));
-    out.insert("by-f".into(), Value::Object(by_f.into_iter().map(|(f, c)| (f, table(c))).collect()));
+    out.insert("by-f".into(), counts.by_f.iter().map(|(f, c)| (f.clone(), table(c))).collect());
     (valid, Value::Object(out))
 }
 
@@ -237,12 +229,14 @@ pub fn write_results(
     std::fs::write(dir.join("results.edn"), to_edn(results)).context("writing results.edn")?;
     let json = serde_json::to_string_pretty(results).context("serializing results")?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
-    let plots = Plots::new(events, time_limit);
-    if let Err(e) = plots.latency(&dir.join("latency-raw.svg")) {
-        tracing::warn!(error = %e, "cannot draw latency-raw.svg");
-    }
-    if let Err(e) = plots.rate(&dir.join("rate.svg")) {
-        tracing::warn!(error = %e, "cannot draw rate.svg");
+    // Maelstrom's name for the latency plot, so its users find it.
+    let options = PlotOptions {
+        latency_file: "latency-raw.svg".to_owned(),
+        min_duration: time_limit,
+        ..PlotOptions::default()
+    };
+    for (file, e) in plot::write_plots(dir, events, &options) {
+        tracing::warn!(error = %e, "cannot draw {file}");
     }
     Ok(())
 }
@@ -256,162 +250,10 @@ fn type_name(kind: EventType) -> &'static str {
     }
 }
 
-/// What the plots show: each completed operation's (completion time,
-/// latency), and the partition intervals.
-struct Plots {
-    /// (function, outcome, completion time s, latency ms)
-    points: Vec<(Function, EventType, f64, f64)>,
-    partitions: Vec<(f64, f64)>,
-    end: f64,
-}
-
-impl Plots {
-    fn new(events: &[Event], time_limit: Duration) -> Plots {
-        let mut invoked: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut points = Vec::new();
-        let mut partitions = Vec::new();
-        let mut open: Option<f64> = None;
-        let mut end = time_limit.as_secs_f64();
-        for e in events {
-            let t = e.time as f64 / 1e9;
-            end = end.max(t);
-            match e.process {
-                Process::Nemesis => match e.f.as_str() {
-                    "start-partition" => open = Some(t),
-                    "stop-partition" => {
-                        if let Some(s) = open.take() {
-                            partitions.push((s, t));
-                        }
-                    }
-                    _ => {}
-                },
-                Process::Client(p) if e.kind == EventType::Invoke => {
-                    invoked.insert(p, e.time);
-                }
-                Process::Client(p) => {
-                    if let Some(start) = invoked.remove(&p) {
-                        points.push((e.f.clone(), e.kind, t, (e.time.saturating_sub(start)) as f64 / 1e6));
-                    }
-                }
-            }
-        }
-        if let Some(s) = open {
-            partitions.push((s, end));
-        }
-        Plots { points, partitions, end }
-    }
-
-    fn series() -> Vec<(Function, EventType, RGBColor, &'static str)> {
-        vec![
-            (Function::Read, EventType::Ok, RGBColor(0x1f, 0x77, 0xb4), "read ok"),
-            (Function::Read, EventType::Fail, RGBColor(0x9e, 0xc6, 0xe8), "read fail"),
-            (Function::Write, EventType::Ok, RGBColor(0x2c, 0xa0, 0x2c), "write ok"),
-            (Function::Write, EventType::Fail, RGBColor(0x98, 0xdf, 0x8a), "write fail"),
-            (Function::Write, EventType::Info, RGBColor(0xff, 0x7f, 0x0e), "write info"),
-            (Function::Cas, EventType::Ok, RGBColor(0x94, 0x67, 0xbd), "cas ok"),
-            (Function::Cas, EventType::Fail, RGBColor(0xc5, 0xb0, 0xd5), "cas fail"),
-            (Function::Cas, EventType::Info, RGBColor(0xd6, 0x27, 0x28), "cas info"),
-        ]
-    }
-
-    /// Every operation's latency over time, log scale, partitions shaded.
-    fn latency(&self, path: &Path) -> anyhow::Result<()> {
-        let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        let max = self.points.iter().map(|p| p.3).fold(1.0_f64, f64::max) * 1.5;
-        let min = self.points.iter().map(|p| p.3).fold(max, f64::min).max(0.01) / 1.5;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("latency (partitions shaded)", ("sans-serif", 20))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..self.end, (min..max).log_scale())
-            .map_err(plot_error)?;
-        chart.configure_mesh().x_desc("time (s)").y_desc("latency (ms)").draw().map_err(plot_error)?;
-        chart
-            .draw_series(self.partitions.iter().map(|&(a, b)| {
-                Rectangle::new([(a, min), (b, max)], RGBColor(0xcc, 0xcc, 0xcc).mix(0.5).filled())
-            }))
-            .map_err(plot_error)?;
-        for (f, kind, color, label) in Self::series() {
-            let points: Vec<(f64, f64)> =
-                self.points.iter().filter(|p| p.0 == f && p.1 == kind).map(|p| (p.2, p.3)).collect();
-            if points.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 2, color.filled())))
-                .map_err(plot_error)?
-                .label(label)
-                .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-        Ok(())
-    }
-
-    /// Completed operations per second, by function and outcome.
-    fn rate(&self, path: &Path) -> anyhow::Result<()> {
-        let buckets = self.end.ceil().max(1.0) as usize;
-        let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        let mut lines = Vec::new();
-        let mut max = 1.0_f64;
-        for (f, kind, color, label) in Self::series() {
-            let mut counts = vec![0u32; buckets + 1];
-            let mut any = false;
-            for p in self.points.iter().filter(|p| p.0 == f && p.1 == kind) {
-                counts[(p.2.floor() as usize).min(buckets)] += 1;
-                any = true;
-            }
-            if any {
-                max = max.max(f64::from(*counts.iter().max().unwrap_or(&0)));
-                lines.push((counts, color, label));
-            }
-        }
-        let mut chart = ChartBuilder::on(&root)
-            .caption("throughput (partitions shaded)", ("sans-serif", 20))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..self.end, 0.0..max * 1.1)
-            .map_err(plot_error)?;
-        chart.configure_mesh().x_desc("time (s)").y_desc("operations / s").draw().map_err(plot_error)?;
-        chart
-            .draw_series(self.partitions.iter().map(|&(a, b)| {
-                Rectangle::new([(a, 0.0), (b, max * 1.1)], RGBColor(0xcc, 0xcc, 0xcc).mix(0.5).filled())
-            }))
-            .map_err(plot_error)?;
-        for (counts, color, label) in lines {
-            let points = counts.into_iter().enumerate().map(|(i, c)| (i as f64 + 0.5, f64::from(c)));
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-        Ok(())
-    }
-}
-
-fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("plotting: {e}")
-}
-
 #[cfg(test)]
 mod tests {
+    use jepsen::history::Function;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,726 @@
+//! What happened during a run, in numbers: the statistics the harness puts
+//! in `results.json` next to the checkers' verdicts.
+//!
+//! A verdict says whether the history is correct; these numbers say what the
+//! test actually exercised and how the system behaved while it did. A run
+//! whose nemesis never started a fault, or whose writes all failed during
+//! every partition, may be valid and still prove little. Everything here is
+//! a pure function of the history's events:
+//!
+//! * [`outcome_counts`]: how many operations ended `ok`, `fail` or `info`,
+//!   per function and overall.
+//! * [`fault_intervals`]: the nemesis's faults as intervals. The nemesis
+//!   records `start-<name>` and, later, `stop-<name>` (for `partition`,
+//!   `kill`, `pause`, `lose-unsynced`, `membership`, or any other name); a
+//!   fault is open from its start to the next stop of the same name, and a
+//!   fault never stopped stays open to the end of the history. Faults of
+//!   different names may overlap or nest.
+//! * [`phase_counts`]: the same counts split by *phase*, which asks how the
+//!   system served clients before the first fault, while faults were open,
+//!   and after they healed. An operation's phase is decided by where its
+//!   invocation stands in the history:
+//!   - `final` if the invocation carries the extra field `"phase": "final"`
+//!     (the harness's reads after healing everything, which must succeed);
+//!     this wins over the others;
+//!   - `before` if it precedes the first fault's start;
+//!   - `during` if at least one fault is open;
+//!   - `after` otherwise: between faults, or after the last one healed.
+//! * [`fault_counts`]: which faults actually happened, and how often.
+//! * [`recovery`]: after each heal (a `stop-<name>`), how long until the
+//!   system accepted a write again, measured to the first `ok` completion of
+//!   a `write`, `cas` or `add` *invoked after* the heal. An operation invoked
+//!   earlier may have been waiting out the fault and say nothing about the
+//!   healed system. The search ends at the next `start-*` (a new fault
+//!   begins, and what follows is no longer recovery from the old one) or at
+//!   the end of the history; with no such write, recovery is `None`.
+//! * [`latencies`]: latency percentiles of the `ok` operations per
+//!   function, from an HDR histogram (3 significant digits).
+//!
+//! [`summarize`] computes all of them into one [`Stats`], the `stats` object
+//! of `results.json`.
+//!
+//! # Order and time
+//!
+//! As in the checkers, *before* and *after* mean positions in the history
+//! (its lines are in real-time order, see [`crate::history`]); durations
+//! are differences of the events' `time` fields. Times are nanoseconds since
+//! the test started (`*_ns`), as in the history file, so an interval can be
+//! found there; durations are milliseconds (`*_ms`).
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::history::{self, Event, EventType, HistoryError, Op, Outcome, Process};
+
+/// Functions whose `ok` shows that the system accepts writes again, for
+/// [`recovery`].
+const WRITE_FUNCTIONS: [&str; 3] = ["write", "cas", "add"];
+
+/// The largest latency the histogram tells apart: one hour, in nanoseconds.
+/// A longer one (a client stuck for the whole run) is counted as one hour.
+const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+
+/// Significant decimal digits the latency histogram keeps: a percentile is
+/// exact to 0.1 %, plenty for a latency.
+const LATENCY_DIGITS: u8 = 3;
+
+/// How many operations ended each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// The operation happened.
+    pub ok: u64,
+    /// The operation certainly did not happen.
+    pub fail: u64,
+    /// Unknown, including invocations that never completed.
+    pub info: u64,
+}
+
+impl Counts {
+    /// Counts one more operation with this outcome.
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Fail => self.fail += 1,
+            Outcome::Info => self.info += 1,
+        }
+    }
+
+    /// All operations counted.
+    pub fn total(&self) -> u64 {
+        self.ok + self.fail + self.info
+    }
+}
+
+/// Outcome counts over a set of operations, overall and per function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    /// Every operation.
+    pub all: Counts,
+    /// Per function (`read`, `write`, ...), by name.
+    pub by_f: BTreeMap<String, Counts>,
+}
+
+impl OutcomeCounts {
+    /// Counts one operation.
+    pub fn add(&mut self, op: &Op) {
+        self.all.add(op.outcome);
+        self.by_f.entry(op.f.as_str().to_owned()).or_default().add(op.outcome);
+    }
+}
+
+/// Counts the operations' outcomes, overall and per function.
+pub fn outcome_counts<'a>(ops: impl IntoIterator<Item = &'a Op>) -> OutcomeCounts {
+    let mut counts = OutcomeCounts::default();
+    for op in ops {
+        counts.add(op);
+    }
+    counts
+}
+
+/// Which part of the run an operation belongs to; see the [module
+/// docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Invoked before any fault started.
+    Before,
+    /// Invoked while at least one fault was open.
+    During,
+    /// Invoked with no fault open, after the first one started.
+    After,
+    /// One of the harness's final reads (`"phase": "final"` on the
+    /// invocation).
+    Final,
+}
+
+/// Outcome counts per [`Phase`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseCounts {
+    /// Before the first fault.
+    pub before: OutcomeCounts,
+    /// While a fault was open.
+    pub during: OutcomeCounts,
+    /// Between faults and after the last.
+    pub after: OutcomeCounts,
+    /// The final reads.
+    #[serde(rename = "final")]
+    pub final_reads: OutcomeCounts,
+}
+
+/// One fault, from the nemesis's `start-<name>` to its `stop-<name>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultInterval {
+    /// The fault: what follows `start-` (`partition`, `kill`, ...).
+    pub name: String,
+    /// The start event's position in the history.
+    pub start_index: usize,
+    /// The start event's time.
+    pub start_ns: u64,
+    /// The start event's `value` (the harness records the fault's shape,
+    /// the nodes it hit, and who led at that moment).
+    pub start_value: Value,
+    /// The stop event's position, or `None` if the fault never stopped.
+    pub stop_index: Option<usize>,
+    /// The stop event's time, or `None` if the fault never stopped.
+    pub stop_ns: Option<u64>,
+    /// The stop event's `value`, or `None` if the fault never stopped.
+    pub stop_value: Option<Value>,
+}
+
+impl FaultInterval {
+    /// Whether the fault was open at position `index` of the history: from
+    /// its start event up to, not including, its stop event.
+    pub fn contains(&self, index: usize) -> bool {
+        index >= self.start_index && self.stop_index.is_none_or(|stop| index < stop)
+    }
+}
+
+/// A nemesis event that starts or stops a fault.
+enum Edge<'a> {
+    Start(&'a str),
+    Stop(&'a str),
+}
+
+/// Reads `start-<name>` and `stop-<name>` off a nemesis event.
+fn edge(event: &Event) -> Option<Edge<'_>> {
+    if event.process != Process::Nemesis {
+        return None;
+    }
+    let f = event.f.as_str();
+    let edge = if let Some(name) = f.strip_prefix("start-") {
+        Edge::Start(name)
+    } else {
+        Edge::Stop(f.strip_prefix("stop-")?)
+    };
+    let (Edge::Start(name) | Edge::Stop(name)) = edge;
+    (!name.is_empty()).then_some(edge)
+}
+
+/// The faults in the history, in the order they started. A fault is open
+/// from a `start-<name>` to the next `stop-<name>`; a second start of a
+/// fault that is already open belongs to the same interval (the first
+/// start's value is kept), and a stop of a fault that is not open is
+/// ignored. A fault still open at the end has no stop.
+pub fn fault_intervals(events: &[Event]) -> Vec<FaultInterval> {
+    let mut intervals: Vec<FaultInterval> = Vec::new();
+    // Fault name -> its open interval's position in `intervals`.
+    let mut open: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        match edge(event) {
+            Some(Edge::Start(name)) if !open.contains_key(name) => {
+                open.insert(name, intervals.len());
+                intervals.push(FaultInterval {
+                    name: name.to_owned(),
+                    start_index: index,
+                    start_ns: event.time,
+                    start_value: event.value.clone(),
+                    stop_index: None,
+                    stop_ns: None,
+                    stop_value: None,
+                });
+            }
+            Some(Edge::Stop(name)) => {
+                if let Some(i) = open.remove(name) {
+                    let interval = &mut intervals[i];
+                    interval.stop_index = Some(index);
+                    interval.stop_ns = Some(event.time);
+                    interval.stop_value = Some(event.value.clone());
+                }
+            }
+            Some(Edge::Start(_)) | None => {}
+        }
+    }
+    intervals
+}
+
+/// How many times each fault started (intervals, not repeated starts of an
+/// open fault). A fault the nemesis never started is absent.
+pub fn fault_counts(intervals: &[FaultInterval]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for interval in intervals {
+        *counts.entry(interval.name.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// The extra field that marks an invocation's phase, set by the harness.
+pub const PHASE_FIELD: &str = "phase";
+
+/// The value of [`PHASE_FIELD`] on the harness's final reads.
+pub const FINAL_PHASE: &str = "final";
+
+/// Whether an event is a client's invocation of one of the harness's final
+/// reads: it carries `"phase": "final"`.
+pub fn is_final(event: &Event) -> bool {
+    event.kind == EventType::Invoke
+        && matches!(event.process, Process::Client(_))
+        && event.extra.get(PHASE_FIELD).and_then(Value::as_str) == Some(FINAL_PHASE)
+}
+
+/// The phase of an operation; `intervals` must come from the same history
+/// (see [`fault_intervals`]).
+pub fn phase(events: &[Event], intervals: &[FaultInterval], op: &Op) -> Phase {
+    let index = op.invoke_index;
+    if events.get(index).is_some_and(is_final) {
+        Phase::Final
+    } else if intervals.iter().any(|i| i.contains(index)) {
+        Phase::During
+    } else if intervals.first().is_none_or(|first| index < first.start_index) {
+        Phase::Before
+    } else {
+        Phase::After
+    }
+}
+
+/// Outcome counts per phase of the operations `ops`, paired from `events`.
+pub fn phase_counts(events: &[Event], ops: &[Op]) -> PhaseCounts {
+    let intervals = fault_intervals(events);
+    let mut counts = PhaseCounts::default();
+    for op in ops {
+        let slot = match phase(events, &intervals, op) {
+            Phase::Before => &mut counts.before,
+            Phase::During => &mut counts.during,
+            Phase::After => &mut counts.after,
+            Phase::Final => &mut counts.final_reads,
+        };
+        slot.add(op);
+    }
+    counts
+}
+
+/// Recovery after one heal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Heal {
+    /// The fault that stopped.
+    pub fault: String,
+    /// The stop event's position in the history.
+    pub stop_index: usize,
+    /// The stop event's time.
+    pub stop_ns: u64,
+    /// From the stop to the first `ok` write invoked after it; `None` if
+    /// there was none before the next fault started or the history ended.
+    pub recovery_ms: Option<f64>,
+}
+
+/// The recoveries summed up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecoverySummary {
+    /// Stop events.
+    pub heals: u64,
+    /// Stop events followed by an `ok` write in time.
+    pub recovered: u64,
+    /// The slowest recovery; `None` if none recovered.
+    pub max_ms: Option<f64>,
+    /// The median recovery (the mean of the middle two for an even count);
+    /// `None` if none recovered.
+    pub median_ms: Option<f64>,
+}
+
+/// Recovery after every heal, and the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recovery {
+    /// One per stop event, in history order.
+    pub heals: Vec<Heal>,
+    /// Over all of them.
+    pub summary: RecoverySummary,
+}
+
+/// How long the system took to accept a write after each heal; see the
+/// [module docs](self). `ops` must be paired from `events`.
+pub fn recovery(events: &[Event], ops: &[Op]) -> Recovery {
+    let starts: Vec<usize> =
+        (0..events.len()).filter(|&i| matches!(edge(&events[i]), Some(Edge::Start(_)))).collect();
+    let mut heals: Vec<Heal> = Vec::new();
+    for interval in fault_intervals(events) {
+        let (Some(stop), Some(stop_ns)) = (interval.stop_index, interval.stop_ns) else { continue };
+        let window_end = starts.iter().copied().find(|&start| start > stop).unwrap_or(usize::MAX);
+        let first_write = ops
+            .iter()
+            .filter(|op| op.outcome == Outcome::Ok && WRITE_FUNCTIONS.contains(&op.f.as_str()))
+            .filter(|op| op.invoke_index > stop)
+            .filter_map(|op| Some((op.complete_index?, op.complete_time?)))
+            .filter(|&(index, _)| index < window_end)
+            .min_by_key(|&(index, _)| index);
+        heals.push(Heal {
+            fault: interval.name,
+            stop_index: stop,
+            stop_ns,
+            recovery_ms: first_write.map(|(_, done)| ms(done.saturating_sub(stop_ns))),
+        });
+    }
+    heals.sort_by_key(|heal| heal.stop_index);
+
+    let mut recovered: Vec<f64> = heals.iter().filter_map(|h| h.recovery_ms).collect();
+    recovered.sort_by(f64::total_cmp);
+    let median_ms = match recovered.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(recovered[n / 2]),
+        n => Some((recovered[n / 2 - 1] + recovered[n / 2]) / 2.0),
+    };
+    let summary = RecoverySummary {
+        heals: heals.len() as u64,
+        recovered: recovered.len() as u64,
+        max_ms: recovered.last().copied(),
+        median_ms,
+    };
+    Recovery { heals, summary }
+}
+
+/// Latency percentiles of one function's `ok` operations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Latency {
+    /// How many `ok` operations were measured.
+    pub count: u64,
+    /// The median.
+    pub p50_ms: f64,
+    /// The 90th percentile.
+    pub p90_ms: f64,
+    /// The 99th percentile.
+    pub p99_ms: f64,
+    /// The slowest.
+    pub max_ms: f64,
+}
+
+/// Latency percentiles per function over the `ok` operations (from
+/// invocation to completion). A function with no `ok` operation is absent:
+/// a failed or unknown operation's latency is mostly the client's timeout,
+/// and would say nothing about the system.
+pub fn latencies(ops: &[Op]) -> BTreeMap<String, Latency> {
+    let mut histograms: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
+        let Some(done) = op.complete_time else { continue };
+        let histogram = histograms.entry(op.f.as_str()).or_insert_with(|| {
+            Histogram::new_with_bounds(1, MAX_LATENCY_NS, LATENCY_DIGITS)
+                .expect("constant histogram bounds: 1 <= low, 2 * low <= high, digits <= 5")
+        });
+        histogram.saturating_record(done.saturating_sub(op.invoke_time));
+    }
+    histograms
+        .into_iter()
+        .map(|(f, h)| {
+            let at = |q: f64| ms(h.value_at_quantile(q));
+            let latency = Latency {
+                count: h.len(),
+                p50_ms: at(0.50),
+                p90_ms: at(0.90),
+                p99_ms: at(0.99),
+                max_ms: ms(h.max()),
+            };
+            (f.to_owned(), latency)
+        })
+        .collect()
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Everything above, the `stats` object of `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Outcomes over the whole run.
+    pub outcomes: OutcomeCounts,
+    /// Outcomes per phase.
+    pub phases: PhaseCounts,
+    /// The fault timeline.
+    pub faults: Vec<FaultInterval>,
+    /// Faults that happened, with how often each started.
+    pub fault_counts: BTreeMap<String, u64>,
+    /// Recovery after each heal.
+    pub recovery: Recovery,
+    /// Latency percentiles of `ok` operations per function.
+    pub latency: BTreeMap<String, Latency>,
+}
+
+/// Computes every statistic of a history.
+///
+/// # Errors
+/// As [`history::pair`]: the history breaks the pairing rules.
+pub fn summarize(events: &[Event]) -> Result<Stats, HistoryError> {
+    let ops = history::pair(events)?;
+    let faults = fault_intervals(events);
+    Ok(Stats {
+        outcomes: outcome_counts(&ops),
+        phases: phase_counts(events, &ops),
+        fault_counts: fault_counts(&faults),
+        faults,
+        recovery: recovery(events, &ops),
+        latency: latencies(&ops),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::parse_history;
+
+    /// A history built line by line: `c(process, type, f, time)` for a
+    /// client event, `n(f, value, time)` for a nemesis event.
+    fn events(lines: &[String]) -> Vec<Event> {
+        parse_history(&lines.join("\n")).expect("test history parses")
+    }
+
+    fn c(process: u64, kind: &str, f: &str, time_ms: u64) -> String {
+        format!(
+            r#"{{"process":{process},"type":"{kind}","f":"{f}","key":"x","value":1,"time":{}}}"#,
+            time_ms * 1_000_000
+        )
+    }
+
+    fn n(f: &str, value: Value, time_ms: u64) -> String {
+        format!(
+            r#"{{"process":"nemesis","type":"info","f":"{f}","value":{value},"time":{}}}"#,
+            time_ms * 1_000_000
+        )
+    }
+
+    #[test]
+    fn outcome_counts_per_function_and_overall() {
+        let h = events(&[
+            c(0, "invoke", "read", 1),
+            c(1, "invoke", "write", 2),
+            c(0, "ok", "read", 3),
+            c(1, "info", "write", 4),
+            c(2, "invoke", "cas", 5),
+            c(2, "fail", "cas", 6),
+            c(0, "invoke", "read", 7),
+        ]);
+        let counts = outcome_counts(&history::pair(&h).unwrap());
+        assert_eq!(counts.all, Counts { ok: 1, fail: 1, info: 2 });
+        assert_eq!(counts.by_f["read"], Counts { ok: 1, fail: 0, info: 1 }, "never completed is info");
+        assert_eq!(counts.by_f["write"], Counts { ok: 0, fail: 0, info: 1 });
+        assert_eq!(counts.by_f["cas"], Counts { ok: 0, fail: 1, info: 0 });
+        assert_eq!(counts.all.total(), 4);
+    }
+
+    #[test]
+    fn overlapping_nested_and_unclosed_faults_become_intervals() {
+        let h = events(&[
+            n("start-partition", json!({"shape": "one"}), 1),
+            n("start-kill", json!(["n1"]), 2),
+            // A second start of an open fault belongs to the same interval.
+            n("start-kill", json!(["n2"]), 3),
+            n("stop-partition", json!(null), 4),
+            n("stop-kill", json!("restarted"), 5),
+            n("start-pause", json!(["n3"]), 6),
+            n("start-membership", json!("remove n2"), 7),
+            n("stop-membership", json!("add n2"), 8),
+            // Stop of a fault that is not open: ignored.
+            n("stop-lose-unsynced", json!(null), 9),
+            n("start-lose-unsynced", json!(["n1"]), 10),
+        ]);
+        let intervals = fault_intervals(&h);
+        let summary: Vec<(&str, u64, Option<u64>)> = intervals
+            .iter()
+            .map(|i| (i.name.as_str(), i.start_ns / 1_000_000, i.stop_ns.map(|t| t / 1_000_000)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("partition", 1, Some(4)),
+                ("kill", 2, Some(5)),
+                ("pause", 6, None),
+                ("membership", 7, Some(8)),
+                ("lose-unsynced", 10, None),
+            ]
+        );
+        assert_eq!(intervals[0].start_value, json!({"shape": "one"}));
+        assert_eq!(intervals[0].stop_value, Some(json!(null)));
+        assert_eq!(intervals[1].start_value, json!(["n1"]), "the first start's value is kept");
+        assert_eq!(intervals[1].stop_value, Some(json!("restarted")));
+        assert_eq!((intervals[2].stop_index, intervals[2].stop_value.clone()), (None, None));
+
+        let counts = fault_counts(&intervals);
+        assert_eq!(counts.len(), 5);
+        assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    }
+
+    #[test]
+    fn fault_counts_count_each_start_of_a_closed_fault() {
+        let h = events(&[
+            n("start-partition", json!(null), 1),
+            n("stop-partition", json!(null), 2),
+            n("start-partition", json!(null), 3),
+            n("stop-partition", json!(null), 4),
+            n("start-kill", json!(null), 5),
+            // Not faults: no `start-`/`stop-` prefix, or no name.
+            n("kill", json!(null), 6),
+            n("start-", json!(null), 7),
+        ]);
+        let counts = fault_counts(&fault_intervals(&h));
+        assert_eq!(counts, BTreeMap::from([("kill".to_owned(), 1), ("partition".to_owned(), 2)]));
+    }
+
+    #[test]
+    fn phases_follow_the_invocation_and_final_wins() {
+        let mut lines = vec![
+            c(0, "invoke", "write", 1), // before
+            n("start-partition", json!(null), 2),
+            c(0, "ok", "write", 3),
+            c(0, "invoke", "read", 4), // during
+            c(0, "ok", "read", 5),
+            n("start-kill", json!(null), 6),
+            n("stop-partition", json!(null), 7),
+            c(1, "invoke", "cas", 8), // during: kill is still open
+            n("stop-kill", json!(null), 9),
+            c(1, "fail", "cas", 10),
+            c(0, "invoke", "write", 11), // after
+            c(0, "info", "write", 12),
+            n("start-pause", json!(null), 13),
+        ];
+        // A final read, invoked while pause is still open (never stopped).
+        lines.push(
+            r#"{"process":2,"type":"invoke","f":"read","key":"x","time":14000000,"phase":"final"}"#
+                .to_owned(),
+        );
+        lines.push(c(2, "ok", "read", 15));
+        let h = events(&lines);
+        let counts = phase_counts(&h, &history::pair(&h).unwrap());
+        assert_eq!(counts.before.all, Counts { ok: 1, fail: 0, info: 0 });
+        assert_eq!(counts.before.by_f.keys().collect::<Vec<_>>(), ["write"]);
+        assert_eq!(counts.during.all, Counts { ok: 1, fail: 1, info: 0 });
+        assert_eq!(counts.during.by_f["cas"].fail, 1);
+        assert_eq!(counts.after.all, Counts { ok: 0, fail: 0, info: 1 });
+        assert_eq!(counts.final_reads.all, Counts { ok: 1, fail: 0, info: 0 });
+        assert!(is_final(&h[13]));
+        assert!(!is_final(&h[14]));
+
+        let json = serde_json::to_value(&counts).unwrap();
+        assert_eq!(json["final"]["by_f"]["read"]["ok"], 1);
+    }
+
+    #[test]
+    fn without_faults_everything_is_before() {
+        let h = events(&[c(0, "invoke", "read", 1), c(0, "ok", "read", 2)]);
+        let counts = phase_counts(&h, &history::pair(&h).unwrap());
+        assert_eq!(counts.before.all.ok, 1);
+        assert_eq!(counts.during.all.total() + counts.after.all.total(), 0);
+    }
+
+    #[test]
+    fn recovery_counts_only_writes_invoked_after_the_heal() {
+        let h = events(&[
+            n("start-partition", json!(null), 0),
+            c(0, "invoke", "write", 10), // invoked during the fault: does not count
+            n("stop-partition", json!(null), 100),
+            c(1, "invoke", "read", 110), // a read: does not count
+            c(1, "ok", "read", 120),
+            c(2, "invoke", "cas", 130),
+            c(0, "ok", "write", 140),
+            c(2, "ok", "cas", 150), // recovery: 150 - 100 = 50 ms
+            n("start-kill", json!(null), 200),
+            c(3, "invoke", "add", 210),
+            n("stop-kill", json!(null), 300),
+            c(3, "ok", "add", 330), // invoked before the heal: does not count
+            c(4, "invoke", "write", 340),
+            c(4, "fail", "write", 350),
+            n("start-pause", json!(null), 400),
+            c(5, "invoke", "write", 410),
+            n("stop-pause", json!(null), 500),
+            c(6, "invoke", "add", 510),
+            c(6, "ok", "add", 530), // recovery: 30 ms
+            n("start-partition", json!(null), 600),
+            n("stop-partition", json!(null), 700),
+            c(7, "invoke", "write", 710),
+            c(7, "ok", "write", 800), // recovery: 100 ms
+        ]);
+        let recovery = recovery(&h, &history::pair(&h).unwrap());
+        let got: Vec<(&str, u64, Option<f64>)> =
+            recovery.heals.iter().map(|r| (r.fault.as_str(), r.stop_ns / 1_000_000, r.recovery_ms)).collect();
+        assert_eq!(
+            got,
+            [
+                ("partition", 100, Some(50.0)),
+                ("kill", 300, None),
+                ("pause", 500, Some(30.0)),
+                ("partition", 700, Some(100.0)),
+            ]
+        );
+        assert_eq!(
+            recovery.summary,
+            RecoverySummary { heals: 4, recovered: 3, max_ms: Some(100.0), median_ms: Some(50.0) }
+        );
+    }
+
+    #[test]
+    fn recovery_window_closes_at_the_next_start() {
+        let h = events(&[
+            n("start-partition", json!(null), 0),
+            n("stop-partition", json!(null), 100),
+            c(0, "invoke", "write", 110),
+            n("start-partition", json!(null), 120),
+            c(0, "ok", "write", 130), // completed after the next fault began
+        ]);
+        let recovery = recovery(&h, &history::pair(&h).unwrap());
+        assert_eq!(recovery.heals.len(), 1);
+        assert_eq!(recovery.heals[0].recovery_ms, None);
+        assert_eq!(recovery.summary.recovered, 0);
+        assert_eq!((recovery.summary.max_ms, recovery.summary.median_ms), (None, None));
+    }
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let h = events(&[
+            n("start-kill", json!(null), 0),
+            n("stop-kill", json!(null), 100),
+            c(0, "invoke", "write", 100),
+            c(0, "ok", "write", 110),
+            n("start-kill", json!(null), 200),
+            n("stop-kill", json!(null), 300),
+            c(1, "invoke", "write", 300),
+            c(1, "ok", "write", 330),
+        ]);
+        let summary = recovery(&h, &history::pair(&h).unwrap()).summary;
+        assert_eq!((summary.max_ms, summary.median_ms), (Some(30.0), Some(20.0)));
+    }
+
+    #[test]
+    fn latency_percentiles_per_function_over_ok_operations() {
+        let mut lines = Vec::new();
+        // Reads taking 1, 2, ..., 100 ms; one slow failed read is ignored.
+        for i in 0..100u64 {
+            lines.push(c(i, "invoke", "read", 1000 * i));
+            lines.push(c(i, "ok", "read", 1000 * i + i + 1));
+        }
+        lines.push(c(100, "invoke", "read", 200_000));
+        lines.push(c(100, "fail", "read", 205_000));
+        lines.push(c(101, "invoke", "write", 300_000));
+        lines.push(c(101, "ok", "write", 300_007));
+        let h = events(&lines);
+        let latency = latencies(&history::pair(&h).unwrap());
+        let read = &latency["read"];
+        assert_eq!(read.count, 100);
+        // The histogram keeps 3 significant digits.
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.001;
+        assert!(near(read.p50_ms, 50.0), "{read:?}");
+        assert!(near(read.p90_ms, 90.0), "{read:?}");
+        assert!(near(read.p99_ms, 99.0), "{read:?}");
+        assert!(near(read.max_ms, 100.0), "{read:?}");
+        assert!(near(latency["write"].max_ms, 7.0));
+        assert!(!latency.contains_key("cas"));
+    }
+
+    #[test]
+    fn summarize_serializes_to_the_documented_shape() {
+        let h = events(&[
+            c(0, "invoke", "write", 1),
+            c(0, "ok", "write", 2),
+            n("start-partition", json!({"shape": "majority"}), 3),
+        ]);
+        let json = serde_json::to_value(summarize(&h).unwrap()).unwrap();
+        assert_eq!(json["outcomes"]["all"], json!({"ok": 1, "fail": 0, "info": 0}));
+        assert_eq!(json["phases"]["before"]["by_f"]["write"]["ok"], 1);
+        assert_eq!(json["faults"][0]["name"], "partition");
+        assert_eq!(json["faults"][0]["start_value"]["shape"], "majority");
+        assert_eq!(json["faults"][0]["stop_ns"], Value::Null);
+        assert_eq!(json["fault_counts"], json!({"partition": 1}));
+        assert_eq!(json["recovery"]["summary"]["heals"], 0);
+        assert_eq!(json["latency"]["write"]["count"], 1);
+        assert!(json["latency"]["write"]["p99_ms"].is_f64());
+    }
+}
