@@ -17,6 +17,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::checker::Verdict;
+use crate::run::nemesis::{Fault, Target};
+use crate::run::workload::Kind;
+use crate::run::TestOptions;
 
 /// The exit code for a valid verdict.
 pub const EXIT_VALID: u8 = 0;
@@ -37,11 +40,129 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
+    /// Start a kv-server cluster on 127.0.0.1, run a workload against it
+    /// while injecting faults, and check what the clients saw. Writes
+    /// `<store>/<workload>/<time>/` (history, results.json, plots, node
+    /// logs) and prints a summary. Exit code 0 valid, 1 invalid, 2 unknown
+    /// or error.
+    Test(TestArgs),
     /// Re-check a stored history file (JSON lines, one event per line, see
     /// docs/jepsen.md) and print the verdict as JSON on stdout. Exit code 0
     /// valid, 1 invalid, 2 unknown or error.
     Check(CheckArgs),
+}
+
+/// Arguments of `jepsen test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// register: linearizable registers (read, write, compare-and-set) on
+    /// rotating keys. set: unique adds, whole-set reads; checks lost and
+    /// duplicated elements. session: session and stale reads through
+    /// followers; checks read-your-writes, monotonic reads and consistent
+    /// prefix.
+    #[arg(long, value_enum, default_value = "register")]
+    pub workload: Kind,
+    /// Nodes in the cluster (3 or 5 are the interesting sizes).
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u64,
+    /// Faults, comma-separated: partition (one node, the leader, a
+    /// majority/minority split, a majorities ring, a bridge), kill (SIGKILL
+    /// and restart of the leader, a minority or all nodes), pause (SIGSTOP
+    /// of the leader past the election timeout), lose-unsynced (kill with
+    /// loss of every write not yet fsynced), membership (remove a node and
+    /// add it back with fresh data); `all` for every one, `none` for none.
+    #[arg(long, default_value = "partition,kill,pause", value_parser = parse_faults)]
+    pub nemesis: NemesisList,
+    /// Whom kill and lose-unsynced choose from, comma-separated: leader,
+    /// minority, all.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "leader,minority,all")]
+    pub kill_targets: Vec<Target>,
+    /// Seconds the clients run (the final phase comes after).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    pub time_limit: Duration,
+    /// Client operations per second, over all clients.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Client workers; worker i talks to node i mod n first.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Seed of every random choice (operations, faults, victims, gaps);
+    /// random if not given, and printed either way.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Mean seconds of a fault, and of the gap between faults; each is
+    /// drawn between 0.5 and 1.5 times this.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub nemesis_interval: Duration,
+    /// Seconds of quiet after the final heal, before the final reads.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    pub quiet: Duration,
+    /// Seconds one request may take before the client gives up on it (a
+    /// write's outcome is then unknown, and it is retried).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub attempt_timeout: Duration,
+    /// Seconds one operation may take, retries included.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    pub op_timeout: Duration,
+    /// Register workload: clients sharing one key.
+    #[arg(long, default_value_t = 2)]
+    pub threads_per_key: usize,
+    /// Register workload: operations on a key before its clients move on
+    /// to a fresh key (bounds each key's linearizability search).
+    #[arg(long, default_value_t = 200)]
+    pub ops_per_key: u64,
+    /// Where runs are written.
+    #[arg(long, default_value = "store")]
+    pub store: PathBuf,
+    /// The kv-server binary; by default the one next to this binary.
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Negative control: nodes serve linearizable reads from local state,
+    /// without ReadIndex (`kv-server --unsafe-local-reads`). Expect invalid.
+    #[arg(long)]
+    pub unsafe_local_reads: bool,
+    /// Negative control: nodes forget the exactly-once table, so a retried
+    /// write applies again (`kv-server --unsafe-no-dedup`). Expect invalid.
+    #[arg(long)]
+    pub unsafe_no_dedup: bool,
+    /// Negative control: nodes acknowledge appends before fsync
+    /// (`kv-server --unsafe-no-fsync`); with the lose-unsynced fault,
+    /// acknowledged writes vanish. Expect invalid.
+    #[arg(long)]
+    pub unsafe_no_fsync: bool,
+    /// Seconds the checkers may take; past it the verdict is unknown.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
+    pub check_budget: Duration,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The faults chosen with `--nemesis`.
+#[derive(Debug, Clone)]
+pub struct NemesisList(pub Vec<Fault>);
+
+fn parse_faults(text: &str) -> Result<NemesisList, String> {
+    let mut faults = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "all" => faults.extend(Fault::ALL),
+            "none" => {}
+            _ => faults.push(
+                <Fault as clap::ValueEnum>::from_str(name, false)
+                    .map_err(|_| format!("unknown fault {name:?}; known: {}", fault_names()))?,
+            ),
+        }
+    }
+    faults.sort();
+    faults.dedup();
+    Ok(NemesisList(faults))
+}
+
+fn fault_names() -> String {
+    Fault::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Arguments of `jepsen check`.
@@ -84,7 +205,77 @@ pub fn main(cli: Cli) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Verdict> {
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Test(args) => test(args),
     }
+}
+
+/// `jepsen test`: runs the test, prints the summary, and returns the
+/// verdict.
+fn test(args: TestArgs) -> anyhow::Result<Verdict> {
+    let opts = test_options(args)?;
+    eprintln!(
+        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}",
+        opts.workload.name(),
+        opts.nodes,
+        opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+        opts.time_limit,
+        opts.seed
+    );
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let outcome = runtime.block_on(crate::run::run(opts))?;
+    print!("{}", crate::run::report::summary(&outcome));
+    Ok(outcome.verdict)
+}
+
+/// The run's options from the command line.
+///
+/// # Errors
+/// If no kv-server binary is given or found.
+pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
+    let server_bin = match args.server_bin {
+        Some(p) => p,
+        None => {
+            let exe = std::env::current_exe().context("locating this binary")?;
+            crate::run::server_next_to(&exe).with_context(|| {
+                format!(
+                    "no kv-server next to {}; build it (`cargo build --release -p kv-app`) or pass --server-bin",
+                    exe.display()
+                )
+            })?
+        }
+    };
+    let mut server_args = Vec::new();
+    for (on, flag) in [
+        (args.unsafe_local_reads, "--unsafe-local-reads"),
+        (args.unsafe_no_dedup, "--unsafe-no-dedup"),
+        (args.unsafe_no_fsync, "--unsafe-no-fsync"),
+    ] {
+        if on {
+            server_args.push(flag.to_string());
+        }
+    }
+    Ok(TestOptions {
+        workload: args.workload,
+        nodes: args.nodes,
+        faults: args.nemesis.0,
+        kill_targets: args.kill_targets,
+        time_limit: args.time_limit,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        seed: args.seed.unwrap_or_else(rand::random),
+        interval: args.nemesis_interval,
+        quiet: args.quiet,
+        attempt_timeout: args.attempt_timeout,
+        op_timeout: args.op_timeout,
+        threads_per_key: args.threads_per_key,
+        ops_per_key: args.ops_per_key,
+        store: args.store,
+        server_bin,
+        server_args,
+        check_budget: args.check_budget,
+        progress: !args.no_progress,
+    })
 }
 
 /// `jepsen check`: prints the report as pretty JSON on stdout.
@@ -110,10 +301,20 @@ mod tests {
     #[test]
     fn budget_accepts_fractions_and_rejects_nonsense() {
         let cli = Cli::try_parse_from(["jepsen", "check", "h.jsonl", "--budget", "0.5"]).unwrap();
-        let Command::Check(args) = cli.command;
+        let Command::Check(args) = cli.command else { panic!("not check") };
         assert_eq!(args.budget, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["jepsen", "check", "h.jsonl", "--budget", "-1"]).is_err());
         assert!(Cli::try_parse_from(["jepsen", "check", "h.jsonl", "--budget", "soon"]).is_err());
+    }
+
+    #[test]
+    fn nemesis_lists_accept_all_none_and_names() {
+        let parse = |t: &str| parse_faults(t).map(|l| l.0);
+        assert_eq!(parse("all").unwrap(), Fault::ALL.to_vec());
+        assert!(parse("none").unwrap().is_empty());
+        assert_eq!(parse("kill, partition,kill").unwrap(), vec![Fault::Partition, Fault::Kill]);
+        assert_eq!(parse("lose-unsynced").unwrap(), vec![Fault::LoseUnsynced]);
+        assert!(parse("meteor").unwrap_err().contains("unknown fault"));
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct NodeProc {
     pub proxy_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Set once the node was re-added with fresh data: it then starts with
+    /// `--join` through this HTTP address instead of `--initial-members`.
+    join: Option<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -59,6 +62,7 @@ pub struct Cluster {
     spec: ClusterSpec,
     members: String,
     proxies: Vec<JoinHandle<()>>,
+    exits: Vec<(u64, String)>,
 }
 
 /// Why the cluster could not be started or changed.
@@ -112,6 +116,7 @@ impl Cluster {
                 raft_addr,
                 proxy_addr,
                 data_dir,
+                join: None,
                 child: None,
                 paused: false,
             };
@@ -119,7 +124,8 @@ impl Cluster {
         }
         let members: Vec<String> =
             nodes.values().map(|n| format!("{}={}/{}", n.id, n.proxy_addr, n.http_addr)).collect();
-        let mut cluster = Cluster { net, nodes, spec, members: members.join(","), proxies };
+        let mut cluster =
+            Cluster { net, nodes, spec, members: members.join(","), proxies, exits: Vec::new() };
         for id in 1..=cluster.spec.nodes {
             cluster.restart(id)?;
         }
@@ -167,11 +173,19 @@ impl Cluster {
             .append(true)
             .open(&log)
             .map_err(io(format!("opening {}", log.display())))?;
-        let child = Command::new(&self.spec.bin)
-            .args(["--id", &id.to_string(), "--data-dir"])
-            .arg(&node.data_dir)
-            .args(["--http-addr", &node.http_addr, "--raft-addr", &node.raft_addr])
-            .args(["--initial-members", &members])
+        let mut cmd = Command::new(&self.spec.bin);
+        cmd.args(["--id", &id.to_string(), "--data-dir"]).arg(&node.data_dir).args([
+            "--http-addr",
+            &node.http_addr,
+            "--raft-addr",
+            &node.raft_addr,
+        ]);
+        match &node.join {
+            // Joining: the membership must name the proxy, not the listener.
+            Some(via) => cmd.args(["--join", via, "--advertise-raft-addr", &node.proxy_addr]),
+            None => cmd.args(["--initial-members", &members]),
+        };
+        let child = cmd
             .args(&self.spec.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -207,6 +221,48 @@ impl Cluster {
             node.paused = pause;
         }
         Ok(())
+    }
+
+    /// Kills node `id`, deletes its data (keeping its log file, which the
+    /// log checker reads), and starts it as a new node that joins the
+    /// cluster through `via` (another node's HTTP address): the "remove a
+    /// node and add it back with fresh data" fault. The caller removes it
+    /// from the membership first.
+    pub fn rejoin_fresh(&mut self, id: u64, via: &str) -> Result<(), ClusterError> {
+        self.kill(id)?;
+        let node = self.nodes.get_mut(&id).ok_or(ClusterError::UnknownNode(id))?;
+        let entries =
+            std::fs::read_dir(&node.data_dir).map_err(io(format!("listing {}", node.data_dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path != log_path(&node.data_dir) {
+                let removed =
+                    if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(io(format!("deleting {}", path.display())))?;
+            }
+        }
+        node.join = Some(via.to_string());
+        self.restart(id)
+    }
+
+    /// Notices nodes whose process ended on its own (a crash, a panic, a
+    /// refused command line), remembers them, and forgets their process so
+    /// that [`Cluster::restart`] starts them again.
+    pub fn reap(&mut self) {
+        for node in self.nodes.values_mut() {
+            let Some(child) = &mut node.child else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                self.exits.push((node.id, status.to_string()));
+                node.child = None;
+                node.paused = false;
+            }
+        }
+    }
+
+    /// Every exit [`Cluster::reap`] noticed: `(node, exit status)`. Nodes
+    /// the harness killed are not in it.
+    pub fn exits(&self) -> &[(u64, String)] {
+        &self.exits
     }
 
     /// Each node's log so far.

@@ -27,6 +27,8 @@
 //!    and per phase (before, during and after faults), the fault timeline,
 //!    recovery after each heal, and latency percentiles.
 //! 9. [`plot`]: latency and throughput over time, with the faults shaded.
+//! 10. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
+//!     and the report of one run; [`store`] is where runs are kept.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -38,8 +40,10 @@ pub mod cluster;
 pub mod history;
 pub mod net;
 pub mod plot;
+pub mod run;
 pub mod sim;
 pub mod stats;
+pub mod store;
 
 pub use check::{check_events, check_file, CheckError, CheckReport};
 pub use checker::Verdict;

@@ -3,26 +3,14 @@
 //! elect a new leader; the old one can no longer serve a linearizable read
 //! (clients still reach it directly); healing lets everything converge.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use jepsen::cluster::{Cluster, ClusterSpec, SETTLE};
 use kv_app::api::{Consistency, StatusResponse};
 use kv_app::client::{Client, ClientOptions};
 
-/// The `kv-server` binary next to this test's binary, built if missing.
-fn kv_server() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("kv-server");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "kv-app", "--bin", "kv-server"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building kv-server");
-    }
-    bin
-}
+mod common;
+use common::kv_server;
 
 async fn status(addr: &str) -> Option<StatusResponse> {
     let client = Client::with_options(vec![addr.to_string()], quick()).ok()?;

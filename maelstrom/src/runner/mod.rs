@@ -31,8 +31,8 @@ pub mod net;
 pub mod nodes;
 pub mod report;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use jepsen::checker::Verdict;
@@ -172,7 +172,7 @@ pub async fn run_test(opts: &TestOptions) -> anyhow::Result<RunOutcome> {
     let seed = opts.seed.unwrap_or_else(|| rand::thread_rng().gen());
     let partitions = opts.nemesis.contains(&NemesisKind::Partition);
 
-    let dir = run_dir(&opts.store)?;
+    let dir = jepsen::store::run_dir(&opts.store, "lin-kv")?;
     let log_dir = dir.join("node-logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     tracing::info!(dir = %dir.display(), seed, "starting lin-kv run");
@@ -265,53 +265,6 @@ async fn run_nemesis(
     }
 }
 
-/// Creates `<store>/lin-kv/<UTC time>/` (with a suffix if it exists) and
-/// points `<store>/lin-kv/latest` at it.
-fn run_dir(store: &Path) -> anyhow::Result<PathBuf> {
-    let parent = store.join("lin-kv");
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let stamp = utc_stamp(SystemTime::now());
-    let mut dir = parent.join(&stamp);
-    let mut n = 1;
-    while dir.exists() {
-        dir = parent.join(format!("{stamp}-{n}"));
-        n += 1;
-    }
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let latest = parent.join("latest");
-    let _ = std::fs::remove_file(&latest);
-    #[cfg(unix)]
-    if let Some(name) = dir.file_name() {
-        // Only a convenience: a failure leaves the run intact.
-        let _ = std::os::unix::fs::symlink(name, &latest);
-    }
-    Ok(dir)
-}
-
-/// `20261126T101500.123Z`, as Maelstrom names its runs.
-fn utc_stamp(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,11 +276,5 @@ mod tests {
         assert!(concurrency("n", 3).is_err());
         assert!(concurrency("7", 3).is_err());
         assert!(concurrency("x", 3).is_err());
-    }
-
-    #[test]
-    fn utc_stamp_formats_a_known_instant() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_688_100_250);
-        assert_eq!(utc_stamp(t), "20261126T101500.250Z");
     }
 }

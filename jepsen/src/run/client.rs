@@ -1,0 +1,316 @@
+//! The harness's client: one HTTP request per attempt, and an honest
+//! account of what each answer proves.
+//!
+//! A Jepsen client's most important job is *classification*. Every
+//! operation ends as exactly one of:
+//!
+//! * **ok**: the node said it happened;
+//! * **fail**: it certainly did not happen. The request never reached a
+//!   node (connection refused), or the node said so (`retryable: true`, a
+//!   CAS whose expected value did not match, a malformed request);
+//! * **info**: nobody knows. The request was sent and no answer came back
+//!   (a timeout, a dropped connection), or the node said `indeterminate`.
+//!
+//! Calling an unknown outcome `fail` would let the checker assume a write
+//! that may have taken effect did not, and report a correct system as
+//! broken; calling it `ok` would hide lost writes. Reads change nothing, so
+//! a read that got no answer is simply a `fail`.
+//!
+//! Writes carry the client's session `(client_id, seq)` and are retried with
+//! the *same* session after a failure or a timeout, on the next node, until
+//! the operation's deadline: the server's exactly-once table applies the
+//! write at most once however many attempts arrive, and answers a repeat
+//! with the first attempt's outcome. That is also why a server started with
+//! `--unsafe-no-dedup` is caught: a retried CAS that had already applied is
+//! applied again, or reports a mismatch for a change that did happen.
+
+use std::time::{Duration, Instant};
+
+use kv_app::api::{
+    codes, CasRequest, ErrorBody, JsonValue, ListResponse, PutRequest, ReadResponse, StatusResponse,
+    WriteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why an attempt did not succeed, and whether its effect is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// True if the operation certainly did not take effect.
+    pub definite: bool,
+    /// The server's error code, or what went wrong on the way.
+    pub error: String,
+}
+
+impl Failure {
+    fn definite(error: impl Into<String>) -> Failure {
+        Failure { definite: true, error: error.into() }
+    }
+
+    fn unknown(error: impl Into<String>) -> Failure {
+        Failure { definite: false, error: error.into() }
+    }
+}
+
+/// What a write attempt ended in.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// Applied (or a CAS whose expected value matched).
+    Ok(WriteResponse),
+    /// A CAS whose expected value did not match: certainly not applied.
+    Mismatch,
+    /// Anything else.
+    Failed(Failure),
+}
+
+/// A value for one of the harness's keys: all are UTF-8 strings.
+fn json_value(v: &str) -> JsonValue {
+    JsonValue { value: Some(v.to_string()), value_b64: None }
+}
+
+/// The client session of one worker: writes are exactly-once per
+/// `(client_id, seq)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    /// The client's id.
+    pub client_id: u64,
+    /// The next sequence number.
+    pub seq: u64,
+}
+
+impl Session {
+    /// Takes the next sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+/// A write request, sent as it is on every attempt.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// `PUT /v1/kv/{key}`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// `POST /v1/cas/{key}`: `expected: None` means "must be absent".
+    Cas {
+        /// The key.
+        key: String,
+        /// The value it must hold.
+        expected: Option<String>,
+        /// The new value.
+        value: String,
+    },
+}
+
+/// HTTP access to the nodes, shared by every worker.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    attempt_timeout: Duration,
+}
+
+impl Http {
+    /// A client whose every attempt gives up after `attempt_timeout`.
+    ///
+    /// # Errors
+    /// If the HTTP client cannot be built.
+    pub fn new(attempt_timeout: Duration) -> anyhow::Result<Http> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(attempt_timeout.min(Duration::from_millis(500)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Http { client, attempt_timeout })
+    }
+
+    /// Sends a request and decodes a 2xx body as `T`; every other ending is
+    /// a [`Failure`], with the error body's code when there is one.
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, (u16, Failure)> {
+        let resp = match req.timeout(self.attempt_timeout).send().await {
+            Ok(resp) => resp,
+            // Connecting failed: the request was never sent.
+            Err(e) if e.is_connect() => return Err((0, Failure::definite(format!("connect: {e}")))),
+            Err(e) if e.is_timeout() => return Err((0, Failure::unknown("timeout"))),
+            Err(e) => return Err((0, Failure::unknown(format!("request: {e}")))),
+        };
+        let status = resp.status().as_u16();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Err((status, Failure::unknown("timeout"))),
+            Err(e) => return Err((status, Failure::unknown(format!("body: {e}")))),
+        };
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| (status, Failure::unknown(format!("undecodable answer: {e}"))));
+        }
+        Err((status, classify(status, &bytes)))
+    }
+
+    /// `GET /v1/kv/{key}` with a consistency level (and session token).
+    /// A missing key is `Ok(None)`.
+    pub async fn read(
+        &self,
+        node: &str,
+        key: &str,
+        consistency: &str,
+        token: Option<u64>,
+    ) -> Result<Option<ReadResponse>, Failure> {
+        let mut query = vec![("consistency", consistency.to_string())];
+        if let Some(t) = token {
+            query.push(("token", t.to_string()));
+        }
+        let req = self.client.get(format!("http://{node}/v1/kv/{key}")).query(&query);
+        match self.send::<ReadResponse>(req).await {
+            Ok(r) => Ok(Some(r)),
+            Err((404, f)) if f.error == codes::KEY_NOT_FOUND => Ok(None),
+            Err((_, f)) => Err(Failure { definite: true, ..f }),
+        }
+    }
+
+    /// `GET /v1/kv?prefix=...`, linearizable, up to `limit` keys.
+    pub async fn list(&self, node: &str, prefix: &str, limit: usize) -> Result<ListResponse, Failure> {
+        let query = [("prefix", prefix.to_string()), ("limit", limit.to_string())];
+        let req = self.client.get(format!("http://{node}/v1/kv")).query(&query);
+        self.send(req).await.map_err(|(_, f)| Failure { definite: true, ..f })
+    }
+
+    /// One attempt at a write, with the session's `(client_id, seq)`.
+    pub async fn write(&self, node: &str, w: &Write, client_id: u64, seq: u64) -> WriteOutcome {
+        let sent = match w {
+            Write::Put { key, value } => {
+                let body =
+                    PutRequest { value: json_value(value), client_id: Some(client_id), seq: Some(seq) };
+                self.send_json::<WriteResponse>(self.client.put(format!("http://{node}/v1/kv/{key}")), &body)
+                    .await
+            }
+            Write::Cas { key, expected, value } => {
+                let body = CasRequest {
+                    expected: expected.clone(),
+                    expected_b64: None,
+                    expect_absent: expected.is_none(),
+                    value: json_value(value),
+                    client_id: Some(client_id),
+                    seq: Some(seq),
+                };
+                self.send_json::<WriteResponse>(
+                    self.client.post(format!("http://{node}/v1/cas/{key}")),
+                    &body,
+                )
+                .await
+            }
+        };
+        match sent {
+            Ok(r) if r.succeeded == Some(false) => WriteOutcome::Mismatch,
+            Ok(r) => WriteOutcome::Ok(r),
+            // A CAS whose expected value did not match answers 412 with a
+            // WriteResponse (`succeeded: false`) as its body.
+            Err((412, _)) => WriteOutcome::Mismatch,
+            Err((_, f)) => WriteOutcome::Failed(f),
+        }
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        body: &impl Serialize,
+    ) -> Result<T, (u16, Failure)> {
+        self.send(req.json(body)).await
+    }
+
+    /// `GET /v1/cluster/status`.
+    pub async fn status(&self, node: &str) -> Result<StatusResponse, Failure> {
+        let req = self.client.get(format!("http://{node}/v1/cluster/status"));
+        self.send(req).await.map_err(|(_, f)| f)
+    }
+
+    /// `DELETE /v1/cluster/members/{id}`, through any node.
+    pub async fn remove_member(&self, node: &str, id: u64) -> Result<(), Failure> {
+        let req = self.client.delete(format!("http://{node}/v1/cluster/members/{id}"));
+        self.send::<serde_json::Value>(req).await.map(|_| ()).map_err(|(_, f)| f)
+    }
+}
+
+/// What an error answer proves: `retryable` errors and refusals of the
+/// request itself were certainly not applied; everything else may have been.
+fn classify(status: u16, body: &[u8]) -> Failure {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => {
+            let definite = e.retryable
+                || matches!(
+                    e.error.as_str(),
+                    codes::BAD_REQUEST
+                        | codes::TOO_LARGE
+                        | codes::KEY_NOT_FOUND
+                        | codes::CAS_MISMATCH
+                        | codes::STALE_SEQUENCE
+                        | codes::UNKNOWN_NODE
+                        | codes::CONFLICT
+                );
+            Failure { definite, error: e.error }
+        }
+        Err(_) => Failure::unknown(format!("HTTP {status} without an error body")),
+    }
+}
+
+/// A write with retries: attempts go to `nodes` in turn starting at
+/// `first`, all with the same `(client_id, seq)`, until one is decisive or
+/// `deadline` passes. Returns the decisive outcome, or the last failure
+/// made indefinite if any attempt's effect was unknown.
+pub async fn write_with_retries(
+    http: &Http,
+    nodes: &[String],
+    first: usize,
+    w: &Write,
+    session: (u64, u64),
+    deadline: Instant,
+) -> WriteOutcome {
+    let mut unknown = false;
+    let mut attempt = 0;
+    loop {
+        let node = &nodes[(first + attempt) % nodes.len()];
+        attempt += 1;
+        match http.write(node, w, session.0, session.1).await {
+            WriteOutcome::Failed(f) => {
+                unknown |= !f.definite;
+                // Leave time for the attempt to finish: starting one that is
+                // sure to be cut off would only add an unknown outcome.
+                if Instant::now() + http.attempt_timeout / 2 >= deadline {
+                    return WriteOutcome::Failed(Failure { definite: !unknown, ..f });
+                }
+                tokio::time::sleep(Duration::from_millis(20 * attempt.min(10) as u64)).await;
+            }
+            decisive => return decisive,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str, retryable: bool) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
+            error: code.into(),
+            message: String::new(),
+            retryable,
+            leader: None,
+            index: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn errors_are_definite_only_when_they_prove_nothing_happened() {
+        assert!(classify(503, &body(codes::NO_LEADER, true)).definite);
+        assert!(classify(412, &body(codes::CAS_MISMATCH, false)).definite);
+        assert!(classify(400, &body(codes::BAD_REQUEST, false)).definite);
+        assert!(!classify(504, &body(codes::INDETERMINATE, false)).definite);
+        assert!(!classify(504, &body(codes::NOT_FULLY_REPLICATED, false)).definite);
+        assert!(!classify(500, &body(codes::INTERNAL, false)).definite);
+        assert!(!classify(502, b"<html>bad gateway</html>").definite);
+    }
+}

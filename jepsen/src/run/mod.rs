@@ -1,0 +1,284 @@
+//! `jepsen test`: one run, from starting the cluster to the verdict.
+//!
+//! 1. **Set up.** Start `nodes` `kv-server` processes on 127.0.0.1, each in
+//!    its own data directory under the run's directory, with every Raft link
+//!    behind the harness's proxy ([`crate::cluster`]), and wait for a leader.
+//! 2. **Run.** For `time_limit`, the workers ([`workload`]) send operations
+//!    and record each invocation and outcome in the history; the nemesis
+//!    ([`nemesis`]) injects faults on its schedule; the poller ([`poll`])
+//!    records every node's status.
+//! 3. **Final phase.** Stop the fault in force, heal every link, resume and
+//!    restart every node (`final-heal` in the history), wait a quiet period,
+//!    then read every key from every node (operations marked
+//!    `"phase": "final"`) and wait until the nodes agree on their applied
+//!    index and state digest.
+//! 4. **Check.** Judge the history (linearizability, set, session), the
+//!    polled statuses (one leader per term), the final statuses
+//!    (convergence) and the node logs (panics), and write the report
+//!    ([`report`]).
+//!
+//! The seed fixes every random choice of the harness (operations, values,
+//! fault kinds, shapes, victims and gaps); what it cannot fix is timing, so
+//! two runs with one seed are alike, not identical.
+
+pub mod client;
+pub mod nemesis;
+pub mod poll;
+pub mod report;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use self::client::{Http, Session};
+use self::nemesis::{Fault, LeaderView, Nemesis, Target};
+use self::workload::{Kind, Shared, Worker, WorkloadOptions};
+use crate::checker::Verdict;
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::history::Recorder;
+
+/// The cluster's timing: long enough election timeouts that two cores
+/// running five nodes, the clients and the checker do not cause elections
+/// by mere slowness, so that the faults, not the machine, cause them.
+pub const SERVER_TIMING: [&str; 4] = ["--heartbeat-ms", "150", "--election-timeout-ms", "1000-2000"];
+
+/// The shortest pause: longer than the longest election timeout above.
+pub const MIN_PAUSE: Duration = Duration::from_secs(3);
+
+/// Everything a run needs to know.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// The workload.
+    pub workload: Kind,
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// Faults the nemesis chooses from (none: a fault-free run).
+    pub faults: Vec<Fault>,
+    /// Whom `kill` and `lose-unsynced` choose from.
+    pub kill_targets: Vec<Target>,
+    /// How long the clients run.
+    pub time_limit: Duration,
+    /// Total client operations per second.
+    pub rate: f64,
+    /// Client workers.
+    pub concurrency: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Mean length of a fault and of the gap between faults.
+    pub interval: Duration,
+    /// The quiet period after the final heal, before the final reads.
+    pub quiet: Duration,
+    /// One client attempt's timeout.
+    pub attempt_timeout: Duration,
+    /// One operation's deadline, retries included.
+    pub op_timeout: Duration,
+    /// Register workload: workers per key.
+    pub threads_per_key: usize,
+    /// Register workload: operations per key before it rotates.
+    pub ops_per_key: u64,
+    /// Where runs are stored (`<store>/<workload>/<time>/`).
+    pub store: PathBuf,
+    /// The `kv-server` binary.
+    pub server_bin: PathBuf,
+    /// Extra `kv-server` arguments for every node (the negative controls'
+    /// `--unsafe-*` flags, say).
+    pub server_args: Vec<String>,
+    /// Time the checkers may take.
+    pub check_budget: Duration,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The overall verdict.
+    pub verdict: Verdict,
+    /// The run's directory.
+    pub dir: PathBuf,
+    /// The report, as written to `results.json`.
+    pub results: serde_json::Value,
+}
+
+/// The `kv-server` binary next to `exe` (the `jepsen` binary or a test in
+/// `deps/`), if it exists.
+pub fn server_next_to(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    [dir.join("kv-server"), dir.parent()?.join("kv-server")].into_iter().find(|p| p.is_file())
+}
+
+/// Runs one test and writes its report. Errors are harness failures (a
+/// node that never started, an unwritable store), not verdicts.
+///
+/// # Errors
+/// If the cluster cannot be started or the report cannot be written.
+pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
+    if opts.nodes < 1 || opts.concurrency < 1 {
+        bail!("need at least one node and one client");
+    }
+    if !opts.server_bin.is_file() {
+        bail!(
+            "{}: no kv-server binary there; build it with `cargo build --release -p kv-app` or pass --server-bin",
+            opts.server_bin.display()
+        );
+    }
+    let dir = crate::store::run_dir(&opts.store, opts.workload.name())?;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+
+    let mut args: Vec<String> = SERVER_TIMING.iter().map(|s| s.to_string()).collect();
+    // The session workload's consistent-prefix check replays the whole log,
+    // so it keeps the log; the others snapshot often, so that catching up by
+    // snapshot is exercised under faults too.
+    let snapshot_every = if opts.workload == Kind::Session { "1000000000" } else { "500" };
+    args.extend(["--snapshot-every".into(), snapshot_every.into()]);
+    if opts.faults.contains(&Fault::LoseUnsynced) {
+        args.push("--fault-lose-unsynced-writes".into());
+    }
+    args.extend(opts.server_args.iter().cloned());
+    let spec = ClusterSpec {
+        nodes: opts.nodes,
+        dir: dir.join("nodes"),
+        bin: opts.server_bin.clone(),
+        extra_args: args,
+    };
+    let cluster = Cluster::start(spec).await.context("starting the cluster")?;
+    let nodes = cluster.endpoints();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+
+    let http = Http::new(opts.attempt_timeout)?;
+    let poll_http = Http::new(Duration::from_millis(500))?;
+    wait_for_leader(&poll_http, &nodes, Duration::from_secs(60))
+        .await
+        .context("waiting for the first leader")?;
+
+    let start = Instant::now();
+    let rec = Recorder::new(start);
+    let leader = Arc::new(LeaderView::default());
+    let stop_poll = Arc::new(tokio::sync::Notify::new());
+    let poller = tokio::spawn(poll::poll(
+        poll_http.clone(),
+        nodes.clone(),
+        rec.clone(),
+        leader.clone(),
+        stop_poll.clone(),
+    ));
+
+    let wopts = WorkloadOptions {
+        kind: opts.workload,
+        concurrency: opts.concurrency,
+        rate: opts.rate,
+        op_timeout: opts.op_timeout,
+        threads_per_key: opts.threads_per_key,
+        ops_per_key: opts.ops_per_key,
+    };
+    let shared = Arc::new(Shared::new(http.clone(), nodes.clone(), rec.clone(), wopts));
+    let stop = start + opts.time_limit;
+    let mut workers = tokio::task::JoinSet::new();
+    for id in 0..opts.concurrency {
+        let w = Worker {
+            id,
+            process: id as u64,
+            session: Session { client_id: rng.gen(), seq: 0 },
+            token: 0,
+            rng: StdRng::seed_from_u64(rng.gen()),
+        };
+        workers.spawn(shared.clone().worker(w, stop));
+    }
+    let nemesis = Nemesis {
+        cluster: cluster.clone(),
+        http: http.clone(),
+        nodes: nodes.clone(),
+        rec: rec.clone(),
+        leader: leader.clone(),
+        rng: StdRng::seed_from_u64(rng.gen()),
+        faults: opts.faults.clone(),
+        kill_targets: opts.kill_targets.clone(),
+        interval: opts.interval,
+        min_pause: MIN_PAUSE,
+    };
+    let nemesis = tokio::spawn(nemesis.run(stop));
+    let progress = report::Progress::start(opts.progress, opts.time_limit, rec.clone());
+
+    while workers.join_next().await.is_some() {}
+    let (mut nemesis, active) = nemesis.await.context("the nemesis task failed")?;
+    progress.phase("final phase: healing, quiet period, final reads");
+
+    // The final phase.
+    if let Some(active) = active {
+        nemesis.stop(active).await;
+    }
+    nemesis.heal_all().await;
+    tokio::time::sleep(opts.quiet).await;
+    let _ = wait_for_leader(&poll_http, &nodes, Duration::from_secs(30)).await;
+    shared.final_reads(Instant::now() + Duration::from_secs(30), &mut rng).await;
+    let finals = poll::converge(&poll_http, &nodes, Duration::from_secs(30)).await;
+    stop_poll.notify_one();
+    let samples = poller.await.context("the status poller failed")?;
+    progress.finish();
+
+    let events = rec.events();
+    drop(nemesis);
+    let mut cluster = Arc::try_unwrap(cluster)
+        .map_err(|_| anyhow::anyhow!("the cluster is still shared after the run"))?
+        .into_inner();
+    cluster.reap();
+    let exits = cluster.exits().to_vec();
+    let logs = cluster.logs();
+    // The session checker's consistent prefix needs the agreed log: read it
+    // from a stopped node that applied everything.
+    let final_log = if opts.workload == Kind::Session {
+        let best = finals.iter().max_by_key(|f| f.applied_index).map(|f| (f.node, f.applied_index));
+        let ids = cluster.ids();
+        for id in ids {
+            let _ = cluster.kill(id);
+        }
+        match best {
+            Some((node, upto)) => {
+                let data_dir = cluster.node(node)?.data_dir.clone();
+                Some(Err::<crate::checker::session::FinalLog, _>(anyhow::anyhow!(
+                    "replaying {} up to {upto}: the final-log replay is not built yet",
+                    data_dir.display()
+                )))
+            }
+            None => Some(Err(anyhow::anyhow!("no node reported its status at the end"))),
+        }
+    } else {
+        None
+    };
+    drop(cluster);
+
+    let inputs = report::Inputs {
+        opts: &opts,
+        dir: &dir,
+        events: &events,
+        samples: &samples,
+        finals: &finals,
+        logs: &logs,
+        exits: &exits,
+        final_log,
+    };
+    report::write(inputs)
+}
+
+/// Waits until some node says it leads.
+async fn wait_for_leader(http: &Http, nodes: &[String], within: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        for addr in nodes {
+            if let Ok(s) = http.status(addr).await {
+                if s.role == "leader" {
+                    return Ok(s.id);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no leader within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,397 @@
+//! The nemesis: faults, injected on a schedule while the clients work.
+//!
+//! One fault is active at a time. The schedule alternates a quiet gap and a
+//! fault, each lasting the nemesis interval times a random factor in
+//! [0.5, 1.5), so faults start and stop at irregular moments. Each start
+//! and stop is a nemesis event in the history (`start-<fault>`,
+//! `stop-<fault>`), whose value names the shape or target, the nodes hit,
+//! and the leader at that moment (as the status poller last saw it).
+//!
+//! | fault | start | stop |
+//! |-------|-------|------|
+//! | `partition` | cut links in the proxy: one node isolated, the leader isolated, a random majority/minority split, a majorities ring, or a bridge | heal every link |
+//! | `kill` | SIGKILL the leader, a random minority, or every node | restart them on their data |
+//! | `pause` | SIGSTOP the leader, for longer than an election timeout | SIGCONT |
+//! | `lose-unsynced` | as `kill`, on nodes whose storage keeps unsynced writes in memory only (`--fault-lose-unsynced-writes`), so the kill loses what a power failure would | restart them |
+//! | `membership` | remove a random node from the membership and kill it | wipe its data and add it back as a new node (`--join`) |
+//!
+//! With a majorities ring each node hears a majority, but no two hear the
+//! same one; with a bridge, two halves are cut from each other and one node
+//! hears both. Both are shapes in which a naive implementation elects two
+//! leaders.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::client::Http;
+use crate::cluster::Cluster;
+use crate::history::{EventType, Function, Process, Recorder};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Network partitions through the proxy.
+    Partition,
+    /// SIGKILL and restart.
+    Kill,
+    /// SIGSTOP and SIGCONT of the leader.
+    Pause,
+    /// SIGKILL with loss of every write not yet fsynced.
+    LoseUnsynced,
+    /// Remove a node, then add it back with fresh data.
+    Membership,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 5] =
+        [Fault::Partition, Fault::Kill, Fault::Pause, Fault::LoseUnsynced, Fault::Membership];
+
+    /// Its name in the history (`start-<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Partition => "partition",
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::LoseUnsynced => "lose-unsynced",
+            Fault::Membership => "membership",
+        }
+    }
+}
+
+/// Whom `kill` and `lose-unsynced` kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The current leader.
+    Leader,
+    /// A random minority: (n - 1) / 2 nodes.
+    Minority,
+    /// Every node at once.
+    All,
+}
+
+impl Target {
+    /// Every target.
+    pub const ALL: [Target; 3] = [Target::Leader, Target::Minority, Target::All];
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Leader => "leader",
+            Target::Minority => "minority",
+            Target::All => "all",
+        }
+    }
+}
+
+/// The leader as the status poller last saw it: `(term, node)`.
+#[derive(Debug, Default)]
+pub struct LeaderView(Mutex<Option<(u64, u64, Instant)>>);
+
+/// How long a leader sighting stays believable.
+const LEADER_FRESH: Duration = Duration::from_secs(2);
+
+impl LeaderView {
+    /// Records that `node` claimed to lead `term`.
+    pub fn saw(&self, term: u64, node: u64) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = match *v {
+            Some((t, _, at)) => term >= t || at.elapsed() > LEADER_FRESH,
+            None => true,
+        };
+        if newer {
+            *v = Some((term, node, Instant::now()));
+        }
+    }
+
+    /// The current leader, if one was seen recently.
+    pub fn leader(&self) -> Option<u64> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.filter(|(_, _, at)| at.elapsed() <= LEADER_FRESH).map(|(_, n, _)| n)
+    }
+}
+
+/// A fault in force, and what undoes it.
+#[derive(Debug, Clone)]
+pub enum Active {
+    /// Links are cut.
+    Partition,
+    /// These nodes were killed.
+    Killed(Fault, Vec<u64>),
+    /// These nodes are stopped.
+    Paused(Vec<u64>),
+    /// This node was removed from the membership and killed.
+    Removed(u64),
+}
+
+impl Active {
+    fn fault(&self) -> Fault {
+        match self {
+            Active::Partition => Fault::Partition,
+            Active::Killed(f, _) => *f,
+            Active::Paused(_) => Fault::Pause,
+            Active::Removed(_) => Fault::Membership,
+        }
+    }
+}
+
+/// The fault injector.
+pub struct Nemesis {
+    /// The cluster it breaks.
+    pub cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    /// For membership changes.
+    pub http: Http,
+    /// Every node's HTTP address; node `i + 1` at index `i`.
+    pub nodes: Vec<String>,
+    /// The history.
+    pub rec: Recorder,
+    /// The leader, as last polled.
+    pub leader: Arc<LeaderView>,
+    /// Its random choices.
+    pub rng: StdRng,
+    /// The faults to choose from.
+    pub faults: Vec<Fault>,
+    /// Whom kills choose from.
+    pub kill_targets: Vec<Target>,
+    /// The mean length of a gap and of a fault.
+    pub interval: Duration,
+    /// The shortest pause: longer than the cluster's election timeout.
+    pub min_pause: Duration,
+}
+
+impl Nemesis {
+    fn ids(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64).collect()
+    }
+
+    fn record(&self, f: String, value: Value) {
+        self.rec.record(Process::Nemesis, EventType::Info, Function::Other(f), Value::Null, value);
+    }
+
+    fn span(&mut self) -> Duration {
+        self.interval.mul_f64(self.rng.gen_range(0.5..1.5))
+    }
+
+    /// Runs the schedule until `stop`; returns the fault still in force
+    /// then, for the final phase to undo.
+    pub async fn run(mut self, stop: Instant) -> (Nemesis, Option<Active>) {
+        if self.faults.is_empty() {
+            return (self, None);
+        }
+        loop {
+            let gap = self.span();
+            if Instant::now() + gap >= stop {
+                return (self, None);
+            }
+            tokio::time::sleep(gap).await;
+            let fault = *self.faults.choose(&mut self.rng).expect("faults is not empty");
+            let Some(active) = self.start(fault).await else { continue };
+            let mut hold = self.span();
+            if fault == Fault::Pause {
+                hold = hold.max(self.min_pause);
+            }
+            if Instant::now() + hold >= stop {
+                tokio::time::sleep_until(stop.into()).await;
+                return (self, Some(active));
+            }
+            tokio::time::sleep(hold).await;
+            self.stop(active).await;
+        }
+    }
+
+    /// The leader, or a random node if none is known.
+    fn leader_or_any(&mut self) -> u64 {
+        let ids = self.ids();
+        self.leader.leader().unwrap_or_else(|| *ids.choose(&mut self.rng).expect("nodes"))
+    }
+
+    /// Starts `fault`; `None` if it could not be started (it is recorded
+    /// as a `fault-failed` nemesis event).
+    pub async fn start(&mut self, fault: Fault) -> Option<Active> {
+        self.cluster.lock().await.reap();
+        let leader = self.leader.leader();
+        let ids = self.ids();
+        let n = ids.len();
+        let (active, mut value) = match fault {
+            Fault::Partition => {
+                let shapes = ["one", "leader", "majority", "majorities-ring", "bridge"];
+                let shape = *shapes.choose(&mut self.rng).expect("shapes");
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                let leader_or_any = self.leader_or_any();
+                let cluster = self.cluster.lock().await;
+                let net = &cluster.net;
+                let detail = match shape {
+                    "one" | "leader" => {
+                        let lone = if shape == "leader" { leader_or_any } else { order[0] };
+                        let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != lone).collect();
+                        net.partition(&ids, &[vec![lone], rest.clone()]);
+                        json!({"groups": [[lone], rest]})
+                    }
+                    "majority" => {
+                        let (minority, majority) = order.split_at(n / 2);
+                        net.partition(&ids, &[minority.to_vec(), majority.to_vec()]);
+                        json!({"groups": [minority, majority]})
+                    }
+                    "majorities-ring" => {
+                        // Neighbours on a ring: with 5 nodes each hears itself
+                        // and two others, a majority, but no two nodes hear the
+                        // same majority. With 3 nodes a ring is a line.
+                        let mut links: Vec<(u64, u64)> =
+                            (0..n).map(|i| (order[i], order[(i + 1) % n])).collect();
+                        if n <= 3 {
+                            links.pop();
+                        }
+                        net.connect_only(&ids, &links);
+                        json!({"links": links})
+                    }
+                    _ => {
+                        // Two halves that cannot hear each other, and one node
+                        // in the middle that hears both.
+                        let bridge = order[0];
+                        let (a, b) = order[1..].split_at((n - 1) / 2);
+                        let mut links = Vec::new();
+                        for half in [a, b] {
+                            for (i, &x) in half.iter().enumerate() {
+                                links.push((bridge, x));
+                                links.extend(half[i + 1..].iter().map(|&y| (x, y)));
+                            }
+                        }
+                        net.connect_only(&ids, &links);
+                        json!({"bridge": bridge, "halves": [a, b]})
+                    }
+                };
+                (Active::Partition, json!({"shape": shape, "detail": detail}))
+            }
+            Fault::Kill | Fault::LoseUnsynced => {
+                let target = *self.kill_targets.choose(&mut self.rng).unwrap_or(&Target::Leader);
+                let victims: Vec<u64> = match target {
+                    Target::Leader => vec![self.leader_or_any()],
+                    Target::Minority => {
+                        let mut order = ids.clone();
+                        order.shuffle(&mut self.rng);
+                        order.truncate((n - 1) / 2);
+                        order
+                    }
+                    Target::All => ids.clone(),
+                };
+                let mut cluster = self.cluster.lock().await;
+                for &v in &victims {
+                    if let Err(e) = cluster.kill(v) {
+                        tracing::warn!(node = v, error = %e, "kill failed");
+                    }
+                }
+                (Active::Killed(fault, victims.clone()), json!({"target": target.name(), "nodes": victims}))
+            }
+            Fault::Pause => {
+                let victim = self.leader_or_any();
+                let mut cluster = self.cluster.lock().await;
+                if let Err(e) = cluster.pause(victim, true) {
+                    self.record(
+                        "fault-failed".into(),
+                        json!({"fault": fault.name(), "error": e.to_string()}),
+                    );
+                    return None;
+                }
+                (Active::Paused(vec![victim]), json!({"target": "leader", "nodes": [victim]}))
+            }
+            Fault::Membership => {
+                let victim = *ids.choose(&mut self.rng).expect("nodes");
+                let others: Vec<&String> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u64 + 1 != victim)
+                    .map(|(_, a)| a)
+                    .collect();
+                let mut removed = Err(String::from("no node answered"));
+                for via in others {
+                    match self.http.remove_member(via, victim).await {
+                        Ok(()) => {
+                            removed = Ok(());
+                            break;
+                        }
+                        Err(e) => removed = Err(e.error),
+                    }
+                }
+                if let Err(error) = removed {
+                    let value = json!({"fault": fault.name(), "node": victim, "error": error});
+                    self.record("fault-failed".into(), value);
+                    return None;
+                }
+                let mut cluster = self.cluster.lock().await;
+                if let Err(e) = cluster.kill(victim) {
+                    tracing::warn!(node = victim, error = %e, "kill failed");
+                }
+                (Active::Removed(victim), json!({"nodes": [victim]}))
+            }
+        };
+        value["leader"] = json!(leader);
+        self.record(format!("start-{}", fault.name()), value);
+        Some(active)
+    }
+
+    /// Undoes a fault and records its stop.
+    pub async fn stop(&mut self, active: Active) {
+        let fault = active.fault();
+        let mut cluster = self.cluster.lock().await;
+        cluster.reap();
+        let mut value = json!({});
+        match &active {
+            Active::Partition => cluster.net.heal(),
+            Active::Killed(_, ids) => {
+                for &id in ids {
+                    if let Err(e) = cluster.restart(id) {
+                        tracing::warn!(node = id, error = %e, "restart failed");
+                    }
+                }
+                value = json!({"nodes": ids});
+            }
+            Active::Paused(ids) => {
+                for &id in ids {
+                    if let Err(e) = cluster.pause(id, false) {
+                        tracing::warn!(node = id, error = %e, "resume failed");
+                    }
+                }
+                value = json!({"nodes": ids});
+            }
+            Active::Removed(id) => {
+                let via =
+                    self.nodes.iter().enumerate().find(|(i, _)| *i as u64 + 1 != *id).map(|(_, a)| a.clone());
+                if let Some(via) = via {
+                    if let Err(e) = cluster.rejoin_fresh(*id, &via) {
+                        tracing::warn!(node = id, error = %e, "re-adding failed");
+                    }
+                }
+                value = json!({"nodes": [id]});
+            }
+        }
+        drop(cluster);
+        value["leader"] = json!(self.leader.leader());
+        self.record(format!("stop-{}", fault.name()), value);
+    }
+
+    /// The final phase's first step: heals every link, resumes and restarts
+    /// every node. Recorded as `final-heal`.
+    pub async fn heal_all(&mut self) {
+        let mut cluster = self.cluster.lock().await;
+        cluster.reap();
+        cluster.net.heal();
+        let ids: BTreeSet<u64> = cluster.ids().into_iter().collect();
+        for id in ids {
+            let _ = cluster.pause(id, false);
+            if let Err(e) = cluster.restart(id) {
+                tracing::warn!(node = id, error = %e, "restart failed");
+            }
+        }
+        drop(cluster);
+        self.record("final-heal".into(), Value::Null);
+    }
+}

@@ -1,0 +1,445 @@
+//! The workloads: what the clients do, and how each operation is written
+//! into the history.
+//!
+//! Every worker is one client thread bound to one node (worker `w` talks to
+//! node `w mod n` first), so some clients always talk to followers and to
+//! whichever node is being partitioned or paused: a deposed leader's stale
+//! answer reaches the history instead of being hidden by a smart client.
+//! Workers pace themselves to the test's total `rate`, with random gaps.
+//!
+//! * **register** ([`Kind::Register`]): independent keys, each a register
+//!   that a group of `threads_per_key` workers reads, writes and
+//!   compare-and-sets. Written values are unique (a run-wide counter), so a
+//!   read can only be explained by the one write that wrote its value, and a
+//!   CAS expects the last value its group saw. After `ops_per_key`
+//!   operations a group moves on to a fresh key, so each key's history stays
+//!   small enough for the linearizability search. Reads are linearizable.
+//! * **set** ([`Kind::Set`]): each `add` writes a unique element as its own
+//!   key (`set/<k>/<element>`); a few operations read the whole set back
+//!   with a linearizable listing. Sets rotate every [`SET_SIZE`] elements
+//!   to keep each listing small.
+//! * **session** ([`Kind::Session`]): writes to a few keys, `session` reads
+//!   (with the worker's token: the highest index it has written or read)
+//!   and `stale` reads, all on the worker's own node, so most are served by
+//!   followers. Every answer's `index`, `node` and (for reads)
+//!   `committed_index` is recorded for the session checker.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::client::{write_with_retries, Failure, Http, Session, Write, WriteOutcome};
+use crate::history::{EventType, Function, Process, Recorder};
+
+/// Elements per set in the set workload, before adds move to a new set.
+pub const SET_SIZE: u64 = 2_000;
+
+/// Keys the session workload writes and reads.
+pub const SESSION_KEYS: u64 = 10;
+
+/// Which workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Linearizable registers: read, write, compare-and-set.
+    Register,
+    /// A grow-only set: unique adds, whole-set reads.
+    Set,
+    /// Session and stale reads through followers.
+    Session,
+}
+
+impl Kind {
+    /// The name used in the store path and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Register => "register",
+            Kind::Set => "set",
+            Kind::Session => "session",
+        }
+    }
+}
+
+/// How the clients behave.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// The workload.
+    pub kind: Kind,
+    /// Worker threads.
+    pub concurrency: usize,
+    /// Total operations per second over all workers (approximately).
+    pub rate: f64,
+    /// The deadline of one operation, retries included.
+    pub op_timeout: Duration,
+    /// Register: workers sharing one key.
+    pub threads_per_key: usize,
+    /// Register: operations on a key before its group moves on.
+    pub ops_per_key: u64,
+}
+
+/// What workers share: the nodes, the history, the generator state.
+pub struct Shared {
+    /// HTTP access.
+    pub http: Http,
+    /// Every node's HTTP address; node `i + 1` is at index `i`.
+    pub nodes: Vec<String>,
+    /// The history.
+    pub rec: Recorder,
+    /// The options.
+    pub opts: WorkloadOptions,
+    next_process: AtomicU64,
+    next_value: AtomicU64,
+    register: Mutex<Vec<Group>>,
+    next_key: AtomicU64,
+    /// Every register/set key used, for the final reads.
+    used_keys: Mutex<BTreeSet<u64>>,
+}
+
+/// A register group: the key it works on and the last value it saw.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    key: u64,
+    ops: u64,
+    last: Option<u64>,
+}
+
+/// One worker's identity and session.
+pub struct Worker {
+    /// Its index, which also fixes its node and register group.
+    pub id: usize,
+    /// Its current process id; a new one after every `info`.
+    pub process: u64,
+    /// Its session for exactly-once writes.
+    pub session: Session,
+    /// Session workload: the highest index it has written or read.
+    pub token: u64,
+    /// Its random choices (seeded from the test's seed).
+    pub rng: StdRng,
+}
+
+/// One operation as the generator chose it.
+#[derive(Debug, Clone)]
+enum Op {
+    Read { key: u64, consistency: &'static str },
+    Write { key: u64, value: u64 },
+    Cas { key: u64, from: u64, to: u64 },
+    Add { set: u64, element: u64 },
+    ReadSet { set: u64 },
+}
+
+impl Shared {
+    /// Shared state for `opts.concurrency` workers against `nodes`.
+    pub fn new(http: Http, nodes: Vec<String>, rec: Recorder, opts: WorkloadOptions) -> Shared {
+        let groups = opts.concurrency.div_ceil(opts.threads_per_key.max(1));
+        let register = (0..groups as u64).map(|g| Group { key: g, ..Group::default() }).collect();
+        Shared {
+            http,
+            nodes,
+            rec,
+            next_process: AtomicU64::new(opts.concurrency as u64),
+            next_value: AtomicU64::new(1),
+            register: Mutex::new(register),
+            next_key: AtomicU64::new(groups as u64),
+            used_keys: Mutex::new(BTreeSet::new()),
+            opts,
+        }
+    }
+
+    /// A fresh process id (for a worker after an `info`, and for the final
+    /// reads).
+    pub fn new_process(&self) -> u64 {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn fresh_value(&self) -> u64 {
+        self.next_value.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn use_key(&self, key: u64) {
+        lock(&self.used_keys).insert(key);
+    }
+
+    /// The keys (registers) or sets used so far.
+    pub fn used_keys(&self) -> Vec<u64> {
+        lock(&self.used_keys).iter().copied().collect()
+    }
+
+    /// The node a worker talks to first.
+    fn home(&self, w: &Worker) -> usize {
+        w.id % self.nodes.len()
+    }
+
+    fn choose(&self, w: &mut Worker) -> Op {
+        let roll: f64 = w.rng.gen();
+        match self.opts.kind {
+            Kind::Register => {
+                let mut groups = lock(&self.register);
+                let g = &mut groups[w.id / self.opts.threads_per_key.max(1)];
+                if g.ops >= self.opts.ops_per_key {
+                    *g = Group { key: self.next_key.fetch_add(1, Ordering::Relaxed), ..Group::default() };
+                }
+                g.ops += 1;
+                let key = g.key;
+                self.use_key(key);
+                match (roll, g.last) {
+                    (r, _) if r < 0.5 => Op::Read { key, consistency: "linearizable" },
+                    (r, Some(from)) if r >= 0.75 => Op::Cas { key, from, to: self.fresh_value() },
+                    _ => Op::Write { key, value: self.fresh_value() },
+                }
+            }
+            Kind::Set => {
+                let element = self.fresh_value();
+                let set = element / SET_SIZE;
+                self.use_key(set);
+                if roll < 0.02 {
+                    Op::ReadSet { set }
+                } else {
+                    Op::Add { set, element }
+                }
+            }
+            Kind::Session => {
+                let key = w.rng.gen_range(0..SESSION_KEYS);
+                self.use_key(key);
+                match roll {
+                    r if r < 0.5 => Op::Read { key, consistency: "session" },
+                    r if r < 0.7 => Op::Read { key, consistency: "stale" },
+                    _ => Op::Write { key, value: self.fresh_value() },
+                }
+            }
+        }
+    }
+
+    /// Remembers what a register group learnt from a completed operation.
+    fn learn(&self, w: &Worker, key: u64, value: Option<u64>) {
+        if self.opts.kind != Kind::Register {
+            return;
+        }
+        let mut groups = lock(&self.register);
+        let g = &mut groups[w.id / self.opts.threads_per_key.max(1)];
+        if g.key == key {
+            g.last = value;
+        }
+    }
+
+    /// The key's name in the KV store.
+    fn kv_key(&self, key: u64) -> String {
+        match self.opts.kind {
+            Kind::Register => format!("r/{key}"),
+            Kind::Set => format!("set/{key}/"),
+            Kind::Session => format!("s/{key}"),
+        }
+    }
+
+    /// Runs one worker until `stop`.
+    pub async fn worker(self: Arc<Self>, mut w: Worker, stop: Instant) {
+        let interval = self.opts.concurrency as f64 / self.opts.rate.max(0.001);
+        loop {
+            let pause = Duration::from_secs_f64(interval * w.rng.gen_range(0.0..2.0));
+            if Instant::now() + pause >= stop {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            let op = self.choose(&mut w);
+            self.perform(&mut w, op, Map::new()).await;
+        }
+    }
+
+    /// Invokes `op`, waits for its outcome, and records both.
+    async fn perform(&self, w: &mut Worker, op: Op, mut extra: Map<String, Value>) -> EventType {
+        let home = self.home(w);
+        let node = self.nodes[home].clone();
+        let deadline = Instant::now() + self.opts.op_timeout;
+        if self.opts.kind == Kind::Session {
+            extra.insert("session".into(), json!(w.id));
+        }
+        match op {
+            Op::Read { key, consistency } => {
+                let f = Function::Read;
+                let mut inv = extra.clone();
+                if self.opts.kind == Kind::Session {
+                    inv.insert("consistency".into(), json!(consistency));
+                }
+                self.invoke(w, &f, json!(key), Value::Null, inv.clone());
+                let token = (consistency == "session").then_some(w.token);
+                match self.http.read(&node, &self.kv_key(key), consistency, token).await {
+                    Ok(answer) => {
+                        let (value, mut done) = (answer.as_ref().and_then(|r| r.value.value.clone()), inv);
+                        let parsed = value.as_deref().map(parse_value).unwrap_or(Value::Null);
+                        if let Some(r) = &answer {
+                            done.insert("node".into(), json!(r.node));
+                            if self.opts.kind == Kind::Session {
+                                done.insert("index".into(), json!(r.index));
+                                done.insert("committed_index".into(), json!(r.committed_index));
+                                w.token = w.token.max(r.index);
+                            }
+                        }
+                        self.learn(w, key, parsed.as_u64());
+                        self.complete(w, EventType::Ok, &f, json!(key), parsed, done)
+                    }
+                    Err(fail) => {
+                        self.failed(w, &f, json!(key), Value::Null, inv, Failure { definite: true, ..fail })
+                    }
+                }
+            }
+            Op::Write { key, value } => {
+                let write = Write::Put { key: self.kv_key(key), value: value.to_string() };
+                self.write(w, Function::Write, key, json!(value), write, home, deadline, extra).await
+            }
+            Op::Cas { key, from, to } => {
+                let write = Write::Cas {
+                    key: self.kv_key(key),
+                    expected: Some(from.to_string()),
+                    value: to.to_string(),
+                };
+                self.write(w, Function::Cas, key, json!([from, to]), write, home, deadline, extra).await
+            }
+            Op::Add { set, element } => {
+                let write =
+                    Write::Put { key: format!("{}{element}", self.kv_key(set)), value: element.to_string() };
+                let f = Function::Other("add".into());
+                self.write(w, f, set, json!(element), write, home, deadline, extra).await
+            }
+            Op::ReadSet { set } => {
+                let f = Function::Read;
+                self.invoke(w, &f, json!(set), Value::Null, extra.clone());
+                match self.http.list(&node, &self.kv_key(set), SET_SIZE as usize * 2).await {
+                    Ok(list) if !list.more => {
+                        let elements: Vec<Value> = list
+                            .items
+                            .iter()
+                            .map(|i| parse_value(i.value.value.as_deref().unwrap_or("")))
+                            .collect();
+                        let mut done = extra;
+                        done.insert("node".into(), json!(list.node));
+                        self.complete(w, EventType::Ok, &f, json!(set), Value::Array(elements), done)
+                    }
+                    Ok(_) => {
+                        let fail = Failure { definite: true, error: "listing truncated".into() };
+                        self.failed(w, &f, json!(set), Value::Null, extra, fail)
+                    }
+                    Err(fail) => self.failed(w, &f, json!(set), Value::Null, extra, fail),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        w: &mut Worker,
+        f: Function,
+        key: u64,
+        value: Value,
+        write: Write,
+        home: usize,
+        deadline: Instant,
+        extra: Map<String, Value>,
+    ) -> EventType {
+        self.invoke(w, &f, json!(key), value.clone(), extra.clone());
+        let seq = w.session.next_seq();
+        let to = match &write {
+            Write::Put { value, .. } | Write::Cas { value, .. } => value.parse::<u64>().ok(),
+        };
+        match write_with_retries(&self.http, &self.nodes, home, &write, (w.session.client_id, seq), deadline)
+            .await
+        {
+            WriteOutcome::Ok(r) => {
+                let mut done = extra;
+                done.insert("node".into(), json!(r.node));
+                if self.opts.kind == Kind::Session {
+                    done.insert("index".into(), json!(r.index));
+                    w.token = w.token.max(r.index);
+                }
+                self.learn(w, key, to);
+                self.complete(w, EventType::Ok, &f, json!(key), value, done)
+            }
+            WriteOutcome::Mismatch => {
+                let fail = Failure { definite: true, error: kv_app::api::codes::CAS_MISMATCH.into() };
+                self.failed(w, &f, json!(key), value, extra, fail)
+            }
+            WriteOutcome::Failed(fail) => self.failed(w, &f, json!(key), value, extra, fail),
+        }
+    }
+
+    fn invoke(&self, w: &Worker, f: &Function, key: Value, value: Value, extra: Map<String, Value>) {
+        self.rec.record_with(Process::Client(w.process), EventType::Invoke, f.clone(), key, value, extra);
+    }
+
+    fn complete(
+        &self,
+        w: &mut Worker,
+        kind: EventType,
+        f: &Function,
+        key: Value,
+        value: Value,
+        extra: Map<String, Value>,
+    ) -> EventType {
+        self.rec.record_with(Process::Client(w.process), kind, f.clone(), key, value, extra);
+        if kind == EventType::Info {
+            // Its operation may still take effect at any time: the worker
+            // goes on as a new process, concurrent with it.
+            w.process = self.new_process();
+        }
+        kind
+    }
+
+    fn failed(
+        &self,
+        w: &mut Worker,
+        f: &Function,
+        key: Value,
+        value: Value,
+        mut extra: Map<String, Value>,
+        fail: Failure,
+    ) -> EventType {
+        extra.insert("error".into(), json!(fail.error));
+        let kind = if fail.definite { EventType::Fail } else { EventType::Info };
+        self.complete(w, kind, f, key, value, extra)
+    }
+
+    /// The final reads: every key (or set) used, from every node, marked
+    /// `"phase": "final"`. Each node is asked until it answers or
+    /// `deadline` passes, so a slow node still contributes its read.
+    pub async fn final_reads(&self, deadline: Instant, rng: &mut StdRng) {
+        let keys = self.used_keys();
+        for node_idx in 0..self.nodes.len() {
+            let mut w = Worker {
+                id: node_idx,
+                process: self.new_process(),
+                session: Session { client_id: rng.gen(), seq: 0 },
+                token: 0,
+                rng: rand::SeedableRng::seed_from_u64(rng.gen()),
+            };
+            for &key in &keys {
+                let op = match self.opts.kind {
+                    Kind::Set => Op::ReadSet { set: key },
+                    _ => Op::Read { key, consistency: "linearizable" },
+                };
+                let mut phase = Map::new();
+                phase.insert("phase".into(), json!("final"));
+                loop {
+                    let kind = self.perform(&mut w, op.clone(), phase.clone()).await;
+                    if kind == EventType::Ok || Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A value as the harness wrote it (a decimal number), or the raw text if
+/// something else was read: the checker then reports it as never written.
+fn parse_value(text: &str) -> Value {
+    text.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

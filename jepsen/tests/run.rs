@@ -1,0 +1,151 @@
+//! Whole runs of `jepsen test` on real clusters: the short run CI relies on
+//! must be valid, and each negative control, a server deliberately broken
+//! in one way, must be caught.
+//!
+//! A checker that only ever says "valid" proves nothing. The negative
+//! controls show that these runs *can* fail, each for the reason it was
+//! built to find:
+//!
+//! * `--unsafe-local-reads`: linearizable reads served from local state,
+//!   so a follower or a deposed leader answers with an old value (the
+//!   linearizability checker);
+//! * `--unsafe-no-dedup` with client retries after timeouts: a retried
+//!   compare-and-set applies twice, or reports a mismatch for a change that
+//!   did happen (the linearizability checker);
+//! * `--unsafe-no-fsync` with the lose-unsynced-writes crash of every node:
+//!   acknowledged elements vanish (the set checker).
+//!
+//! The runs are serialised: several clusters at once on a two-core machine
+//! would mostly measure the machine.
+
+use std::time::Duration;
+
+use jepsen::run::nemesis::{Fault, Target};
+use jepsen::run::workload::Kind;
+use jepsen::run::{run, RunOutcome, TestOptions};
+use jepsen::Verdict;
+use serde_json::Value;
+
+mod common;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn options(store: &std::path::Path, workload: Kind, faults: &[Fault], secs: u64) -> TestOptions {
+    TestOptions {
+        workload,
+        nodes: 3,
+        faults: faults.to_vec(),
+        kill_targets: Target::ALL.to_vec(),
+        time_limit: Duration::from_secs(secs),
+        rate: 100.0,
+        concurrency: 6,
+        seed: 42,
+        interval: Duration::from_secs(4),
+        quiet: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(1),
+        op_timeout: Duration::from_secs(4),
+        threads_per_key: 2,
+        ops_per_key: 100,
+        store: store.to_path_buf(),
+        server_bin: common::kv_server(),
+        server_args: Vec::new(),
+        check_budget: Duration::from_secs(60),
+        progress: false,
+    }
+}
+
+async fn run_one(opts: TestOptions) -> RunOutcome {
+    let _one = ONE_AT_A_TIME.lock().await;
+    run(opts).await.expect("the harness itself works")
+}
+
+fn verdict_of(outcome: &RunOutcome, checker: &str) -> String {
+    outcome.results["checkers"][checker]["verdict"].as_str().unwrap_or("absent").to_string()
+}
+
+fn faults_started(outcome: &RunOutcome) -> Value {
+    outcome.results["stats"]["fault_counts"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
+    let store = tempfile::tempdir().unwrap();
+    let outcome = run_one(options(store.path(), Kind::Register, &[Fault::Partition, Fault::Kill], 25)).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Valid, "{summary}");
+    let started = faults_started(&outcome);
+    assert!(started.as_object().is_some_and(|f| !f.is_empty()), "no fault happened: {summary}");
+    for file in ["history.jsonl", "results.json", "statuses.jsonl", "latency.svg", "rate.svg"] {
+        let len = std::fs::metadata(outcome.dir.join(file)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{file} is missing or empty");
+    }
+    assert!(outcome.dir.join("nodes/node-1/server.log").is_file());
+    assert!(!outcome.dir.join("nodes/node-1/raft.redb").exists(), "a valid run keeps only the logs");
+    // The stored history re-checks to the same verdict.
+    let again = jepsen::check_file(outcome.dir.join("history.jsonl"), Duration::from_secs(60)).unwrap();
+    assert_eq!(again.valid, Verdict::Valid);
+    let ok = outcome.results["stats"]["phases"]["final"]["all"]["ok"].as_u64().unwrap_or(0);
+    assert!(ok >= 3, "every node answered the final reads: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_local_reads_is_caught_by_the_linearizability_checker() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Partition], 20);
+    opts.interval = Duration::from_secs(3);
+    opts.server_args = vec!["--unsafe-local-reads".into()];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
+    assert_eq!(verdict_of(&outcome, "linearizability"), "invalid", "{summary}");
+    assert!(outcome.dir.join("nodes/node-1/raft.redb").exists(), "an invalid run keeps the data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_no_dedup_is_caught_when_clients_retry_after_timeouts() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Kill, Fault::Pause], 20);
+    opts.interval = Duration::from_secs(3);
+    // Attempts time out while the write is still on its way, so the retry
+    // and the first attempt both reach the log.
+    opts.attempt_timeout = Duration::from_millis(30);
+    opts.server_args = vec!["--unsafe-no-dedup".into()];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
+    assert_eq!(verdict_of(&outcome, "linearizability"), "invalid", "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_ack_before_fsync_loses_acknowledged_elements_in_a_crash() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Set, &[Fault::LoseUnsynced], 20);
+    opts.interval = Duration::from_secs(3);
+    opts.kill_targets = vec![Target::All];
+    opts.server_args = vec!["--unsafe-no-fsync".into()];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
+    assert_eq!(verdict_of(&outcome, "set"), "invalid", "{summary}");
+    let lost: u64 = outcome.results["checkers"]["set"]["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["lost"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(lost > 0, "acknowledged elements were lost: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledged() {
+    // The control's twin without the bug: the same crashes, and the log
+    // fsyncs before acknowledging, so every acknowledged element survives.
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Set, &[Fault::LoseUnsynced], 20);
+    opts.interval = Duration::from_secs(3);
+    opts.kill_targets = vec![Target::All];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Valid, "{summary}");
+    assert!(faults_started(&outcome)["lose-unsynced"].as_u64().unwrap_or(0) >= 1, "{summary}");
+}
