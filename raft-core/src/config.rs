@@ -23,6 +23,8 @@
 
 use std::time::Duration;
 
+use crate::storage::StorageOptions;
+
 /// Everything a node needs to know that is not stored in its data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -80,6 +82,10 @@ pub struct Config {
     /// How long membership changes wait (adding a learner waits for it to
     /// catch up, which may take a snapshot transfer). Default 60 s.
     pub change_timeout: Duration,
+    /// How a durable node opens its data directory. The default is safe;
+    /// the fields inject storage faults for crash tests and negative
+    /// controls (see [`crate::storage::fault`]). Ignored by in-memory storage.
+    pub storage: StorageOptions,
 }
 
 impl Config {
@@ -103,6 +109,7 @@ impl Config {
             max_inflight_batches: 1,
             request_timeout: Duration::from_secs(5),
             change_timeout: Duration::from_secs(60),
+            storage: StorageOptions::default(),
         }
     }
 

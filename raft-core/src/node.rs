@@ -56,7 +56,8 @@ use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 /// Where a node keeps its log and state.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    /// Durable: one redb database in this directory (created if missing).
+    /// Durable: one redb database in this directory (created if missing),
+    /// opened with [`Config::storage`].
     Durable(std::path::PathBuf),
     /// In memory only; everything is lost when the node stops.
     InMemory,
@@ -230,7 +231,7 @@ impl<A: StateMachine> RaftNode<A> {
         let raft_err = |e: openraft::error::Fatal<NodeId>| StartError::Raft(e.to_string());
         let (raft, db, sm) = match storage {
             Storage::Durable(dir) => {
-                let db = Db::open(&dir)?;
+                let db = Db::open_with(&dir, config.storage)?;
                 let sm = StateMachineStore::new(db.clone(), app);
                 let log = RedbLogStore::new(db.clone());
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;

@@ -15,10 +15,10 @@
 //! The child is this same test binary, re-run with `--ignored --exact
 //! crash_child` and the directory in an environment variable.
 
+mod child;
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command as Process, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 use common::{Register, Set};
@@ -77,33 +77,13 @@ fn crash_child() {
 #[tokio::test]
 async fn crash_at_random_moments_loses_no_acknowledged_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::thread_rng();
     let mut total_acked = 0;
 
     for round in 0..4 {
-        let mut child = Process::new(&exe)
-            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(DIR_VAR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut max_acked = 0u64;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(i) = line.trim().parse::<u64>() {
-                    max_acked = max_acked.max(i);
-                }
-            }
-            max_acked
-        });
+        let child = child::Child::spawn("crash_child", &[(DIR_VAR, dir.path())]);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let acked = child.kill().iter().filter_map(|l| l.parse::<u64>().ok()).max().unwrap_or(0);
         assert!(acked > total_acked, "round {round}: the child made progress ({acked} > {total_acked})");
         total_acked = acked;
 

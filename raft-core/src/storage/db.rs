@@ -27,6 +27,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::fault::{self, StorageOptions};
 use crate::codec;
 
 /// The file name of the database inside a data directory.
@@ -94,35 +95,60 @@ pub enum OpenError {
 pub struct Db {
     pub(crate) inner: Arc<Database>,
     path: Option<PathBuf>,
+    options: StorageOptions,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish()
+        f.debug_struct("Db").field("path", &self.path).field("options", &self.options).finish()
     }
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir`, checking its format version.
+    /// Opens (or creates) the database in `dir`, checking its format version,
+    /// with safe storage ([`StorageOptions::default`]).
     ///
     /// Never panics on a bad file: redb's own checks are wrapped so that a
     /// corrupted file gives [`OpenError::Corrupted`].
     pub fn open(dir: &Path) -> Result<Db, OpenError> {
+        Self::open_with(dir, StorageOptions::default())
+    }
+
+    /// Like [`Db::open`], with storage faults injected as `options` says
+    /// (see [`super::fault`]): for crash tests and negative controls only.
+    pub fn open_with(dir: &Path, options: StorageOptions) -> Result<Db, OpenError> {
+        if options.injects_faults() {
+            tracing::warn!(
+                path = %dir.display(),
+                lose_unsynced_writes = options.lose_unsynced_writes,
+                unsafe_no_fsync = options.unsafe_no_fsync,
+                "storage fault injection enabled: this node may lose acknowledged writes"
+            );
+        }
         // redb validates what it reads, but a corrupted page deep in the
         // file might still trip an assertion; turn that into an error too.
         let path = dir.join(DB_FILE);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir))).unwrap_or_else(
-            |_| Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() }),
-        )
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir, options)))
+            .unwrap_or_else(|_| {
+                Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() })
+            })
     }
 
-    fn open_inner(dir: &Path) -> Result<Db, OpenError> {
+    fn open_inner(dir: &Path, options: StorageOptions) -> Result<Db, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?;
         let path = dir.join(DB_FILE);
-        let existed = path.exists();
+        // An empty file holds no database yet: a crash right after creating
+        // it, before redb's first durable commit, leaves one behind.
+        let existed = path.metadata().is_ok_and(|m| m.len() > 0);
         let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
 
-        let opened = if existed { Database::open(&path) } else { Database::create(&path) };
+        let opened = if options.lose_unsynced_writes {
+            fault::open_database(&path)
+        } else if existed {
+            Database::open(&path)
+        } else {
+            Database::create(&path)
+        };
         let db = match opened {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -138,7 +164,7 @@ impl Db {
             }
             Err(e) => return Err(corrupted(e.to_string())),
         };
-        let db = Db { inner: Arc::new(db), path: Some(path.clone()) };
+        let db = Db { inner: Arc::new(db), path: Some(path.clone()), options };
         db.check_format(existed).map_err(|e| match e {
             FormatCheck::Redb(reason) => corrupted(reason),
             FormatCheck::Open(e) => e,
@@ -152,7 +178,7 @@ impl Db {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap_or_else(|e| panic!("invariant: an in-memory redb always opens ({e})"));
-        let db = Db { inner: Arc::new(db), path: None };
+        let db = Db { inner: Arc::new(db), path: None, options: StorageOptions::default() };
         db.check_format(false)
             .unwrap_or_else(|_| panic!("invariant: a new in-memory database takes a format version"));
         db
@@ -161,6 +187,11 @@ impl Db {
     /// The database file, or `None` in memory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The storage options it was opened with.
+    pub fn options(&self) -> StorageOptions {
+        self.options
     }
 
     fn check_format(&self, existed: bool) -> Result<(), FormatCheck> {

@@ -16,6 +16,12 @@
 //! * `purge` records the last purged log id in the same transaction that
 //!   deletes the entries, so `get_log_state` never reports a log that starts
 //!   after a hole.
+//!
+//! A database opened with [`StorageOptions::unsafe_no_fsync`] breaks the
+//! first promise on purpose: appends are acknowledged without an fsync (see
+//! [`super::fault`]). Nothing else changes.
+//!
+//! [`StorageOptions::unsafe_no_fsync`]: super::StorageOptions::unsafe_no_fsync
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -87,8 +93,10 @@ impl RedbLogStore {
     }
 
     fn append_entries(&self, entries: &[Entry]) -> Result<(), DbError> {
+        let durability =
+            if self.db.options().unsafe_no_fsync { Durability::None } else { Durability::Immediate };
         let mut tx = self.db.inner.begin_write()?;
-        tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
+        tx.set_durability(durability).map_err(redb::Error::from)?;
         {
             let mut log = tx.open_table(LOG)?;
             for entry in entries {
@@ -188,7 +196,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     /// Writes the entries in one transaction, fsyncs, and only then reports
     /// them flushed. Many entries arrive together when openraft batches
-    /// proposals, so one fsync covers many client writes.
+    /// proposals, so one fsync covers many client writes. (With
+    /// `unsafe_no_fsync`, it reports them flushed without the fsync.)
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,

@@ -4,16 +4,21 @@
 //! * [`log_store`]: the durable Raft log ([`RedbLogStore`]).
 //! * [`state_machine`]: the applied state and snapshots ([`StateMachineStore`]).
 //! * [`mem_log`]: a log kept in memory ([`MemLogStore`]) for tests.
+//! * [`fault`]: storage faults for crash tests and negative controls: a
+//!   backend that loses unsynced writes on a kill, and acknowledging log
+//!   appends before fsync ([`StorageOptions`]).
 //!
 //! redb's calls block on disk I/O, so every call from openraft's async core
 //! runs on tokio's blocking pool (`blocking`), never on a core thread.
 
 pub mod db;
+pub mod fault;
 pub mod log_store;
 pub mod mem_log;
 pub mod state_machine;
 
 pub use db::{Db, OpenError};
+pub use fault::{PowerLossBackend, StorageOptions};
 pub use log_store::RedbLogStore;
 pub use mem_log::MemLogStore;
 pub use state_machine::StateMachineStore;

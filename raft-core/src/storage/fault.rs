@@ -1,0 +1,381 @@
+//! Storage fault injection, for crash tests and for the Jepsen harness's
+//! negative controls. Nothing here is for a node that holds real data.
+//!
+//! # What a crash loses
+//!
+//! A write that a process has handed to the operating system but not yet
+//! fsynced sits in the kernel's page cache. If the *process* dies (SIGKILL,
+//! a panic, an out-of-memory kill) the kernel still writes it out later, so
+//! nothing is lost. If the *machine* dies (power failure, kernel panic), the
+//! page cache dies with it and every unsynced write is gone, possibly only
+//! some of them. Storage code is correct only if it survives the second
+//! kind: that is why Raft's log fsyncs before an entry counts towards a
+//! commit (§5.3), and why [`super::log_store`] commits with
+//! [`redb::Durability::Immediate`].
+//!
+//! On one machine a test cannot pull the plug, but it can kill a process.
+//! [`PowerLossBackend`] makes the two equivalent: it is a redb
+//! [`StorageBackend`] that keeps every write, and every change of the file's
+//! length, in the process's own memory until redb calls `sync_data`, and only
+//! then applies them to the file and fsyncs. A SIGKILL then loses exactly
+//! what a power failure would: everything written since the last fsync.
+//!
+//! redb itself already keeps a [`redb::Durability::None`] commit in its own
+//! memory until the next durable commit, so such commits are lost on any
+//! kill, with or without this backend. What the backend adds is that bytes
+//! redb *did* write to the file (pages evicted from its write buffer, the
+//! file growing) also vanish unless an fsync followed them: a kill can no
+//! longer hide a missing fsync behind the page cache.
+//!
+//! # The "ack before fsync" bug
+//!
+//! [`StorageOptions::unsafe_no_fsync`] makes the log store acknowledge
+//! appended entries after a commit with [`redb::Durability::None`], before
+//! anything reaches the disk, like etcd's `--unsafe-no-fsync`. A leader then
+//! counts its own and its followers' acknowledgements towards commits that
+//! no disk holds; kill a majority and acknowledged writes are gone. The
+//! Jepsen harness runs it as a negative control: its checkers must report
+//! the lost writes. Votes, truncations and purges stay durable, so this is
+//! the one bug and not several at once.
+//!
+//! # Shortcuts
+//!
+//! * The backend buffers whole 4 KiB pages, and all of them until the next
+//!   sync: its memory grows with the bytes written between fsyncs. Fine for
+//!   a test; a node that never syncs would grow without bound.
+//! * A real power failure may also tear a write or persist unsynced writes
+//!   out of order. This backend always loses all of them, or, if the kill
+//!   lands inside `sync_data`, a prefix of the page writes.
+//! * A clean close (the database dropped) is not a power failure: the
+//!   buffered bytes are written to the file then, as the kernel would.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use redb::backends::FileBackend;
+use redb::{BackendError, Database, DatabaseError, StorageBackend};
+
+/// How a data directory is opened. The default is the safe storage every
+/// real node must use; each `true` field breaks a durability guarantee on
+/// purpose (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageOptions {
+    /// Open the database through [`PowerLossBackend`], so that a killed
+    /// process loses every write it had not fsynced, as a machine that loses
+    /// power would. Correct code loses nothing it acknowledged this way.
+    pub lose_unsynced_writes: bool,
+    /// Acknowledge log appends before they are fsynced (commit them with
+    /// [`redb::Durability::None`]). **Breaks Raft's safety**: an entry a
+    /// majority acknowledged can vanish when those nodes crash.
+    pub unsafe_no_fsync: bool,
+}
+
+impl StorageOptions {
+    /// Whether any fault is enabled.
+    pub fn injects_faults(&self) -> bool {
+        self.lose_unsynced_writes || self.unsafe_no_fsync
+    }
+}
+
+/// Opens (or creates) the redb database at `path` on a [`PowerLossBackend`].
+pub(crate) fn open_database(path: &Path) -> Result<Database, DatabaseError> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    Database::builder().create_with_backend(PowerLossBackend::new(FileBackend::new(file)?)?)
+}
+
+/// The granularity of the write buffer, in bytes: redb's own page size, so
+/// that one redb page write touches one buffered page when aligned.
+const PAGE: u64 = 4096;
+
+/// A redb storage backend on a file that keeps every write since the last
+/// `sync_data` in memory only. See the [module docs](self).
+///
+/// Reads see the buffered writes over the file's contents, so the process
+/// running on it cannot tell the difference until it dies.
+pub struct PowerLossBackend {
+    file: FileBackend,
+    unsynced: Mutex<Unsynced>,
+}
+
+/// The state of the storage as the process sees it, relative to the file.
+#[derive(Default)]
+struct Unsynced {
+    /// Pages written since the last sync: page number → the page's whole
+    /// logical content (zero beyond `len`).
+    pages: BTreeMap<u64, Box<[u8]>>,
+    /// The storage's length as the process sees it.
+    len: u64,
+    /// Bytes of the file below this offset are still the storage's content
+    /// (where no buffered page covers them); bytes at or above it were cut
+    /// off by a `set_len` since the last sync and read as zero. Never above
+    /// `len` or the file's real length.
+    file_valid: u64,
+}
+
+impl PowerLossBackend {
+    /// A backend on `file`, whose current contents count as synced.
+    pub fn new(file: FileBackend) -> io::Result<Self> {
+        let len = file.len()?;
+        Ok(PowerLossBackend {
+            file,
+            unsynced: Mutex::new(Unsynced { len, file_valid: len, ..Default::default() }),
+        })
+    }
+
+    fn state(&self) -> io::Result<MutexGuard<'_, Unsynced>> {
+        // A panic while the lock was held may have left a half-updated
+        // buffer; refuse to go on rather than hand redb inconsistent bytes.
+        self.unsynced.lock().map_err(|_| io::Error::other("power-loss backend poisoned by an earlier panic"))
+    }
+
+    /// Writes the buffered pages and length to the file, then fsyncs if
+    /// `fsync`. Afterwards the file is the storage and the buffer is empty.
+    fn apply(&self, state: &mut Unsynced, fsync: bool) -> io::Result<()> {
+        // Cut what a `set_len` removed, then grow to the new length: the
+        // grown part reads as zeros, as `set_len` promises.
+        if self.file.len()? != state.file_valid {
+            self.file.set_len(state.file_valid)?;
+        }
+        if state.len != state.file_valid {
+            self.file.set_len(state.len)?;
+        }
+        for (&page, bytes) in &state.pages {
+            let start = page * PAGE;
+            let n = (state.len - start).min(PAGE) as usize;
+            self.file.write(start, &bytes[..n])?;
+        }
+        if fsync {
+            self.file.sync_data()?;
+        }
+        state.pages.clear();
+        state.file_valid = state.len;
+        Ok(())
+    }
+}
+
+/// Fills `dst` with the file's bytes at `pos`, or zeros at and after
+/// `file_valid`.
+fn read_file(file: &FileBackend, file_valid: u64, pos: u64, dst: &mut [u8]) -> io::Result<()> {
+    let from_file = file_valid.saturating_sub(pos).min(dst.len() as u64) as usize;
+    let (head, tail) = dst.split_at_mut(from_file);
+    if !head.is_empty() {
+        file.read(pos, head)?;
+    }
+    tail.fill(0);
+    Ok(())
+}
+
+/// Calls `f(page, offset in page, range in the buffer)` for each page that
+/// the byte range `[offset, offset + len)` touches, in order.
+fn for_each_page(
+    offset: u64,
+    len: usize,
+    mut f: impl FnMut(u64, usize, std::ops::Range<usize>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let pos = offset + done as u64;
+        let in_page = (pos % PAGE) as usize;
+        let n = (PAGE as usize - in_page).min(len - done);
+        f(pos / PAGE, in_page, done..done + n)?;
+        done += n;
+    }
+    Ok(())
+}
+
+impl StorageBackend for PowerLossBackend {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state()?.len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let state = self.state()?;
+        if offset.checked_add(out.len() as u64).is_none_or(|end| end > state.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the storage"));
+        }
+        for_each_page(offset, out.len(), |page, in_page, range| {
+            let dst = &mut out[range];
+            match state.pages.get(&page) {
+                Some(bytes) => {
+                    dst.copy_from_slice(&bytes[in_page..in_page + dst.len()]);
+                    Ok(())
+                }
+                None => read_file(&self.file, state.file_valid, page * PAGE + in_page as u64, dst),
+            }
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state()?;
+        if len < state.len {
+            // Forget pages wholly past the end, zero the tail of the one
+            // the end falls in, and stop trusting the file beyond it: if
+            // the storage grows again, that range must read as zeros.
+            state.pages.split_off(&len.div_ceil(PAGE));
+            if let Some(page) = state.pages.get_mut(&(len / PAGE)) {
+                page[(len % PAGE) as usize..].fill(0);
+            }
+            state.file_valid = state.file_valid.min(len);
+        }
+        state.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut state = self.state()?;
+        self.apply(&mut state, true)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past u64::MAX"))?;
+        // Like a file: writing past the end extends it.
+        state.len = state.len.max(end);
+        let Unsynced { pages, file_valid, .. } = &mut *state;
+        for_each_page(offset, data.len(), |page, in_page, range| {
+            let bytes = match pages.entry(page) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let mut bytes = vec![0; PAGE as usize].into_boxed_slice();
+                    read_file(&self.file, *file_valid, page * PAGE, &mut bytes)?;
+                    e.insert(bytes)
+                }
+            };
+            bytes[in_page..in_page + range.len()].copy_from_slice(&data[range]);
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> io::Result<()> {
+        // A clean close: hand the bytes to the file as the kernel would
+        // after the process exits; no fsync, because no power fails here.
+        let mut state = self.state()?;
+        self.apply(&mut state, false)?;
+        self.file.close()
+    }
+
+    // Locks guard the file against a second process opening it; they are
+    // the file's own, untouched by the fault.
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+impl std::fmt::Debug for PowerLossBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("PowerLossBackend");
+        if let Ok(state) = self.unsynced.lock() {
+            d.field("len", &state.len).field("unsynced_pages", &state.pages.len());
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend on a new file in a temporary directory, and the file's path.
+    fn backend() -> (tempfile::TempDir, std::path::PathBuf, PowerLossBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        let backend = PowerLossBackend::new(FileBackend::new(file).unwrap()).unwrap();
+        (dir, path, backend)
+    }
+
+    fn read(b: &PowerLossBackend, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        b.read(offset, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn writes_reach_the_file_only_at_sync() {
+        let (_dir, path, b) = backend();
+        b.set_len(3 * PAGE).unwrap();
+        // Straddles a page boundary.
+        b.write(PAGE - 2, b"hello").unwrap();
+        assert_eq!(read(&b, PAGE - 2, 5), b"hello", "the process reads its own writes");
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "nothing on disk before sync");
+
+        b.sync_data().unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len() as u64, 3 * PAGE);
+        assert_eq!(&on_disk[PAGE as usize - 2..PAGE as usize + 3], b"hello");
+        assert!(on_disk[..PAGE as usize - 2].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn dropping_without_sync_loses_the_writes_as_a_kill_would() {
+        let (_dir, path, b) = backend();
+        b.write(0, b"synced").unwrap();
+        b.sync_data().unwrap();
+        b.write(0, b"lost!!").unwrap();
+        b.write(100, b"lost too").unwrap();
+        drop(b); // no close(): what a SIGKILL leaves behind
+        assert_eq!(std::fs::read(&path).unwrap(), b"synced");
+    }
+
+    #[test]
+    fn shrinking_then_growing_reads_zeros_and_sync_applies_it() {
+        let (_dir, path, b) = backend();
+        b.write(0, &[0xAA; 2 * PAGE as usize]).unwrap();
+        b.sync_data().unwrap();
+        b.write(PAGE / 2, &[0xBB; 4]).unwrap(); // buffered page that the cut crosses
+
+        b.set_len(100).unwrap();
+        b.set_len(2 * PAGE).unwrap();
+        let mut want = vec![0; 2 * PAGE as usize];
+        want[..100].fill(0xAA);
+        assert_eq!(read(&b, 0, want.len()), want, "the cut-off range reads as zeros");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0xAA; 2 * PAGE as usize], "the file is untouched");
+
+        b.sync_data().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn a_clean_close_keeps_the_writes() {
+        let (_dir, path, b) = backend();
+        b.write(0, b"kept").unwrap();
+        b.close().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn reading_past_the_end_is_an_error() {
+        let (_dir, _path, b) = backend();
+        b.write(0, b"abc").unwrap();
+        let mut out = [0; 4];
+        assert_eq!(b.read(0, &mut out).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
