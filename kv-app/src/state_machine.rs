@@ -49,6 +49,9 @@
 //! A client must therefore have at most one write in flight per
 //! `client_id`; concurrent writers need distinct ids.
 //!
+//! [`KvStateMachine::unsafe_without_dedup`] turns all of this off, as a
+//! negative control for the tests that look for duplicated writes.
+//!
 //! # Invalid commands
 //!
 //! A command whose key is empty or longer than [`MAX_KEY_BYTES`] gets
@@ -128,8 +131,33 @@ const META_KEY: &[u8] = b"m/meta";
 const SCAN_PAGE: usize = 256;
 
 /// The replicated key-value state machine. See the [module docs](self).
+///
+/// [`KvStateMachine::new`] (also the `Default`) is the one every real node
+/// runs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct KvStateMachine;
+pub struct KvStateMachine {
+    /// Ignore sessions; see [`KvStateMachine::unsafe_without_dedup`].
+    unsafe_no_dedup: bool,
+}
+
+impl KvStateMachine {
+    /// The state machine with exactly-once writes through client sessions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// **Testing only: breaks exactly-once writes.** A state machine that
+    /// applies every command as if it carried no session, so each retry of a
+    /// write applies again. It is the negative control of the Jepsen
+    /// harness's duplicate checker (`kv-server --unsafe-no-dedup`).
+    ///
+    /// `apply` must not depend on local configuration, and this does: every
+    /// replica of a cluster must be built the same way, or replicas that
+    /// apply the same log reach different states.
+    pub fn unsafe_without_dedup() -> Self {
+        KvStateMachine { unsafe_no_dedup: true }
+    }
+}
 
 /// Why a key is not accepted. The server checks the same rule before
 /// proposing ([`validate_key`]); the state machine checks it again during
@@ -241,6 +269,7 @@ impl StateMachine for KvStateMachine {
         meta.log_time_ms = meta.log_time_ms.max(command.proposed_at_ms);
 
         trace!(index = ctx.index(), key = command.op.key(), "applying KV command");
+        let command = if self.unsafe_no_dedup { KvCommand { session: None, ..command } } else { command };
         let reply = apply_in_session(state, meta.log_time_ms, command)?;
 
         // Integer division: true at the first command whose index is at or
@@ -515,7 +544,11 @@ mod tests {
 
     impl Replica {
         fn new() -> Self {
-            Replica { store: StateMachineStore::new(Db::in_memory(), KvStateMachine), next_index: 1 }
+            Self::of(KvStateMachine::new())
+        }
+
+        fn of(sm: KvStateMachine) -> Self {
+            Replica { store: StateMachineStore::new(Db::in_memory(), sm), next_index: 1 }
         }
 
         /// Makes the next entry land at `index`, as if openraft had applied
@@ -698,6 +731,20 @@ mod tests {
         // Re-executed, the CAS would now succeed again and recreate the key.
         assert_eq!(r.apply(first).await, KvResponse::Duplicate(outcome));
         assert_eq!(r.get("k"), None);
+    }
+
+    /// The negative control of the test above: without deduplication the
+    /// retried CAS executes again, now against a changed value, and reports
+    /// a mismatch instead of its remembered success.
+    #[tokio::test]
+    async fn without_dedup_a_retried_cas_applies_again() {
+        let mut r = Replica::of(KvStateMachine::unsafe_without_dedup());
+        let first = sessioned(1, 1, T0, cas("k", None, "mine"));
+        let applied = |succeeded, current| KvResponse::Applied(WriteOutcome::Cas { succeeded, current });
+        assert_eq!(r.apply(first.clone()).await, applied(true, Some(bytes("mine"))));
+        r.apply(plain(put("k", "theirs"))).await;
+        assert_eq!(r.apply(first).await, applied(false, Some(bytes("theirs"))));
+        assert_eq!(r.sessions(), 0, "no session is remembered");
     }
 
     #[tokio::test]

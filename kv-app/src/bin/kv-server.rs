@@ -3,6 +3,11 @@
 //! With no flags it runs a single-node cluster with its data in `./data`,
 //! HTTP on 127.0.0.1:8080 and Raft on 127.0.0.1:9080, initializing itself
 //! on first start and reopening its data afterwards.
+//!
+//! The flags under "Fault injection" exist for the Jepsen harness: each
+//! breaks one guarantee on purpose, so that the harness can show its
+//! checkers catch the breakage (see "Fault-injection flags" in
+//! `docs/architecture/kv-app.md`). Never use them on data you care about.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,8 +15,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use kv_app::server::{self, ServerConfig};
+use kv_app::server::{self, Faults, ServerConfig};
+use raft_core::storage::StorageOptions;
 use raft_core::Node;
+
+/// The help heading of the flags that break guarantees on purpose.
+const FAULTS: &str = "Fault injection (testing only: these break the service's guarantees)";
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A node of the replicated key-value service (Raft on openraft + redb)")]
@@ -25,9 +34,14 @@ struct Args {
     /// The address clients reach this node on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: String,
-    /// The address other nodes reach this node's Raft transport on.
+    /// The address this node's Raft transport listens on.
     #[arg(long, default_value = "127.0.0.1:9080")]
     raft_addr: String,
+    /// The Raft address other nodes should use to reach this node, when it
+    /// differs from --raft-addr (behind a proxy, say). Recorded in the
+    /// membership by --join and by a single-node start. Default: --raft-addr.
+    #[arg(long)]
+    advertise_raft_addr: Option<String>,
     /// The cluster's name; nodes refuse Raft traffic from other clusters.
     #[arg(long, default_value = "kv")]
     cluster_id: String,
@@ -57,6 +71,25 @@ struct Args {
     /// Election timeout range in milliseconds, as MIN-MAX.
     #[arg(long, default_value = "500-1000")]
     election_timeout_ms: String,
+    /// Open the data directory so that a kill loses every write not yet
+    /// fsynced, as a power failure would. Safe code still loses nothing it
+    /// acknowledged.
+    #[arg(long, help_heading = FAULTS)]
+    fault_lose_unsynced_writes: bool,
+    /// Acknowledge log appends before fsync. With
+    /// --fault-lose-unsynced-writes, killing a majority loses acknowledged
+    /// writes.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_no_fsync: bool,
+    /// Serve consistency=linearizable reads from this node's applied state,
+    /// with no ReadIndex and no leader: a deposed leader or a lagging
+    /// follower returns stale values.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_local_reads: bool,
+    /// Ignore client sessions: a retried write (same client_id and seq)
+    /// applies again. Give all nodes of a cluster the same value.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_no_dedup: bool,
 }
 
 fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
@@ -105,14 +138,24 @@ async fn main() -> Result<()> {
     config.raft.snapshot_every = args.snapshot_every;
     config.raft.keep_behind_snapshot = args.snapshot_keep_entries;
     config.raft.purge_batch = config.raft.purge_batch.min(args.snapshot_every.max(1));
+    config.raft.storage = StorageOptions {
+        lose_unsynced_writes: args.fault_lose_unsynced_writes,
+        unsafe_no_fsync: args.unsafe_no_fsync,
+    };
+    config.faults =
+        Faults { unsafe_local_reads: args.unsafe_local_reads, unsafe_no_dedup: args.unsafe_no_dedup };
     config.max_value_bytes = args.max_value_bytes;
     config.join = args.join;
+    config.advertise_raft_addr = args.advertise_raft_addr;
     config.initial_members = match &args.initial_members {
         Some(s) => parse_members(s)?,
-        None if config.join.is_none() => BTreeMap::from([(
-            args.id,
-            Node::new(raft.local_addr()?.to_string(), http.local_addr()?.to_string()),
-        )]),
+        None if config.join.is_none() => {
+            let raft_addr = match &config.advertise_raft_addr {
+                Some(addr) => addr.clone(),
+                None => raft.local_addr()?.to_string(),
+            };
+            BTreeMap::from([(args.id, Node::new(raft_addr, http.local_addr()?.to_string()))])
+        }
         None => BTreeMap::new(),
     };
 

@@ -141,6 +141,9 @@ fn body_of(body: BodyResult) -> ApiResult<Bytes> {
 async fn prepare_read(ctx: &Ctx, consistency: Consistency, token: Option<u64>) -> ApiResult<AppView> {
     match consistency {
         Consistency::Stale => {}
+        // Fault injection (`--unsafe-local-reads`): a linearizable read
+        // served like a stale one. This is the bug ReadIndex prevents.
+        Consistency::Linearizable if ctx.config.faults.unsafe_local_reads => {}
         Consistency::Session => {
             if let Some(token) = token {
                 ctx.node.wait_applied(token, ctx.config.read_wait).await.map_err(|e| {

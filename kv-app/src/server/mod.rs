@@ -55,13 +55,42 @@ pub struct ServerConfig {
     pub initial_members: BTreeMap<NodeId, Node>,
     /// The HTTP address of any member of a running cluster to join.
     pub join: Option<String>,
+    /// The Raft address other nodes should use to reach this node, recorded
+    /// in the membership when it joins; `None`: the address the Raft
+    /// listener is bound to. Set it when peers reach this node through
+    /// another address (a proxy, a NAT).
+    pub advertise_raft_addr: Option<String>,
     /// The largest value accepted, in bytes.
     pub max_value_bytes: usize,
     /// How long a session or linearizable read on a lagging node waits for
     /// it to catch up before answering 503.
     pub read_wait: Duration,
-    /// Raft settings.
+    /// Raft settings, including the storage faults
+    /// ([`raft_core::Config::storage`]).
     pub raft: raft_core::Config,
+    /// The service-level faults; all off by default.
+    pub faults: Faults,
+}
+
+/// Faults that break the service's guarantees on purpose, so that the
+/// Jepsen harness can check that its checkers notice (negative controls).
+/// Never enable them on data you care about. Every node of a test cluster
+/// gets the same faults: `unsafe_no_dedup` changes what `apply` does, and
+/// replicas applying differently would diverge.
+///
+/// The storage faults live in [`raft_core::Config::storage`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Serve `consistency=linearizable` reads (single key and list) from
+    /// this node's applied state, as if they were `stale`: no ReadIndex, no
+    /// question to the leader. A deposed leader or a lagging follower then
+    /// returns stale values, which a linearizability checker must report.
+    pub unsafe_local_reads: bool,
+    /// Apply every write as if it carried no session: a retry of a write
+    /// that already applied applies again
+    /// ([`KvStateMachine::unsafe_without_dedup`]). A duplicate checker must
+    /// report it.
+    pub unsafe_no_dedup: bool,
 }
 
 impl ServerConfig {
@@ -72,9 +101,11 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             initial_members: BTreeMap::new(),
             join: None,
+            advertise_raft_addr: None,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             read_wait: Duration::from_secs(5),
             raft: raft_core::Config::new("kv"),
+            faults: Faults::default(),
         }
     }
 }
@@ -111,7 +142,16 @@ pub struct Server {
 pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -> anyhow::Result<Server> {
     let http_addr = http.local_addr()?;
     let raft_addr = raft.local_addr()?;
-    let node = RaftNode::open(config.id, config.raft.clone(), &config.data_dir, KvStateMachine, raft)
+    let app = if config.faults.unsafe_no_dedup {
+        tracing::warn!(node_id = config.id, "fault injection: client sessions ignored, retries apply again");
+        KvStateMachine::unsafe_without_dedup()
+    } else {
+        KvStateMachine::new()
+    };
+    if config.faults.unsafe_local_reads {
+        tracing::warn!(node_id = config.id, "fault injection: linearizable reads served from local state");
+    }
+    let node = RaftNode::open(config.id, config.raft.clone(), &config.data_dir, app, raft)
         .await
         .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;
     let node = Arc::new(node);
@@ -214,8 +254,10 @@ async fn join_cluster(
 ) -> anyhow::Result<()> {
     let base = if via.starts_with("http") { via.to_string() } else { format!("http://{via}") };
     let http = reqwest::Client::builder().timeout(ctx.config.raft.change_timeout).build()?;
-    let req =
-        AddLearnerRequest { id: ctx.id, raft_addr: raft_addr.to_string(), api_addr: http_addr.to_string() };
+    // Peers dial the address recorded here, so it must be the one they can
+    // reach, which behind a proxy is not the one we listen on.
+    let raft_addr = ctx.config.advertise_raft_addr.clone().unwrap_or_else(|| raft_addr.to_string());
+    let req = AddLearnerRequest { id: ctx.id, raft_addr, api_addr: http_addr.to_string() };
     let steps = [
         ("adding as learner", format!("{base}/v1/cluster/learners"), Some(&req)),
         ("promoting to voter", format!("{base}/v1/cluster/members/{}/promote", ctx.id), None),

@@ -110,6 +110,15 @@ impl ProcCluster {
         resp.json().await.ok()
     }
 
+    /// Waits until node `id` answers status requests (it may have no leader).
+    pub async fn serving(&self, id: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.status(id).await.is_none() {
+            assert!(Instant::now() < deadline, "node {id} did not start serving within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a running node reports itself leader; returns its id.
     pub async fn leader(&self) -> u64 {
         let deadline = Instant::now() + WAIT;

@@ -1,0 +1,105 @@
+//! `kv-server`'s fault-injection flags on real processes: each breaks the
+//! guarantee it says it breaks, and nothing else changes without it. Also
+//! `--advertise-raft-addr`, the address a joining node records for itself.
+//! (`--unsafe-no-dedup` is checked on the state machine itself, in
+//! `state_machine.rs`.)
+
+mod common;
+
+use common::ProcCluster;
+use reqwest::Method;
+
+/// Writes `value` under `key` on node `id`; panics unless acknowledged.
+async fn put(c: &ProcCluster, id: u64, key: &str, value: &str) {
+    let body = format!(r#"{{"value":"{value}"}}"#);
+    let (status, reply) = c.request(id, Method::PUT, &format!("/v1/kv/{key}"), Some(&body)).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_local_reads_serve_a_stale_linearizable_read() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    put(&c, leader, "k", "old").await;
+    c.converge(c.status(leader).await.unwrap().last_log_index).await;
+    // Applying commits without fsync; the next log append (durable) makes
+    // the applied "old" durable too, so it survives the kill below.
+    put(&c, leader, "filler", "x").await;
+    c.converge(c.status(leader).await.unwrap().last_log_index).await;
+
+    // The lagging node: down while "k" changes, then alone.
+    let lagging = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.kill(lagging);
+    put(&c, leader, "k", "new").await;
+    for id in [1, 2, 3] {
+        c.kill(id);
+    }
+
+    c.spawn(lagging, &[]);
+    c.serving(lagging).await;
+    let (status, reply) = c.request(lagging, Method::GET, "/v1/kv/k?consistency=linearizable", None).await;
+    assert_ne!(status, 200, "a node without a leader cannot serve a linearizable read: {reply}");
+    c.kill(lagging);
+
+    c.spawn(lagging, &["--unsafe-local-reads"]);
+    c.serving(lagging).await;
+    let (status, reply) = c.request(lagging, Method::GET, "/v1/kv/k?consistency=linearizable", None).await;
+    assert_eq!((status, reply["value"].as_str()), (200, Some("old")), "the stale value: {reply}");
+}
+
+/// A single node acknowledges a write after its own log append. Returns
+/// whether the write is still there after a SIGKILL and a restart.
+async fn write_survives_kill(flags: &[&str]) -> bool {
+    let mut c = ProcCluster::start(1, flags).await;
+    put(&c, 1, "k", "acknowledged").await;
+    c.kill(1);
+    c.spawn(1, &[]);
+    c.leader().await;
+    let (status, reply) = c.request(1, Method::GET, "/v1/kv/k", None).await;
+    match status {
+        200 => true,
+        404 => false,
+        _ => panic!("unexpected answer {status}: {reply}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_that_loses_unsynced_writes_loses_an_acknowledged_write_only_without_fsync() {
+    assert!(
+        write_survives_kill(&["--fault-lose-unsynced-writes"]).await,
+        "the log fsyncs before acknowledging, so a power-failure-like kill loses nothing acknowledged"
+    );
+    assert!(
+        !write_survives_kill(&["--fault-lose-unsynced-writes", "--unsafe-no-fsync"]).await,
+        "acknowledged before fsync, the write is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_registers_the_advertised_raft_address() {
+    let mut c = ProcCluster::start(1, &[]).await;
+    c.add_node(2);
+    // Another name for the same listener: reachable, but not the bind address.
+    let port = c.nodes[&2].raft.rsplit_once(':').unwrap().1.to_string();
+    let advertised = format!("localhost:{port}");
+    let via = c.nodes[&1].http.clone();
+    c.spawn(2, &["--join", &via, "--advertise-raft-addr", &advertised]);
+
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let (_, members) = c.request(1, Method::GET, "/v1/cluster/members", None).await;
+        let node2 = members["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 2).cloned());
+        if let Some(node2) = node2 {
+            assert_eq!(node2["raft_addr"], advertised.as_str(), "{members}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 2 never joined: {members}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The leader reaches node 2 at the advertised address: it becomes a voter.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !c.status(2).await.is_some_and(|s| s.voters.contains(&2)) {
+        assert!(std::time::Instant::now() < deadline, "node 2 was not promoted");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
