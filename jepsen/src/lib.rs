@@ -29,6 +29,8 @@
 //! 9. [`plot`]: latency and throughput over time, with the faults shaded.
 //! 10. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
 //!     and the report of one run; [`store`] is where runs are kept.
+//! 11. [`replay`]: a stopped node's log, replayed into the final log the
+//!     session checker's consistent-prefix check needs.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -40,6 +42,7 @@ pub mod cluster;
 pub mod history;
 pub mod net;
 pub mod plot;
+pub mod replay;
 pub mod run;
 pub mod sim;
 pub mod stats;

@@ -47,6 +47,30 @@ impl RedbLogStore {
         RedbLogStore { db }
     }
 
+    /// The entries with an index in `range`, read on the calling thread.
+    ///
+    /// For tools that inspect a *stopped* node's log, such as the Jepsen
+    /// harness replaying it; a running node reads through openraft's
+    /// [`RaftLogReader`], which keeps the blocking read off the async core.
+    pub fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, DbError> {
+        let (start, end) = bounds(&range);
+        self.read_range(start, end)
+    }
+
+    /// The last purged and the last log id, read on the calling thread
+    /// (see [`RedbLogStore::read_entries`]).
+    pub fn read_log_state(&self) -> Result<LogState<TypeConfig>, DbError> {
+        self.log_state()
+    }
+
+    /// The last committed log id this node saved, read on the calling
+    /// thread. It is a hint, written without its own fsync (see
+    /// `save_committed`): after a crash or a kill it may be behind the
+    /// true commit index, though never ahead of it.
+    pub fn read_committed_hint(&self) -> Result<Option<LogId>, DbError> {
+        self.read_meta::<Option<LogId>>("committed").map(Option::flatten)
+    }
+
     fn read_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, DbError> {
         let tx = self.db.inner.begin_read()?;
         let table = tx.open_table(LOG)?;
@@ -188,10 +212,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let this = self.clone();
-        blocking(move || this.read_meta::<Option<LogId>>("committed"))
-            .await
-            .map(Option::flatten)
-            .map_err(read_err)
+        blocking(move || this.read_committed_hint()).await.map_err(read_err)
     }
 
     /// Writes the entries in one transaction, fsyncs, and only then reports

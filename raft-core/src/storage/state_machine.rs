@@ -99,7 +99,15 @@ impl<A: StateMachine> StateMachineStore<A> {
         Ok((get_value(&sm, "applied")?, get_value(&sm, "membership")?.unwrap_or_default()))
     }
 
-    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Replies>, DbError> {
+    /// Applies committed entries in one transaction on the calling thread,
+    /// exactly as openraft's [`RaftStateMachine::apply`] does (which calls
+    /// this on tokio's blocking pool), and returns one [`Replies`] per entry.
+    ///
+    /// For tools that replay a log outside a running node, such as the
+    /// Jepsen harness rebuilding the state after each entry of a stopped
+    /// node's log. The caller must pass committed entries, in log order,
+    /// each exactly once: the store cannot tell.
+    pub fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Replies>, DbError> {
         let mut tx = self.db.inner.begin_write()?;
         tx.set_durability(Durability::None).map_err(redb::Error::from)?;
         let mut replies = Vec::with_capacity(entries.len());
@@ -252,7 +260,7 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let this = self.clone();
-        blocking(move || this.apply_batch(entries)).await.map_err(sm_write_err)
+        blocking(move || this.apply_blocking(entries)).await.map_err(sm_write_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
