@@ -235,6 +235,26 @@ impl Shared {
         }
     }
 
+    /// The key's name in the history: the register workload's keys are
+    /// numbers, as in Jepsen and Maelstrom; the session workload's are the
+    /// KV keys themselves, which the final log replayed from a node's data
+    /// names.
+    fn hkey(&self, key: u64) -> Value {
+        match self.opts.kind {
+            Kind::Session => Value::String(self.kv_key(key)),
+            _ => json!(key),
+        }
+    }
+
+    /// A value's form in the history: numbers, except in the session
+    /// workload, whose final log holds the stored strings.
+    fn hvalue(&self, text: &str) -> Value {
+        match self.opts.kind {
+            Kind::Session => Value::String(text.to_string()),
+            _ => parse_value(text),
+        }
+    }
+
     /// Runs one worker until `stop`.
     pub async fn worker(self: Arc<Self>, mut w: Worker, stop: Instant) {
         let interval = self.opts.concurrency as f64 / self.opts.rate.max(0.001);
@@ -264,12 +284,12 @@ impl Shared {
                 if self.opts.kind == Kind::Session {
                     inv.insert("consistency".into(), json!(consistency));
                 }
-                self.invoke(w, &f, json!(key), Value::Null, inv.clone());
+                self.invoke(w, &f, self.hkey(key), Value::Null, inv.clone());
                 let token = (consistency == "session").then_some(w.token);
                 match self.http.read(&node, &self.kv_key(key), consistency, token).await {
                     Ok(answer) => {
                         let (value, mut done) = (answer.as_ref().and_then(|r| r.value.value.clone()), inv);
-                        let parsed = value.as_deref().map(parse_value).unwrap_or(Value::Null);
+                        let parsed = value.as_deref().map(|v| self.hvalue(v)).unwrap_or(Value::Null);
                         if let Some(r) = &answer {
                             done.insert("node".into(), json!(r.node));
                             if self.opts.kind == Kind::Session {
@@ -279,16 +299,22 @@ impl Shared {
                             }
                         }
                         self.learn(w, key, parsed.as_u64());
-                        self.complete(w, EventType::Ok, &f, json!(key), parsed, done)
+                        self.complete(w, EventType::Ok, &f, self.hkey(key), parsed, done)
                     }
-                    Err(fail) => {
-                        self.failed(w, &f, json!(key), Value::Null, inv, Failure { definite: true, ..fail })
-                    }
+                    Err(fail) => self.failed(
+                        w,
+                        &f,
+                        self.hkey(key),
+                        Value::Null,
+                        inv,
+                        Failure { definite: true, ..fail },
+                    ),
                 }
             }
             Op::Write { key, value } => {
                 let write = Write::Put { key: self.kv_key(key), value: value.to_string() };
-                self.write(w, Function::Write, key, json!(value), write, home, deadline, extra).await
+                let hvalue = self.hvalue(&value.to_string());
+                self.write(w, Function::Write, key, hvalue, write, home, deadline, extra).await
             }
             Op::Cas { key, from, to } => {
                 let write = Write::Cas {
@@ -340,7 +366,7 @@ impl Shared {
         deadline: Instant,
         extra: Map<String, Value>,
     ) -> EventType {
-        self.invoke(w, &f, json!(key), value.clone(), extra.clone());
+        self.invoke(w, &f, self.hkey(key), value.clone(), extra.clone());
         let seq = w.session.next_seq();
         let to = match &write {
             Write::Put { value, .. } | Write::Cas { value, .. } => value.parse::<u64>().ok(),
@@ -356,13 +382,13 @@ impl Shared {
                     w.token = w.token.max(r.index);
                 }
                 self.learn(w, key, to);
-                self.complete(w, EventType::Ok, &f, json!(key), value, done)
+                self.complete(w, EventType::Ok, &f, self.hkey(key), value, done)
             }
             WriteOutcome::Mismatch => {
                 let fail = Failure { definite: true, error: kv_app::api::codes::CAS_MISMATCH.into() };
-                self.failed(w, &f, json!(key), value, extra, fail)
+                self.failed(w, &f, self.hkey(key), value, extra, fail)
             }
-            WriteOutcome::Failed(fail) => self.failed(w, &f, json!(key), value, extra, fail),
+            WriteOutcome::Failed(fail) => self.failed(w, &f, self.hkey(key), value, extra, fail),
         }
     }
 
