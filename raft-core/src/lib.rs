@@ -17,7 +17,9 @@
 //! 5. [`node`]: [`RaftNode`], the handle an embedder holds: open, initialize,
 //!    write, read barrier, membership changes, metrics, shutdown.
 //!    Writes go through the [`proposer`], which commits concurrent commands
-//!    together (group commit).
+//!    together (group commit); linearizable reads go through
+//!    [`read_index`], which confirms leadership once for many concurrent
+//!    reads.
 //! 6. [`config`] and [`error`]: the knobs with their defaults, and what each
 //!    call can fail with.
 //! 7. [`codec`]: the one binary encoding used on disk and on the wire.
@@ -31,6 +33,7 @@ pub mod error;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod read_index;
 pub mod storage;
 pub mod types;
 

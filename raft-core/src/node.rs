@@ -39,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::net::TcpListener;
 
@@ -50,6 +50,7 @@ use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
 use crate::network::local::LocalRouter;
 use crate::network::tcp::{TcpNetwork, TcpServer};
 use crate::proposer::{leader_hint, Proposer};
+use crate::read_index::ReadBatcher;
 use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
 use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
@@ -178,6 +179,7 @@ pub struct RaftNode<A: StateMachine> {
     db: Db,
     server: Option<TcpServer>,
     proposer: Proposer,
+    reads: ReadBatcher,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -248,7 +250,8 @@ impl<A: StateMachine> RaftNode<A> {
         };
         tracing::info!(node_id = id, path = ?db.path(), "raft node started");
         let proposer = Proposer::spawn(raft.clone(), &config);
-        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer })
+        let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
+        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer, reads })
     }
 
     /// This node's id.
@@ -356,19 +359,18 @@ impl<A: StateMachine> RaftNode<A> {
     /// follower that obtains it from the leader, waits until it has applied
     /// that index itself, and then reads locally, serves a linearizable read
     /// without the data passing through the leader.
+    ///
+    /// Concurrent calls share quorum rounds (see [`crate::read_index`]):
+    /// each call joins the next round to start, so under load one round of
+    /// heartbeats serves many reads.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
-        let result = tokio::time::timeout(self.config.request_timeout, self.raft.get_read_log_id()).await;
-        match result {
-            Err(_) => Err(ReadError::Timeout),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ReadError::NotLeader {
-                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
-            Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
-        }
+        self.reads.read_index().await
+    }
+
+    /// How many leadership-confirmation rounds [`RaftNode::read_index`] has
+    /// run since the node started: fewer than reads when reads are batched.
+    pub fn read_index_rounds(&self) -> u64 {
+        self.reads.rounds()
     }
 
     /// Waits until this node has applied at least `index` (for example a

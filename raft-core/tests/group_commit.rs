@@ -59,3 +59,45 @@ async fn concurrent_writes_share_entries_and_keep_their_own_responses() {
         n.shutdown().await;
     }
 }
+
+/// Linearizable reads are batched the same way: concurrent read barriers
+/// share quorum rounds, and each still reflects every write acknowledged
+/// before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_quorum_rounds_and_see_earlier_writes() {
+    let router = LocalRouter::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let node = RaftNode::start_local(id, Config::new("read-batch"), Storage::InMemory, Register, &router)
+            .await
+            .unwrap();
+        nodes.insert(id, node);
+    }
+    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
+    nodes[&1].initialize(members).await.unwrap();
+    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let nodes = Arc::new(nodes);
+
+    let readers = 64;
+    let rounds_before = nodes[&leader].read_index_rounds();
+    let mut tasks = Vec::new();
+    for i in 0..readers {
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..5 {
+                let key = format!("r{i}");
+                let w =
+                    nodes[&leader].write(&Set { key: key.clone(), value: format!("{round}") }).await.unwrap();
+                let index = nodes[&leader].read_barrier().await.unwrap();
+                assert!(index >= w.log_id.index, "reader {i}: read index {index} is before its own write");
+                let view = nodes[&leader].view().unwrap();
+                assert_eq!(view.get(key.as_bytes()).unwrap().as_deref(), Some(format!("{round}").as_bytes()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rounds = nodes[&leader].read_index_rounds() - rounds_before;
+    assert!(rounds < readers * 5, "{} reads took {rounds} quorum rounds: no batching", readers * 5);
+}
