@@ -1,5 +1,5 @@
 //! `kvctl`, the command-line client: argument parsing and output, on top of
-//! [`crate::client`] and [`crate::local_cluster`]. The binary
+//! [`crate::client`], [`crate::local_cluster`] and [`crate::bench`]. The binary
 //! (`src/bin/kvctl.rs`) only parses arguments and calls [`main`].
 //!
 //! # Exit codes
@@ -24,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::api::{Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse};
+use crate::bench::{self, BenchArgs};
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
 
@@ -148,6 +149,19 @@ pub enum Command {
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Load a kv or etcd cluster with N closed-loop clients and report
+    /// throughput and latency percentiles (see `docs/benchmarks.md`).
+    Bench(BenchArgs),
+    /// Answer kv and etcd requests at once, with prepared bodies: a server
+    /// to measure `kvctl bench` itself against.
+    InstantServer {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Bytes per value in read answers.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+    },
 }
 
 /// `kvctl cluster ...`.
@@ -187,7 +201,20 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 /// Runs the command and turns the result into an exit code, printing a
 /// one-line error to stderr on failure.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // One request at a time needs one thread; a load generator or a server
+    // wants every core.
+    let mut builder = match &cli.command {
+        Command::Bench(BenchArgs { threads, .. }) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = threads {
+                b.worker_threads((*n).max(1));
+            }
+            b
+        }
+        Command::InstantServer { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("kvctl: cannot start the async runtime: {e}");
@@ -234,7 +261,9 @@ impl Command {
             | Command::List { .. }
             | Command::Status { .. }
             | Command::Members
-            | Command::Cluster(_) => false,
+            | Command::Cluster(_)
+            | Command::Bench(_)
+            | Command::InstantServer { .. } => false,
         }
     }
 }
@@ -251,8 +280,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         durability: g.durability,
         ..ClientOptions::default()
     };
-    if let Command::Cluster(command) = cli.command {
-        return cluster(command, g.json).await;
+    match cli.command {
+        Command::Cluster(command) => return cluster(command, g.json).await,
+        Command::Bench(args) => {
+            let config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
+            return run_bench(&config, g.json).await;
+        }
+        Command::InstantServer { listen, value_size } => return instant_server(&listen, value_size).await,
+        _ => {}
     }
     let client = Client::with_options(g.endpoints.clone(), options).context("bad --endpoints")?;
     let first_endpoint = client.endpoints()[0].clone();
@@ -390,7 +425,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
         }
-        Command::Cluster(_) => unreachable!("invariant: cluster commands are handled above"),
+        Command::Cluster(_) | Command::Bench(_) | Command::InstantServer { .. } => {
+            unreachable!("invariant: commands that need no client are handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -443,6 +480,34 @@ async fn cluster(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
                 println!("data kept in {}; `kvctl cluster up --dir {0}` restarts it", dir.display());
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl bench`: runs the load, prints the report; exits 2 if no
+/// operation succeeded.
+async fn run_bench(config: &bench::LoadConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let report = bench::run_load(config).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.human());
+    }
+    if report.ops == 0 {
+        eprintln!("kvctl: bench: no operation succeeded");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl instant-server`: serves until interrupted.
+async fn instant_server(listen: &str, value_size: usize) -> anyhow::Result<ExitCode> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    println!("instant server listening on {}", listener.local_addr()?);
+    tokio::select! {
+        served = bench::serve_instant(listener, value_size) => served.context("serving")?,
+        _ = tokio::signal::ctrl_c() => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,10 +12,12 @@
 //!    writes, and which errors leave a write's outcome unknown.
 //! 5. [`cli`] and [`local_cluster`]: `kvctl`, and running a cluster of
 //!    kv-server processes on one machine.
+//! 6. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
 //!
 //! The design is explained in `docs/architecture/kv-app.md`.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;

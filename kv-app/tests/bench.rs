@@ -1,0 +1,93 @@
+//! `kvctl bench` end to end: about a second of load against the instant
+//! server (through the binary, checking its `--json` report, and through
+//! the library in both protocols, leader discovery included) and against a
+//! real single-node kv-server in this process. Each run must complete
+//! operations with no errors and report sensible numbers. Speed is not
+//! asserted: that belongs in `docs/benchmarks.md`, not in a test.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use kv_app::api::Consistency;
+use kv_app::bench::{self, LoadConfig, Report, Route, Stop, Target};
+use kv_app::server::{self, ServerConfig};
+
+/// Checks what every successful run must satisfy.
+fn assert_sane(r: &Report) {
+    assert!(r.ops > 0, "no operation completed: {r:?}");
+    assert_eq!(r.errors, 0, "errors: {:?}", r.error_kinds);
+    assert_eq!(r.ops, r.reads + r.writes);
+    assert!(r.ops_per_sec > 0.0 && r.elapsed_s > 0.0, "{r:?}");
+    let l = r.latency_us;
+    assert!(l.p50 >= 1 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max, "{l:?}");
+}
+
+#[test]
+fn kvctl_bench_against_the_instant_server_prints_a_json_report() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["bench", "--target", "null", "--clients", "8", "--duration", "1", "--warmup", "0.2"])
+        .args(["--read-ratio", "0.5", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let report: Report = serde_json::from_str(stdout.trim()).expect("one JSON report on stdout");
+    assert_sane(&report);
+    assert_eq!((report.target, report.clients), (Target::Null, 8));
+    assert!(report.reads > 0 && report.writes > 0, "a 50% mix has both: {report:?}");
+    assert!(report.read_latency_us.is_some() && report.write_latency_us.is_some());
+    assert!((0.9..3.0).contains(&report.elapsed_s), "measured {} s of a 1 s run", report.elapsed_s);
+    assert_eq!(report.missing, 0, "the instant server always has the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_protocols_find_the_leader_and_complete_an_ops_budget() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(bench::serve_instant(listener, 64));
+    for target in [Target::Kv, Target::Etcd] {
+        // Two endpoints, so the leader is looked up (both are the leader).
+        let mut cfg = LoadConfig::new(target, vec![addr.clone(), addr.clone()]);
+        cfg.stop = Stop::Ops(500);
+        cfg.read_ratio = 0.5;
+        cfg.reads_to = Route::Leader;
+        let r = bench::run_load(&cfg).await.unwrap();
+        assert_sane(&r);
+        assert_eq!(r.ops, 500, "{target:?}: an ops budget is exact");
+        assert_eq!(r.write_endpoints, [format!("http://{addr}")], "{target:?}");
+        assert_eq!(r.missing, 0, "{target:?}: the instant server's range answer has a value");
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_load_on_a_real_kv_server_completes_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raft = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap().to_string();
+    let mut config = ServerConfig::new(1, dir.path());
+    config.initial_members = BTreeMap::from([(
+        1,
+        raft_core::Node::new(raft.local_addr().unwrap().to_string(), http_addr.clone()),
+    )]);
+    let server = server::start(config, http, raft).await.unwrap();
+    assert_eq!(server.node().wait_for_leader(Duration::from_secs(20)).await, Some(1));
+
+    let mut cfg = LoadConfig::new(Target::Kv, vec![http_addr]);
+    cfg.clients = 8;
+    cfg.keys = 64;
+    cfg.prefill = true;
+    cfg.read_ratio = 0.5;
+    cfg.consistency = Consistency::Session;
+    cfg.warmup = Duration::from_millis(200);
+    let r = bench::run_load(&cfg).await.unwrap();
+    assert_sane(&r);
+    assert_eq!(r.prefill_errors, 0);
+    assert!(r.reads > 0 && r.writes > 0, "{r:?}");
+    assert_eq!(r.missing, 0, "every key was written by the prefill");
+    let cpu = r.client_cpu_us_per_op;
+    assert!(cfg!(not(target_os = "linux")) || cpu.is_some_and(|c| c > 0.0), "{cpu:?}");
+    server.shutdown().await;
+}
