@@ -92,6 +92,9 @@ impl From<ServerState> for Role {
     }
 }
 
+/// How stale [`RaftNode::committed_index`] may be.
+pub const COMMITTED_MAX_AGE: Duration = Duration::from_millis(5);
+
 /// What a node knows about itself and, if it leads, about its followers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeMetrics {
@@ -180,6 +183,7 @@ pub struct RaftNode<A: StateMachine> {
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
+    committed: tokio::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -251,7 +255,8 @@ impl<A: StateMachine> RaftNode<A> {
         tracing::info!(node_id = id, path = ?db.path(), "raft node started");
         let proposer = Proposer::spawn(raft.clone(), &config);
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
-        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer, reads })
+        let committed = tokio::sync::Mutex::new((0, None));
+        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer, reads, committed })
     }
 
     /// This node's id.
@@ -468,6 +473,33 @@ impl<A: StateMachine> RaftNode<A> {
         let raft_metrics = self.raft.metrics().borrow().clone();
         let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
         NodeMetrics::from_raft(&raft_metrics, committed)
+    }
+
+    /// The highest index this node knows to be committed, as of at most
+    /// [`COMMITTED_MAX_AGE`] ago: cheap enough to call on every read.
+    ///
+    /// openraft keeps the commit index inside its core task, so reading it
+    /// exactly is a round trip through the task that also drives
+    /// replication ([`RaftNode::metrics`] does that). Readers that only
+    /// report it (how far behind a stale read is) share one such round trip
+    /// every few milliseconds instead; while one caller refreshes it, the
+    /// others take the previous value.
+    pub async fn committed_index(&self) -> u64 {
+        let Ok(mut cached) = self.committed.try_lock() else {
+            // Someone is refreshing it right now.
+            return self.applied_index();
+        };
+        if cached.1.is_some_and(|at| at.elapsed() < COMMITTED_MAX_AGE) {
+            return cached.0;
+        }
+        let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
+        *cached = (committed.map_or(0, |l| l.index), Some(std::time::Instant::now()));
+        cached.0
+    }
+
+    /// The index of the last entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
     }
 
     /// Whether this node currently believes it is the leader. Only a hint:

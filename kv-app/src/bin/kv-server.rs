@@ -9,6 +9,13 @@
 //! checkers catch the breakage (see "Fault-injection flags" in
 //! `docs/architecture/kv-app.md`). Never use them on data you care about.
 
+/// mimalloc instead of the system allocator: the write path allocates and
+/// frees many short-lived buffers (request bodies, encoded commands, redb
+/// pages), and glibc's malloc showed up as about a tenth of the leader's CPU
+/// in profiles (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +72,10 @@ struct Args {
     /// snapshot.
     #[arg(long, default_value_t = 1_000)]
     snapshot_keep_entries: u64,
+    /// Write batches the leader keeps in flight at once (group commit: the
+    /// next batch collects commands while these commit).
+    #[arg(long, default_value_t = raft_core::Config::new("kv").max_inflight_batches)]
+    max_inflight_batches: usize,
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -136,6 +147,7 @@ async fn main() -> Result<()> {
     config.raft.election_timeout_min = Duration::from_millis(min);
     config.raft.election_timeout_max = Duration::from_millis(max);
     config.raft.snapshot_every = args.snapshot_every;
+    config.raft.max_inflight_batches = args.max_inflight_batches.max(1);
     config.raft.keep_behind_snapshot = args.snapshot_keep_entries;
     config.raft.purge_batch = config.raft.purge_batch.min(args.snapshot_every.max(1));
     config.raft.storage = StorageOptions {

@@ -199,8 +199,10 @@ async fn read_index_from_leader(ctx: &Ctx) -> ApiResult<u64> {
     Ok(r.index)
 }
 
+/// The commit index reported with a read (at most a few milliseconds old;
+/// never below the read's own index, which callers ensure with `max`).
 async fn committed_index(ctx: &Ctx) -> u64 {
-    ctx.node.metrics().await.committed_index
+    ctx.node.committed_index().await
 }
 
 /// `GET /v1/kv/{key}`.

@@ -455,11 +455,24 @@ struct ClientSettings {
     connect_timeout: Duration,
 }
 
+/// Idle connections, per peer and address, that a new [`TcpConnection`]
+/// starts with instead of connecting.
+///
+/// openraft asks for a fresh client more often than one might expect: once
+/// per replication stream, but also once per peer for *every* leadership
+/// check behind a linearizable read. Without the pool each such check would
+/// open (and handshake) a new TCP connection to every voter.
+type Pool = Arc<std::sync::Mutex<std::collections::HashMap<(NodeId, String), Vec<TcpStream>>>>;
+
+/// Idle connections kept per peer.
+const POOL_PER_PEER: usize = 4;
+
 /// The client side of the transport, given to `Raft::new`: creates a
 /// [`TcpConnection`] per peer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TcpNetwork {
     settings: Arc<ClientSettings>,
+    pool: Pool,
 }
 
 impl TcpNetwork {
@@ -473,6 +486,7 @@ impl TcpNetwork {
                 max_frame_bytes: config.max_frame_bytes,
                 connect_timeout: config.connect_timeout,
             }),
+            pool: Pool::default(),
         }
     }
 }
@@ -484,12 +498,15 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     /// address may be wrong or the peer down, and openraft cannot handle an
     /// error here; the first RPC reports it instead.
     async fn new_client(&mut self, target: NodeId, node: &Node) -> TcpConnection {
+        let key = (target, node.raft_addr.clone());
+        let stream = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(Vec::pop);
         TcpConnection {
             settings: self.settings.clone(),
             target,
             node: node.clone(),
-            stream: None,
+            stream,
             last_id: 0,
+            pool: Some(self.pool.clone()),
         }
     }
 }
@@ -507,6 +524,22 @@ pub struct TcpConnection {
     stream: Option<TcpStream>,
     /// The id of the last request sent.
     last_id: RequestId,
+    /// Where the connection goes back when this client is dropped.
+    pool: Option<Pool>,
+}
+
+impl Drop for TcpConnection {
+    /// Returns a healthy connection (one whose last RPC completed cleanly,
+    /// so no answer is still in flight on it) to the network's pool.
+    fn drop(&mut self) {
+        if let (Some(stream), Some(pool)) = (self.stream.take(), &self.pool) {
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = pool.entry((self.target, self.node.raft_addr.clone())).or_default();
+            if idle.len() < POOL_PER_PEER {
+                idle.push(stream);
+            }
+        }
+    }
 }
 
 impl TcpConnection {
@@ -911,6 +944,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_client_reuses_the_connection_of_a_dropped_one() {
+        // openraft makes a new client for every leadership check; each must
+        // not cost a new connection.
+        let (server, _raft) = start_server(1).await;
+        let config = Config::new(CLUSTER);
+        let mut network = TcpNetwork::new(2, &config);
+        let node = Node::new(server.local_addr().to_string(), "");
+        let mut c = network.new_client(1, &node).await;
+        c.vote(vote_request(2, 1), option()).await.unwrap();
+        let first = c.stream.as_ref().expect("connection kept").local_addr().unwrap();
+        drop(c);
+        let mut again = network.new_client(1, &node).await;
+        let reused = again.stream.as_ref().expect("the pooled connection").local_addr().unwrap();
+        assert_eq!(first, reused, "the new client opened a new connection");
+        again.vote(vote_request(2, 2), option()).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn new_client_does_not_connect_until_the_first_rpc() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = client(&Config::new(CLUSTER), 2, 1, listener.local_addr().unwrap()).await;
@@ -1227,6 +1278,7 @@ mod tests {
             node: Node::default(),
             stream: None,
             last_id: 0,
+            pool: None,
         };
         let waits: Vec<u64> = c.backoff().take(7).map(|d| d.as_millis() as u64).collect();
         assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);

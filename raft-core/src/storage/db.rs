@@ -10,7 +10,7 @@
 //! |-----------|--------------|------------------------------------------------|
 //! | `meta`    | `"format"`   | format version (u32), written at creation      |
 //! |           | `"vote"`     | the current term and vote                      |
-//! |           | `"committed"`| the last known committed log id                |
+//! |           | `"committed"`| a committed log id, written with log appends   |
 //! |           | `"purged"`   | the last purged log id                         |
 //! | `log`     | index (u64)  | one encoded log entry                          |
 //! | `sm`      | `"applied"`  | the last applied log id                        |
