@@ -73,10 +73,19 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(view.get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
     assert_eq!(view.get(b"k4").unwrap().as_deref(), Some(&b"v14"[..]));
 
-    let snapshot = sm.get_current_snapshot().await.unwrap().expect("snapshot survives restart");
-    assert_eq!(snapshot.meta, snapshot_before.meta);
-    assert_eq!(snapshot.snapshot.get_ref(), snapshot_before.snapshot.get_ref());
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 15)));
+    // The applied state is the snapshot: after a restart the current one
+    // is the state as applied (entry 18), covering the one built at 15 that
+    // the purge relied on.
+    assert_eq!(snapshot_before.meta.last_log_id, Some(log_id(2, 15)));
+    let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot exists after restart");
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 18)));
+    assert_eq!(snapshot.meta.last_membership, snapshot_before.meta.last_membership);
+    let copy = tempfile::tempdir().unwrap();
+    let mut other = StateMachineStore::new(Db::open(copy.path()).unwrap(), Register);
+    other.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    let view = other.view().unwrap();
+    assert_eq!(view.get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]), "the snapshot holds the state at 18");
+    assert_eq!(view.get(b"k4").unwrap().as_deref(), Some(&b"v14"[..]));
 }
 
 #[tokio::test]
@@ -102,7 +111,11 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     assert_eq!(view.get(b"stale").unwrap(), None, "install replaces the whole state");
     assert_eq!(view.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)));
-    assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap().meta;
+    assert_eq!(
+        (current.last_log_id, current.last_membership),
+        (snapshot.meta.last_log_id, snapshot.meta.last_membership.clone())
+    );
 }
 
 #[test]

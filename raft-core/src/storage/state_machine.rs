@@ -22,12 +22,22 @@
 //!
 //! # Snapshots
 //!
-//! A snapshot is a copy of the application table plus its metadata (last
-//! included log id and membership), encoded with [`crate::codec`] and
-//! stored in the `sm` table, so it survives restart and can be sent to a
-//! follower that is too far behind to catch up from the log. A production
-//! system with large state would stream the snapshot from a redb read
-//! transaction instead of building it in memory.
+//! The applied state is already durable and consistent with its `applied`
+//! log id, so it *is* the snapshot: nothing is copied into the database.
+//! Building a snapshot records only its metadata (`snapshot_meta`: last
+//! included log id and membership), which lets openraft purge the log
+//! behind it. When a snapshot is needed, to send to a follower that is too
+//! far behind to catch up from the log, it is read from one redb read
+//! transaction (the application table and the `applied` it reflects, at
+//! least as new as the recorded metadata) and encoded with
+//! [`crate::codec`]. A follower installs it in one write transaction.
+//!
+//! An earlier version stored a copy of the whole table with each snapshot:
+//! at 65,536 keys that was an 18 MB write, holding redb's single writer
+//! (and so every log append) while it was fsynced, and it halved the write
+//! throughput of a loaded cluster (`docs/benchmarks.md`). A production
+//! system with a large state would also stream the snapshot from the read
+//! transaction instead of encoding it in memory.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -154,37 +164,53 @@ impl<A: StateMachine> StateMachineStore<A> {
     }
 
     fn build(&self) -> Result<Snapshot, DbError> {
-        let (applied, membership, data) = {
-            let tx = self.db.inner.begin_read()?;
-            let sm = tx.open_table(SM)?;
-            let applied: Option<LogId> = get_value(&sm, "applied")?;
-            let membership: StoredMembership = get_value(&sm, "membership")?.unwrap_or_default();
-            let mut pairs = Vec::new();
-            for item in tx.open_table(APP_TABLE)?.iter()? {
-                let (k, v) = item?;
-                pairs.push((ByteBuf::from(k.value()), ByteBuf::from(v.value())));
-            }
-            let file = SnapshotFile { format: SNAPSHOT_FORMAT, pairs };
-            (applied, membership, codec::encode(&file))
-        };
-        let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{:08x}", l.leader_id.term, l.index, rand::random::<u32>()),
-            None => format!("0-0-{:08x}", rand::random::<u32>()),
-        };
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-
+        let snapshot = self.read_snapshot()?;
         let tx = self.db.inner.begin_write()?;
         {
             let mut sm = tx.open_table(SM)?;
             // A snapshot installed from the leader while this one was being
-            // built may be newer; never replace it with an older one.
+            // read may be newer; never record an older one.
             let current: Option<SnapshotMeta> = get_value(&sm, "snapshot_meta")?;
-            if current.is_none_or(|c| c.last_log_id <= meta.last_log_id) {
-                put_value(&mut sm, "snapshot_meta", &meta)?;
-                sm.insert("snapshot", data.as_slice())?;
+            if current.is_none_or(|c| c.last_log_id <= snapshot.meta.last_log_id) {
+                put_value(&mut sm, "snapshot_meta", &snapshot.meta)?;
             }
         }
         tx.commit()?;
+        Ok(snapshot)
+    }
+
+    /// A snapshot of the applied state as one read transaction sees it: the
+    /// application table with the `applied` and `membership` it reflects.
+    /// The state *is* the snapshot, so nothing is copied into the database:
+    /// a snapshot is encoded only when it is asked for.
+    fn read_snapshot(&self) -> Result<Snapshot, DbError> {
+        let tx = self.db.inner.begin_read()?;
+        let sm = tx.open_table(SM)?;
+        let applied: Option<LogId> = get_value(&sm, "applied")?;
+        let membership: StoredMembership = get_value(&sm, "membership")?.unwrap_or_default();
+        let mut pairs = Vec::new();
+        match tx.open_table(APP_TABLE) {
+            Ok(app) => {
+                for item in app.iter()? {
+                    let (k, v) = item?;
+                    pairs.push((ByteBuf::from(k.value()), ByteBuf::from(v.value())));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let data = codec::encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs });
+        // The state machine is deterministic, so two snapshots at one log
+        // id hold the same data and may share an id: keep the recorded
+        // one's (an installed snapshot carries the leader's), else name it
+        // after the log id.
+        let recorded: Option<SnapshotMeta> = get_value(&sm, "snapshot_meta")?;
+        let snapshot_id = match (recorded, applied) {
+            (Some(r), _) if r.last_log_id == applied => r.snapshot_id,
+            (_, Some(l)) => format!("{}-{}", l.leader_id.term, l.index),
+            (_, None) => "0-0".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 
@@ -213,20 +239,25 @@ impl<A: StateMachine> StateMachineStore<A> {
             }
             put_value(&mut sm, "membership", &meta.last_membership)?;
             put_value(&mut sm, "snapshot_meta", &meta)?;
-            sm.insert("snapshot", data.as_slice())?;
         }
         tx.commit()?;
         Ok(())
     }
 
+    /// The current snapshot: once one has been built or installed, the
+    /// applied state now, which is at least as new as the recorded one
+    /// (applied only grows, and the durable commit that recorded the
+    /// snapshot made the state it was read from durable too).
     fn current(&self) -> Result<Option<Snapshot>, DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let sm = tx.open_table(SM)?;
-        let Some(meta) = get_value::<SnapshotMeta>(&sm, "snapshot_meta")? else {
-            return Ok(None);
+        let recorded = {
+            let tx = self.db.inner.begin_read()?;
+            let sm = tx.open_table(SM)?;
+            get_value::<SnapshotMeta>(&sm, "snapshot_meta")?
         };
-        let data = sm.get("snapshot")?.map(|v| v.value().to_vec()).unwrap_or_default();
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        match recorded {
+            None => Ok(None),
+            Some(_) => self.read_snapshot().map(Some),
+        }
     }
 }
 
