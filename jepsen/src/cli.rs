@@ -113,6 +113,12 @@ pub struct TestArgs {
     /// to a fresh key (bounds each key's linearizability search).
     #[arg(long, default_value_t = 200)]
     pub ops_per_key: u64,
+    /// Probability (0 to 1) that a write's first answer is lost on its way
+    /// back: the client ignores it and retries with the same session, as
+    /// after a timeout. Harmless with exactly-once writes; with
+    /// --unsafe-no-dedup, retried writes apply twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub lose_responses: f64,
     /// Where runs are written.
     #[arg(long, default_value = "store")]
     pub store: PathBuf,
@@ -270,6 +276,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         op_timeout: args.op_timeout,
         threads_per_key: args.threads_per_key,
         ops_per_key: args.ops_per_key,
+        lose_responses: args.lose_responses.clamp(0.0, 1.0),
         store: args.store,
         server_bin,
         server_args,

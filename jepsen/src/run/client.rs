@@ -260,6 +260,11 @@ fn classify(status: u16, body: &[u8]) -> Failure {
 /// `first`, all with the same `(client_id, seq)`, until one is decisive or
 /// `deadline` passes. Returns the decisive outcome, or the last failure
 /// made indefinite if any attempt's effect was unknown.
+///
+/// With `lose_first`, the first answer is ignored as if it had been lost on
+/// the way back (a timeout after the server acted), and the write is
+/// retried: harmless with exactly-once writes, and the way the
+/// `--unsafe-no-dedup` control is caught.
 pub async fn write_with_retries(
     http: &Http,
     nodes: &[String],
@@ -267,13 +272,22 @@ pub async fn write_with_retries(
     w: &Write,
     session: (u64, u64),
     deadline: Instant,
+    lose_first: bool,
 ) -> WriteOutcome {
     let mut unknown = false;
     let mut attempt = 0;
     loop {
         let node = &nodes[(first + attempt) % nodes.len()];
         attempt += 1;
-        match http.write(node, w, session.0, session.1).await {
+        let outcome = http.write(node, w, session.0, session.1).await;
+        let outcome = match outcome {
+            WriteOutcome::Failed(f) if f.definite => WriteOutcome::Failed(f),
+            _ if lose_first && attempt == 1 => {
+                WriteOutcome::Failed(Failure::unknown("answer lost (simulated)"))
+            }
+            other => other,
+        };
+        match outcome {
             WriteOutcome::Failed(f) => {
                 unknown |= !f.definite;
                 // Leave time for the attempt to finish: starting one that is

@@ -81,6 +81,9 @@ pub struct TestOptions {
     pub threads_per_key: usize,
     /// Register workload: operations per key before it rotates.
     pub ops_per_key: u64,
+    /// The probability that a write's first answer is lost and the write
+    /// retried (see [`client::write_with_retries`]).
+    pub lose_responses: f64,
     /// Where runs are stored (`<store>/<workload>/<time>/`).
     pub store: PathBuf,
     /// The `kv-server` binary.
@@ -175,6 +178,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         op_timeout: opts.op_timeout,
         threads_per_key: opts.threads_per_key,
         ops_per_key: opts.ops_per_key,
+        lose_responses: opts.lose_responses,
     };
     let shared = Arc::new(Shared::new(http.clone(), nodes.clone(), rec.clone(), wopts));
     let stop = start + opts.time_limit;

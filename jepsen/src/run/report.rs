@@ -143,6 +143,7 @@ fn options_json(o: &TestOptions) -> Value {
         "op_timeout_s": o.op_timeout.as_secs_f64(),
         "threads_per_key": o.threads_per_key,
         "ops_per_key": o.ops_per_key,
+        "lose_responses": o.lose_responses,
         "server_bin": o.server_bin,
         "server_args": o.server_args,
     })

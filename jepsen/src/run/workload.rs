@@ -80,6 +80,9 @@ pub struct WorkloadOptions {
     pub threads_per_key: usize,
     /// Register: operations on a key before its group moves on.
     pub ops_per_key: u64,
+    /// The probability that a write's first answer is lost (ignored, then
+    /// retried with the same session).
+    pub lose_responses: f64,
 }
 
 /// What workers share: the nodes, the history, the generator state.
@@ -371,9 +374,9 @@ impl Shared {
         let to = match &write {
             Write::Put { value, .. } | Write::Cas { value, .. } => value.parse::<u64>().ok(),
         };
-        match write_with_retries(&self.http, &self.nodes, home, &write, (w.session.client_id, seq), deadline)
-            .await
-        {
+        let lose = w.rng.gen::<f64>() < self.opts.lose_responses;
+        let session = (w.session.client_id, seq);
+        match write_with_retries(&self.http, &self.nodes, home, &write, session, deadline, lose).await {
             WriteOutcome::Ok(r) => {
                 let mut done = extra;
                 done.insert("node".into(), json!(r.node));
