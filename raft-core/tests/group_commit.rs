@@ -11,21 +11,27 @@ use common::{Register, Set};
 use raft_core::network::local::LocalRouter;
 use raft_core::{Config, Node, RaftNode, Storage};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_share_entries_and_keep_their_own_responses() {
+type Nodes = Arc<BTreeMap<u64, RaftNode<Register>>>;
+
+/// A 3-node in-process cluster with a leader; the router must outlive it.
+async fn three_nodes(cluster: &str) -> (LocalRouter, Nodes, u64) {
     let router = LocalRouter::new();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        let node =
-            RaftNode::start_local(id, Config::new("group-commit"), Storage::InMemory, Register, &router)
-                .await
-                .unwrap();
+        let node = RaftNode::start_local(id, Config::new(cluster), Storage::InMemory, Register, &router)
+            .await
+            .unwrap();
         nodes.insert(id, node);
     }
     let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
     nodes[&1].initialize(members).await.unwrap();
     let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    let nodes = Arc::new(nodes);
+    (router, Arc::new(nodes), leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_responses() {
+    let (_router, nodes, leader) = three_nodes("group-commit").await;
 
     let writers = 200;
     let mut tasks = Vec::new();
@@ -65,18 +71,7 @@ async fn concurrent_writes_share_entries_and_keep_their_own_responses() {
 /// before it began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_share_quorum_rounds_and_see_earlier_writes() {
-    let router = LocalRouter::new();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        let node = RaftNode::start_local(id, Config::new("read-batch"), Storage::InMemory, Register, &router)
-            .await
-            .unwrap();
-        nodes.insert(id, node);
-    }
-    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
-    nodes[&1].initialize(members).await.unwrap();
-    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    let nodes = Arc::new(nodes);
+    let (_router, nodes, leader) = three_nodes("read-batch").await;
 
     let readers = 64;
     let rounds_before = nodes[&leader].read_index_rounds();
