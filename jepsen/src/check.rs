@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checker::linear::{self, LinearError, LinearResult};
-use crate::checker::session::{self, SessionError, SessionResult};
+use crate::checker::session::{self, FinalLog, SessionError, SessionResult};
 use crate::checker::set::{self, SetError, SetResult};
 use crate::checker::{canonical_json, Verdict};
 use crate::history::{self, Event, Function, HistoryError, Op};
@@ -104,6 +104,20 @@ pub fn check_file(path: impl AsRef<Path>, budget: Duration) -> Result<CheckRepor
 /// key). A history that is merely wrong is an `Ok` report with an invalid
 /// verdict.
 pub fn check_events(events: &[Event], budget: Duration) -> Result<CheckReport, CheckError> {
+    check_events_with(events, budget, None)
+}
+
+/// As [`check_events`], and with the final log, if the caller has one (the
+/// harness replays it after a session run), the session checker also checks
+/// consistent prefix.
+///
+/// # Errors
+/// As [`check_events`].
+pub fn check_events_with(
+    events: &[Event],
+    budget: Duration,
+    final_log: Option<&FinalLog>,
+) -> Result<CheckReport, CheckError> {
     let ops = history::pair(events)?;
 
     let set_keys: HashSet<String> =
@@ -117,7 +131,8 @@ pub fn check_events(events: &[Event], budget: Duration) -> Result<CheckReport, C
         .collect();
     let linearizability = linear::check(&register_ops, budget)?;
 
-    let session = if session::has_indexed_reads(events) { Some(session::check(events, None)?) } else { None };
+    let session =
+        if session::has_indexed_reads(events) { Some(session::check(events, final_log)?) } else { None };
 
     let valid = Verdict::all(
         [Some(linearizability.verdict), set.as_ref().map(|s| s.verdict), session.as_ref().map(|s| s.verdict)]

@@ -48,6 +48,6 @@ pub mod sim;
 pub mod stats;
 pub mod store;
 
-pub use check::{check_events, check_file, CheckError, CheckReport};
+pub use check::{check_events, check_events_with, check_file, CheckError, CheckReport};
 pub use checker::Verdict;
 pub use history::{pair, read_history, write_history, Event, HistoryError, Op, Outcome};

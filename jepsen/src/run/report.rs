@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::{RunOutcome, TestOptions};
 use crate::checker::convergence::{self, FinalStatus};
 use crate::checker::leaders::{self, StatusSample};
-use crate::checker::session::{self, FinalLog};
+use crate::checker::session::FinalLog;
 use crate::checker::{logs, Verdict};
 use crate::history::{Event, EventType, Process, Recorder};
 
@@ -59,29 +59,19 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     crate::history::write_history(dir.join("history.jsonl"), events).context("writing history.jsonl")?;
     write_lines(&dir.join("statuses.jsonl"), samples)?;
 
-    let mut report = crate::check::check_events(events, opts.check_budget).context("checking the history")?;
-    let mut log_error = None;
-    match final_log {
-        Some(Ok(log)) => {
-            report.session = Some(session::check(events, Some(&log)).context("the session checker")?);
-        }
-        Some(Err(e)) => log_error = Some(format!("{e:#}")),
-        None => {}
-    }
+    let (final_log, log_error) = match final_log {
+        Some(Ok(log)) => (Some(log), None),
+        Some(Err(e)) => (None, Some(format!("{e:#}"))),
+        None => (None, None),
+    };
+    let report = crate::check::check_events_with(events, opts.check_budget, final_log.as_ref())
+        .context("checking the history")?;
     let leaders = leaders::check(samples);
     let convergence = convergence::check(finals);
     let logs = logs::check(logs);
     // A node that exits on its own has crashed: a bug whatever the history.
     let exits_verdict = if exits.is_empty() { Verdict::Valid } else { Verdict::Invalid };
-    let mut verdicts = vec![
-        report.linearizability.verdict,
-        leaders.verdict,
-        convergence.verdict,
-        logs.verdict,
-        exits_verdict,
-    ];
-    verdicts.extend(report.set.as_ref().map(|s| s.verdict));
-    verdicts.extend(report.session.as_ref().map(|s| s.verdict));
+    let mut verdicts = vec![report.valid, leaders.verdict, convergence.verdict, logs.verdict, exits_verdict];
     if log_error.is_some() {
         // Consistent prefix could not be checked: not a pass.
         verdicts.push(Verdict::Unknown);
