@@ -72,6 +72,12 @@ fn explain(outcome: &RunOutcome) -> String {
     for key in invalid.iter().take(3) {
         text.push_str(&format!("invalid key: {key}\n"));
     }
+    for checker in ["set", "session", "leaders", "convergence", "exits", "final_log"] {
+        let result = &outcome.results["checkers"][checker];
+        if !result.is_null() && result["verdict"] != "valid" {
+            text.push_str(&format!("{checker}: {result}\n"));
+        }
+    }
     let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("jepsen-failures");
     if std::fs::create_dir_all(&keep).is_ok() {
         let name = outcome.dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -186,7 +192,9 @@ async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledge
     opts.interval = Duration::from_secs(3);
     opts.kill_targets = vec![Target::All];
     let outcome = run_one(opts).await;
+    if outcome.verdict != Verdict::Valid {
+        panic!("the crash run is not valid:\n{}", explain(&outcome));
+    }
     let summary = jepsen::run::report::summary(&outcome);
-    assert_eq!(outcome.verdict, Verdict::Valid, "{summary}");
     assert!(faults_started(&outcome)["lose-unsynced"].as_u64().unwrap_or(0) >= 1, "{summary}");
 }
