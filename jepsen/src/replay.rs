@@ -123,7 +123,8 @@ pub fn final_log_with(data_dir: &Path, options: ReplayOptions) -> anyhow::Result
     }
 
     let entries = log.read_entries(1..=committed).with_context(|| format!("{dir}: reading the log"))?;
-    let sm = StateMachineStore::new(Db::in_memory(), options.state_machine);
+    let sm = StateMachineStore::open(Db::in_memory(), options.state_machine)
+        .context("an in-memory state machine")?;
     let mut writes = Vec::new();
     for (entry, expected_index) in entries.into_iter().zip(1..) {
         let index = entry.log_id.index;

@@ -33,9 +33,9 @@
 //! wants exactly-once application sends a [`SessionId`]: its own random
 //! `client_id` and a `seq` that grows by one per new write and stays the
 //! same on a retry. For each client the state machine remembers the last
-//! `seq` applied and the reply it produced, in the same transaction as the
-//! data it wrote, so the two can never disagree after a crash (Raft thesis
-//! §6.3). On a command with a session:
+//! `seq` applied and the reply it produced, in the state machine's own state
+//! next to the data it wrote, so that the two are checkpointed together and
+//! can never disagree after a crash (Raft thesis §6.3). On a command with a session:
 //!
 //! * `seq` greater than the remembered one, or no session yet: apply, and
 //!   remember `(seq, reply, log time)`;
@@ -548,7 +548,7 @@ mod tests {
         }
 
         fn of(sm: KvStateMachine) -> Self {
-            Replica { store: StateMachineStore::new(Db::in_memory(), sm), next_index: 1 }
+            Replica { store: StateMachineStore::open(Db::in_memory(), sm).expect("open"), next_index: 1 }
         }
 
         /// Makes the next entry land at `index`, as if openraft had applied
@@ -994,7 +994,9 @@ mod tests {
         leader.apply(plain(put("k", "v2"))).await;
 
         let mut builder = leader.store.get_snapshot_builder().await;
-        let snapshot = builder.build_snapshot().await.expect("build snapshot");
+        builder.build_snapshot().await.expect("build snapshot");
+        // What the leader sends to a follower that is too far behind.
+        let snapshot = leader.store.get_current_snapshot().await.expect("read snapshot").expect("built");
         let mut follower = Replica::new();
         follower.store.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install snapshot");
         follower.jump_to(leader.next_index);

@@ -15,12 +15,14 @@
 //!   response).
 //!
 //! The state itself is a sorted map from byte keys to byte values, kept by
-//! this crate in the same redb database as the log and reached through
-//! [`AppState`] (writes, during apply) and [`AppView`] (reads). Because this
-//! crate owns the state, it also does the rest for you: the applied state and
-//! the position it reflects are committed in one transaction (a restart
-//! neither loses applied commands nor applies one twice), snapshots are
-//! taken and installed by copying the map, and the log is purged behind them.
+//! this crate in memory, checkpointed into the same redb database as the
+//! log, and reached through [`AppState`] (writes, during apply) and
+//! [`AppView`] (reads). Because this crate owns the state, it also does the
+//! rest for you: each checkpoint records the state together with the log
+//! position it reflects (so a restart reloads it and re-applies only the
+//! entries after it: nothing applied is lost, nothing is applied twice),
+//! snapshots are checkpoints, and the log is purged behind them. The whole
+//! state must fit in memory; see [`crate::storage::state_machine`].
 //!
 //! # Determinism
 //!
@@ -66,8 +68,10 @@
 //! `raft-core/examples/counter.rs`.
 
 use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -89,12 +93,14 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command to the state.
     ///
     /// Called on every replica, once per committed command, in log order,
-    /// from a blocking thread (never from the async runtime), inside the
-    /// write transaction that also records `ctx.log_id` as applied. If it
-    /// returns an error, the transaction is abandoned and the node stops:
-    /// an error here means the local storage failed, not that the command
-    /// was invalid. An invalid command must instead produce a response that
-    /// says so, and change nothing, identically on every replica.
+    /// on a copy of the state that becomes the applied state, together with
+    /// `ctx.log_id` as the applied position, only when the whole batch has
+    /// applied. It must be quick (it works on memory; a large batch runs on
+    /// a blocking thread). If it returns an error, the batch is abandoned
+    /// and the node stops: an error here means the stored state is corrupt,
+    /// not that the command was invalid. An invalid command must instead
+    /// produce a response that says so, and change nothing, identically on
+    /// every replica.
     fn apply(
         &self,
         state: &mut AppState<'_>,
@@ -164,26 +170,46 @@ impl From<redb::TransactionError> for StateError {
     }
 }
 
+/// A key or a value of the application state: shared, so that copying the
+/// state (for a read view, or a snapshot) copies pointers, not bytes.
+pub(crate) type Bytes = Arc<[u8]>;
+
+/// The application state: a persistent ordered map, whose clones share
+/// structure and cost O(1).
+pub(crate) type StateMap = imbl::OrdMap<Bytes, Bytes>;
+
 /// Write access to the application state, valid during one `apply` batch.
+///
+/// The batch works on its own copy of the state; the store publishes it
+/// only if every command of the batch applied, so an error leaves the
+/// state as it was.
 pub struct AppState<'t> {
-    pub(crate) table: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub(crate) data: &'t mut StateMap,
+    /// Every key written or removed: the next checkpoint writes these.
+    pub(crate) touched: &'t mut Vec<Bytes>,
 }
 
 impl AppState<'_> {
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        get(&self.table, key)
+        Ok(self.data.get(key).map(|v| v.to_vec()))
     }
 
     /// Stores `value` under `key`, replacing any previous value.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.table.insert(key, value)?;
+        let key: Bytes = key.into();
+        self.touched.push(key.clone());
+        self.data.insert(key, value.into());
         Ok(())
     }
 
     /// Removes `key`; returns whether it was present.
     pub fn remove(&mut self, key: &[u8]) -> Result<bool, StateError> {
-        Ok(self.table.remove(key)?.is_some())
+        let removed = self.data.remove(key).is_some();
+        if removed {
+            self.touched.push(key.into());
+        }
+        Ok(removed)
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order,
@@ -195,15 +221,22 @@ impl AppState<'_> {
         start: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StateError> {
-        scan_prefix(&self.table, prefix, start, limit)
+        Ok(scan_prefix(self.data, prefix, start, limit))
     }
 }
 
-/// A consistent read-only view of the application state, and the log
-/// position it reflects.
-pub struct AppView {
-    pub(crate) table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+/// The applied state as of one log position, shared by every read view
+/// taken while it was the newest.
+pub(crate) struct Published {
+    pub(crate) data: StateMap,
     pub(crate) applied: Option<LogId>,
+}
+
+/// A consistent read-only view of the application state, and the log
+/// position it reflects. Taking one costs O(1), and it never changes:
+/// entries applied afterwards do not show through it.
+pub struct AppView {
+    pub(crate) state: Arc<Published>,
 }
 
 impl AppView {
@@ -211,20 +244,17 @@ impl AppView {
     /// through this view reflects exactly the entries up to this one: the
     /// view is a consistent prefix of the replicated history.
     pub fn applied(&self) -> Option<LogId> {
-        self.applied
+        self.state.applied
     }
 
     /// The index of [`AppView::applied`], or 0 before anything was applied.
     pub fn applied_index(&self) -> u64 {
-        self.applied.map_or(0, |l| l.index)
+        self.state.applied.map_or(0, |l| l.index)
     }
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match &self.table {
-            Some(t) => get(t, key),
-            None => Ok(None),
-        }
+        Ok(self.state.data.get(key).map(|v| v.to_vec()))
     }
 
     /// See [`AppState::scan_prefix`].
@@ -234,48 +264,23 @@ impl AppView {
         start: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StateError> {
-        match &self.table {
-            Some(t) => scan_prefix(t, prefix, start, limit),
-            None => Ok(Vec::new()),
-        }
+        Ok(scan_prefix(&self.state.data, prefix, start, limit))
     }
 
     /// Visits every entry in key order (used for digests and snapshots).
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StateError> {
-        if let Some(t) = &self.table {
-            for item in t.iter()? {
-                let (k, v) = item?;
-                f(k.value(), v.value());
-            }
+        for (k, v) in self.state.data.iter() {
+            f(k, v);
         }
         Ok(())
     }
 }
 
-fn get(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, StateError> {
-    Ok(table.get(key)?.map(|v| v.value().to_vec()))
-}
-
-fn scan_prefix(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    prefix: &[u8],
-    start: &[u8],
-    limit: usize,
-) -> Result<Vec<KeyValue>, StateError> {
+fn scan_prefix(data: &StateMap, prefix: &[u8], start: &[u8], limit: usize) -> Vec<KeyValue> {
     let start = if start < prefix { prefix } else { start };
-    let mut out = Vec::new();
-    for item in table.range::<&[u8]>(start..)? {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = item?;
-        if !k.value().starts_with(prefix) {
-            break;
-        }
-        out.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    Ok(out)
+    data.range::<_, [u8]>((Bound::Included(start), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }

@@ -179,7 +179,6 @@ pub struct RaftNode<A: StateMachine> {
     config: Config,
     raft: Raft,
     sm: StateMachineStore<A>,
-    db: Db,
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
@@ -238,14 +237,18 @@ impl<A: StateMachine> RaftNode<A> {
         let (raft, db, sm) = match storage {
             Storage::Durable(dir) => {
                 let db = Db::open_with(&dir, config.storage)?;
-                let sm = StateMachineStore::new(db.clone(), app);
+                let sm = StateMachineStore::open(db.clone(), app).map_err(|e| StartError::DataDir {
+                    path: dir.clone(),
+                    reason: format!("loading the applied state: {e}"),
+                })?;
                 let log = RedbLogStore::new(db.clone());
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
                 (raft, db, sm)
             }
             Storage::InMemory => {
                 let db = Db::in_memory();
-                let sm = StateMachineStore::new(db.clone(), app);
+                let sm = StateMachineStore::open(db.clone(), app)
+                    .map_err(|e| StartError::Raft(format!("state machine: {e}")))?;
                 let raft = Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone())
                     .await
                     .map_err(raft_err)?;
@@ -256,7 +259,7 @@ impl<A: StateMachine> RaftNode<A> {
         let proposer = Proposer::spawn(raft.clone(), &config);
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
         let committed = tokio::sync::Mutex::new((0, None));
-        Ok(RaftNode { id, config, raft, sm, db, server: None, proposer, reads, committed })
+        Ok(RaftNode { id, config, raft, sm, server: None, proposer, reads, committed })
     }
 
     /// This node's id.
@@ -526,8 +529,8 @@ impl<A: StateMachine> RaftNode<A> {
     }
 
     /// Stops the node: the transport stops accepting connections, openraft
-    /// stops, and the database is flushed so that everything applied is
-    /// durable.
+    /// stops, and the applied state is checkpointed (made durable, with
+    /// everything before it).
     pub async fn shutdown(mut self) {
         self.proposer.shutdown();
         if let Some(server) = self.server.take() {
@@ -536,9 +539,11 @@ impl<A: StateMachine> RaftNode<A> {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(node_id = self.id, error = %e, "raft did not stop cleanly");
         }
-        let db = self.db.clone();
-        if let Err(e) = crate::storage::blocking(move || db.flush()).await {
-            tracing::warn!(node_id = self.id, error = %e, "final flush failed");
+        // A checkpoint, so that the next start resumes from the state as it
+        // is now instead of re-applying the log since the last snapshot.
+        let sm = self.sm.clone();
+        if let Err(e) = crate::storage::blocking(move || sm.checkpoint()).await {
+            tracing::warn!(node_id = self.id, error = %e, "final checkpoint failed");
         }
         tracing::info!(node_id = self.id, "raft node stopped");
     }

@@ -1,13 +1,16 @@
 //! Crash safety of the redb log: a child process appends entries in a loop,
-//! printing each index once `append` has reported it durable, and applies
-//! them to the state machine (whose commits are not fsynced on their own;
-//! see `storage/state_machine.rs`). The parent kills it with SIGKILL at a
-//! random moment, reopens the directory, and checks that
+//! printing each index once `append` has reported it durable, applies them
+//! to the state machine (in memory; see `storage/state_machine.rs`), and
+//! now and then builds a snapshot (a checkpoint) and purges the log behind
+//! it. The parent kills it with SIGKILL at a random moment, reopens the
+//! directory, and checks that
 //!
 //! * every acknowledged entry is in the log, unchanged;
 //! * the log is a contiguous prefix (no holes, no garbage after it);
 //! * the applied state equals a replay of the log up to `applied`, which is
-//!   never beyond the log: applied state is never lost or repeated.
+//!   never beyond the log: applied state is never lost or repeated;
+//! * the log still holds every entry after `applied` (the purge never
+//!   passed the last checkpoint), so a restart can re-apply them.
 //!
 //! Then it starts the child again on the same directory, which continues
 //! from where the log ends, and kills it again, several rounds.
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use common::{Register, Set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
 use raft_core::storage::{Db, RedbLogStore, StateMachineStore};
 use raft_core::types::{Batch, LogId, TypeConfig};
@@ -49,7 +52,7 @@ fn crash_child() {
     rt.block_on(async move {
         let db = Db::open(std::path::Path::new(&dir)).unwrap();
         let mut log = RedbLogStore::new(db.clone());
-        let mut sm = StateMachineStore::new(db, Register);
+        let mut sm = StateMachineStore::open(db, Register).unwrap();
         let state = log.get_log_state().await.unwrap();
         let mut next = state.last_log_id.map_or(1, |l| l.index + 1);
         let applied = sm.applied_state().await.unwrap().0.map_or(0, |l| l.index);
@@ -66,8 +69,11 @@ fn crash_child() {
             out.flush().unwrap();
             sm.apply(batch).await.unwrap();
             if next % 300 == 1 && next > 300 {
-                // Purge behind the applied state, as after a snapshot.
-                log.purge(LogId::new(CommittedLeaderId::new(1, 0), next - 200)).await.unwrap();
+                // A snapshot (a checkpoint of the applied state), then a
+                // purge behind it, keeping 100 entries, as openraft does.
+                let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+                let upto = snapshot.meta.last_log_id.expect("applied").index - 100;
+                log.purge(LogId::new(CommittedLeaderId::new(1, 0), upto)).await.unwrap();
             }
             next += 3;
         }
@@ -89,7 +95,7 @@ async fn crash_at_random_moments_loses_no_acknowledged_entry() {
 
         let db = Db::open(dir.path()).unwrap();
         let mut log = RedbLogStore::new(db.clone());
-        let mut sm = StateMachineStore::new(db, Register);
+        let mut sm = StateMachineStore::open(db, Register).unwrap();
         let state = log.get_log_state().await.unwrap();
         let last = state.last_log_id.expect("log not empty").index;
         assert!(last >= acked, "round {round}: acknowledged {acked} but the log ends at {last}");
@@ -106,6 +112,11 @@ async fn crash_at_random_moments_loses_no_acknowledged_entry() {
         // its last write at or before `applied`.
         let applied = sm.applied_state().await.unwrap().0.map_or(0, |l| l.index);
         assert!(applied <= last, "round {round}: applied {applied} beyond the log {last}");
+        assert!(
+            first <= applied + 1,
+            "round {round}: purged up to {} past the checkpoint {applied}",
+            first - 1
+        );
         let view = sm.view().unwrap();
         for k in 0..7u64 {
             let last_write = (1..=applied).rev().find(|i| i % 7 == k);

@@ -31,7 +31,7 @@ async fn everything_survives_close_and_reopen() {
     let (snapshot_before, log_before) = {
         let db = Db::open(dir.path()).unwrap();
         let mut log = RedbLogStore::new(db.clone());
-        let mut sm = StateMachineStore::new(db.clone(), Register);
+        let mut sm = StateMachineStore::open(db.clone(), Register).unwrap();
 
         log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         let mut entries =
@@ -45,14 +45,15 @@ async fn everything_survives_close_and_reopen() {
         log.purge(log_id(2, 10)).await.unwrap();
         log.save_committed(Some(log_id(2, 18))).await.unwrap();
         sm.apply(entries[15..18].to_vec()).await.unwrap();
-        db.flush().unwrap();
+        // As a node does when it shuts down.
+        sm.checkpoint().unwrap();
         let log_before = log.try_get_log_entries(0..100).await.unwrap();
         (snapshot, log_before)
     };
 
     let db = Db::open(dir.path()).unwrap();
     let mut log = RedbLogStore::new(db.clone());
-    let mut sm = StateMachineStore::new(db, Register);
+    let mut sm = StateMachineStore::open(db, Register).unwrap();
 
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(2, 1)));
     let state = log.get_log_state().await.unwrap();
@@ -74,18 +75,51 @@ async fn everything_survives_close_and_reopen() {
     assert_eq!(view.get(b"k4").unwrap().as_deref(), Some(&b"v14"[..]));
 
     // The applied state is the snapshot: after a restart the current one
-    // is the state as applied (entry 18), covering the one built at 15 that
-    // the purge relied on.
+    // is the state as checkpointed (entry 18), covering the one built at 15
+    // that the purge relied on.
     assert_eq!(snapshot_before.meta.last_log_id, Some(log_id(2, 15)));
     let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot exists after restart");
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 18)));
     assert_eq!(snapshot.meta.last_membership, snapshot_before.meta.last_membership);
     let copy = tempfile::tempdir().unwrap();
-    let mut other = StateMachineStore::new(Db::open(copy.path()).unwrap(), Register);
+    let mut other = StateMachineStore::open(Db::open(copy.path()).unwrap(), Register).unwrap();
     other.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
     let view = other.view().unwrap();
     assert_eq!(view.get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]), "the snapshot holds the state at 18");
     assert_eq!(view.get(b"k4").unwrap().as_deref(), Some(&b"v14"[..]));
+}
+
+/// Without a checkpoint (a crash), a reopened store holds the state as of
+/// the last snapshot, and the log still holds every entry after it, which
+/// openraft applies again: nothing applied is lost.
+#[tokio::test]
+async fn a_crash_resumes_from_the_last_snapshot_and_the_log_covers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<_> = (1..=20).map(|i| set(1, i, &format!("k{}", i % 5), &format!("v{i}"))).collect();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = RedbLogStore::new(db.clone());
+        let mut sm = StateMachineStore::open(db, Register).unwrap();
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries[..15].to_vec()).await.unwrap();
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 15)));
+        log.purge(log_id(1, 15)).await.unwrap();
+        sm.apply(entries[15..].to_vec()).await.unwrap();
+        assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
+        // Dropped without a checkpoint, as in a crash.
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let mut log = RedbLogStore::new(db.clone());
+    let mut sm = StateMachineStore::open(db, Register).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 15)), "the state as of the snapshot");
+    assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v13"[..]));
+    let rest = log.try_get_log_entries(16..=20).await.unwrap();
+    assert_eq!(rest, entries[15..].to_vec(), "the log holds everything after it");
+    sm.apply(rest).await.unwrap();
+    assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 20)));
 }
 
 #[tokio::test]
@@ -94,19 +128,23 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     let dst = tempfile::tempdir().unwrap();
     let snapshot = {
         let db = Db::open(src.path()).unwrap();
-        let mut sm = StateMachineStore::new(db, Register);
+        let mut sm = StateMachineStore::open(db, Register).unwrap();
         sm.apply(vec![set(1, 1, "a", "1"), set(1, 2, "b", "2")]).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap()
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        // What openraft sends to a follower: the current snapshot.
+        let current = sm.get_current_snapshot().await.unwrap().expect("built");
+        assert_eq!(current.meta, built.meta);
+        current
     };
     {
         let db = Db::open(dst.path()).unwrap();
-        let mut sm = StateMachineStore::new(db.clone(), Register);
+        let mut sm = StateMachineStore::open(db.clone(), Register).unwrap();
         sm.apply(vec![set(1, 1, "stale", "x")]).await.unwrap();
         sm.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()).await.unwrap();
-        db.flush().unwrap();
+        // No checkpoint: installing is durable on its own.
     }
     let db = Db::open(dst.path()).unwrap();
-    let mut sm = StateMachineStore::new(db, Register);
+    let mut sm = StateMachineStore::open(db, Register).unwrap();
     let view = sm.view().unwrap();
     assert_eq!(view.get(b"stale").unwrap(), None, "install replaces the whole state");
     assert_eq!(view.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));

@@ -18,7 +18,11 @@ impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore<Register>, tempfil
     ) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore<Register>), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
-        Ok((dir, RedbLogStore::new(db.clone()), StateMachineStore::new(db, Register)))
+        Ok((
+            dir,
+            RedbLogStore::new(db.clone()),
+            StateMachineStore::open(db, Register).expect("open state machine"),
+        ))
     }
 }
 
@@ -26,7 +30,11 @@ struct MemBuilder;
 
 impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore<Register>, ()> for MemBuilder {
     async fn build(&self) -> Result<((), MemLogStore, StateMachineStore<Register>), StorageError> {
-        Ok(((), MemLogStore::new(), StateMachineStore::new(Db::in_memory(), Register)))
+        Ok((
+            (),
+            MemLogStore::new(),
+            StateMachineStore::open(Db::in_memory(), Register).expect("open state machine"),
+        ))
     }
 }
 

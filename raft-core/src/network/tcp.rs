@@ -855,7 +855,7 @@ mod tests {
             Arc::new(config.to_openraft().unwrap()),
             TcpNetwork::new(node_id, &config),
             MemLogStore::new(),
-            StateMachineStore::new(Db::in_memory(), Nothing),
+            StateMachineStore::open(Db::in_memory(), Nothing).unwrap(),
         )
         .await
         .unwrap();

@@ -13,10 +13,10 @@
 //! |           | `"committed"`| a committed log id, written with log appends   |
 //! |           | `"purged"`   | the last purged log id                         |
 //! | `log`     | index (u64)  | one encoded log entry                          |
-//! | `sm`      | `"applied"`  | the last applied log id                        |
-//! |           | `"membership"`| the last applied membership                   |
-//! |           | `"snapshot_meta"`, `"snapshot"` | the current snapshot        |
-//! | `app`     | bytes        | the application state (see [`crate::app`])     |
+//! | `sm`      | `"applied"`  | the log id the checkpointed state reflects     |
+//! |           | `"membership"`| the membership as of that log id              |
+//! |           | `"snapshot_meta"` | the current snapshot's metadata           |
+//! | `app`     | bytes        | the application state at the last checkpoint (see [`super::state_machine`]) |
 //!
 //! Every value is encoded with [`crate::codec`].
 

@@ -1,56 +1,72 @@
-//! The applied state: the application's data, the last applied log id, the
-//! last applied membership, and the current snapshot, all in the node's
-//! redb database.
+//! The applied state: the application's data, the last applied log id and
+//! membership, and the current snapshot.
+//!
+//! # In memory, checkpointed into redb
+//!
+//! The application's state lives in memory, in a persistent ordered map
+//! ([`imbl::OrdMap`]): applying a committed entry changes memory only, and a
+//! read view is an O(1) clone of the map that later applies do not disturb.
+//! Durability comes from the log, which is already durable before an entry
+//! can be committed. The state is written to redb only at a **checkpoint**:
+//! every key changed since the previous checkpoint, with the log id and
+//! membership the state reflects, in one durable write transaction.
+//!
+//! A checkpoint is taken whenever openraft builds a snapshot
+//! ([`Config::snapshot_every`](crate::Config::snapshot_every) entries), when
+//! a snapshot is installed, and when the node shuts down.
 //!
 //! # Why a restart neither loses nor repeats an applied command
 //!
-//! Each batch of committed entries is applied in **one** write transaction
-//! that also records the batch's last log id as `applied`. Data and position
-//! therefore move together: after any crash, the database holds some
-//! transaction's state, whose `applied` says exactly which entries it
-//! includes, and openraft re-applies only the entries after it.
+//! On restart the store loads the last checkpoint: a state that is exactly
+//! the result of applying entries 1..=`applied` (one transaction wrote the
+//! data and `applied` together). openraft then applies the entries after
+//! `applied` again, from the log, up to the commit index. That works only if
+//! those entries are still in the log, and they are: openraft purges the log
+//! only behind a snapshot, and a snapshot's last log id is a checkpoint's
+//! `applied`, made durable before the snapshot is reported built. A crash
+//! loses at most the in-memory applies since the last checkpoint, which the
+//! log replays. `tests/crash.rs` kills a process that appends, applies,
+//! checkpoints and purges, at random moments, and checks exactly this.
 //!
-//! That transaction commits *without* its own fsync
-//! ([`redb::Durability::None`]). It is still safe, because the log lives in
-//! the same database: every later durable commit (the next log append, vote
-//! or purge) makes it durable too, and a crash before that merely rolls the
-//! state back to an earlier `applied`, from which the still-present log
-//! entries are applied again. The one case where the log could not cover the
-//! gap, a purge, is itself a durable commit made after the snapshot it
-//! relies on, so it makes that state durable first. This saves one fsync per
-//! batch on the write path.
+//! This is the classic write-ahead log and checkpoint (as in a database's
+//! redo log), and the trade-off that hashicorp/raft's and etcd's
+//! applications make too: the state must fit in memory, and a restart
+//! replays up to `snapshot_every` entries. It costs one redb write per
+//! changed key per checkpoint instead of one per write, and a checkpoint
+//! writes its keys in sorted order, so redb touches each page once.
+//!
+//! An earlier version applied every batch in its own redb transaction (without
+//! fsync, in the log's database, so that the next log append made it
+//! durable). With random keys that dirtied about one B-tree page per write,
+//! which redb wrote out and the next append had to fsync, and it halved the
+//! write throughput of a loaded cluster (`docs/benchmarks.md`).
 //!
 //! # Snapshots
 //!
-//! The applied state is already durable and consistent with its `applied`
-//! log id, so it *is* the snapshot: nothing is copied into the database.
-//! Building a snapshot records only its metadata (`snapshot_meta`: last
+//! The applied state, with its log id, *is* the snapshot. Building one is a
+//! checkpoint that also records its metadata (`snapshot_meta`: last
 //! included log id and membership), which lets openraft purge the log
-//! behind it. When a snapshot is needed, to send to a follower that is too
-//! far behind to catch up from the log, it is read from one redb read
-//! transaction (the application table and the `applied` it reflects, at
-//! least as new as the recorded metadata) and encoded with
-//! [`crate::codec`]. A follower installs it in one write transaction.
-//!
-//! An earlier version stored a copy of the whole table with each snapshot:
-//! at 65,536 keys that was an 18 MB write, holding redb's single writer
-//! (and so every log append) while it was fsynced, and it halved the write
-//! throughput of a loaded cluster (`docs/benchmarks.md`). A production
-//! system with a large state would also stream the snapshot from the read
-//! transaction instead of encoding it in memory.
+//! behind it; openraft uses only the metadata of a built snapshot
+//! (`core/sm/worker.rs`). When a snapshot must be sent to a follower too far
+//! behind to catch up from the log, [`RaftStateMachine::get_current_snapshot`]
+//! encodes the state in memory at that moment, which is at least as new as
+//! the recorded one. A follower installs it in one durable transaction that
+//! replaces its stored state. A production system with a large state would
+//! stream the snapshot instead of encoding it in memory.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{RaftSnapshotBuilder, StorageIOError};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
-use crate::app::{AppState, AppView, ApplyContext, StateMachine, APP_TABLE};
+use crate::app::{AppState, AppView, ApplyContext, Bytes, Published, StateMachine, StateMap, APP_TABLE};
 use crate::codec;
 use crate::types::{
     Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -59,73 +75,124 @@ use crate::types::{
 /// The version of the snapshot encoding, checked when one is installed.
 const SNAPSHOT_FORMAT: u32 = 1;
 
+/// Batches of up to this many commands are applied on the calling task:
+/// applying works on memory and takes microseconds per command, less than
+/// handing the batch to a blocking thread and back. Bigger ones (a restart
+/// replaying the log) go to a blocking thread, so as not to hold up the
+/// async runtime.
+const INLINE_APPLY_MAX: usize = 512;
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     format: u32,
     pairs: Vec<(ByteBuf, ByteBuf)>,
 }
 
-/// The state machine side of a node's storage. Cheap to clone.
+/// The state machine side of a node's storage. Cheap to clone: clones share
+/// the state.
 pub struct StateMachineStore<A: StateMachine> {
-    db: Db,
-    app: Arc<A>,
+    inner: Arc<Inner<A>>,
 }
 
 impl<A: StateMachine> Clone for StateMachineStore<A> {
     fn clone(&self) -> Self {
-        StateMachineStore { db: self.db.clone(), app: self.app.clone() }
+        StateMachineStore { inner: self.inner.clone() }
     }
+}
+
+struct Inner<A> {
+    db: Db,
+    app: A,
+    /// The applier's state. Its lock is held while a batch applies.
+    working: Mutex<Working>,
+    /// The state as of the last applied batch, for readers: they take an
+    /// `Arc` and never wait for an apply.
+    published: RwLock<Arc<Published>>,
+    /// Held while a checkpoint or a snapshot install writes to redb, so
+    /// that they never interleave.
+    checkpoint: Mutex<()>,
+}
+
+struct Working {
+    data: StateMap,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Keys written or removed since the last checkpoint.
+    dirty: BTreeSet<Bytes>,
+    /// The metadata of the snapshot last built or installed.
+    snapshot: Option<SnapshotMeta>,
+}
+
+impl Working {
+    fn published(&self) -> Arc<Published> {
+        Arc::new(Published { data: self.data.clone(), applied: self.applied })
+    }
+
+    /// The metadata of a snapshot of the state now. Two snapshots at one
+    /// log id hold the same data (the state machine is deterministic), so
+    /// they may share an id: keep the recorded one's (an installed snapshot
+    /// carries the leader's), else name it after the log id.
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        let snapshot_id = match (&self.snapshot, self.applied) {
+            (Some(r), applied) if r.last_log_id == applied => r.snapshot_id.clone(),
+            (_, Some(l)) => format!("{}-{}", l.leader_id.term, l.index),
+            (_, None) => "0-0".to_string(),
+        };
+        SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id }
+    }
+}
+
+/// Locks `m`, also after a panic elsewhere: the state behind these locks is
+/// only ever replaced whole, never left half-changed.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<A: StateMachine> StateMachineStore<A> {
     /// The state machine of `app`, kept in `db` (the same database as the
-    /// node's log; see the module docs for why that matters).
-    pub fn new(db: Db, app: A) -> Self {
-        StateMachineStore { db, app: Arc::new(app) }
+    /// node's log): loads the last checkpoint into memory.
+    pub fn open(db: Db, app: A) -> Result<Self, DbError> {
+        let working = load(&db)?;
+        let published = RwLock::new(working.published());
+        let inner = Inner { db, app, working: Mutex::new(working), published, checkpoint: Mutex::new(()) };
+        Ok(StateMachineStore { inner: Arc::new(inner) })
     }
 
     /// The application.
     pub fn app(&self) -> &A {
-        &self.app
+        &self.inner.app
     }
 
-    /// A consistent view of the applied state. Reads from redb on the
-    /// calling thread; the reads are short and usually served from cache.
+    /// A consistent view of the applied state, as of the last applied
+    /// batch. Costs O(1); never waits for an apply in progress.
     pub fn view(&self) -> Result<AppView, DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let sm = tx.open_table(SM)?;
-        let applied: Option<LogId> = get_value(&sm, "applied")?;
-        let table = match tx.open_table(APP_TABLE) {
-            Ok(t) => Some(t),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(AppView { table, applied })
+        let state = self.inner.published.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(AppView { state })
     }
 
-    fn applied(&self) -> Result<(Option<LogId>, StoredMembership), DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let sm = tx.open_table(SM)?;
-        Ok((get_value(&sm, "applied")?, get_value(&sm, "membership")?.unwrap_or_default()))
+    fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        let w = lock(&self.inner.working);
+        (w.applied, w.membership.clone())
     }
 
-    /// Applies committed entries in one transaction on the calling thread,
-    /// exactly as openraft's [`RaftStateMachine::apply`] does (which calls
-    /// this on tokio's blocking pool), and returns one [`Replies`] per entry.
+    /// Applies committed entries on the calling thread, exactly as
+    /// openraft's [`RaftStateMachine::apply`] does, and returns one
+    /// [`Replies`] per entry. The batch applies to a copy of the state, which
+    /// replaces the state only if every command applied.
     ///
     /// For tools that replay a log outside a running node, such as the
     /// Jepsen harness rebuilding the state after each entry of a stopped
     /// node's log. The caller must pass committed entries, in log order,
     /// each exactly once: the store cannot tell.
     pub fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Replies>, DbError> {
-        let mut tx = self.db.inner.begin_write()?;
-        tx.set_durability(Durability::None).map_err(redb::Error::from)?;
+        let mut w = lock(&self.inner.working);
+        let mut data = w.data.clone();
+        let mut touched = Vec::new();
         let mut replies = Vec::with_capacity(entries.len());
+        let mut last = None;
+        let mut membership = None;
         {
-            let mut sm = tx.open_table(SM)?;
-            let mut state = AppState { table: tx.open_table(APP_TABLE)? };
-            let mut last = None;
-            let mut membership = None;
+            let mut state = AppState { data: &mut data, touched: &mut touched };
             for entry in entries {
                 last = Some(entry.log_id);
                 match entry.payload {
@@ -139,7 +206,7 @@ impl<A: StateMachine> StateMachineStore<A> {
                             // decode gets the same (error) response everywhere.
                             let result: Result<A::Response, String> = match codec::decode::<A::Command>(&cmd)
                             {
-                                Ok(c) => Ok(self.app.apply(&mut state, ctx, c)?),
+                                Ok(c) => Ok(self.inner.app.apply(&mut state, ctx, c)?),
                                 Err(e) => Err(e.to_string()),
                             };
                             out.push(ByteBuf::from(codec::encode(&result)));
@@ -152,66 +219,88 @@ impl<A: StateMachine> StateMachineStore<A> {
                     }
                 }
             }
-            if let Some(last) = last {
-                put_value(&mut sm, "applied", &last)?;
-            }
-            if let Some(m) = membership {
-                put_value(&mut sm, "membership", &m)?;
-            }
         }
-        tx.commit()?;
+        w.data = data;
+        w.dirty.extend(touched);
+        if last.is_some() {
+            w.applied = last;
+        }
+        if let Some(m) = membership {
+            w.membership = m;
+        }
+        let published = w.published();
+        *self.inner.published.write().unwrap_or_else(|e| e.into_inner()) = published;
         Ok(replies)
     }
 
-    fn build(&self) -> Result<Snapshot, DbError> {
-        let snapshot = self.read_snapshot()?;
-        let tx = self.db.inner.begin_write()?;
+    /// Writes a checkpoint: every key changed since the last one, with the
+    /// log id and membership the state reflects, in one durable redb
+    /// transaction. After it, a restart resumes from the state as it is now.
+    /// A node calls this when it shuts down; snapshots call it too.
+    pub fn checkpoint(&self) -> Result<SnapshotMeta, DbError> {
+        self.checkpoint_inner(false)
+    }
+
+    fn checkpoint_inner(&self, record_snapshot: bool) -> Result<SnapshotMeta, DbError> {
+        let _writing = lock(&self.inner.checkpoint);
+        let (data, dirty, meta) = {
+            let mut w = lock(&self.inner.working);
+            (w.data.clone(), std::mem::take(&mut w.dirty), w.snapshot_meta())
+        };
+        let keys = dirty.iter().map(|k| &k[..]);
+        if let Err(e) = self.write_checkpoint(&data, keys, &meta, record_snapshot, false) {
+            // Nothing was written: those keys are still to be written.
+            lock(&self.inner.working).dirty.extend(dirty);
+            return Err(e);
+        }
+        if record_snapshot {
+            lock(&self.inner.working).snapshot = Some(meta.clone());
+        }
+        Ok(meta)
+    }
+
+    /// One durable transaction: `keys` of `data` written (or removed, if
+    /// absent from it), the position of `meta` as applied, and `meta` as the
+    /// current snapshot if `record_snapshot`. With `replace`, the stored
+    /// state is cleared first.
+    fn write_checkpoint<'k>(
+        &self,
+        data: &StateMap,
+        keys: impl Iterator<Item = &'k [u8]>,
+        meta: &SnapshotMeta,
+        record_snapshot: bool,
+        replace: bool,
+    ) -> Result<(), DbError> {
+        let tx = self.inner.db.inner.begin_write()?;
         {
+            if replace {
+                tx.delete_table(APP_TABLE)?;
+            }
+            let mut app = tx.open_table(APP_TABLE)?;
+            for key in keys {
+                match data.get(key) {
+                    Some(value) => {
+                        app.insert(key, &value[..])?;
+                    }
+                    None => {
+                        app.remove(key)?;
+                    }
+                }
+            }
             let mut sm = tx.open_table(SM)?;
-            // A snapshot installed from the leader while this one was being
-            // read may be newer; never record an older one.
-            let current: Option<SnapshotMeta> = get_value(&sm, "snapshot_meta")?;
-            if current.is_none_or(|c| c.last_log_id <= snapshot.meta.last_log_id) {
-                put_value(&mut sm, "snapshot_meta", &snapshot.meta)?;
+            match &meta.last_log_id {
+                Some(applied) => put_value(&mut sm, "applied", applied)?,
+                None => {
+                    sm.remove("applied")?;
+                }
+            }
+            put_value(&mut sm, "membership", &meta.last_membership)?;
+            if record_snapshot {
+                put_value(&mut sm, "snapshot_meta", meta)?;
             }
         }
         tx.commit()?;
-        Ok(snapshot)
-    }
-
-    /// A snapshot of the applied state as one read transaction sees it: the
-    /// application table with the `applied` and `membership` it reflects.
-    /// The state *is* the snapshot, so nothing is copied into the database:
-    /// a snapshot is encoded only when it is asked for.
-    fn read_snapshot(&self) -> Result<Snapshot, DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let sm = tx.open_table(SM)?;
-        let applied: Option<LogId> = get_value(&sm, "applied")?;
-        let membership: StoredMembership = get_value(&sm, "membership")?.unwrap_or_default();
-        let mut pairs = Vec::new();
-        match tx.open_table(APP_TABLE) {
-            Ok(app) => {
-                for item in app.iter()? {
-                    let (k, v) = item?;
-                    pairs.push((ByteBuf::from(k.value()), ByteBuf::from(v.value())));
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let data = codec::encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs });
-        // The state machine is deterministic, so two snapshots at one log
-        // id hold the same data and may share an id: keep the recorded
-        // one's (an installed snapshot carries the leader's), else name it
-        // after the log id.
-        let recorded: Option<SnapshotMeta> = get_value(&sm, "snapshot_meta")?;
-        let snapshot_id = match (recorded, applied) {
-            (Some(r), _) if r.last_log_id == applied => r.snapshot_id,
-            (_, Some(l)) => format!("{}-{}", l.leader_id.term, l.index),
-            (_, None) => "0-0".to_string(),
-        };
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(())
     }
 
     fn install(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
@@ -223,46 +312,61 @@ impl<A: StateMachine> StateMachineStore<A> {
             }
             .into());
         }
-        let tx = self.db.inner.begin_write()?;
-        {
-            tx.delete_table(APP_TABLE)?;
-            let mut app = tx.open_table(APP_TABLE)?;
-            for (k, v) in &file.pairs {
-                app.insert(k.as_slice(), v.as_slice())?;
-            }
-            let mut sm = tx.open_table(SM)?;
-            match &meta.last_log_id {
-                Some(applied) => put_value(&mut sm, "applied", applied)?,
-                None => {
-                    sm.remove("applied")?;
-                }
-            }
-            put_value(&mut sm, "membership", &meta.last_membership)?;
-            put_value(&mut sm, "snapshot_meta", &meta)?;
+        let mut state = StateMap::new();
+        for (k, v) in file.pairs {
+            state.insert(k.into_vec().into(), v.into_vec().into());
         }
-        tx.commit()?;
+        let _writing = lock(&self.inner.checkpoint);
+        self.write_checkpoint(&state, state.keys().map(|k| &k[..]), &meta, true, true)?;
+        let mut w = lock(&self.inner.working);
+        *w = Working {
+            data: state,
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            dirty: BTreeSet::new(),
+            snapshot: Some(meta),
+        };
+        let published = w.published();
+        *self.inner.published.write().unwrap_or_else(|e| e.into_inner()) = published;
         Ok(())
     }
 
     /// The current snapshot: once one has been built or installed, the
-    /// applied state now, which is at least as new as the recorded one
-    /// (applied only grows, and the durable commit that recorded the
-    /// snapshot made the state it was read from durable too).
-    fn current(&self) -> Result<Option<Snapshot>, DbError> {
-        let recorded = {
-            let tx = self.db.inner.begin_read()?;
-            let sm = tx.open_table(SM)?;
-            get_value::<SnapshotMeta>(&sm, "snapshot_meta")?
+    /// applied state now, which is at least as new as the recorded one.
+    fn current(&self) -> Option<Snapshot> {
+        let (data, meta) = {
+            let w = lock(&self.inner.working);
+            w.snapshot.as_ref()?;
+            (w.data.clone(), w.snapshot_meta())
         };
-        match recorded {
-            None => Ok(None),
-            Some(_) => self.read_snapshot().map(Some),
-        }
+        let pairs = data.iter().map(|(k, v)| (ByteBuf::from(&k[..]), ByteBuf::from(&v[..]))).collect();
+        let bytes = codec::encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs });
+        Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
 
-fn sm_read_err(e: DbError) -> StorageError {
-    StorageIOError::read_state_machine(&e).into()
+/// Reads the last checkpoint.
+fn load(db: &Db) -> Result<Working, DbError> {
+    let tx = db.inner.begin_read()?;
+    let sm = tx.open_table(SM)?;
+    let mut data = StateMap::new();
+    match tx.open_table(APP_TABLE) {
+        Ok(app) => {
+            for item in redb::ReadableTable::iter(&app)? {
+                let (k, v) = item?;
+                data.insert(k.value().into(), v.value().into());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Working {
+        data,
+        applied: get_value(&sm, "applied")?,
+        membership: get_value(&sm, "membership")?.unwrap_or_default(),
+        dirty: BTreeSet::new(),
+        snapshot: get_value(&sm, "snapshot_meta")?,
+    })
 }
 
 fn sm_write_err(e: DbError) -> StorageError {
@@ -270,9 +374,16 @@ fn sm_write_err(e: DbError) -> StorageError {
 }
 
 impl<A: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<A> {
+    /// A checkpoint that records itself as the current snapshot. Returns
+    /// its metadata with no data: openraft uses only the metadata of a
+    /// built snapshot, and `get_current_snapshot` encodes the data when a
+    /// follower needs it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let this = self.clone();
-        blocking(move || this.build()).await.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+        let meta = blocking(move || this.checkpoint_inner(true))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -280,8 +391,7 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let this = self.clone();
-        blocking(move || this.applied()).await.map_err(sm_read_err)
+        Ok(self.applied())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Replies>, StorageError>
@@ -290,6 +400,16 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let commands: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(batch) => batch.0.len(),
+                _ => 1,
+            })
+            .sum();
+        if commands <= INLINE_APPLY_MAX {
+            return self.apply_blocking(entries).map_err(sm_write_err);
+        }
         let this = self.clone();
         blocking(move || this.apply_blocking(entries)).await.map_err(sm_write_err)
     }
@@ -317,6 +437,6 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let this = self.clone();
-        blocking(move || this.current()).await.map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        Ok(blocking(move || this.current()).await)
     }
 }
