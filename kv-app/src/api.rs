@@ -308,6 +308,10 @@ pub struct StatusResponse {
     pub committed_index: u64,
     /// The index of the last entry this node applied.
     pub applied_index: u64,
+    /// The index its last checkpoint of the applied state reflects (a
+    /// restart re-applies the log after it).
+    #[serde(default)]
+    pub checkpointed_index: u64,
     /// The last index of this node's snapshot.
     pub snapshot_index: Option<u64>,
     /// The last index purged from this node's log.

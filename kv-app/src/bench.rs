@@ -1259,6 +1259,7 @@ impl InstantAnswers {
             last_log_index: 1,
             committed_index: 1,
             applied_index: 1,
+            checkpointed_index: 0,
             snapshot_index: None,
             purged_index: None,
             voters: vec![1],

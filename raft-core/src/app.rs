@@ -185,8 +185,6 @@ pub(crate) type StateMap = imbl::OrdMap<Bytes, Bytes>;
 /// state as it was.
 pub struct AppState<'t> {
     pub(crate) data: &'t mut StateMap,
-    /// Every key written or removed: the next checkpoint writes these.
-    pub(crate) touched: &'t mut Vec<Bytes>,
 }
 
 impl AppState<'_> {
@@ -197,19 +195,13 @@ impl AppState<'_> {
 
     /// Stores `value` under `key`, replacing any previous value.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        let key: Bytes = key.into();
-        self.touched.push(key.clone());
-        self.data.insert(key, value.into());
+        self.data.insert(key.into(), value.into());
         Ok(())
     }
 
     /// Removes `key`; returns whether it was present.
     pub fn remove(&mut self, key: &[u8]) -> Result<bool, StateError> {
-        let removed = self.data.remove(key).is_some();
-        if removed {
-            self.touched.push(key.into());
-        }
-        Ok(removed)
+        Ok(self.data.remove(key).is_some())
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order,

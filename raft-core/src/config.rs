@@ -42,6 +42,14 @@ pub struct Config {
     /// Take a snapshot after this many entries were applied since the last
     /// one; the log before the snapshot is then purged. Default 10,000.
     pub snapshot_every: u64,
+    /// Also write a checkpoint of the applied state (see
+    /// [`crate::storage::state_machine`]) after this many commands were
+    /// applied since the last one, in the background. A restart re-applies
+    /// the commands since the last checkpoint, so this bounds how long a
+    /// restart takes whatever the size of the log's entries; each
+    /// checkpoint writes the keys changed since the previous one. 0: only
+    /// at snapshots. Default 100,000.
+    pub checkpoint_every_commands: u64,
     /// Entries to keep in the log behind a snapshot, so that a follower
     /// that is only a little behind catches up from the log rather than by
     /// a full snapshot transfer. Default 1,000.
@@ -97,6 +105,7 @@ impl Config {
             election_timeout_min: Duration::from_millis(500),
             election_timeout_max: Duration::from_millis(1000),
             snapshot_every: 10_000,
+            checkpoint_every_commands: 100_000,
             keep_behind_snapshot: 1_000,
             max_entries_per_append: 256,
             purge_batch: 1_024,

@@ -122,6 +122,33 @@ async fn a_crash_resumes_from_the_last_snapshot_and_the_log_covers_the_rest() {
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 20)));
 }
 
+/// With `set_checkpoint_every`, checkpoints happen in the background as
+/// commands are applied, so a crash re-applies at most about that many.
+#[tokio::test]
+async fn background_checkpoints_bound_what_a_restart_reapplies() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let sm = StateMachineStore::open(db, Register).unwrap();
+        sm.set_checkpoint_every(10);
+        for i in 1..=25 {
+            sm.apply_blocking(vec![set(1, i, &format!("k{i}"), "v")]).unwrap();
+        }
+        // The checkpoints run on a thread of their own: wait for one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sm.checkpointed_index() < 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(sm.checkpointed_index() >= 10, "no background checkpoint: {}", sm.checkpointed_index());
+        // Dropped without a final checkpoint, as in a crash.
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let mut sm = StateMachineStore::open(db, Register).unwrap();
+    let applied = sm.applied_state().await.unwrap().0.map_or(0, |l| l.index);
+    assert!((10..=25).contains(&applied), "a background checkpoint covers entry 10 or later: {applied}");
+    assert_eq!(sm.view().unwrap().get(format!("k{applied}").as_bytes()).unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 #[tokio::test]
 async fn installed_snapshot_replaces_state_and_survives_reopen() {
     let src = tempfile::tempdir().unwrap();

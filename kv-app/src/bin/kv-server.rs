@@ -67,6 +67,11 @@ struct Args {
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Also checkpoint the applied state every this many applied commands
+    /// (0: only at snapshots). A restart re-applies the commands since the
+    /// last checkpoint, so this bounds how long it takes.
+    #[arg(long, default_value_t = raft_core::Config::new("kv").checkpoint_every_commands)]
+    checkpoint_every: u64,
     /// Log entries kept behind a snapshot when the log is purged, so that a
     /// follower a little behind catches up from the log instead of a full
     /// snapshot.
@@ -147,6 +152,7 @@ async fn main() -> Result<()> {
     config.raft.election_timeout_min = Duration::from_millis(min);
     config.raft.election_timeout_max = Duration::from_millis(max);
     config.raft.snapshot_every = args.snapshot_every;
+    config.raft.checkpoint_every_commands = args.checkpoint_every;
     config.raft.max_inflight_batches = args.max_inflight_batches.max(1);
     config.raft.keep_behind_snapshot = args.snapshot_keep_entries;
     config.raft.purge_batch = config.raft.purge_batch.min(args.snapshot_every.max(1));

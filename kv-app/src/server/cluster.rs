@@ -62,6 +62,7 @@ pub async fn status(State(ctx): State<Ctx>) -> Response {
         last_log_index: m.last_log_index,
         committed_index: m.committed_index,
         applied_index: m.applied_index,
+        checkpointed_index: m.checkpointed_index,
         snapshot_index: m.snapshot_index,
         purged_index: m.purged_index,
         voters: m.voters.iter().copied().collect(),

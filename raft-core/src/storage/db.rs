@@ -43,6 +43,19 @@ pub const DB_FILE: &str = "raft.redb";
 ///   decode into nonsense, so they are refused.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// redb's page cache. Its default, 1 GiB, would let the process grow with
+/// the file; the state machine keeps its own copy of the state in memory,
+/// so the cache needs to hold little more than the log's tail, which
+/// replication reads back soon after it is written.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// A redb builder with this crate's settings.
+pub(crate) fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
@@ -145,9 +158,9 @@ impl Db {
         let opened = if options.lose_unsynced_writes {
             fault::open_database(&path)
         } else if existed {
-            Database::open(&path)
+            builder().open(&path)
         } else {
-            Database::create(&path)
+            builder().create(&path)
         };
         let db = match opened {
             Ok(db) => db,

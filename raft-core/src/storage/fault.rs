@@ -84,7 +84,7 @@ impl StorageOptions {
 /// Opens (or creates) the redb database at `path` on a [`PowerLossBackend`].
 pub(crate) fn open_database(path: &Path) -> Result<Database, DatabaseError> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-    Database::builder().create_with_backend(PowerLossBackend::new(FileBackend::new(file)?)?)
+    super::db::builder().create_with_backend(PowerLossBackend::new(FileBackend::new(file)?)?)
 }
 
 /// The granularity of the write buffer, in bytes: redb's own page size, so

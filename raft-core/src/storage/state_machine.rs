@@ -8,12 +8,16 @@
 //! read view is an O(1) clone of the map that later applies do not disturb.
 //! Durability comes from the log, which is already durable before an entry
 //! can be committed. The state is written to redb only at a **checkpoint**:
-//! every key changed since the previous checkpoint, with the log id and
-//! membership the state reflects, in one durable write transaction.
+//! every key changed since the previous checkpoint (found by comparing the
+//! map with the one the previous checkpoint wrote, which shares every
+//! untouched node with it), with the log id and membership the state
+//! reflects, in one durable write transaction.
 //!
 //! A checkpoint is taken whenever openraft builds a snapshot
 //! ([`Config::snapshot_every`](crate::Config::snapshot_every) entries), when
-//! a snapshot is installed, and when the node shuts down.
+//! a snapshot is installed, when the node shuts down, and in the background
+//! every [`Config::checkpoint_every_commands`](crate::Config::checkpoint_every_commands)
+//! applied commands, which bounds what a restart must re-apply.
 //!
 //! # Why a restart neither loses nor repeats an applied command
 //!
@@ -31,7 +35,7 @@
 //! This is the classic write-ahead log and checkpoint (as in a database's
 //! redo log), and the trade-off that hashicorp/raft's and etcd's
 //! applications make too: the state must fit in memory, and a restart
-//! replays up to `snapshot_every` entries. It costs one redb write per
+//! re-applies the commands since the last checkpoint. It costs one redb write per
 //! changed key per checkpoint instead of one per write, and a checkpoint
 //! writes its keys in sorted order, so redb touches each page once.
 //!
@@ -54,10 +58,11 @@
 //! replaces its stored state. A production system with a large state would
 //! stream the snapshot instead of encoding it in memory.
 
-use std::collections::BTreeSet;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use imbl::ordmap::DiffItem;
 use openraft::storage::RaftStateMachine;
 use openraft::{RaftSnapshotBuilder, StorageIOError};
 use redb::ReadableDatabase;
@@ -66,7 +71,7 @@ use serde_bytes::ByteBuf;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
-use crate::app::{AppState, AppView, ApplyContext, Bytes, Published, StateMachine, StateMap, APP_TABLE};
+use crate::app::{AppState, AppView, ApplyContext, Published, StateMachine, StateMap, APP_TABLE};
 use crate::codec;
 use crate::types::{
     Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -111,14 +116,26 @@ struct Inner<A> {
     /// Held while a checkpoint or a snapshot install writes to redb, so
     /// that they never interleave.
     checkpoint: Mutex<()>,
+    /// Start a background checkpoint after this many applied commands
+    /// (0: never).
+    checkpoint_every: AtomicU64,
+    /// Commands applied since the last checkpoint started.
+    since_checkpoint: AtomicU64,
+    /// Whether a background checkpoint is running.
+    checkpointing: AtomicBool,
 }
 
 struct Working {
     data: StateMap,
     applied: Option<LogId>,
     membership: StoredMembership,
-    /// Keys written or removed since the last checkpoint.
-    dirty: BTreeSet<Bytes>,
+    /// The state as the last checkpoint wrote it. It shares every node of
+    /// the map that no write touched since, so the next checkpoint finds
+    /// what changed by walking only the nodes that differ
+    /// ([`imbl::OrdMap::diff`]), without tracking each write.
+    checkpointed: StateMap,
+    /// The log id `checkpointed` reflects.
+    checkpointed_at: Option<LogId>,
     /// The metadata of the snapshot last built or installed.
     snapshot: Option<SnapshotMeta>,
 }
@@ -154,8 +171,52 @@ impl<A: StateMachine> StateMachineStore<A> {
     pub fn open(db: Db, app: A) -> Result<Self, DbError> {
         let working = load(&db)?;
         let published = RwLock::new(working.published());
-        let inner = Inner { db, app, working: Mutex::new(working), published, checkpoint: Mutex::new(()) };
+        let inner = Inner {
+            db,
+            app,
+            working: Mutex::new(working),
+            published,
+            checkpoint: Mutex::new(()),
+            checkpoint_every: AtomicU64::new(0),
+            since_checkpoint: AtomicU64::new(0),
+            checkpointing: AtomicBool::new(false),
+        };
         Ok(StateMachineStore { inner: Arc::new(inner) })
+    }
+
+    /// Also checkpoint in the background after every `commands` applied
+    /// commands (0, the default, checkpoints only at snapshots, installs
+    /// and shutdown). See [`Config::checkpoint_every_commands`](crate::Config::checkpoint_every_commands).
+    pub fn set_checkpoint_every(&self, commands: u64) {
+        self.inner.checkpoint_every.store(commands, Ordering::Relaxed);
+    }
+
+    /// The log index of the last checkpoint: a crash now would restart
+    /// from the state as of this index (0: none yet).
+    pub fn checkpointed_index(&self) -> u64 {
+        lock(&self.inner.working).checkpointed_at.map_or(0, |l| l.index)
+    }
+
+    /// Starts a checkpoint on a thread of its own if enough commands were
+    /// applied since the last one and none is running.
+    fn maybe_checkpoint(&self, applied_commands: u64) {
+        let every = self.inner.checkpoint_every.load(Ordering::Relaxed);
+        let since =
+            self.inner.since_checkpoint.fetch_add(applied_commands, Ordering::Relaxed) + applied_commands;
+        if every == 0 || since < every || self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            if let Err(e) = this.checkpoint() {
+                tracing::warn!(error = %e, "background checkpoint failed; the next one retries");
+            }
+            this.inner.checkpointing.store(false, Ordering::Release);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a checkpoint thread");
+            self.inner.checkpointing.store(false, Ordering::Release);
+        }
     }
 
     /// The application.
@@ -187,17 +248,18 @@ impl<A: StateMachine> StateMachineStore<A> {
     pub fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<Replies>, DbError> {
         let mut w = lock(&self.inner.working);
         let mut data = w.data.clone();
-        let mut touched = Vec::new();
         let mut replies = Vec::with_capacity(entries.len());
         let mut last = None;
         let mut membership = None;
+        let mut commands = 0;
         {
-            let mut state = AppState { data: &mut data, touched: &mut touched };
+            let mut state = AppState { data: &mut data };
             for entry in entries {
                 last = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(Replies::default()),
                     EntryPayload::Normal(batch) => {
+                        commands += batch.0.len() as u64;
                         let ctx = ApplyContext { log_id: entry.log_id };
                         let mut out = Vec::with_capacity(batch.0.len());
                         for cmd in batch.0 {
@@ -221,7 +283,6 @@ impl<A: StateMachine> StateMachineStore<A> {
             }
         }
         w.data = data;
-        w.dirty.extend(touched);
         if last.is_some() {
             w.applied = last;
         }
@@ -230,6 +291,8 @@ impl<A: StateMachine> StateMachineStore<A> {
         }
         let published = w.published();
         *self.inner.published.write().unwrap_or_else(|e| e.into_inner()) = published;
+        drop(w);
+        self.maybe_checkpoint(commands);
         Ok(replies)
     }
 
@@ -243,30 +306,33 @@ impl<A: StateMachine> StateMachineStore<A> {
 
     fn checkpoint_inner(&self, record_snapshot: bool) -> Result<SnapshotMeta, DbError> {
         let _writing = lock(&self.inner.checkpoint);
-        let (data, dirty, meta) = {
-            let mut w = lock(&self.inner.working);
-            (w.data.clone(), std::mem::take(&mut w.dirty), w.snapshot_meta())
+        self.inner.since_checkpoint.store(0, Ordering::Relaxed);
+        let (data, checkpointed, meta) = {
+            let w = lock(&self.inner.working);
+            (w.data.clone(), w.checkpointed.clone(), w.snapshot_meta())
         };
-        let keys = dirty.iter().map(|k| &k[..]);
-        if let Err(e) = self.write_checkpoint(&data, keys, &meta, record_snapshot, false) {
-            // Nothing was written: those keys are still to be written.
-            lock(&self.inner.working).dirty.extend(dirty);
-            return Err(e);
-        }
+        let changes = checkpointed.diff(&data).map(|change| match change {
+            DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => (&k[..], Some(&v[..])),
+            DiffItem::Remove(k, _) => (&k[..], None),
+        });
+        // On an error nothing was written, and `checkpointed` still says so.
+        self.write_checkpoint(changes, &meta, record_snapshot, false)?;
+        let mut w = lock(&self.inner.working);
+        w.checkpointed = data;
+        w.checkpointed_at = meta.last_log_id;
         if record_snapshot {
-            lock(&self.inner.working).snapshot = Some(meta.clone());
+            w.snapshot = Some(meta.clone());
         }
         Ok(meta)
     }
 
-    /// One durable transaction: `keys` of `data` written (or removed, if
-    /// absent from it), the position of `meta` as applied, and `meta` as the
+    /// One durable transaction: each change written (a value) or removed
+    /// (`None`), the position of `meta` as applied, and `meta` as the
     /// current snapshot if `record_snapshot`. With `replace`, the stored
     /// state is cleared first.
     fn write_checkpoint<'k>(
         &self,
-        data: &StateMap,
-        keys: impl Iterator<Item = &'k [u8]>,
+        changes: impl Iterator<Item = (&'k [u8], Option<&'k [u8]>)>,
         meta: &SnapshotMeta,
         record_snapshot: bool,
         replace: bool,
@@ -277,10 +343,10 @@ impl<A: StateMachine> StateMachineStore<A> {
                 tx.delete_table(APP_TABLE)?;
             }
             let mut app = tx.open_table(APP_TABLE)?;
-            for key in keys {
-                match data.get(key) {
+            for (key, value) in changes {
+                match value {
                     Some(value) => {
-                        app.insert(key, &value[..])?;
+                        app.insert(key, value)?;
                     }
                     None => {
                         app.remove(key)?;
@@ -317,13 +383,14 @@ impl<A: StateMachine> StateMachineStore<A> {
             state.insert(k.into_vec().into(), v.into_vec().into());
         }
         let _writing = lock(&self.inner.checkpoint);
-        self.write_checkpoint(&state, state.keys().map(|k| &k[..]), &meta, true, true)?;
+        self.write_checkpoint(state.iter().map(|(k, v)| (&k[..], Some(&v[..]))), &meta, true, true)?;
         let mut w = lock(&self.inner.working);
         *w = Working {
-            data: state,
+            data: state.clone(),
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
-            dirty: BTreeSet::new(),
+            checkpointed: state,
+            checkpointed_at: meta.last_log_id,
             snapshot: Some(meta),
         };
         let published = w.published();
@@ -360,11 +427,13 @@ fn load(db: &Db) -> Result<Working, DbError> {
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    let applied = get_value(&sm, "applied")?;
     Ok(Working {
-        data,
-        applied: get_value(&sm, "applied")?,
+        data: data.clone(),
+        applied,
         membership: get_value(&sm, "membership")?.unwrap_or_default(),
-        dirty: BTreeSet::new(),
+        checkpointed: data,
+        checkpointed_at: applied,
         snapshot: get_value(&sm, "snapshot_meta")?,
     })
 }
