@@ -62,7 +62,7 @@ async fn run_one(opts: TestOptions) -> RunOutcome {
 
 /// The summary, and for an unexpected verdict the evidence: every key the
 /// linearizability checker found invalid, with its counterexample, and the
-/// run's directory kept under `target/jepsen-failures/`.
+/// run's directory kept under `target/tmp/jepsen-failures/`.
 fn explain(outcome: &RunOutcome) -> String {
     let mut text = jepsen::run::report::summary(outcome);
     let invalid: Vec<&Value> = outcome.results["checkers"]["linearizability"]["keys"]
@@ -72,7 +72,11 @@ fn explain(outcome: &RunOutcome) -> String {
     for key in invalid.iter().take(3) {
         text.push_str(&format!("invalid key: {key}\n"));
     }
-    for checker in ["set", "session", "leaders", "convergence", "exits", "final_log"] {
+    let linearizability = &outcome.results["checkers"]["linearizability"]["verdict"];
+    if !linearizability.is_null() && linearizability != "valid" {
+        text.push_str(&format!("linearizability: {linearizability}\n"));
+    }
+    for checker in ["set", "session", "leaders", "convergence", "exits", "logs", "final_log"] {
         let result = &outcome.results["checkers"][checker];
         if !result.is_null() && result["verdict"] != "valid" {
             text.push_str(&format!("{checker}: {result}\n"));

@@ -50,7 +50,7 @@ use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
 use crate::network::local::LocalRouter;
 use crate::network::tcp::{TcpNetwork, TcpServer};
 use crate::proposer::{leader_hint, Proposer};
-use crate::read_index::ReadBatcher;
+use crate::read_index::{ReadBatcher, RestoredLog};
 use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
 use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
@@ -243,7 +243,7 @@ impl<A: StateMachine> RaftNode<A> {
         // state, and openraft's start, which re-applies the log since.
         let started = std::time::Instant::now();
         let mut steps_ms = [0u128; 2];
-        let (raft, db, sm) = match storage {
+        let (raft, db, sm, restored) = match storage {
             Storage::Durable(dir) => {
                 let db = Db::open_with(&dir, config.storage)?;
                 steps_ms[0] = started.elapsed().as_millis();
@@ -252,9 +252,18 @@ impl<A: StateMachine> RaftNode<A> {
                     reason: format!("loading the applied state: {e}"),
                 })?;
                 steps_ms[1] = started.elapsed().as_millis();
-                let log = RedbLogStore::new(db.clone());
+                let mut log = RedbLogStore::new(db.clone());
+                let stored = |e: String| StartError::DataDir { path: dir.clone(), reason: e };
+                let last_index = log.read_log_state().map_err(|e| stored(e.to_string()))?.last_log_id;
+                let vote = openraft::storage::RaftLogStorage::read_vote(&mut log)
+                    .await
+                    .map_err(|e| stored(e.to_string()))?;
+                let restored = vote.map(|v| RestoredLog {
+                    term: v.leader_id().get_term(),
+                    last_index: last_index.map_or(0, |l| l.index),
+                });
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
-                (raft, db, sm)
+                (raft, db, sm, restored)
             }
             Storage::InMemory => {
                 let db = Db::in_memory();
@@ -263,7 +272,7 @@ impl<A: StateMachine> RaftNode<A> {
                 let raft = Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone())
                     .await
                     .map_err(raft_err)?;
-                (raft, db, sm)
+                (raft, db, sm, None)
             }
         };
         sm.set_checkpoint_every(config.checkpoint_every_commands);
@@ -277,7 +286,7 @@ impl<A: StateMachine> RaftNode<A> {
             "raft node started"
         );
         let proposer = Proposer::spawn(raft.clone(), &config);
-        let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
+        let reads = ReadBatcher::new(raft.clone(), config.request_timeout, restored);
         let committed = tokio::sync::Mutex::new((0, None));
         Ok(RaftNode { id, config, raft, sm, server: None, proposer, reads, committed })
     }

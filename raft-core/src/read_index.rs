@@ -19,6 +19,24 @@
 //!
 //! This is the batching etcd's `linearizableReadLoop` does, and that the
 //! Raft thesis (§6.4) suggests.
+//!
+//! # A leader that survives its own restart
+//!
+//! The thesis also requires that a leader know the commit index before it
+//! serves reads: a newly elected leader first commits a blank entry of its
+//! term. openraft 0.9 lets a leader whose whole cluster restarted resume in
+//! its old term without an election, and then it knows only the commit
+//! index it last saved, which lags what it acknowledged before the crash
+//! (it is saved with the next log append, not with its own fsync). Its read
+//! index would miss writes it acknowledged, and a read in the first few
+//! milliseconds after the restart returned the value from before one: the
+//! Jepsen harness caught this after a kill of every node. So the batcher
+//! remembers the term the node restarted in and its last log index then:
+//! while the node still leads in that term, the read index is at least that
+//! index. Every write acknowledged before the restart is in that prefix of
+//! the leader's own log (a leader acknowledges only what it has appended),
+//! and those entries commit as soon as a follower catches up; in any later
+//! term the new leader's blank entry does the job.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +48,15 @@ use crate::error::{LeaderHint, ReadError};
 use crate::types::Raft;
 
 type Reply = oneshot::Sender<Result<u64, ReadError>>;
+
+/// What a node's durable log said when it started.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RestoredLog {
+    /// The term of its stored vote.
+    pub(crate) term: u64,
+    /// Its last log index.
+    pub(crate) last_index: u64,
+}
 
 #[derive(Default)]
 struct Queue {
@@ -43,14 +70,17 @@ struct Queue {
 #[derive(Clone)]
 pub(crate) struct ReadBatcher {
     raft: Raft,
+    /// The term of the vote this node restarted with, and its last log
+    /// index then (see the module docs).
+    restored: Option<RestoredLog>,
     timeout: Duration,
     queue: Arc<Mutex<Queue>>,
     rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReadBatcher {
-    pub(crate) fn new(raft: Raft, timeout: Duration) -> Self {
-        ReadBatcher { raft, timeout, queue: Arc::default(), rounds: Arc::default() }
+    pub(crate) fn new(raft: Raft, timeout: Duration, restored: Option<RestoredLog>) -> Self {
+        ReadBatcher { raft, restored, timeout, queue: Arc::default(), rounds: Arc::default() }
     }
 
     /// How many quorum rounds have run (for tests and metrics).
@@ -97,7 +127,15 @@ impl ReadBatcher {
     async fn round(&self) -> Result<u64, ReadError> {
         match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
             Err(_) => Err(ReadError::Timeout),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Ok((read_log_id, _applied))) => {
+                let index = read_log_id.map_or(0, |l| l.index);
+                match self.restored {
+                    Some(r) if self.raft.metrics().borrow().current_term == r.term => {
+                        Ok(index.max(r.last_index))
+                    }
+                    _ => Ok(index),
+                }
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ReadError::NotLeader {
                     leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
