@@ -203,8 +203,11 @@ pub fn summary(outcome: &RunOutcome) -> String {
         line(
             &mut s,
             format!(
-                "recovery after heals: {} of {} recovered, median {} ms, max {} ms",
-                rec["recovered"], rec["heals"], rec["median_ms"], rec["max_ms"]
+                "recovery after heals: {} of {} recovered, median {:.1} ms, max {:.1} ms",
+                rec["recovered"],
+                rec["heals"],
+                rec["median_ms"].as_f64().unwrap_or(f64::NAN),
+                rec["max_ms"].as_f64().unwrap_or(f64::NAN)
             ),
         );
     }

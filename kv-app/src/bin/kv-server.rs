@@ -81,6 +81,10 @@ struct Args {
     /// next batch collects commands while these commit).
     #[arg(long, default_value_t = raft_core::Config::new("kv").max_inflight_batches)]
     max_inflight_batches: usize,
+    /// The most writes proposed together in one log entry (1: one entry
+    /// per write, no group commit).
+    #[arg(long, default_value_t = raft_core::Config::new("kv").max_batch_commands)]
+    max_batch_commands: usize,
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -154,6 +158,7 @@ async fn main() -> Result<()> {
     config.raft.snapshot_every = args.snapshot_every;
     config.raft.checkpoint_every_commands = args.checkpoint_every;
     config.raft.max_inflight_batches = args.max_inflight_batches.max(1);
+    config.raft.max_batch_commands = args.max_batch_commands.max(1);
     config.raft.keep_behind_snapshot = args.snapshot_keep_entries;
     config.raft.purge_batch = config.raft.purge_batch.min(args.snapshot_every.max(1));
     config.raft.storage = StorageOptions {
