@@ -142,7 +142,17 @@ async fn background_checkpoints_bound_what_a_restart_reapplies() {
         assert!(sm.checkpointed_index() >= 10, "no background checkpoint: {}", sm.checkpointed_index());
         // Dropped without a final checkpoint, as in a crash.
     }
-    let db = Db::open(dir.path()).unwrap();
+    // A later background checkpoint may still hold the database for a
+    // moment after the store is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match Db::open(dir.path()) {
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => break other.unwrap(),
+        }
+    };
     let mut sm = StateMachineStore::open(db, Register).unwrap();
     let applied = sm.applied_state().await.unwrap().0.map_or(0, |l| l.index);
     assert!((10..=25).contains(&applied), "a background checkpoint covers entry 10 or later: {applied}");

@@ -123,6 +123,9 @@ struct Inner<A> {
     since_checkpoint: AtomicU64,
     /// Whether a background checkpoint is running.
     checkpointing: AtomicBool,
+    /// The thread of the last background checkpoint, joined by
+    /// [`StateMachineStore::checkpoint`] so that none outlives a shutdown.
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Working {
@@ -180,6 +183,7 @@ impl<A: StateMachine> StateMachineStore<A> {
             checkpoint_every: AtomicU64::new(0),
             since_checkpoint: AtomicU64::new(0),
             checkpointing: AtomicBool::new(false),
+            background: Mutex::new(None),
         };
         Ok(StateMachineStore { inner: Arc::new(inner) })
     }
@@ -208,14 +212,18 @@ impl<A: StateMachine> StateMachineStore<A> {
         }
         let this = self.clone();
         let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
-            if let Err(e) = this.checkpoint() {
+            if let Err(e) = this.checkpoint_inner(false) {
                 tracing::warn!(error = %e, "background checkpoint failed; the next one retries");
             }
             this.inner.checkpointing.store(false, Ordering::Release);
         });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not start a checkpoint thread");
-            self.inner.checkpointing.store(false, Ordering::Release);
+        match spawned {
+            // The previous thread has ended (`checkpointing` was false).
+            Ok(thread) => *lock(&self.inner.background) = Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a checkpoint thread");
+                self.inner.checkpointing.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -301,6 +309,12 @@ impl<A: StateMachine> StateMachineStore<A> {
     /// transaction. After it, a restart resumes from the state as it is now.
     /// A node calls this when it shuts down; snapshots call it too.
     pub fn checkpoint(&self) -> Result<SnapshotMeta, DbError> {
+        let background = lock(&self.inner.background).take();
+        if let Some(thread) = background {
+            // It holds a clone of this store (and so the database) until it
+            // ends; a node that shuts down must not leave it behind.
+            let _ = thread.join();
+        }
         self.checkpoint_inner(false)
     }
 
