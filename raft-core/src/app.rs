@@ -109,6 +109,36 @@ pub trait StateMachine: Send + Sync + 'static {
     ) -> Result<Self::Response, StateError>;
 }
 
+/// An application with its command and response types erased: it takes a
+/// command as the bytes the log holds and returns its response as bytes.
+///
+/// The storage and openraft's `Raft` handle work with this, so that neither
+/// is generic over the application: [`crate::types::Raft`] is one type for
+/// every embedder, and only [`crate::RaftNode`] knows the command type.
+pub(crate) trait EncodedStateMachine: Send + Sync + 'static {
+    /// Decodes `command`, applies it, and encodes the result. A command that
+    /// does not decode changes nothing and gets an error response: every
+    /// replica runs the same decoder on the same bytes, so every replica
+    /// gives the same answer.
+    fn apply_encoded(&self, state: &mut AppState<'_>, ctx: ApplyContext, command: &[u8])
+        -> Result<Vec<u8>, StateError>;
+}
+
+impl<A: StateMachine> EncodedStateMachine for A {
+    fn apply_encoded(
+        &self,
+        state: &mut AppState<'_>,
+        ctx: ApplyContext,
+        command: &[u8],
+    ) -> Result<Vec<u8>, StateError> {
+        let result: Result<A::Response, String> = match crate::codec::decode::<A::Command>(command) {
+            Ok(c) => Ok(self.apply(state, ctx, c)?),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(crate::codec::encode(&result))
+    }
+}
+
 /// Where in the log the command being applied sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyContext {

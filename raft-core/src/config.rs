@@ -15,11 +15,18 @@
 //! `heartbeat_interval ≪ election timeout`, with the election timeout an
 //! order of magnitude above the round trip plus fsync time.
 //!
-//! openraft 0.9 also uses `heartbeat_interval` as the timeout of each
+//! openraft also uses `heartbeat_interval` as the timeout of each
 //! AppendEntries RPC, so the heartbeat must exceed the time a follower needs
 //! to fsync a full batch of `max_entries_per_append` entries and answer.
 //! The 100 ms default leaves room for a slow disk; openraft's own 50 ms does
 //! not under load on a shared 2-core machine.
+//!
+//! # Choices made for the embedder
+//!
+//! [`Config::to_openraft`] also sets what is not a knob here: a restarted
+//! leader never resumes its old term without an election (openraft's
+//! "leader restore" is off; see [`crate::read_index`] for why), and
+//! snapshots of at most `snapshot_chunk_bytes` per message.
 
 use std::time::Duration;
 
@@ -31,8 +38,8 @@ pub struct Config {
     /// Identifies the cluster. Nodes refuse Raft connections from nodes of
     /// another cluster, so a misdirected node can never join.
     pub cluster_id: String,
-    /// How often the leader sends heartbeats; also openraft 0.9's timeout
-    /// for one AppendEntries RPC. Default 100 ms.
+    /// How often the leader sends heartbeats; also openraft's timeout for
+    /// one AppendEntries RPC. Default 100 ms.
     pub heartbeat_interval: Duration,
     /// Lower bound of the randomized election timeout. Default 500 ms.
     pub election_timeout_min: Duration,
@@ -60,7 +67,7 @@ pub struct Config {
     /// one transaction. Default 1,024 (openraft's default of 1 would mean
     /// one fsync per purged entry).
     pub purge_batch: u64,
-    /// Snapshots are sent to followers in chunks of this many bytes.
+    /// Snapshots are sent to followers in pieces of this many bytes.
     /// Default 1 MiB; must be well below `max_frame_bytes`.
     pub snapshot_chunk_bytes: u64,
     /// Timeout for sending one snapshot chunk. Default 10 s.
@@ -137,6 +144,7 @@ impl Config {
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
             purge_batch_size: self.purge_batch,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

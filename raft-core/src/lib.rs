@@ -1,7 +1,7 @@
 //! # raft-core
 //!
 //! Raft leader election and log replication for your own service, built on
-//! [openraft](https://docs.rs/openraft/0.9.25), with a durable log in
+//! [openraft](https://docs.rs/openraft/0.10.0-alpha.37), with a durable log in
 //! [redb](https://docs.rs/redb) and a TCP transport.
 //!
 //! Read the modules in this order:
@@ -41,6 +41,7 @@ pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
 pub use config::Config;
 pub use error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
 pub use node::{NodeMetrics, RaftNode, Role, Storage, Written};
+pub use storage::SnapshotData;
 pub use types::{LogId, Node, NodeId};
 
 /// openraft itself, for embedders who need what this crate does not wrap.

@@ -25,9 +25,9 @@
 //! Two majorities always share a node, so at most one leader wins each term
 //! (Election Safety, §5.2), a superseded leader can no longer commit (no
 //! split brain), and the winner holds every committed entry (no lost
-//! committed writes). This is standard Raft because raft-core builds
-//! openraft with its `single-term-leader` feature; see
-//! `docs/architecture/raft-core.md`. A deposed leader that comes back learns
+//! committed writes). This is standard Raft because raft-core gives
+//! openraft the standard leader id type (see [`crate::types::TypeConfig`]
+//! and `docs/architecture/raft-core.md`). A deposed leader that comes back learns
 //! the new term from the first message it receives and steps down; its
 //! uncommitted entries are overwritten.
 //!
@@ -39,8 +39,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, Instant as _, ServerState};
 use tokio::net::TcpListener;
 
 use crate::app::{AppView, StateMachine};
@@ -48,9 +49,10 @@ use crate::codec;
 use crate::config::Config;
 use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
 use crate::network::local::LocalRouter;
-use crate::network::tcp::{TcpNetwork, TcpServer};
-use crate::proposer::{leader_hint, Proposer};
-use crate::read_index::{ReadBatcher, RestoredLog};
+use crate::network::tcp::{TcpServer, TcpTransport};
+use crate::network::{Network, Transport};
+use crate::proposer::{forward_hint, leader_hint, Proposer};
+use crate::read_index::ReadBatcher;
 use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
 use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
@@ -92,9 +94,6 @@ impl From<ServerState> for Role {
     }
 }
 
-/// How stale [`RaftNode::committed_index`] may be.
-pub const COMMITTED_MAX_AGE: Duration = Duration::from_millis(5);
-
 /// What a node knows about itself and, if it leads, about its followers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeMetrics {
@@ -134,7 +133,7 @@ pub struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    fn from_raft(m: &RaftMetrics, committed: Option<LogId>, checkpointed_index: u64) -> Self {
+    fn from_raft(m: &RaftMetrics, checkpointed_index: u64) -> Self {
         let membership = m.membership_config.membership();
         NodeMetrics {
             id: m.id,
@@ -142,7 +141,7 @@ impl NodeMetrics {
             term: m.current_term,
             leader: m.current_leader,
             last_log_index: m.last_log_index.unwrap_or(0),
-            committed_index: committed.map_or(0, |l| l.index),
+            committed_index: m.local_committed.map_or(0, |l| l.index),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             checkpointed_index,
             snapshot_index: m.snapshot.map(|l| l.index),
@@ -157,7 +156,7 @@ impl NodeMetrics {
                     r.iter().filter(|(id, _)| **id != m.id).map(|(id, l)| (*id, l.map(|l| l.index))).collect()
                 })
                 .unwrap_or_default(),
-            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|at| at.elapsed().as_millis() as u64),
         }
     }
 
@@ -182,11 +181,11 @@ pub struct RaftNode<A: StateMachine> {
     id: NodeId,
     config: Config,
     raft: Raft,
-    sm: StateMachineStore<A>,
+    app: Arc<A>,
+    sm: StateMachineStore,
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
-    committed: tokio::sync::Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -203,9 +202,9 @@ impl<A: StateMachine> RaftNode<A> {
         app: A,
         raft_listener: TcpListener,
     ) -> Result<Self, StartError> {
-        let network = TcpNetwork::new(id, &config);
+        let transport = TcpTransport::new(id, &config);
         let mut node =
-            Self::start(id, config, Storage::Durable(data_dir.to_path_buf()), app, network).await?;
+            Self::start(id, config, Storage::Durable(data_dir.to_path_buf()), app, transport).await?;
         node.server = Some(TcpServer::spawn(raft_listener, node.raft.clone(), id, &node.config));
         Ok(node)
     }
@@ -219,60 +218,52 @@ impl<A: StateMachine> RaftNode<A> {
         app: A,
         router: &LocalRouter,
     ) -> Result<Self, StartError> {
-        let node = Self::start(id, config, storage, app, router.network(id)).await?;
+        let node = Self::start(id, config, storage, app, router.transport(id)).await?;
         router.register(id, node.raft.clone());
         Ok(node)
     }
 
     /// Starts a node from parts: any storage, any transport. The caller is
-    /// responsible for delivering incoming RPCs to [`RaftNode::raft`].
-    pub async fn start<N>(
+    /// responsible for delivering incoming RPCs to the node, through an
+    /// [`crate::network::Inbox`] on [`RaftNode::raft`].
+    pub async fn start<T: Transport>(
         id: NodeId,
         config: Config,
         storage: Storage,
         app: A,
-        network: N,
-    ) -> Result<Self, StartError>
-    where
-        N: openraft::network::RaftNetworkFactory<TypeConfig>,
-    {
+        transport: T,
+    ) -> Result<Self, StartError> {
         let raft_config = Arc::new(config.to_openraft()?);
-        let raft_err = |e: openraft::error::Fatal<NodeId>| StartError::Raft(e.to_string());
+        let network = Network::new(id, transport, &config);
+        let app = Arc::new(app);
+        let raft_err = |e: openraft::error::Fatal<TypeConfig>| StartError::Raft(e.to_string());
         // How long each step of a start takes, for operators: opening the
         // file (redb repairs it after a crash), loading the checkpointed
         // state, and openraft's start, which re-applies the log since.
         let started = std::time::Instant::now();
         let mut steps_ms = [0u128; 2];
-        let (raft, db, sm, restored) = match storage {
+        let (raft, db, sm) = match storage {
             Storage::Durable(dir) => {
                 let db = Db::open_with(&dir, config.storage)?;
                 steps_ms[0] = started.elapsed().as_millis();
-                let sm = StateMachineStore::open(db.clone(), app).map_err(|e| StartError::DataDir {
+                let sm = StateMachineStore::open_shared(db.clone(), app.clone()).map_err(|e| StartError::DataDir {
                     path: dir.clone(),
                     reason: format!("loading the applied state: {e}"),
                 })?;
                 steps_ms[1] = started.elapsed().as_millis();
-                let mut log = RedbLogStore::new(db.clone());
-                let stored = |e: String| StartError::DataDir { path: dir.clone(), reason: e };
-                let last_index = log.read_log_state().map_err(|e| stored(e.to_string()))?.last_log_id;
-                let vote = openraft::storage::RaftLogStorage::read_vote(&mut log)
-                    .await
-                    .map_err(|e| stored(e.to_string()))?;
-                let restored = vote.map(|v| RestoredLog {
-                    term: v.leader_id().get_term(),
-                    last_index: last_index.map_or(0, |l| l.index),
-                });
+                let log = RedbLogStore::try_new(db.clone())
+                    .map_err(|e| StartError::DataDir { path: dir.clone(), reason: format!("opening the log: {e}") })?;
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
-                (raft, db, sm, restored)
+                (raft, db, sm)
             }
             Storage::InMemory => {
                 let db = Db::in_memory();
-                let sm = StateMachineStore::open(db.clone(), app)
+                let sm = StateMachineStore::open_shared(db.clone(), app.clone())
                     .map_err(|e| StartError::Raft(format!("state machine: {e}")))?;
                 let raft = Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone())
                     .await
                     .map_err(raft_err)?;
-                (raft, db, sm, None)
+                (raft, db, sm)
             }
         };
         sm.set_checkpoint_every(config.checkpoint_every_commands);
@@ -286,9 +277,8 @@ impl<A: StateMachine> RaftNode<A> {
             "raft node started"
         );
         let proposer = Proposer::spawn(raft.clone(), &config);
-        let reads = ReadBatcher::new(raft.clone(), config.request_timeout, restored);
-        let committed = tokio::sync::Mutex::new((0, None));
-        Ok(RaftNode { id, config, raft, sm, server: None, proposer, reads, committed })
+        let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
+        Ok(RaftNode { id, config, raft, app, sm, server: None, proposer, reads })
     }
 
     /// This node's id.
@@ -313,7 +303,7 @@ impl<A: StateMachine> RaftNode<A> {
 
     /// The application.
     pub fn app(&self) -> &A {
-        self.sm.app()
+        &self.app
     }
 
     /// Forms a new cluster of `members`, which must include this node. Call
@@ -350,7 +340,7 @@ impl<A: StateMachine> RaftNode<A> {
     pub async fn write(&self, command: &A::Command) -> Result<Written<A::Response>, WriteError> {
         {
             let metrics = self.raft.metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             if m.state != ServerState::Leader {
                 return Err(WriteError::NotLeader { leader: leader_hint(&m) });
             }
@@ -413,7 +403,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// Waits until this node has applied at least `index` (for example a
     /// read index obtained from the leader, or a client's session token).
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ReadError> {
-        if self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index) >= index {
+        if self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index) >= index {
             return Ok(());
         }
         match self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "wait_applied").await {
@@ -447,7 +437,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// data.
     pub async fn remove(&self, id: NodeId) -> Result<LogId, ChangeError> {
         let is_voter =
-            self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+            self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == id);
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
@@ -462,7 +452,7 @@ impl<A: StateMachine> RaftNode<A> {
         fut: impl std::future::Future<
             Output = Result<
                 openraft::raft::ClientWriteResponse<TypeConfig>,
-                RaftError<NodeId, ClientWriteError<NodeId, Node>>,
+                RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
             >,
         >,
     ) -> Result<LogId, ChangeError> {
@@ -474,9 +464,13 @@ impl<A: StateMachine> RaftNode<A> {
             ))),
             Ok(Ok(resp)) => Ok(resp.log_id),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ChangeError::NotLeader {
-                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-                })
+                Err(ChangeError::NotLeader { leader: forward_hint(&f) })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(ChangeError::Indeterminate(
+                format!("the change was discarded by a change of leader (leader now: {:?})", f.leader_id),
+            )),
+            Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e)))) => {
+                Err(ChangeError::Invalid(e.to_string()))
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(E::InProgress(e))))) => {
                 Err(ChangeError::InProgress(e.to_string()))
@@ -492,7 +486,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// an election timeout. It wins only if its log is up to date and a
     /// majority grants its vote.
     pub async fn campaign(&self) -> Result<(), ChangeError> {
-        self.raft.trigger().elect().await.map_err(|_| ChangeError::ShuttingDown)
+        self.raft.trigger().elect(false).await.map_err(|_| ChangeError::ShuttingDown)
     }
 
     /// Takes a snapshot now (and lets the log behind it be purged).
@@ -502,48 +496,32 @@ impl<A: StateMachine> RaftNode<A> {
 
     /// The node's current metrics, including its committed index.
     pub async fn metrics(&self) -> NodeMetrics {
-        let raft_metrics = self.raft.metrics().borrow().clone();
-        let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
-        NodeMetrics::from_raft(&raft_metrics, committed, self.sm.checkpointed_index())
+        let raft_metrics = self.raft.metrics().borrow_watched().clone();
+        NodeMetrics::from_raft(&raft_metrics, self.sm.checkpointed_index())
     }
 
-    /// The highest index this node knows to be committed, as of at most
-    /// [`COMMITTED_MAX_AGE`] ago: cheap enough to call on every read.
-    ///
-    /// openraft keeps the commit index inside its core task, so reading it
-    /// exactly is a round trip through the task that also drives
-    /// replication ([`RaftNode::metrics`] does that). Readers that only
-    /// report it (how far behind a stale read is) share one such round trip
-    /// every few milliseconds instead; while one caller refreshes it, the
-    /// others take the previous value.
+    /// The highest index this node knows to be committed (and holds in its
+    /// log), from openraft's published metrics: cheap enough to call on
+    /// every read.
     pub async fn committed_index(&self) -> u64 {
-        let Ok(mut cached) = self.committed.try_lock() else {
-            // Someone is refreshing it right now.
-            return self.applied_index();
-        };
-        if cached.1.is_some_and(|at| at.elapsed() < COMMITTED_MAX_AGE) {
-            return cached.0;
-        }
-        let committed = self.raft.with_raft_state(|st| st.committed).await.ok().flatten();
-        *cached = (committed.map_or(0, |l| l.index), Some(std::time::Instant::now()));
-        cached.0
+        self.raft.metrics().borrow_watched().local_committed.map_or(0, |l| l.index)
     }
 
     /// The index of the last entry this node applied.
     pub fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
+        self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index)
     }
 
     /// Whether this node currently believes it is the leader. Only a hint:
     /// it may have been deposed without knowing it yet (see
     /// [`RaftNode::read_barrier`] for how reads stay safe anyway).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// The leader this node knows of, with its addresses.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
-        leader_hint(&self.raft.metrics().borrow())
+        leader_hint(&self.raft.metrics().borrow_watched())
     }
 
     /// Waits until this node knows of a leader, and returns it.

@@ -1,28 +1,33 @@
 //! Group commit: many concurrent writes, one log entry.
 //!
-//! Every log append costs an fsync on the leader and on each follower, and
-//! openraft 0.9 appends each proposal on its own. Proposing every client
-//! command separately would therefore cap a cluster at about one write per
-//! fsync, however many clients wait. The proposer instead collects the
+//! Every log append costs an fsync on the leader and on each follower.
+//! Proposing every client command as its own log entry would spend one
+//! entry (its log id, its encoding, its place in an AppendEntries) per
+//! command, however many clients wait. The proposer instead collects the
 //! commands that arrive while earlier ones are being replicated and proposes
 //! them together, as one [`Batch`] entry: one append, one fsync per node, one
 //! AppendEntries round for all of them. Under light load a batch holds one
 //! command and nothing waits; under heavy load batches grow, and throughput
-//! with them.
+//! with them. (The log store batches further: every append that queues up
+//! during an fsync shares the next one, see [`crate::storage::log_store`].)
 //!
 //! At most `max_inflight_batches` batches (default 1) are being committed at
 //! once; the next batch accumulates while they are.
 //!
 //! # What the caller learns
 //!
-//! Each command gets its own outcome. The proposer checks that this node
-//! still leads right before proposing, so [`WriteError::NotLeader`] always
-//! means "not proposed". After proposing, anything but a response is
-//! [`WriteError::Indeterminate`] (see [`crate::RaftNode::write`]).
+//! Each command gets its own outcome. [`WriteError::NotLeader`] always means
+//! "not proposed": the proposer checks that this node still leads right
+//! before proposing, and openraft answers `ForwardToLeader` only to a write
+//! it did not append (a leader that loses office with the entry in its log
+//! answers `LogEntryDiscarded` once the entry is truncated). After the entry
+//! is appended, anything but a response is [`WriteError::Indeterminate`]
+//! (see [`crate::RaftNode::write`]).
 
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ServerState;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -30,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{LeaderHint, WriteError};
-use crate::types::{Batch, LogId, Raft, RaftMetrics};
+use crate::types::{Batch, LogId, Raft, RaftMetrics, TypeConfig};
 
 /// The outcome of one proposed command: where it was committed and its
 /// encoded response.
@@ -100,7 +105,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
         // Leadership may have moved while the batch waited.
         let not_leader = {
             let metrics = raft.metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             (m.state != ServerState::Leader).then(|| leader_hint(&m))
         };
         if let Some(leader) = not_leader {
@@ -129,13 +134,15 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
                     format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
                     None,
                 ),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => indeterminate(
-                    "leadership changed after the command was proposed".into(),
-                    f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-                ),
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    indeterminate(e.to_string(), None)
+                // Refused before it was appended: certainly not applied.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    WriteError::NotLeader { leader: forward_hint(&f) }
                 }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => indeterminate(
+                    "leadership changed after the command was proposed".into(),
+                    forward_hint(&f),
+                ),
+                Err(RaftError::APIError(e)) => indeterminate(e.to_string(), None),
                 Err(RaftError::Fatal(e)) => indeterminate(format!("node stopped: {e}"), None),
             };
             for reply in replies {
@@ -143,6 +150,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
             }
         });
     }
+}
+
+/// The leader an openraft `ForwardToLeader` names, if any.
+pub(crate) fn forward_hint(f: &ForwardToLeader<TypeConfig>) -> Option<LeaderHint> {
+    f.leader_id.map(|id| LeaderHint { id, node: f.leader_node.clone() })
 }
 
 pub(crate) fn leader_hint(m: &RaftMetrics) -> Option<LeaderHint> {

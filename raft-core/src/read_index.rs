@@ -24,39 +24,29 @@
 //!
 //! The thesis also requires that a leader know the commit index before it
 //! serves reads: a newly elected leader first commits a blank entry of its
-//! term. openraft 0.9 lets a leader whose whole cluster restarted resume in
-//! its old term without an election, and then it knows only the commit
-//! index it last saved, which lags what it acknowledged before the crash
-//! (it is saved with the next log append, not with its own fsync). Its read
-//! index would miss writes it acknowledged, and a read in the first few
-//! milliseconds after the restart returned the value from before one: the
-//! Jepsen harness caught this after a kill of every node. So the batcher
-//! remembers the term the node restarted in and its last log index then:
-//! while the node still leads in that term, the read index is at least that
-//! index. Every write acknowledged before the restart is in that prefix of
-//! the leader's own log (a leader acknowledges only what it has appended),
-//! and those entries commit as soon as a follower catches up; in any later
-//! term the new leader's blank entry does the job.
+//! term. openraft can let a leader whose whole cluster restarted resume in
+//! its old term without an election ("leader restore"); it then knows only
+//! the commit index it last saved, which lags what it acknowledged before
+//! the crash (that index is saved with a later log write, not with its own
+//! fsync). Under openraft 0.9, which always did this, a read in the first
+//! milliseconds after a restart of every node returned the value from
+//! before an acknowledged write: the Jepsen harness caught it, and
+//! `kv-app/tests/faults.rs` pins it. raft-core now turns leader restore off
+//! ([`crate::Config::to_openraft`]), so a restarted node always wins a new
+//! election, with a new term and a blank entry, before it serves a read.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
-use crate::error::{LeaderHint, ReadError};
+use crate::error::ReadError;
+use crate::proposer::forward_hint;
 use crate::types::Raft;
 
 type Reply = oneshot::Sender<Result<u64, ReadError>>;
-
-/// What a node's durable log said when it started.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RestoredLog {
-    /// The term of its stored vote.
-    pub(crate) term: u64,
-    /// Its last log index.
-    pub(crate) last_index: u64,
-}
 
 #[derive(Default)]
 struct Queue {
@@ -70,17 +60,14 @@ struct Queue {
 #[derive(Clone)]
 pub(crate) struct ReadBatcher {
     raft: Raft,
-    /// The term of the vote this node restarted with, and its last log
-    /// index then (see the module docs).
-    restored: Option<RestoredLog>,
     timeout: Duration,
     queue: Arc<Mutex<Queue>>,
     rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReadBatcher {
-    pub(crate) fn new(raft: Raft, timeout: Duration, restored: Option<RestoredLog>) -> Self {
-        ReadBatcher { raft, restored, timeout, queue: Arc::default(), rounds: Arc::default() }
+    pub(crate) fn new(raft: Raft, timeout: Duration) -> Self {
+        ReadBatcher { raft, timeout, queue: Arc::default(), rounds: Arc::default() }
     }
 
     /// How many quorum rounds have run (for tests and metrics).
@@ -125,23 +112,13 @@ impl ReadBatcher {
 
     /// One round: openraft reads the commit index and confirms leadership.
     async fn round(&self) -> Result<u64, ReadError> {
-        match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
+        match tokio::time::timeout(self.timeout, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(ReadError::Timeout),
-            Ok(Ok((read_log_id, _applied))) => {
-                let index = read_log_id.map_or(0, |l| l.index);
-                match self.restored {
-                    Some(r) if self.raft.metrics().borrow().current_term == r.term => {
-                        Ok(index.max(r.last_index))
-                    }
-                    _ => Ok(index),
-                }
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(ReadError::NotLeader { leader: forward_hint(&f) })
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ReadError::NotLeader {
-                    leader: f.leader_id.map(|id| LeaderHint { id, node: f.leader_node }),
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
             Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
         }
     }

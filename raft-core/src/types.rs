@@ -11,7 +11,6 @@
 //! are therefore not generic over the application at all.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -86,45 +85,63 @@ impl fmt::Debug for Replies {
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of every node built by this crate.
+    ///
+    /// `LeaderId` is standard Raft's: a leader is identified by its term
+    /// alone once elected, and two candidates of one term are incomparable,
+    /// so a voter that granted one can never grant the other (§5.2:
+    /// Election Safety, at most one leader per term). openraft's default
+    /// would order candidates of one term by node id and let a later one
+    /// win the same term.
     pub TypeConfig:
         D = Batch,
         R = Replies,
         NodeId = NodeId,
         Node = Node,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        Term = u64,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
+        Vote = openraft::impls::Vote<Self::LeaderId>,
+        Entry = openraft::impls::Entry<openraft::vote::leader_id_std::CommittedLeaderId<u64>, Self::Payload>,
+        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
 
 /// The openraft node, for embedders who need a call this crate does not wrap.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachineStore>;
+/// The id of a leader in the log: its term (standard Raft stores no more).
+pub type CommittedLeaderId = openraft::vote::leader_id_std::CommittedLeaderId<u64>;
 /// A log position: the term of the leader that created the entry, and its index.
-pub type LogId = openraft::LogId<NodeId>;
+pub type LogId = openraft::LogId<CommittedLeaderId>;
 /// A term and the candidate voted for in it (and whether that vote won).
-pub type Vote = openraft::Vote<NodeId>;
+pub type Vote = openraft::impls::Vote<openraft::impls::leader_id_std::LeaderId<u64, NodeId>>;
 /// One log entry: log id plus payload (blank, membership, or a [`Batch`]).
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry = openraft::impls::Entry<CommittedLeaderId, EntryPayload>;
 /// The payload of an [`Entry`].
-pub type EntryPayload = openraft::EntryPayload<TypeConfig>;
+pub type EntryPayload = openraft::EntryPayload<Batch, NodeId, Node>;
+/// A cluster configuration: the voters (one set, or two during a joint
+/// change) and every member's addresses.
+pub type Membership = openraft::Membership<NodeId, Node>;
 /// A membership configuration together with the log id that introduced it.
-pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId, Node>;
 /// Which entries a snapshot covers, and the membership as of its last entry.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
-/// A snapshot: its metadata and its bytes.
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-/// The error type openraft expects from storage.
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type SnapshotMeta = openraft::storage::SnapshotMeta<CommittedLeaderId, NodeId, Node>;
+/// A snapshot: its metadata and the state it holds.
+pub type Snapshot = openraft::storage::Snapshot<CommittedLeaderId, NodeId, Node, crate::storage::SnapshotData>;
 /// The metrics openraft publishes.
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+
+/// A log id of `term` and `index`.
+pub fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term), index)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Pins the `single-term-leader` build: two candidates of one term are
+    /// Pins standard Raft's leader ids: two candidates of one term are
     /// incomparable, so no voter that granted one can grant the other, and a
-    /// term elects at most one leader. Without the feature, (5, node 3) would
-    /// be greater than (5, node 1) and could win term 5 after it.
+    /// term elects at most one leader. With openraft's default leader id,
+    /// (5, node 3) would be greater than (5, node 1) and could win term 5
+    /// after it.
     #[test]
     fn one_term_elects_at_most_one_leader() {
         let a = Vote::new(5, 1);
@@ -132,7 +149,6 @@ mod tests {
         assert_eq!(a.partial_cmp(&b), None);
         assert!(Vote::new(6, 1) > b, "a greater term still supersedes");
         // A log id carries the term only: the leader's node id is not stored.
-        let id = LogId::new(openraft::CommittedLeaderId::new(5, 3), 7);
-        assert_eq!(id, LogId::new(openraft::CommittedLeaderId::new(5, 1), 7));
+        assert_eq!(log_id(5, 7), LogId::new(CommittedLeaderId::new(5), 7));
     }
 }

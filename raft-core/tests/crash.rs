@@ -26,18 +26,18 @@ use std::time::Duration;
 
 use common::{Register, Set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
 use raft_core::storage::{Db, RedbLogStore, StateMachineStore};
-use raft_core::types::{Batch, LogId, TypeConfig};
+use raft_core::types::{log_id, Batch, Entry, EntryPayload};
 use rand::Rng;
 
 const DIR_VAR: &str = "RAFT_CORE_CRASH_DIR";
 
-fn entry(index: u64) -> Entry<TypeConfig> {
+fn entry(index: u64) -> Entry {
     let cmd = Set { key: format!("k{}", index % 7), value: format!("v{index}") };
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        log_id: log_id(1, index),
         payload: EntryPayload::Normal(Batch::one(codec::encode(&cmd))),
     }
 }
@@ -59,7 +59,7 @@ fn crash_child() {
         // Catch the state machine up to the log, as openraft would on restart.
         if applied + 1 < next {
             let behind = log.try_get_log_entries(applied + 1..next).await.unwrap();
-            sm.apply(behind).await.unwrap();
+            common::apply(&mut sm, behind).await;
         }
         let mut out = std::io::stdout();
         loop {
@@ -67,13 +67,13 @@ fn crash_child() {
             log.blocking_append(batch.clone()).await.unwrap();
             writeln!(out, "{}", next + 2).unwrap();
             out.flush().unwrap();
-            sm.apply(batch).await.unwrap();
+            common::apply(&mut sm, batch).await;
             if next % 300 == 1 && next > 300 {
                 // A snapshot (a checkpoint of the applied state), then a
                 // purge behind it, keeping 100 entries, as openraft does.
                 let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
                 let upto = snapshot.meta.last_log_id.expect("applied").index - 100;
-                log.purge(LogId::new(CommittedLeaderId::new(1, 0), upto)).await.unwrap();
+                log.purge(log_id(1, upto)).await.unwrap();
             }
             next += 3;
         }

@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader};
+use openraft::RaftLogReader;
 use raft_core::storage::{Db, OpenError, RedbLogStore, StorageOptions};
-use raft_core::types::{Batch, LogId, TypeConfig};
+use raft_core::types::{log_id, Batch, Entry, EntryPayload};
 
 const DIR_VAR: &str = "RAFT_CORE_FAULT_DIR";
 /// Set (to any path) to make the child acknowledge appends before fsync.
@@ -33,9 +33,9 @@ const ENTRIES: u64 = 60;
 
 /// The entry at `index`. The log store never decodes commands, so any
 /// bytes will do.
-fn entry(index: u64) -> Entry<TypeConfig> {
+fn entry(index: u64) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        log_id: log_id(1, index),
         payload: EntryPayload::Normal(Batch::one(format!("command {index}").into_bytes())),
     }
 }
@@ -69,7 +69,7 @@ fn fault_child() {
 
 /// Runs the child to `done`, kills it, and returns the last index it
 /// acknowledged and the entries the reopened log holds.
-async fn append_then_kill(dir: &Path, no_fsync: bool) -> (u64, Vec<Entry<TypeConfig>>) {
+async fn append_then_kill(dir: &Path, no_fsync: bool) -> (u64, Vec<Entry>) {
     let mut env = vec![(DIR_VAR, dir)];
     if no_fsync {
         env.push((NO_FSYNC_VAR, dir));

@@ -9,16 +9,12 @@ use std::collections::BTreeSet;
 
 use common::{Register, Set};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
 use raft_core::storage::{Db, OpenError, RedbLogStore, StateMachineStore};
-use raft_core::types::{Batch, LogId, TypeConfig, Vote};
+use raft_core::types::{log_id, Batch, Entry, EntryPayload, Membership, Vote};
 
-fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, 0), index)
-}
-
-fn set(term: u64, index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
+fn set(term: u64, index: u64, key: &str, value: &str) -> Entry {
     let cmd = Set { key: key.into(), value: value.into() };
     Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Batch::one(codec::encode(&cmd))) }
 }
@@ -26,7 +22,7 @@ fn set(term: u64, index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
 #[tokio::test]
 async fn everything_survives_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
+    let membership = Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], []);
 
     let (snapshot_before, log_before) = {
         let db = Db::open(dir.path()).unwrap();
@@ -40,11 +36,11 @@ async fn everything_survives_close_and_reopen() {
             entries.push(set(2, i, &format!("k{}", i % 5), &format!("v{i}")));
         }
         log.blocking_append(entries.clone()).await.unwrap();
-        sm.apply(entries[..15].to_vec()).await.unwrap();
+        common::apply(&mut sm, entries[..15].to_vec()).await;
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         log.purge(log_id(2, 10)).await.unwrap();
         log.save_committed(Some(log_id(2, 18))).await.unwrap();
-        sm.apply(entries[15..18].to_vec()).await.unwrap();
+        common::apply(&mut sm, entries[15..18].to_vec()).await;
         // As a node does when it shuts down.
         sm.checkpoint().unwrap();
         let log_before = log.try_get_log_entries(0..100).await.unwrap();
@@ -101,11 +97,11 @@ async fn a_crash_resumes_from_the_last_snapshot_and_the_log_covers_the_rest() {
         let mut log = RedbLogStore::new(db.clone());
         let mut sm = StateMachineStore::open(db, Register).unwrap();
         log.blocking_append(entries.clone()).await.unwrap();
-        sm.apply(entries[..15].to_vec()).await.unwrap();
+        common::apply(&mut sm, entries[..15].to_vec()).await;
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(built.meta.last_log_id, Some(log_id(1, 15)));
         log.purge(log_id(1, 15)).await.unwrap();
-        sm.apply(entries[15..].to_vec()).await.unwrap();
+        common::apply(&mut sm, entries[15..].to_vec()).await;
         assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
         // Dropped without a checkpoint, as in a crash.
     }
@@ -117,7 +113,7 @@ async fn a_crash_resumes_from_the_last_snapshot_and_the_log_covers_the_rest() {
     assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v13"[..]));
     let rest = log.try_get_log_entries(16..=20).await.unwrap();
     assert_eq!(rest, entries[15..].to_vec(), "the log holds everything after it");
-    sm.apply(rest).await.unwrap();
+    common::apply(&mut sm, rest).await;
     assert_eq!(sm.view().unwrap().get(b"k3").unwrap().as_deref(), Some(&b"v18"[..]));
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 20)));
 }
@@ -166,7 +162,7 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     let snapshot = {
         let db = Db::open(src.path()).unwrap();
         let mut sm = StateMachineStore::open(db, Register).unwrap();
-        sm.apply(vec![set(1, 1, "a", "1"), set(1, 2, "b", "2")]).await.unwrap();
+        common::apply(&mut sm, vec![set(1, 1, "a", "1"), set(1, 2, "b", "2")]).await;
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         // What openraft sends to a follower: the current snapshot.
         let current = sm.get_current_snapshot().await.unwrap().expect("built");
@@ -176,7 +172,7 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     {
         let db = Db::open(dst.path()).unwrap();
         let mut sm = StateMachineStore::open(db.clone(), Register).unwrap();
-        sm.apply(vec![set(1, 1, "stale", "x")]).await.unwrap();
+        common::apply(&mut sm, vec![set(1, 1, "stale", "x")]).await;
         sm.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()).await.unwrap();
         // No checkpoint: installing is durable on its own.
     }

@@ -6,16 +6,18 @@
 mod common;
 
 use common::Register;
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use raft_core::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
-use raft_core::types::{StorageError, TypeConfig};
+use raft_core::types::TypeConfig;
+
+type StorageError = openraft::StorageError<TypeConfig>;
 
 struct RedbBuilder;
 
-impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore<Register>, tempfile::TempDir> for RedbBuilder {
+impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore<Register>), StorageError> {
+    ) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
         Ok((
@@ -28,8 +30,8 @@ impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore<Register>, tempfil
 
 struct MemBuilder;
 
-impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore<Register>, ()> for MemBuilder {
-    async fn build(&self) -> Result<((), MemLogStore, StateMachineStore<Register>), StorageError> {
+impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), MemLogStore, StateMachineStore), StorageError> {
         Ok((
             (),
             MemLogStore::new(),
@@ -38,12 +40,12 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore<Register>, ()> for 
     }
 }
 
-#[test]
-fn redb_store_passes_openraft_storage_suite() {
-    Suite::test_all(RedbBuilder).expect("storage suite");
+#[tokio::test]
+async fn redb_store_passes_openraft_storage_suite() {
+    Suite::test_all(RedbBuilder).await.expect("storage suite");
 }
 
-#[test]
-fn memory_store_passes_openraft_storage_suite() {
-    Suite::test_all(MemBuilder).expect("storage suite");
+#[tokio::test]
+async fn memory_store_passes_openraft_storage_suite() {
+    Suite::test_all(MemBuilder).await.expect("storage suite");
 }

@@ -49,15 +49,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::network::RPCTypes;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-
+use super::rpc::{RpcRequest, RpcResponse};
 use crate::codec::{self, DecodeError};
-use crate::types::{NodeId, TypeConfig};
+use crate::types::NodeId;
 
 /// The first bytes on every connection: "this is a raft-core peer".
 pub const MAGIC: [u8; 5] = *b"RCORE";
@@ -65,7 +59,11 @@ pub const MAGIC: [u8; 5] = *b"RCORE";
 /// The version of this wire format. A server refuses any other version:
 /// frames of another version may not decode, or worse, decode to something
 /// else.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// * 1: openraft 0.9's RPCs (chunked InstallSnapshot).
+/// * 2: openraft 0.10's: AppendEntries answers may be partial, pre-vote and
+///   leadership transfer exist, snapshots travel as [`super::rpc::SnapshotChunk`]s.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest handshake or handshake acknowledgement, in bytes (4 KiB).
 /// Both are a few short fields; the limit is small because the handshake is
@@ -179,41 +177,14 @@ pub struct RequestFrame {
     pub rpc: RpcRequest,
 }
 
-/// The three Raft RPCs (Raft paper Figure 2, and §7 for snapshots).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound = "")]
-#[allow(clippy::large_enum_variant)]
-pub enum RpcRequest {
-    /// Replicate entries, or a heartbeat when there are none (§5.3).
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    /// Ask for a vote in an election (§5.2).
-    Vote(VoteRequest<NodeId>),
-    /// One chunk of a snapshot, for a follower whose missing entries were
-    /// already purged from the leader's log (§7).
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-}
-
-impl RpcRequest {
-    /// Which kind of RPC this is.
-    /// Hands the request to the local `raft` and wraps its answer: what
-    /// every transport does with a request that arrived from a peer.
-    pub async fn serve(self, raft: &crate::types::Raft) -> RpcResponse {
-        match self {
-            RpcRequest::AppendEntries(req) => RpcResponse::AppendEntries(raft.append_entries(req).await),
-            RpcRequest::Vote(req) => RpcResponse::Vote(raft.vote(req).await),
-            RpcRequest::InstallSnapshot(req) => {
-                RpcResponse::InstallSnapshot(raft.install_snapshot(req).await)
-            }
-        }
-    }
-
-    pub fn rpc_type(&self) -> RPCTypes {
-        match self {
-            RpcRequest::AppendEntries(_) => RPCTypes::AppendEntries,
-            RpcRequest::Vote(_) => RPCTypes::Vote,
-            RpcRequest::InstallSnapshot(_) => RPCTypes::InstallSnapshot,
-        }
-    }
+/// A [`RequestFrame`] that borrows its RPC, for encoding one without
+/// copying the request. Encodes to the same bytes.
+#[derive(Debug, Serialize)]
+pub struct RequestFrameRef<'a> {
+    /// Matches the response to this request.
+    pub id: RequestId,
+    /// The RPC itself.
+    pub rpc: &'a RpcRequest,
 }
 
 /// The answer to one [`RequestFrame`].
@@ -224,31 +195,6 @@ pub struct ResponseFrame {
     pub id: RequestId,
     /// What the server's Raft returned.
     pub rpc: RpcResponse,
-}
-
-/// What the server's Raft returned for an [`RpcRequest`] of the same kind:
-/// its response, or its own error (which the client reports as a remote
-/// error, not as a network failure).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(bound = "")]
-pub enum RpcResponse {
-    /// The answer to [`RpcRequest::AppendEntries`].
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    /// The answer to [`RpcRequest::Vote`].
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    /// The answer to [`RpcRequest::InstallSnapshot`].
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-}
-
-impl RpcResponse {
-    /// Which kind of RPC this answers.
-    pub fn rpc_type(&self) -> RPCTypes {
-        match self {
-            RpcResponse::AppendEntries(_) => RPCTypes::AppendEntries,
-            RpcResponse::Vote(_) => RPCTypes::Vote,
-            RpcResponse::InstallSnapshot(_) => RPCTypes::InstallSnapshot,
-        }
-    }
 }
 
 /// Encodes `value` as a complete frame (length prefix and payload), or
@@ -357,13 +303,13 @@ pub async fn read_handshake<R: AsyncRead + Unpin>(r: &mut R) -> Result<Handshake
 mod tests {
     use super::*;
 
-    use openraft::{CommittedLeaderId, LogId, Vote};
+    use openraft::raft::{AppendEntriesRequest, VoteResponse};
 
-    use crate::types::{Batch, Entry, EntryPayload};
+    use crate::types::{log_id, Batch, Entry, EntryPayload, Vote};
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: log_id(1, index),
             payload: EntryPayload::Normal(Batch::one(vec![7; bytes])),
         }
     }
@@ -374,7 +320,7 @@ mod tests {
             id: 42,
             rpc: RpcRequest::AppendEntries(AppendEntriesRequest {
                 vote: Vote::new_committed(3, 1),
-                prev_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+                prev_log_id: Some(log_id(2, 9)),
                 leader_commit: None,
                 entries: vec![entry(10, 5), entry(11, 0)],
             }),
@@ -390,6 +336,9 @@ mod tests {
         assert_eq!(u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize + 4, {
             encode_frame(&req, 1024).unwrap().len()
         });
+        // The borrowing form, which the TCP client sends, is the same bytes.
+        let by_ref = RequestFrameRef { id: req.id, rpc: &req.rpc };
+        assert_eq!(encode_frame(&by_ref, 1024).unwrap(), encode_frame(&req, 1024).unwrap());
 
         let mut r = &wire[..];
         let got_req: RequestFrame = read_frame(&mut r, 1024).await.unwrap();

@@ -9,19 +9,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-
-use crate::types::{Node, NodeId, Raft, TypeConfig};
+use super::rpc::{Inbox, RpcRequest, RpcResponse};
+use super::transport::{Link, LinkError, Transport};
+use crate::types::{Node, NodeId, Raft};
 
 #[derive(Default)]
 struct Routes {
-    nodes: BTreeMap<NodeId, Raft>,
+    nodes: BTreeMap<NodeId, Arc<Inbox>>,
     isolated: BTreeSet<NodeId>,
     blocked: BTreeSet<(NodeId, NodeId)>,
 }
@@ -44,7 +40,7 @@ impl LocalRouter {
 
     /// Makes `raft` reachable as node `id`.
     pub fn register(&self, id: NodeId, raft: Raft) {
-        self.lock().nodes.insert(id, raft);
+        self.lock().nodes.insert(id, Arc::new(Inbox::new(raft)));
     }
 
     /// Makes node `id` unreachable, as if its process had died.
@@ -69,93 +65,51 @@ impl LocalRouter {
         r.blocked.clear();
     }
 
-    /// The network factory for node `from`, to pass to openraft.
-    pub fn network(&self, from: NodeId) -> LocalNetwork {
-        LocalNetwork { router: self.clone(), from }
+    /// The transport of node `from`.
+    pub fn transport(&self, from: NodeId) -> LocalTransport {
+        LocalTransport { router: self.clone(), from }
     }
 
-    fn route(&self, from: NodeId, to: NodeId) -> Result<Raft, Unreachable> {
+    fn route(&self, from: NodeId, to: NodeId) -> Result<Arc<Inbox>, LinkError> {
         let r = self.lock();
         let cut = r.isolated.contains(&from) || r.isolated.contains(&to) || r.blocked.contains(&(from, to));
         match r.nodes.get(&to) {
-            Some(raft) if !cut => Ok(raft.clone()),
-            _ => Err(Unreachable::new(&std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!("node {to} is not reachable from node {from}"),
-            ))),
+            Some(inbox) if !cut => Ok(inbox.clone()),
+            _ => Err(LinkError::Unreachable(format!("node {to} is not reachable from node {from}").into())),
         }
     }
 }
 
-/// The [`RaftNetworkFactory`] of one node on a [`LocalRouter`].
-pub struct LocalNetwork {
+/// The [`Transport`] of one node on a [`LocalRouter`].
+pub struct LocalTransport {
     router: LocalRouter,
     from: NodeId,
 }
 
-impl RaftNetworkFactory<TypeConfig> for LocalNetwork {
-    type Network = LocalConnection;
+impl Transport for LocalTransport {
+    type Link = LocalLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &Node) -> LocalConnection {
-        LocalConnection { router: self.router.clone(), from: self.from, target }
+    fn link(&self, target: NodeId, _node: &Node) -> LocalLink {
+        LocalLink { router: self.router.clone(), from: self.from, target }
     }
 }
 
 /// One node's link to one peer on a [`LocalRouter`].
-pub struct LocalConnection {
+pub struct LocalLink {
     router: LocalRouter,
     from: NodeId,
     target: NodeId,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
-
-impl LocalConnection {
-    fn peer(&self) -> Result<Raft, Unreachable> {
-        self.router.route(self.from, self.target)
-    }
-
-    fn remote<E: std::error::Error>(
-        &self,
-        e: RaftError<NodeId, E>,
-    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
-        RPCError::RemoteError(RemoteError::new(self.target, e))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for LocalConnection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let peer = self.peer()?;
-        let resp = peer.append_entries(rpc).await.map_err(|e| self.remote(e))?;
+impl Link for LocalLink {
+    async fn call(&mut self, request: &RpcRequest, timeout: Duration) -> Result<RpcResponse, LinkError> {
+        let peer = self.router.route(self.from, self.target)?;
+        let answer = tokio::time::timeout(timeout, peer.serve(self.from, request.clone()))
+            .await
+            .map_err(|_| LinkError::Timeout(timeout))?;
         // The reply crosses the same link back: a one-way block towards us
         // loses it, as it would on a real network.
         self.router.route(self.target, self.from)?;
-        Ok(resp)
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let peer = self.peer()?;
-        let resp = peer.install_snapshot(rpc).await.map_err(|e| self.remote(e))?;
-        self.router.route(self.target, self.from)?;
-        Ok(resp)
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
-        let peer = self.peer()?;
-        let resp = peer.vote(rpc).await.map_err(|e| self.remote(e))?;
-        self.router.route(self.target, self.from)?;
-        Ok(resp)
+        Ok(answer)
     }
 }

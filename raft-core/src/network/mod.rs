@@ -1,29 +1,33 @@
 //! The transport: how Raft RPCs travel between nodes.
 //!
-//! openraft does not ship a network. It asks for a
-//! [`RaftNetworkFactory`](openraft::RaftNetworkFactory) that creates one
-//! [`RaftNetwork`](openraft::RaftNetwork) client per peer, and leaves it to
-//! the application to deliver the three Raft RPCs (AppendEntries, Vote,
-//! InstallSnapshot) to the peer's `Raft` handle and bring back the answer.
+//! openraft does not ship a network. It asks for a factory of clients, one
+//! per peer, that deliver its RPCs to the peer's Raft and bring back the
+//! answer. raft-core splits that job in two: a [`transport::Link`] only
+//! carries an [`rpc::RpcRequest`] to a peer and brings back its
+//! [`rpc::RpcResponse`]; [`transport::Network`] does the Raft-specific
+//! rest (which failure is which, oversized requests, snapshots in pieces)
+//! once, for every transport.
 //!
 //! Read the submodules in this order:
 //!
-//! 1. [`frame`]: the wire format: a handshake, then length-prefixed bincode
-//!    frames, with a size limit checked before anything is allocated.
-//! 2. [`tcp`]: the TCP server that feeds peers' requests to the local Raft,
-//!    and the client openraft uses to reach peers, with its mapping of
-//!    failures onto openraft's error kinds.
-//! 3. [`local`]: an in-process transport for tests, which calls peers' Raft
-//!    handles directly.
+//! 1. [`rpc`]: the messages, and [`rpc::Inbox`], which answers them with
+//!    the local Raft.
+//! 2. [`transport`]: what a transport implements, and the adaptor that
+//!    gives any transport to openraft.
+//! 3. [`frame`]: the TCP wire format: a handshake, then length-prefixed
+//!    bincode frames, with a size limit checked before anything is
+//!    allocated.
+//! 4. [`tcp`]: the TCP server that feeds peers' requests to the local
+//!    Raft, and the client links.
+//! 5. [`local`]: an in-process transport for tests, which hands requests to
+//!    peers' inboxes directly.
 
 pub mod frame;
 pub mod local;
+pub mod rpc;
 pub mod tcp;
+pub mod transport;
 
-pub use tcp::{TcpConnection, TcpNetwork, TcpServer, TransportError};
-
-/// openraft's wait before retrying an unreachable peer: `min` after the first
-/// failure, doubling up to `max`. openraft drops it after the next success.
-pub fn doubling_backoff(min: std::time::Duration, max: std::time::Duration) -> openraft::network::Backoff {
-    openraft::network::Backoff::new(std::iter::successors(Some(min), move |d| Some((*d * 2).min(max))))
-}
+pub use rpc::{Inbox, RpcRequest, RpcResponse};
+pub use tcp::{TcpLink, TcpServer, TcpTransport, TransportError};
+pub use transport::{doubling_backoff, Link, LinkError, Network, Transport};

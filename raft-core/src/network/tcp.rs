@@ -6,30 +6,28 @@
 //!
 //! * [`TcpServer`] accepts connections from peers on an already-bound
 //!   listener, checks each peer's handshake, and hands every request to the
-//!   local [`Raft`]. Each connection gets its own task, so a slow or silent
-//!   peer delays nobody else.
-//! * [`TcpNetwork`] is the client side that openraft is given: for each peer
-//!   it creates a [`TcpConnection`], which connects lazily on the first RPC,
-//!   keeps the connection for the RPCs after it, and drops it at the first
-//!   sign of trouble.
+//!   local Raft through an [`Inbox`]. Each connection gets its own task, so
+//!   a slow or silent peer delays nobody else.
+//! * [`TcpTransport`] is the client side: for each peer it creates a
+//!   [`TcpLink`], which connects lazily on the first RPC, keeps the
+//!   connection for the RPCs after it, and drops it at the first sign of
+//!   trouble. openraft asks for two links per peer, one for replication and
+//!   one for heartbeats, so a large AppendEntries never delays a heartbeat.
 //!
-//! # What the client promises openraft
+//! # What the client reports
 //!
-//! openraft decides what to do after a failed RPC from the *kind* of error,
-//! so the kinds are chosen with care:
-//!
-//! | what happened | error | what openraft does |
-//! |---|---|---|
-//! | connect failed or timed out, handshake failed or was refused | `Unreachable` | waits ([`TcpConnection`]'s backoff, 50 ms doubling to 1 s) before the next RPC to that peer |
-//! | no response within the RPC's `hard_ttl` | `Timeout` | retries on its next heartbeat or election round |
-//! | the connection broke mid-RPC, or the peer sent nonsense | `Network` | retries |
-//! | the peer's Raft answered with an error | `RemoteError` | reports it (for example a stopped node) |
-//! | an AppendEntries request would exceed `max_frame_bytes` | `PayloadTooLarge` with a hint of how many entries fit | resends fewer entries at once |
+//! A failed call is reported as one of the [`LinkError`] kinds that
+//! [`super::transport`] turns into openraft's: a connect that failed or
+//! timed out, and a handshake that failed or was refused, are
+//! `Unreachable`; no response within the call's timeout is `Timeout`; a
+//! connection that broke mid-RPC or a peer that sent nonsense is `Network`;
+//! a request over `max_frame_bytes` is `TooLarge`, with how many of an
+//! AppendEntries' entries would fit.
 //!
 //! # One request in flight, and never a stale answer
 //!
-//! A [`TcpConnection`] sends one request and waits for its response before
-//! it sends the next (`&mut self` on every RPC guarantees this). If anything
+//! A [`TcpLink`] sends one request and waits for its response before it
+//! sends the next (`&mut self` on every call guarantees this). If anything
 //! goes wrong in between (an I/O error, a timeout, or openraft dropping the
 //! RPC's future because its own deadline passed) the connection is
 //! discarded, never reused: a response that arrives late on it can therefore
@@ -53,15 +51,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::raft::AppendEntriesRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -70,9 +60,10 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use super::frame::{
     encode_frame, read_frame, read_handshake, write_encoded, write_frame, write_handshake, FrameError,
-    Handshake, HandshakeAck, RequestFrame, RequestId, ResponseFrame, RpcRequest, RpcResponse,
-    HANDSHAKE_MAX_BYTES,
+    Handshake, HandshakeAck, RequestFrame, RequestFrameRef, RequestId, ResponseFrame, HANDSHAKE_MAX_BYTES,
 };
+use super::rpc::{Inbox, RpcRequest, RpcResponse};
+use super::transport::{Link, LinkError, Transport};
 use crate::codec;
 use crate::config::Config;
 use crate::types::{Node, NodeId, Raft, TypeConfig};
@@ -106,14 +97,6 @@ const REFUSAL_LINGER_BYTES: u64 = 64 * 1024;
 /// once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// The first wait before retrying an unreachable peer (50 ms).
-pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
-
-/// The longest wait between retries of an unreachable peer (1 s): a peer
-/// that comes back is noticed within a second, well within an election
-/// timeout's order of magnitude.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// Refusal reasons quote at most this many characters of a cluster id, so a
 /// refusal always fits in a handshake-sized frame.
 const MAX_QUOTED_CHARS: usize = 64;
@@ -123,9 +106,12 @@ const MAX_QUOTED_CHARS: usize = 64;
 // ---------------------------------------------------------------------------
 
 /// What every connection task of one server needs.
+#[derive(Debug)]
 struct ServerContext {
-    raft: Raft,
+    inbox: Inbox,
     node_id: NodeId,
+    /// Connections accepted since the server started.
+    accepted: std::sync::atomic::AtomicU64,
     cluster_id: String,
     max_frame_bytes: u32,
 }
@@ -140,6 +126,7 @@ pub struct TcpServer {
     local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
+    ctx: Arc<ServerContext>,
 }
 
 impl TcpServer {
@@ -154,15 +141,21 @@ impl TcpServer {
             .local_addr()
             .unwrap_or_else(|e| panic!("invariant: a bound TcpListener has a local address ({e})"));
         let ctx = Arc::new(ServerContext {
-            raft,
+            inbox: Inbox::new(raft),
             node_id,
+            accepted: Default::default(),
             cluster_id: config.cluster_id.clone(),
             max_frame_bytes: config.max_frame_bytes,
         });
         let (stop, stopped) = oneshot::channel();
-        let accept = tokio::spawn(accept_loop(listener, ctx, stopped));
+        let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
         tracing::info!(node_id, %local_addr, "Raft transport listening");
-        TcpServer { node_id, local_addr, stop, accept }
+        TcpServer { node_id, local_addr, stop, accept, ctx }
+    }
+
+    /// How many connections the server has accepted since it started.
+    pub fn connections_accepted(&self) -> u64 {
+        self.ctx.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address the server listens on (with the real port when the
@@ -194,6 +187,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut stop: o
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    ctx.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     connections.spawn(serve_connection(stream, peer, ctx.clone()));
                 }
                 Err(e) => {
@@ -331,9 +325,9 @@ async fn serve_requests(stream: &mut TcpStream, ctx: &ServerContext, from: NodeI
             Ok(Ok(request)) => request,
         };
         let id = request.id;
-        tracing::debug!(node_id = ctx.node_id, from, id, rpc = %request.rpc.rpc_type(), "serving Raft RPC");
+        tracing::debug!(node_id = ctx.node_id, from, id, rpc = request.rpc.name(), "serving Raft RPC");
 
-        let response = ResponseFrame { id, rpc: request.rpc.serve(&ctx.raft).await };
+        let response = ResponseFrame { id, rpc: ctx.inbox.serve(from, request.rpc).await };
         match timeout(WRITE_TIMEOUT, write_frame(stream, &response, ctx.max_frame_bytes)).await {
             Err(_) => return Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
             Ok(result) => result?,
@@ -345,9 +339,9 @@ async fn serve_requests(stream: &mut TcpStream, ctx: &ServerContext, from: NodeI
 // Client
 // ---------------------------------------------------------------------------
 
-/// Why an RPC could not be sent or answered. Carried, as text, inside the
-/// openraft error the RPC returns (see the table in the [module docs](self)
-/// for which openraft error each becomes).
+/// Why an RPC could not be sent or answered. Carried inside the
+/// [`LinkError`] the call returns (see the table in the
+/// [module docs](self) for which kind each becomes).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -363,7 +357,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// Connecting and completing the handshake took longer than allowed
-    /// (the smaller of `connect_timeout` and the RPC's `soft_ttl`).
+    /// (the smaller of `connect_timeout` and the call's timeout).
     #[error("connecting to node {target} at {addr} timed out after {after:?}")]
     ConnectTimeout {
         /// The peer's node id.
@@ -413,25 +407,13 @@ pub enum TransportError {
         /// The id in the response.
         got: RequestId,
     },
-    /// The response is for another kind of RPC than the request.
-    #[error("node {target} answered a {expected} request with a {got} response")]
-    WrongResponse {
-        /// The peer's node id.
-        target: NodeId,
-        /// The kind of RPC sent.
-        expected: RPCTypes,
-        /// The kind of response received.
-        got: RPCTypes,
-    },
-    /// A request is larger than `max_frame_bytes` and cannot be made
-    /// smaller by sending fewer entries: a single log entry, or a snapshot
-    /// chunk, is too large.
+    /// A request is larger than `max_frame_bytes`.
     #[error("{rpc} request to node {target} needs more than {max} bytes: {detail}")]
     TooLarge {
         /// The peer's node id.
         target: NodeId,
         /// The kind of RPC.
-        rpc: RPCTypes,
+        rpc: &'static str,
         /// `max_frame_bytes`.
         max: u32,
         /// What is too large.
@@ -439,14 +421,7 @@ pub enum TransportError {
     },
 }
 
-/// How a call failed, before it is given openraft's shape.
-enum CallError {
-    Unreachable(TransportError),
-    Timeout,
-    Network(TransportError),
-}
-
-/// What every connection made by one [`TcpNetwork`] needs.
+/// What every link made by one [`TcpTransport`] needs.
 #[derive(Debug)]
 struct ClientSettings {
     node_id: NodeId,
@@ -455,166 +430,83 @@ struct ClientSettings {
     connect_timeout: Duration,
 }
 
-/// Idle connections, per peer and address, that a new [`TcpConnection`]
-/// starts with instead of connecting.
-///
-/// openraft asks for a fresh client more often than one might expect: once
-/// per replication stream, but also once per peer for *every* leadership
-/// check behind a linearizable read. Without the pool each such check would
-/// open (and handshake) a new TCP connection to every voter.
-type Pool = Arc<std::sync::Mutex<std::collections::HashMap<(NodeId, String), Vec<TcpStream>>>>;
-
-/// Idle connections kept per peer.
-const POOL_PER_PEER: usize = 4;
-
-/// The client side of the transport, given to `Raft::new`: creates a
-/// [`TcpConnection`] per peer. Cheap to clone.
+/// The client side of the TCP transport: a [`TcpLink`] per peer. Cheap to
+/// clone. Give it to openraft wrapped in a
+/// [`Network`](super::transport::Network).
 #[derive(Debug, Clone)]
-pub struct TcpNetwork {
+pub struct TcpTransport {
     settings: Arc<ClientSettings>,
-    pool: Pool,
 }
 
-impl TcpNetwork {
+impl TcpTransport {
     /// The client side of node `node_id`, using `config.cluster_id`,
     /// `config.max_frame_bytes` and `config.connect_timeout`.
     pub fn new(node_id: NodeId, config: &Config) -> Self {
-        TcpNetwork {
+        TcpTransport {
             settings: Arc::new(ClientSettings {
                 node_id,
                 cluster_id: config.cluster_id.clone(),
                 max_frame_bytes: config.max_frame_bytes,
                 connect_timeout: config.connect_timeout,
             }),
-            pool: Pool::default(),
         }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
-    type Network = TcpConnection;
+impl Transport for TcpTransport {
+    type Link = TcpLink;
 
-    /// A client for `target` at `node.raft_addr`. Does not connect: the
-    /// address may be wrong or the peer down, and openraft cannot handle an
-    /// error here; the first RPC reports it instead.
-    async fn new_client(&mut self, target: NodeId, node: &Node) -> TcpConnection {
-        let key = (target, node.raft_addr.clone());
-        let stream = self.pool.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(Vec::pop);
-        TcpConnection {
-            settings: self.settings.clone(),
-            target,
-            node: node.clone(),
-            stream,
-            last_id: 0,
-            pool: Some(self.pool.clone()),
-        }
+    fn link(&self, target: NodeId, node: &Node) -> TcpLink {
+        TcpLink { settings: self.settings.clone(), target, addr: node.raft_addr.clone(), stream: None, last_id: 0 }
     }
 }
 
 /// RPCs to one peer over one TCP connection, opened on first use and
 /// reopened after any failure. See the [module docs](self).
 #[derive(Debug)]
-pub struct TcpConnection {
+pub struct TcpLink {
     settings: Arc<ClientSettings>,
     target: NodeId,
-    node: Node,
+    addr: String,
     /// The open connection, if any. Taken out for the duration of each RPC
     /// and put back only when the RPC completed cleanly, so an RPC that
     /// fails or is cancelled half-way leaves no connection behind.
     stream: Option<TcpStream>,
     /// The id of the last request sent.
     last_id: RequestId,
-    /// Where the connection goes back when this client is dropped.
-    pool: Option<Pool>,
 }
 
-impl Drop for TcpConnection {
-    /// Returns a healthy connection (one whose last RPC completed cleanly,
-    /// so no answer is still in flight on it) to the network's pool.
-    fn drop(&mut self) {
-        if let (Some(stream), Some(pool)) = (self.stream.take(), &self.pool) {
-            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-            let idle = pool.entry((self.target, self.node.raft_addr.clone())).or_default();
-            if idle.len() < POOL_PER_PEER {
-                idle.push(stream);
-            }
-        }
-    }
-}
-
-impl TcpConnection {
+impl Link for TcpLink {
     /// Encodes, sends and awaits one request, and returns the peer's answer.
-    async fn call<E: std::error::Error>(
-        &mut self,
-        rpc: RpcRequest,
-        option: &RPCOption,
-    ) -> Result<RpcResponse, RPCError<NodeId, Node, E>> {
-        let action = rpc.rpc_type();
+    async fn call(&mut self, rpc: &RpcRequest, timeout: Duration) -> Result<RpcResponse, LinkError> {
         self.last_id += 1;
-        let frame = RequestFrame { id: self.last_id, rpc };
-        let bytes = match encode_frame(&frame, self.settings.max_frame_bytes) {
+        let id = self.last_id;
+        let bytes = match encode_frame(&RequestFrameRef { id, rpc }, self.settings.max_frame_bytes) {
             Ok(bytes) => bytes,
-            Err(e) => return Err(self.oversized(&frame, e)),
+            Err(e) => return Err(self.oversized(id, rpc, e)),
         };
-
-        let result = self.exchange(&bytes, frame.id, option).await;
-        let result = result.map_err(|e| match e {
-            CallError::Unreachable(e) => {
-                if matches!(e, TransportError::Refused { .. }) {
-                    tracing::warn!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer refused connection");
-                } else {
-                    tracing::debug!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer unreachable");
-                }
-                RPCError::Unreachable(Unreachable::new(&e))
-            }
-            CallError::Timeout => {
-                tracing::debug!(node_id = self.settings.node_id, target = self.target, rpc = %action, "Raft RPC timed out");
-                RPCError::Timeout(Timeout {
-                    action,
-                    id: self.settings.node_id,
-                    target: self.target,
-                    timeout: option.hard_ttl(),
-                })
-            }
-            CallError::Network(e) => {
-                tracing::debug!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft RPC failed");
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        Ok(result)
+        self.exchange(&bytes, id, timeout).await
     }
+}
 
-    /// The error for a response of another kind than the request: the peer
-    /// is out of step with us, so the connection is dropped too.
-    fn wrong_response<E: std::error::Error>(
-        &mut self,
-        expected: RPCTypes,
-        got: &RpcResponse,
-    ) -> RPCError<NodeId, Node, E> {
-        self.stream = None;
-        let e = TransportError::WrongResponse { target: self.target, expected, got: got.rpc_type() };
-        tracing::warn!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer out of step");
-        RPCError::Network(NetworkError::new(&e))
-    }
-
+impl TcpLink {
     /// Sends an encoded request on the open connection (opening one first if
-    /// needed) and reads the response, all within `option.hard_ttl()`.
-    async fn exchange(
-        &mut self,
-        request: &[u8],
-        id: RequestId,
-        option: &RPCOption,
-    ) -> Result<RpcResponse, CallError> {
-        let deadline = Instant::now() + option.hard_ttl();
+    /// needed) and reads the response, all within `ttl`.
+    async fn exchange(&mut self, request: &[u8], id: RequestId, ttl: Duration) -> Result<RpcResponse, LinkError> {
+        let deadline = Instant::now() + ttl;
         let mut stream = match self.stream.take() {
             Some(stream) if still_open(&stream) => stream,
             _ => {
-                // Give up connecting before openraft's own deadline
-                // (`hard_ttl`) fires, so that an unreachable peer is
-                // reported as `Unreachable` and backed off from, not as a
-                // timeout retried at once.
-                let budget = self.settings.connect_timeout.min(option.soft_ttl());
-                self.connect(budget).await.map_err(CallError::Unreachable)?
+                // Give up connecting well before the call's deadline, so that
+                // an unreachable peer is reported as `Unreachable` and backed
+                // off from, not as a timeout retried at once.
+                let budget = self.settings.connect_timeout.min(ttl / 2);
+                self.connect(budget).await.map_err(|e| {
+                    if matches!(e, TransportError::Refused { .. }) {
+                        tracing::warn!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer refused connection");
+                    }
+                    LinkError::Unreachable(Box::new(e))
+                })?
             }
         };
 
@@ -625,18 +517,18 @@ impl TcpConnection {
         })
         .await;
         let response = match exchanged {
-            Err(_) => return Err(CallError::Timeout),
+            Err(_) => return Err(LinkError::Timeout(ttl)),
             Ok(Err(source)) => {
-                return Err(CallError::Network(TransportError::Frame { target: self.target, source }))
+                return Err(LinkError::Network(Box::new(TransportError::Frame { target: self.target, source })))
             }
             Ok(Ok(response)) => response,
         };
         if response.id != id {
-            return Err(CallError::Network(TransportError::IdMismatch {
+            return Err(LinkError::Network(Box::new(TransportError::IdMismatch {
                 target: self.target,
                 expected: id,
                 got: response.id,
-            }));
+            })));
         }
         self.stream = Some(stream);
         Ok(response.rpc)
@@ -646,7 +538,7 @@ impl TcpConnection {
     /// `budget`.
     async fn connect(&self, budget: Duration) -> Result<TcpStream, TransportError> {
         let target = self.target;
-        let addr = self.node.raft_addr.clone();
+        let addr = self.addr.clone();
         let deadline = Instant::now() + budget;
         let timed_out = || TransportError::ConnectTimeout { target, addr: addr.clone(), after: budget };
 
@@ -676,57 +568,26 @@ impl TcpConnection {
         }
     }
 
-    /// The error for a request that does not fit in one frame.
-    ///
-    /// An AppendEntries request is answered with a hint of how many of its
-    /// entries would fit, and openraft resends that many. When not even one
-    /// entry fits, or a snapshot chunk is too large, no retry can succeed:
-    /// that is a configuration error (`max_frame_bytes` below the largest
-    /// command or `snapshot_chunk_bytes`), logged as such.
-    fn oversized<E: std::error::Error>(
-        &self,
-        frame: &RequestFrame,
-        e: FrameError,
-    ) -> RPCError<NodeId, Node, E> {
+    /// The error for a request that does not fit in one frame: for an
+    /// AppendEntries, with how many of its entries would fit (see
+    /// [`LinkError::TooLarge`]).
+    fn oversized(&self, id: RequestId, rpc: &RpcRequest, e: FrameError) -> LinkError {
         let max = self.settings.max_frame_bytes;
-        let rpc = frame.rpc.rpc_type();
-        let detail = match &frame.rpc {
+        let (fit, detail) = match rpc {
             RpcRequest::AppendEntries(req) => {
-                let fit = entries_that_fit(frame.id, req, max);
-                // A hint of as many entries as were sent would loop forever.
-                if fit > 0 && fit < req.entries.len() as u64 {
-                    tracing::debug!(
-                        node_id = self.settings.node_id,
-                        target = self.target,
-                        entries = req.entries.len(),
-                        hint = fit,
-                        "AppendEntries too large for one frame, asking for fewer entries"
-                    );
-                    return RPCError::PayloadTooLarge(
-                        PayloadTooLarge::new_entries_hint(fit).with_source_error(&e),
-                    );
-                }
-                match req.entries.first() {
-                    Some(first) => {
-                        format!("log entry {} alone exceeds the frame limit ({e})", first.log_id.index)
+                let fit = entries_that_fit(id, req, max);
+                let detail = match req.entries.get(fit) {
+                    Some(next) if fit == 0 => {
+                        format!("log entry {} alone exceeds the frame limit ({e})", next.log_id.index)
                     }
-                    None => format!("an AppendEntries without entries exceeds the frame limit ({e})"),
-                }
+                    _ => format!("{} entries exceed the frame limit ({e})", req.entries.len()),
+                };
+                (fit, detail)
             }
-            _ => e.to_string(),
+            _ => (0, e.to_string()),
         };
-        let e = TransportError::TooLarge { target: self.target, rpc, max, detail };
-        tracing::error!(node_id = self.settings.node_id, target = self.target, error = %e, "cannot send Raft RPC");
-        if rpc == RPCTypes::AppendEntries {
-            // Retrying at once cannot help; let openraft back off.
-            RPCError::Unreachable(Unreachable::new(&e))
-        } else {
-            RPCError::Network(NetworkError::new(&e))
-        }
-    }
-
-    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, Node, E> {
-        RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))
+        let source = TransportError::TooLarge { target: self.target, rpc: rpc.name(), max, detail };
+        LinkError::TooLarge { fit, source: Box::new(source) }
     }
 }
 
@@ -747,18 +608,15 @@ fn still_open(stream: &TcpStream) -> bool {
 ///
 /// A frame's payload is the request without entries plus, for the entries,
 /// a varint count and each entry's encoding in turn, so the sizes add up.
-fn entries_that_fit(id: RequestId, req: &AppendEntriesRequest<TypeConfig>, max: u32) -> u64 {
-    let empty = RequestFrame {
-        id,
-        rpc: RpcRequest::AppendEntries(AppendEntriesRequest {
-            vote: req.vote,
-            prev_log_id: req.prev_log_id,
-            leader_commit: req.leader_commit,
-            entries: Vec::new(),
-        }),
-    };
+fn entries_that_fit(id: RequestId, req: &AppendEntriesRequest<TypeConfig>, max: u32) -> usize {
+    let empty = RpcRequest::AppendEntries(AppendEntriesRequest {
+        vote: req.vote,
+        prev_log_id: req.prev_log_id,
+        leader_commit: req.leader_commit,
+        entries: Vec::new(),
+    });
     // The empty request already has a 1-byte count; a count takes at most 9.
-    let mut size = codec::encode(&empty).len() as u64 + 8;
+    let mut size = codec::encode(&RequestFrameRef { id, rpc: &empty }).len() as u64 + 8;
     let mut fit = 0;
     for entry in &req.entries {
         size += codec::encode(entry).len() as u64;
@@ -770,64 +628,21 @@ fn entries_that_fit(id: RequestId, req: &AppendEntriesRequest<TypeConfig>, max: 
     fit
 }
 
-impl RaftNetwork<TypeConfig> for TcpConnection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        match self.call(RpcRequest::AppendEntries(rpc), &option).await? {
-            RpcResponse::AppendEntries(Ok(resp)) => Ok(resp),
-            RpcResponse::AppendEntries(Err(e)) => Err(self.remote(e)),
-            other => Err(self.wrong_response(RPCTypes::AppendEntries, &other)),
-        }
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        match self.call(RpcRequest::InstallSnapshot(rpc), &option).await? {
-            RpcResponse::InstallSnapshot(Ok(resp)) => Ok(resp),
-            RpcResponse::InstallSnapshot(Err(e)) => Err(self.remote(e)),
-            other => Err(self.wrong_response(RPCTypes::InstallSnapshot, &other)),
-        }
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        match self.call(RpcRequest::Vote(rpc), &option).await? {
-            RpcResponse::Vote(Ok(resp)) => Ok(resp),
-            RpcResponse::Vote(Err(e)) => Err(self.remote(e)),
-            other => Err(self.wrong_response(RPCTypes::Vote, &other)),
-        }
-    }
-
-    /// Waits 50 ms after the first failure to reach the peer, doubling up to
-    /// 1 s. openraft drops the backoff after the next successful RPC.
-    fn backoff(&self) -> Backoff {
-        super::doubling_backoff(BACKOFF_MIN, BACKOFF_MAX)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use openraft::{CommittedLeaderId, LogId, Vote};
+    use openraft::error::RPCError;
+    use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+    use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
     use rand::{RngCore, SeedableRng};
 
     use crate::app::{AppState, ApplyContext, StateError, StateMachine};
     use crate::network::frame::PROTOCOL_VERSION;
+    use crate::network::rpc::SnapshotChunk;
+    use crate::network::transport::{Connection, Network};
     use crate::storage::{Db, MemLogStore, StateMachineStore};
-    use crate::types::{Batch, Entry, EntryPayload};
+    use crate::types::{log_id, Batch, Entry, EntryPayload, Vote};
 
     /// The smallest application: every command is a no-op.
     struct Nothing;
@@ -853,7 +668,7 @@ mod tests {
         let raft = Raft::new(
             node_id,
             Arc::new(config.to_openraft().unwrap()),
-            TcpNetwork::new(node_id, &config),
+            Network::new(node_id, TcpTransport::new(node_id, &config), &config),
             MemLogStore::new(),
             StateMachineStore::open(Db::in_memory(), Nothing).unwrap(),
         )
@@ -868,12 +683,15 @@ mod tests {
         raft.shutdown().await.unwrap();
     }
 
-    /// A client of node `from` in cluster `cluster` for node `to` at `addr`.
-    async fn client(config: &Config, from: NodeId, to: NodeId, addr: SocketAddr) -> TcpConnection {
-        TcpNetwork::new(from, config).new_client(to, &Node::new(addr.to_string(), "")).await
+    /// What openraft holds for node `from` to reach node `to` at `addr`:
+    /// the TCP link inside the transport adaptor.
+    async fn client(config: &Config, from: NodeId, to: NodeId, addr: SocketAddr) -> Connection<TcpLink> {
+        Network::new(from, TcpTransport::new(from, config), config)
+            .new_client(to, &Node::new(addr.to_string(), ""))
+            .await
     }
 
-    fn vote_request(candidate: NodeId, term: u64) -> VoteRequest<NodeId> {
+    fn vote_request(candidate: NodeId, term: u64) -> VoteRequest<TypeConfig> {
         VoteRequest::new(Vote::new(term, candidate), None)
     }
 
@@ -899,19 +717,11 @@ mod tests {
     }
 
     fn entry(index: u64, bytes: usize) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 2), index),
-            payload: EntryPayload::Normal(Batch::one(vec![0xAB; bytes])),
-        }
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch::one(vec![0xAB; bytes])) }
     }
 
     fn append_request(entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest {
-            vote: Vote::new_committed(1, 2),
-            prev_log_id: None,
-            leader_commit: None,
-            entries,
-        }
+        AppendEntriesRequest { vote: Vote::new_committed(1, 2), prev_log_id: None, leader_commit: None, entries }
     }
 
     #[tokio::test]
@@ -934,31 +744,14 @@ mod tests {
         let mut c = client(&Config::new(CLUSTER), 2, 1, server.local_addr()).await;
 
         c.vote(vote_request(2, 1), option()).await.unwrap();
-        let first = c.stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
+        let first = c.link().stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
         c.vote(vote_request(2, 2), option()).await.unwrap();
-        let second = c.stream.as_ref().expect("connection kept").local_addr().unwrap();
+        let second = c.link().stream.as_ref().expect("connection kept").local_addr().unwrap();
         assert_eq!(first, second, "the second RPC opened a new connection");
-        assert_eq!(c.last_id, 2);
+        assert_eq!(c.link().last_id, 2);
+        assert_eq!(server.connections_accepted(), 1);
 
         stop(server, raft).await;
-    }
-
-    #[tokio::test]
-    async fn a_new_client_reuses_the_connection_of_a_dropped_one() {
-        // openraft makes a new client for every leadership check; each must
-        // not cost a new connection.
-        let (server, _raft) = start_server(1).await;
-        let config = Config::new(CLUSTER);
-        let mut network = TcpNetwork::new(2, &config);
-        let node = Node::new(server.local_addr().to_string(), "");
-        let mut c = network.new_client(1, &node).await;
-        c.vote(vote_request(2, 1), option()).await.unwrap();
-        let first = c.stream.as_ref().expect("connection kept").local_addr().unwrap();
-        drop(c);
-        let mut again = network.new_client(1, &node).await;
-        let reused = again.stream.as_ref().expect("the pooled connection").local_addr().unwrap();
-        assert_eq!(first, reused, "the new client opened a new connection");
-        again.vote(vote_request(2, 2), option()).await.unwrap();
     }
 
     #[tokio::test]
@@ -980,7 +773,7 @@ mod tests {
         let err = c.vote(vote_request(2, 1), option()).await.unwrap_err();
         assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
         assert!(err.to_string().contains("cluster id mismatch"), "{err}");
-        assert!(c.stream.is_none());
+        assert!(c.link().stream.is_none());
         // The refused client did not disturb the server.
         assert_vote_is_answered(server.local_addr(), 3).await;
 
@@ -1005,7 +798,7 @@ mod tests {
         let (server, raft) = start_server(1).await;
         let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
         let mut hs = Handshake::new(CLUSTER, 2, 1);
-        hs.version = PROTOCOL_VERSION + 1;
+        hs.version = PROTOCOL_VERSION - 1;
         write_handshake(&mut raw, &hs).await.unwrap();
 
         let ack: HandshakeAck = read_frame(&mut raw, HANDSHAKE_MAX_BYTES).await.unwrap();
@@ -1086,7 +879,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_append_entries_asks_openraft_for_fewer_entries() {
+    async fn oversized_append_entries_sends_the_entries_that_fit_and_reports_a_partial_success() {
         let (server, raft) = start_server(1).await;
         let mut config = Config::new(CLUSTER);
         config.max_frame_bytes = 4096;
@@ -1094,53 +887,86 @@ mod tests {
 
         // The first entry follows `prev_log_id: None`, so it has index 0.
         let entries: Vec<Entry> = (0..20).map(|i| entry(i, 1000)).collect();
-        let err = c.append_entries(append_request(entries.clone()), option()).await.unwrap_err();
-        let hint = match err {
-            RPCError::PayloadTooLarge(p) => p.entries_hint(),
-            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        // What fits is computed exactly: that many entries fit in a frame
+        // and one more does not.
+        let fit = entries_that_fit(1, &append_request(entries.clone()), 4096);
+        let frame_of = |n: usize| RequestFrame {
+            id: 1,
+            rpc: RpcRequest::AppendEntries(append_request(entries[..n].to_vec())),
         };
-        // The hint is safe (that many entries fit in a frame) and, here, tight
-        // (one more does not).
-        let frame_of = |n: u64| RequestFrame {
-            id: 2,
-            rpc: RpcRequest::AppendEntries(append_request(entries[..n as usize].to_vec())),
-        };
-        assert!(encode_frame(&frame_of(hint), 4096).is_ok(), "hint {hint} is too many");
-        assert!(encode_frame(&frame_of(hint + 1), 4096).is_err(), "hint {hint} is too few");
-        assert!(c.stream.is_none(), "nothing should have been sent");
+        assert!(fit > 0 && fit < 20, "{fit}");
+        assert!(encode_frame(&frame_of(fit), 4096).is_ok(), "{fit} entries do not fit");
+        assert!(encode_frame(&frame_of(fit + 1), 4096).is_err(), "{} entries fit too", fit + 1);
 
-        // Resending as many entries as the hint says goes through.
-        let resp =
-            c.append_entries(append_request(entries[..hint as usize].to_vec()), option()).await.unwrap();
-        assert_eq!(resp, AppendEntriesResponse::Success);
+        // The follower gets the prefix that fits, and openraft learns how
+        // far it now matches.
+        let resp = c.append_entries(append_request(entries.clone()), option()).await.unwrap();
+        let last = fit as u64 - 1;
+        assert_eq!(resp, AppendEntriesResponse::PartialSuccess(Some(log_id(1, last))));
+        let held = raft.wait(Some(RPC_TTL)).log_index(Some(last), "the prefix").await.unwrap();
+        assert_eq!(held.last_log_index, Some(last), "the follower holds exactly the prefix");
 
         stop(server, raft).await;
     }
 
     #[tokio::test]
-    async fn snapshot_chunk_reaches_the_peer() {
+    async fn a_snapshot_is_sent_in_pieces_and_installed() {
+        use crate::types::StoredMembership;
+        let (server, raft) = start_server(1).await;
+        let mut config = Config::new(CLUSTER);
+        config.snapshot_chunk_bytes = 64;
+        let mut c = client(&config, 2, 1, server.local_addr()).await;
+
+        // A state of a few hundred bytes: several pieces of 64.
+        let mut state = crate::app::StateMap::new();
+        for i in 0..20u8 {
+            state.insert(vec![i; 8].into(), vec![i; 16].into());
+        }
+        let meta = crate::types::SnapshotMeta {
+            last_log_id: Some(log_id(1, 5)),
+            last_membership: StoredMembership::default(),
+        };
+        let snapshot = crate::types::Snapshot { meta, snapshot: crate::storage::SnapshotData::from_state(state) };
+        let leader_vote = Vote::new_committed(1, 2);
+        let never = std::future::pending::<openraft::error::ReplicationClosed>();
+        let resp = c.full_snapshot(leader_vote, snapshot, never, option()).await.unwrap();
+        assert_eq!(resp.vote, leader_vote, "{resp:?}");
+        let m = raft.wait(Some(RPC_TTL)).snapshot(log_id(1, 5), "the installed snapshot").await.unwrap();
+        assert_eq!(m.snapshot, Some(log_id(1, 5)));
+        assert_eq!(m.last_applied, Some(log_id(1, 5)));
+
+        stop(server, raft).await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_piece_that_continues_nothing_is_refused() {
+        let (server, raft) = start_server(1).await;
+        let mut link = TcpTransport::new(2, &Config::new(CLUSTER)).link(1, &Node::new(server.local_addr().to_string(), ""));
+        let chunk = SnapshotChunk {
+            vote: Vote::new_committed(1, 2),
+            meta: Default::default(),
+            transfer: 9,
+            offset: 100,
+            data: vec![1, 2, 3],
+            done: true,
+        };
+        let answer = link.call(&RpcRequest::SnapshotChunk(chunk), RPC_TTL).await.unwrap();
+        match answer {
+            RpcResponse::SnapshotChunk(Err(reason)) => assert!(reason.contains("continues no transfer"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        stop(server, raft).await;
+    }
+
+    #[tokio::test]
+    async fn append_entries_with_a_gap_is_refused_and_the_node_keeps_running() {
         let (server, raft) = start_server(1).await;
         let mut c = client(&Config::new(CLUSTER), 2, 1, server.local_addr()).await;
-
-        // A first chunk (not `done`): the follower only buffers it, so its
-        // bytes need not be a valid snapshot.
-        let leader_vote = Vote::new_committed(1, 2);
-        let req = InstallSnapshotRequest {
-            vote: leader_vote,
-            meta: crate::types::SnapshotMeta {
-                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 2), 5)),
-                last_membership: Default::default(),
-                snapshot_id: "1-2-5".to_string(),
-            },
-            offset: 0,
-            data: vec![1, 2, 3, 4],
-            done: false,
-        };
-        let resp = c.install_snapshot(req, option()).await.unwrap();
-        // The answer came from the follower's Raft, which knew of no vote
-        // higher than the leader's and therefore accepted the chunk.
-        assert!(resp.vote <= leader_vote, "{resp:?}");
-
+        // Index 5 cannot follow `prev_log_id: None`.
+        let err = c.append_entries(append_request(vec![entry(5, 10)]), option()).await.unwrap_err();
+        assert!(err.to_string().contains("index 0 was due"), "{err}");
+        let ok = c.append_entries(append_request(vec![entry(0, 10)]), option()).await.unwrap();
+        assert_eq!(ok, AppendEntriesResponse::Success);
         stop(server, raft).await;
     }
 
@@ -1152,9 +978,9 @@ mod tests {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let mut c = client(&config, 2, 1, addr).await;
 
-        let err = c.append_entries(append_request(vec![entry(1, 2000)]), option()).await.unwrap_err();
+        let err = c.append_entries(append_request(vec![entry(0, 2000)]), option()).await.unwrap_err();
         assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
-        assert!(err.to_string().contains("log entry 1 alone exceeds"), "{err}");
+        assert!(err.to_string().contains("log entry 0 alone exceeds"), "{err}");
     }
 
     /// A fake peer that accepts one connection, acknowledges the handshake,
@@ -1189,11 +1015,11 @@ mod tests {
         let err = c.vote(vote_request(2, 1), option()).await.unwrap_err();
         assert!(matches!(err, RPCError::Network(_)), "{err:?}");
         assert!(err.to_string().contains("expected 1"), "{err}");
-        assert!(c.stream.is_none(), "an out-of-step connection was kept");
+        assert!(c.link().stream.is_none(), "an out-of-step connection was kept");
     }
 
     #[tokio::test]
-    async fn response_of_another_rpc_kind_is_rejected_and_the_connection_dropped() {
+    async fn response_of_another_rpc_kind_is_rejected() {
         let addr = fake_peer(|id| ResponseFrame {
             id,
             rpc: RpcResponse::AppendEntries(Ok(AppendEntriesResponse::Success)),
@@ -1203,7 +1029,7 @@ mod tests {
 
         let err = c.vote(vote_request(2, 1), option()).await.unwrap_err();
         assert!(matches!(err, RPCError::Network(_)), "{err:?}");
-        assert!(c.stream.is_none(), "an out-of-step connection was kept");
+        assert!(err.to_string().contains("answered a Vote request with a AppendEntries response"), "{err}");
     }
 
     #[tokio::test]
@@ -1228,13 +1054,14 @@ mod tests {
             }
             other => panic!("expected Timeout, got {other:?}"),
         }
-        assert!(c.stream.is_none(), "a connection with a pending response was kept");
+        assert!(c.link().stream.is_none(), "a connection with a pending response was kept");
         // Dropping the connection is what lets the fake peer finish.
+        drop(c);
         timeout(Duration::from_secs(5), peer).await.unwrap().unwrap();
     }
 
     #[tokio::test]
-    async fn remote_raft_error_is_a_remote_error() {
+    async fn a_stopped_raft_behind_the_server_is_unreachable() {
         let (server, raft) = start_server(1).await;
         let addr = server.local_addr();
         // The transport keeps serving, but the Raft behind it has stopped.
@@ -1242,13 +1069,8 @@ mod tests {
         let mut c = client(&Config::new(CLUSTER), 2, 1, addr).await;
 
         let err = c.vote(vote_request(2, 1), option()).await.unwrap_err();
-        match err {
-            RPCError::RemoteError(e) => {
-                assert_eq!(e.target, 1);
-                assert!(matches!(e.source, RaftError::Fatal(_)), "{:?}", e.source);
-            }
-            other => panic!("expected RemoteError, got {other:?}"),
-        }
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
+        assert!(err.to_string().contains("node 1"), "{err}");
         server.shutdown().await;
     }
 
@@ -1267,20 +1089,5 @@ mod tests {
         assert!(matches!(err, RPCError::Unreachable(_) | RPCError::Network(_)), "{err:?}");
         let err = c.vote(vote_request(2, 3), option()).await.unwrap_err();
         assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_from_50ms_up_to_1s() {
-        let config = Config::new(CLUSTER);
-        let c = TcpConnection {
-            settings: TcpNetwork::new(2, &config).settings,
-            target: 1,
-            node: Node::default(),
-            stream: None,
-            last_id: 0,
-            pool: None,
-        };
-        let waits: Vec<u64> = c.backoff().take(7).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
     }
 }

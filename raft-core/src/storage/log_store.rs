@@ -1,14 +1,56 @@
-//! The durable Raft log, kept in redb.
+//! The durable Raft log, kept in redb, written by a dedicated thread so that
+//! the leader's fsync overlaps replication.
 //!
 //! Raft may count an entry towards a commit only once it is on stable
-//! storage of a majority (§5.3, and Figure 2's "persistent state"): a node
-//! that acknowledged an entry and then forgot it in a crash could let a
-//! committed entry disappear. So every method here that changes state
-//! returns, or calls back, only after its write transaction committed with
-//! [`redb::Durability::Immediate`], which fsyncs.
+//! storage (§5.3, and Figure 2's "persistent state"): a node that
+//! acknowledged an entry and then forgot it in a crash could let a
+//! committed entry disappear. But nothing requires the *leader* to finish
+//! its own write before it sends the entry to followers: the leader is just
+//! one of the votes a commit needs, and counts once its write is durable
+//! (Raft thesis §10.2.1). etcd and TiKV overlap the two; so does this store.
+//!
+//! # The asynchronous append
+//!
+//! ```text
+//!   openraft core                 RedbLogStore                 writer thread
+//!   ─────────────                 ────────────                 ─────────────
+//!   append(e5..e7, cb) ─────────▶ e5..e7 into `pending`
+//!                                 (readable at once) ──queue──▶ takes every queued op,
+//!   ◀──────────── returns          ...                          one redb transaction,
+//!   replicate e5..e7 to                                         commit (fsync)
+//!   followers meanwhile                                         drop e5..e7 from `pending`
+//!                     ◀──────────────────────── cb: flushed ─── call cb, in queue order
+//!   leader's own vote counts
+//! ```
+//!
+//! `append` puts the entries into an in-memory `pending` map, where readers
+//! (openraft's replication tasks) find them immediately, queues them for
+//! the writer thread, and returns. The writer takes *everything* queued at
+//! that moment (appends, votes, truncations, purges, in order) and writes
+//! it in one redb transaction committed with
+//! [`redb::Durability::Immediate`], which fsyncs. Only then does it call
+//! the flush callbacks, in the order the operations were queued. A busy
+//! leader therefore pays one fsync for every append that queued up during
+//! the previous one (group commit), and its fsync runs while the
+//! AppendEntries requests are on the wire.
+//!
+//! # Ordering (openraft's `docs/protocol/io_ordering.md`)
+//!
+//! Every write goes through the one queue and is applied in queue order:
+//!
+//! * `save_vote`, `truncate_after` and `purge` queue their operation and
+//!   *wait* for its durable commit before returning. A vote is therefore
+//!   durable before the node sends any message that depends on it, and a
+//!   term's vote is durable no later than any entry of that term that
+//!   follows it in the queue (they share a transaction, or the vote's
+//!   commits first). A truncation is never reordered with an append.
+//! * An append's callback fires only after the transaction holding its
+//!   entries, and every operation queued before them, has committed.
 //!
 //! # Invariants
-//! * Indexes are contiguous after the last purged entry: no holes.
+//! * Indexes are contiguous after the last purged entry: no holes. Readers
+//!   see `pending` over redb, and an entry leaves `pending` only after the
+//!   transaction that holds it committed.
 //! * A vote is durable before `save_vote` returns: a node that forgets its
 //!   vote can vote twice in one term and elect two leaders (split brain).
 //!   Term and vote are one value, written in one transaction (hashicorp/raft
@@ -18,40 +60,115 @@
 //!   after a hole.
 //!
 //! A database opened with [`StorageOptions::unsafe_no_fsync`] breaks the
-//! first promise on purpose: appends are acknowledged without an fsync (see
-//! [`super::fault`]). Nothing else changes.
+//! append promise on purpose: a group of appends is committed with
+//! [`redb::Durability::None`] and its callbacks fire without an fsync (see
+//! [`super::fault`]). Votes, truncations and purges stay durable.
 //!
 //! [`StorageOptions::unsafe_no_fsync`]: super::StorageOptions::unsafe_no_fsync
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
 use redb::{Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::oneshot;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, LOG, META, SM};
 use crate::codec;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-/// The Raft log on redb. Cheap to clone: clones share the database.
-#[derive(Debug, Clone)]
+/// The writer takes at most this many queued operations into one
+/// transaction (1,024), so that a flood of appends cannot make one
+/// transaction, and the wait of the first append in it, unbounded.
+const MAX_OPS_PER_TRANSACTION: usize = 1024;
+
+/// The Raft log on redb. Cheap to clone: clones share the database, the
+/// pending entries and the writer thread.
+#[derive(Clone)]
 pub struct RedbLogStore {
+    shared: Arc<Shared>,
+}
+
+impl Debug for RedbLogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLogStore").field("db", &self.shared.state.db).finish_non_exhaustive()
+    }
+}
+
+/// What the store's clones share. Dropping the last clone stops the writer
+/// thread, after it has written everything queued, and waits for it: the
+/// database is closed when the store is gone.
+struct Shared {
+    state: Arc<State>,
+    /// The writer's queue; `None` once shutting down.
+    queue: Mutex<Option<mpsc::Sender<Op>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the writer thread shares with the store's clones.
+struct State {
     db: Db,
+    /// Entries appended but not yet durable, by index.
+    pending: Mutex<BTreeMap<u64, Entry>>,
     /// The newest commit index openraft told us of, not yet written: it
-    /// rides along with the next log append (see `save_committed`).
-    committed: std::sync::Arc<std::sync::Mutex<Option<LogId>>>,
+    /// rides along with the next write transaction (see `save_committed`).
+    committed: Mutex<Option<LogId>>,
+    /// The last durably saved vote, for readers.
+    vote: Mutex<Option<Vote>>,
+    /// Set when a write transaction failed: every later write fails too,
+    /// because the writes after a lost one would leave a hole.
+    failed: Mutex<Option<String>>,
+}
+
+/// One queued write.
+enum Op {
+    Append { entries: Vec<Entry>, done: IOFlushed<TypeConfig> },
+    Vote { vote: Vote, done: oneshot::Sender<io::Result<()>> },
+    TruncateAfter { after: Option<LogId>, done: oneshot::Sender<io::Result<()>> },
+    Purge { upto: LogId, done: oneshot::Sender<io::Result<()>> },
+}
+
+/// Locks `m`, also after a panic elsewhere: every value behind these locks
+/// is replaced in one step, never left half-changed.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RedbLogStore {
-    /// A log store on an opened database.
+    /// A log store on an opened database. Starts the writer thread.
     pub fn new(db: Db) -> Self {
-        RedbLogStore { db, committed: Default::default() }
+        Self::try_new(db).unwrap_or_else(|e| panic!("invariant: a log store starts on an opened database ({e})"))
     }
 
-    fn pending_committed(&self) -> Option<LogId> {
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner())
+    /// A log store on an opened database, or why its vote could not be read
+    /// or its writer thread not started.
+    pub fn try_new(db: Db) -> Result<Self, DbError> {
+        let vote = read_meta::<Vote>(&db, "vote")?;
+        let state = Arc::new(State {
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new(None),
+            vote: Mutex::new(vote),
+            failed: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_state = state.clone();
+        let writer = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || run_writer(&writer_state, &rx))
+            .map_err(|e| DbError::Redb(redb::Error::Io(e)))?;
+        let shared = Shared { state, queue: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) };
+        Ok(RedbLogStore { shared: Arc::new(shared) })
+    }
+
+    fn state(&self) -> &State {
+        &self.shared.state
     }
 
     /// The entries with an index in `range`, read on the calling thread.
@@ -71,152 +188,273 @@ impl RedbLogStore {
     }
 
     /// A log id known to be committed, read on the calling thread: the
-    /// largest of the commit index saved with the last log append, the
-    /// last applied log id (an entry is applied only once committed), and
-    /// the commit index this store was told of since. The true commit index
-    /// may be further ahead, never behind.
+    /// largest of the commit index saved with the last write, the last
+    /// applied log id (an entry is applied only once committed), and the
+    /// commit index this store was told of since. The true commit index may
+    /// be further ahead, never behind.
     pub fn read_committed_hint(&self) -> Result<Option<LogId>, DbError> {
-        let saved = self.read_meta::<Option<LogId>>("committed").map(Option::flatten)?;
-        let tx = self.db.inner.begin_read()?;
+        let db = &self.state().db;
+        let saved = read_meta::<Option<LogId>>(db, "committed").map(Option::flatten)?;
+        let tx = db.inner.begin_read()?;
         let applied: Option<LogId> = match tx.open_table(SM) {
             Ok(sm) => get_value(&sm, "applied")?,
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(saved.max(applied).max(self.pending_committed()))
+        Ok(saved.max(applied).max(*lock(&self.state().committed)))
     }
 
+    /// Reads `[start, end)`: pending entries over what redb holds. The
+    /// pending entries are copied *before* redb's read transaction starts,
+    /// so an entry the writer moves from one to the other in between is
+    /// found in one of them, never in neither.
     fn read_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let table = tx.open_table(LOG)?;
+        let pending: Vec<Entry> = lock(&self.state().pending).range((start, end)).map(|(_, e)| e.clone()).collect();
+        let redb_end = match pending.first() {
+            Some(first) => Bound::Excluded(first.log_id.index),
+            None => end,
+        };
         let mut out = Vec::new();
-        for item in table.range::<u64>((start, end))? {
-            let (_, v) = item?;
-            out.push(codec::decode::<Entry>(v.value())?);
+        if !empty_range(start, redb_end) {
+            let tx = self.state().db.inner.begin_read()?;
+            let table = tx.open_table(LOG)?;
+            for item in table.range::<u64>((start, redb_end))? {
+                let (_, v) = item?;
+                out.push(codec::decode::<Entry>(v.value())?);
+            }
         }
+        out.extend(pending);
         Ok(out)
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, DbError> {
-        let tx = self.db.inner.begin_read()?;
+        let last_pending = lock(&self.state().pending).values().next_back().map(|e| e.log_id);
+        let tx = self.state().db.inner.begin_read()?;
         let meta = tx.open_table(META)?;
         let purged: Option<LogId> = get_value(&meta, "purged")?;
         let log = tx.open_table(LOG)?;
-        let last = match log.last()? {
-            Some((_, v)) => Some(codec::decode::<Entry>(v.value())?.log_id),
-            None => purged,
+        let last = match last_pending {
+            Some(last) => Some(last),
+            None => match log.last()? {
+                Some((_, v)) => Some(codec::decode::<Entry>(v.value())?.log_id),
+                None => purged,
+            },
         };
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
-        let tx = self.db.inner.begin_read()?;
-        let meta = tx.open_table(META)?;
-        get_value(&meta, key)
+    /// Queues `op` for the writer; fails if the writer stopped.
+    fn submit(&self, op: Op) -> io::Result<()> {
+        if let Some(reason) = lock(&self.state().failed).clone() {
+            return Err(io::Error::other(format!("the log store failed earlier: {reason}")));
+        }
+        match &*lock(&self.shared.queue) {
+            Some(queue) => queue.send(op).map_err(|_| io::Error::other("the log writer thread has stopped")),
+            None => Err(io::Error::other("the log store is shutting down")),
+        }
     }
 
-    fn write_meta<T: serde::Serialize>(
+    /// Queues a write that completes through `rx`, and waits for it.
+    async fn submit_and_wait(
         &self,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), DbError> {
-        let mut tx = self.db.inner.begin_write()?;
-        tx.set_durability(durability).map_err(redb::Error::from)?;
-        {
-            let mut meta = tx.open_table(META)?;
-            put_value(&mut meta, key, value)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn append_entries(&self, entries: &[Entry]) -> Result<(), DbError> {
-        let durability =
-            if self.db.options().unsafe_no_fsync { Durability::None } else { Durability::Immediate };
-        let mut tx = self.db.inner.begin_write()?;
-        tx.set_durability(durability).map_err(redb::Error::from)?;
-        {
-            let mut log = tx.open_table(LOG)?;
-            for entry in entries {
-                log.insert(entry.log_id.index, codec::encode(entry).as_slice())?;
-            }
-            if let Some(committed) = self.pending_committed() {
-                let mut meta = tx.open_table(META)?;
-                put_value(&mut meta, "committed", &Some(committed))?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Deletes entries with index in `range`, and records `purged` if given,
-    /// in one durable transaction.
-    fn delete_range(&self, range: (Bound<u64>, Bound<u64>), purged: Option<LogId>) -> Result<(), DbError> {
-        let mut tx = self.db.inner.begin_write()?;
-        tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
-        {
-            let mut log = tx.open_table(LOG)?;
-            log.retain_in::<u64, _>(range, |_, _| false)?;
-            if let Some(purged) = purged {
-                let mut meta = tx.open_table(META)?;
-                put_value(&mut meta, "purged", &purged)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Op,
+    ) -> io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.submit(op(done))?;
+        rx.await.unwrap_or_else(|_| Err(io::Error::other("the log writer thread stopped before the write")))
     }
 }
 
-/// Turns a storage failure into openraft's error. openraft stops the node on
-/// any storage error: continuing after a failed write could break Raft's
-/// safety, so stopping is the only safe reaction.
-pub(crate) fn read_err(e: DbError) -> StorageError {
-    StorageIOError::read_logs(&e).into()
+impl Drop for Shared {
+    /// Closes the queue and waits for the writer to finish what was queued.
+    fn drop(&mut self) {
+        drop(lock(&self.queue).take());
+        if let Some(writer) = lock(&self.writer).take() {
+            if writer.join().is_err() {
+                tracing::error!("the log writer thread panicked");
+            }
+        }
+    }
 }
 
-pub(crate) fn write_err(e: DbError) -> StorageError {
-    StorageIOError::write_logs(&e).into()
+fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &str) -> Result<Option<T>, DbError> {
+    let tx = db.inner.begin_read()?;
+    let meta = tx.open_table(META)?;
+    get_value(&meta, key)
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
+/// Whether `(start, end)` holds no index.
+fn empty_range(start: Bound<u64>, end: Bound<u64>) -> bool {
+    let first = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => match s.checked_add(1) {
+            Some(s) => s,
+            None => return true,
+        },
+        Bound::Unbounded => 0,
+    };
+    match end {
+        Bound::Included(e) => first > e,
+        Bound::Excluded(e) => first >= e,
+        Bound::Unbounded => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The writer thread
+// ---------------------------------------------------------------------------
+
+/// Takes every queued operation, writes them in one transaction, and
+/// reports each one's completion, until the queue closes.
+fn run_writer(state: &State, queue: &mpsc::Receiver<Op>) {
+    while let Ok(first) = queue.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_OPS_PER_TRANSACTION {
+            match queue.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let failed = lock(&state.failed).clone();
+        let result = match failed {
+            Some(reason) => Err(format!("the log store failed earlier: {reason}")),
+            None => write_group(state, &ops).map_err(|e| {
+                tracing::error!(error = %e, "writing the Raft log failed; the node stops");
+                *lock(&state.failed) = Some(e.to_string());
+                e.to_string()
+            }),
+        };
+        if result.is_ok() {
+            // Entries leave `pending` only now that redb holds them durably
+            // (see `read_range`). An entry replaced in `pending` since (a
+            // truncation and a new append at its index) has another log id
+            // and stays.
+            let mut pending = lock(&state.pending);
+            for op in &ops {
+                if let Op::Append { entries, .. } = op {
+                    for e in entries {
+                        if pending.get(&e.log_id.index).is_some_and(|p| p.log_id == e.log_id) {
+                            pending.remove(&e.log_id.index);
+                        }
+                    }
+                }
+            }
+        }
+        for op in ops {
+            let outcome = || result.clone().map_err(io::Error::other);
+            match op {
+                Op::Append { done, .. } => done.io_completed(outcome()),
+                Op::Vote { done, .. } | Op::TruncateAfter { done, .. } | Op::Purge { done, .. } => {
+                    let _ = done.send(outcome());
+                }
+            }
+        }
+    }
+}
+
+/// Writes `ops` in order in one transaction and commits it: durably, unless
+/// every op is an append and the database acknowledges appends before fsync
+/// (`unsafe_no_fsync`).
+fn write_group(state: &State, ops: &[Op]) -> Result<(), DbError> {
+    let only_appends = ops.iter().all(|op| matches!(op, Op::Append { .. }));
+    let durability = if only_appends && state.db.options().unsafe_no_fsync {
+        Durability::None
+    } else {
+        Durability::Immediate
+    };
+    let mut new_vote = None;
+    let mut tx = state.db.inner.begin_write()?;
+    tx.set_durability(durability).map_err(redb::Error::from)?;
+    {
+        let mut log = tx.open_table(LOG)?;
+        let mut meta = tx.open_table(META)?;
+        for op in ops {
+            match op {
+                Op::Append { entries, .. } => {
+                    for entry in entries {
+                        log.insert(entry.log_id.index, codec::encode(entry).as_slice())?;
+                    }
+                }
+                Op::Vote { vote, .. } => {
+                    put_value(&mut meta, "vote", vote)?;
+                    new_vote = Some(*vote);
+                }
+                Op::TruncateAfter { after, .. } => {
+                    let from = after.map_or(0, |l| l.index + 1);
+                    log.retain_in::<u64, _>(from.., |_, _| false)?;
+                }
+                Op::Purge { upto, .. } => {
+                    log.retain_in::<u64, _>(..=upto.index, |_, _| false)?;
+                    put_value(&mut meta, "purged", upto)?;
+                }
+            }
+        }
+        if let Some(committed) = *lock(&state.committed) {
+            put_value(&mut meta, "committed", &Some(committed))?;
+        }
+    }
+    tx.commit()?;
+    if new_vote.is_some() {
+        *lock(&state.vote) = new_vote;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// openraft's storage traits
+// ---------------------------------------------------------------------------
+
+fn io_err(e: DbError) -> io::Error {
+    io::Error::other(e)
+}
+
 impl RaftLogReader<TypeConfig> for RedbLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let this = self.clone();
+    ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = bounds(&range);
-        blocking(move || this.read_range(start, end)).await.map_err(read_err)
+        // Replication mostly reads what was just appended: serve it from
+        // memory without a trip to a blocking thread.
+        let first_pending = lock(&self.state().pending).keys().next().copied();
+        let from_memory = match (first_pending, start) {
+            (Some(first), Bound::Included(s)) => s >= first,
+            (Some(first), Bound::Excluded(s)) => s >= first,
+            _ => false,
+        };
+        if from_memory {
+            return self.read_range(start, end).map_err(io_err);
+        }
+        let this = self.clone();
+        blocking(move || this.read_range(start, end)).await.map_err(io_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(*lock(&self.state().vote))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for RedbLogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let this = self.clone();
-        blocking(move || this.log_state()).await.map_err(read_err)
+        blocking(move || this.log_state()).await.map_err(io_err)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let this = self.clone();
+    /// Queues the vote and returns once it is durable (with everything
+    /// queued before it).
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let vote = *vote;
-        blocking(move || this.write_meta("vote", &vote, Durability::Immediate))
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e).into())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let this = self.clone();
-        blocking(move || this.read_meta("vote")).await.map_err(|e| StorageIOError::read_vote(&e).into())
+        self.submit_and_wait(|done| Op::Vote { vote, done }).await
     }
 
     /// The commit index lets a restarted node re-apply committed entries
@@ -224,58 +462,59 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     /// value in a crash is harmless: the applied index is committed too, and
     /// the leader tells us again), so it is not worth a write of its own:
     /// redb runs one write transaction at a time, and a transaction per
-    /// commit would also hold up the next log append (about a tenth of the
-    /// write throughput, and 0.3 ms of a single client's latency, in
-    /// `docs/benchmarks.md`). It is kept in memory and written inside the
-    /// next log append's transaction.
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let mut pending = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+    /// commit would also hold up the next log append. It is kept in memory
+    /// and written inside the next write transaction.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut pending = lock(&self.state().committed);
         *pending = (*pending).max(committed);
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         let this = self.clone();
-        blocking(move || this.read_committed_hint()).await.map_err(read_err)
+        blocking(move || this.read_committed_hint()).await.map_err(io_err)
     }
 
-    /// Writes the entries in one transaction, fsyncs, and only then reports
-    /// them flushed. Many entries arrive together when openraft batches
-    /// proposals, so one fsync covers many client writes. (With
-    /// `unsafe_no_fsync`, it reports them flushed without the fsync.)
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    /// Makes the entries readable, queues them for the writer thread and
+    /// returns; `callback` fires once they are durable. See the
+    /// [module docs](self).
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.clone();
-        let res = blocking(move || this.append_entries(&entries)).await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
+        {
+            let mut pending = lock(&self.state().pending);
+            for e in &entries {
+                pending.insert(e.log_id.index, e.clone());
             }
         }
+        self.submit(Op::Append { entries, done: callback })
     }
 
-    /// Removes `[log_id.index, ∞)`: entries a new leader does not have.
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let this = self.clone();
-        blocking(move || this.delete_range((Bound::Included(log_id.index), Bound::Unbounded), None))
-            .await
-            .map_err(write_err)
+    /// Removes `(last_log_id, ∞)`: entries a new leader does not have.
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.submit_and_wait(|done| Op::TruncateAfter { after: last_log_id, done }).await
     }
 
     /// Removes `(-∞, log_id.index]`, already covered by a snapshot.
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let this = self.clone();
-        blocking(move || this.delete_range((Bound::Unbounded, Bound::Included(log_id.index)), Some(log_id)))
-            .await
-            .map_err(write_err)
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.submit_and_wait(|done| Op::Purge { upto: log_id, done }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_ranges() {
+        use Bound::*;
+        assert!(empty_range(Included(5), Excluded(5)));
+        assert!(!empty_range(Included(5), Included(5)));
+        assert!(empty_range(Excluded(u64::MAX), Unbounded));
+        assert!(!empty_range(Unbounded, Excluded(1)));
+        assert!(empty_range(Unbounded, Excluded(0)));
     }
 }

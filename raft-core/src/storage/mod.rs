@@ -21,7 +21,7 @@ pub use db::{Db, OpenError};
 pub use fault::{PowerLossBackend, StorageOptions};
 pub use log_store::RedbLogStore;
 pub use mem_log::MemLogStore;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{SnapshotData, StateMachineStore};
 
 /// Runs blocking storage work on tokio's blocking pool and waits for it.
 /// A panic inside `f` is re-raised here, in the caller.

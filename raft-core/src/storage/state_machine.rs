@@ -51,31 +51,30 @@
 //! checkpoint that also records its metadata (`snapshot_meta`: last
 //! included log id and membership), which lets openraft purge the log
 //! behind it; openraft uses only the metadata of a built snapshot
-//! (`core/sm/worker.rs`). When a snapshot must be sent to a follower too far
-//! behind to catch up from the log, [`RaftStateMachine::get_current_snapshot`]
-//! encodes the state in memory at that moment, which is at least as new as
-//! the recorded one. A follower installs it in one durable transaction that
-//! replaces its stored state. A production system with a large state would
-//! stream the snapshot instead of encoding it in memory.
+//! (`core/sm/worker.rs`). A snapshot's data ([`SnapshotData`]) is an O(1)
+//! clone of the map in memory; it is encoded only when it must cross the
+//! network, to a follower too far behind to catch up from the log, and the
+//! follower installs it in one durable transaction that replaces its stored
+//! state. A production system with a large state would stream the snapshot
+//! instead of encoding it in memory.
 
-use std::io::Cursor;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use futures::{Stream, TryStreamExt};
 use imbl::ordmap::DiffItem;
-use openraft::storage::RaftStateMachine;
-use openraft::{RaftSnapshotBuilder, StorageIOError};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::RaftSnapshotBuilder;
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
-use crate::app::{AppState, AppView, ApplyContext, Published, StateMachine, StateMap, APP_TABLE};
+use crate::app::{AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateMachine, StateMap, APP_TABLE};
 use crate::codec;
-use crate::types::{
-    Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership};
 
 /// The version of the snapshot encoding, checked when one is installed.
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -93,21 +92,72 @@ struct SnapshotFile {
     pairs: Vec<(ByteBuf, ByteBuf)>,
 }
 
-/// The state machine side of a node's storage. Cheap to clone: clones share
-/// the state.
-pub struct StateMachineStore<A: StateMachine> {
-    inner: Arc<Inner<A>>,
+/// The data of a snapshot: the whole applied state as of the snapshot's
+/// last log id. Holding one costs O(1) (it shares the map with the state
+/// it was taken from); [`SnapshotData::encode`] turns it into bytes for the
+/// network, and [`SnapshotData::decode`] back.
+#[derive(Clone, Default)]
+pub struct SnapshotData {
+    state: StateMap,
 }
 
-impl<A: StateMachine> Clone for StateMachineStore<A> {
-    fn clone(&self) -> Self {
-        StateMachineStore { inner: self.inner.clone() }
+impl SnapshotData {
+    #[cfg(test)]
+    pub(crate) fn from_state(state: StateMap) -> Self {
+        SnapshotData { state }
+    }
+
+    /// The snapshot's bytes: a format version and every key and value, in
+    /// key order, encoded with [`crate::codec`].
+    pub fn encode(&self) -> Vec<u8> {
+        let pairs = self.state.iter().map(|(k, v)| (ByteBuf::from(&k[..]), ByteBuf::from(&v[..]))).collect();
+        codec::encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs })
+    }
+
+    /// Reads bytes written by [`SnapshotData::encode`]. Untrusted input
+    /// (they arrive from the network): any defect is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, codec::DecodeError> {
+        let file: SnapshotFile = codec::decode(bytes)?;
+        if file.format != SNAPSHOT_FORMAT {
+            return Err(codec::DecodeError {
+                what: "snapshot",
+                reason: format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format),
+            });
+        }
+        let mut state = StateMap::new();
+        for (k, v) in file.pairs {
+            state.insert(k.into_vec().into(), v.into_vec().into());
+        }
+        Ok(SnapshotData { state })
+    }
+
+    /// The number of keys it holds.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
     }
 }
 
-struct Inner<A> {
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotData({} keys)", self.state.len())
+    }
+}
+
+/// The state machine side of a node's storage. Cheap to clone: clones share
+/// the state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Db,
-    app: A,
+    app: Arc<dyn EncodedStateMachine>,
     /// The applier's state. Its lock is held while a batch applies.
     working: Mutex<Working>,
     /// The state as of the last applied batch, for readers: they take an
@@ -150,15 +200,9 @@ impl Working {
 
     /// The metadata of a snapshot of the state now. Two snapshots at one
     /// log id hold the same data (the state machine is deterministic), so
-    /// they may share an id: keep the recorded one's (an installed snapshot
-    /// carries the leader's), else name it after the log id.
+    /// the log id names a snapshot.
     fn snapshot_meta(&self) -> SnapshotMeta {
-        let snapshot_id = match (&self.snapshot, self.applied) {
-            (Some(r), applied) if r.last_log_id == applied => r.snapshot_id.clone(),
-            (_, Some(l)) => format!("{}-{}", l.leader_id.term, l.index),
-            (_, None) => "0-0".to_string(),
-        };
-        SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id }
+        SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone() }
     }
 }
 
@@ -168,10 +212,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<A: StateMachine> StateMachineStore<A> {
+impl StateMachineStore {
     /// The state machine of `app`, kept in `db` (the same database as the
     /// node's log): loads the last checkpoint into memory.
-    pub fn open(db: Db, app: A) -> Result<Self, DbError> {
+    pub fn open(db: Db, app: impl StateMachine) -> Result<Self, DbError> {
+        Self::open_shared(db, Arc::new(app))
+    }
+
+    /// Like [`StateMachineStore::open`], sharing `app` with its caller.
+    pub(crate) fn open_shared(db: Db, app: Arc<dyn EncodedStateMachine>) -> Result<Self, DbError> {
         let working = load(&db)?;
         let published = RwLock::new(working.published());
         let inner = Inner {
@@ -227,11 +276,6 @@ impl<A: StateMachine> StateMachineStore<A> {
         }
     }
 
-    /// The application.
-    pub fn app(&self) -> &A {
-        &self.inner.app
-    }
-
     /// A consistent view of the applied state, as of the last applied
     /// batch. Costs O(1); never waits for an apply in progress.
     pub fn view(&self) -> Result<AppView, DbError> {
@@ -271,15 +315,7 @@ impl<A: StateMachine> StateMachineStore<A> {
                         let ctx = ApplyContext { log_id: entry.log_id };
                         let mut out = Vec::with_capacity(batch.0.len());
                         for cmd in batch.0 {
-                            // Every replica runs the same decoder on the
-                            // same bytes, so even a command that fails to
-                            // decode gets the same (error) response everywhere.
-                            let result: Result<A::Response, String> = match codec::decode::<A::Command>(&cmd)
-                            {
-                                Ok(c) => Ok(self.inner.app.apply(&mut state, ctx, c)?),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            out.push(ByteBuf::from(codec::encode(&result)));
+                            out.push(ByteBuf::from(self.inner.app.apply_encoded(&mut state, ctx, &cmd)?));
                         }
                         replies.push(Replies(out));
                     }
@@ -315,10 +351,16 @@ impl<A: StateMachine> StateMachineStore<A> {
             // ends; a node that shuts down must not leave it behind.
             let _ = thread.join();
         }
-        self.checkpoint_inner(false)
+        self.checkpoint_inner(false).map(|(meta, _)| meta)
     }
 
-    fn checkpoint_inner(&self, record_snapshot: bool) -> Result<SnapshotMeta, DbError> {
+    /// A checkpoint recorded as the current snapshot: its metadata and the
+    /// state it wrote.
+    fn checkpoint_snapshot(&self) -> Result<(SnapshotMeta, StateMap), DbError> {
+        self.checkpoint_inner(true)
+    }
+
+    fn checkpoint_inner(&self, record_snapshot: bool) -> Result<(SnapshotMeta, StateMap), DbError> {
         let _writing = lock(&self.inner.checkpoint);
         self.inner.since_checkpoint.store(0, Ordering::Relaxed);
         let (data, checkpointed, meta) = {
@@ -332,12 +374,12 @@ impl<A: StateMachine> StateMachineStore<A> {
         // On an error nothing was written, and `checkpointed` still says so.
         self.write_checkpoint(changes, &meta, record_snapshot, false)?;
         let mut w = lock(&self.inner.working);
-        w.checkpointed = data;
+        w.checkpointed = data.clone();
         w.checkpointed_at = meta.last_log_id;
         if record_snapshot {
             w.snapshot = Some(meta.clone());
         }
-        Ok(meta)
+        Ok((meta, data))
     }
 
     /// One durable transaction: each change written (a value) or removed
@@ -383,19 +425,8 @@ impl<A: StateMachine> StateMachineStore<A> {
         Ok(())
     }
 
-    fn install(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
-        let file: SnapshotFile = codec::decode(&data)?;
-        if file.format != SNAPSHOT_FORMAT {
-            return Err(codec::DecodeError {
-                what: "snapshot",
-                reason: format!("snapshot format {} is not {SNAPSHOT_FORMAT}", file.format),
-            }
-            .into());
-        }
-        let mut state = StateMap::new();
-        for (k, v) in file.pairs {
-            state.insert(k.into_vec().into(), v.into_vec().into());
-        }
+    fn install(&self, meta: SnapshotMeta, data: SnapshotData) -> Result<(), DbError> {
+        let state = data.state;
         let _writing = lock(&self.inner.checkpoint);
         self.write_checkpoint(state.iter().map(|(k, v)| (&k[..], Some(&v[..]))), &meta, true, true)?;
         let mut w = lock(&self.inner.working);
@@ -414,15 +445,11 @@ impl<A: StateMachine> StateMachineStore<A> {
 
     /// The current snapshot: once one has been built or installed, the
     /// applied state now, which is at least as new as the recorded one.
+    /// Costs O(1): the data shares the map in memory.
     fn current(&self) -> Option<Snapshot> {
-        let (data, meta) = {
-            let w = lock(&self.inner.working);
-            w.snapshot.as_ref()?;
-            (w.data.clone(), w.snapshot_meta())
-        };
-        let pairs = data.iter().map(|(k, v)| (ByteBuf::from(&k[..]), ByteBuf::from(&v[..]))).collect();
-        let bytes = codec::encode(&SnapshotFile { format: SNAPSHOT_FORMAT, pairs });
-        Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        let w = lock(&self.inner.working);
+        w.snapshot.as_ref()?;
+        Some(Snapshot { meta: w.snapshot_meta(), snapshot: SnapshotData { state: w.data.clone() } })
     }
 }
 
@@ -452,37 +479,43 @@ fn load(db: &Db) -> Result<Working, DbError> {
     })
 }
 
-fn sm_write_err(e: DbError) -> StorageError {
-    StorageIOError::write_state_machine(&e).into()
+/// Turns a storage failure into the `io::Error` openraft's storage traits
+/// return. openraft stops the node on any storage error: continuing after a
+/// failed write could break Raft's safety.
+pub(crate) fn io_err(e: DbError) -> io::Error {
+    io::Error::other(e)
 }
 
-impl<A: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<A> {
-    /// A checkpoint that records itself as the current snapshot. Returns
-    /// its metadata with no data: openraft uses only the metadata of a
-    /// built snapshot, and `get_current_snapshot` encodes the data when a
-    /// follower needs it.
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+impl RaftSnapshotBuilder<crate::types::TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    /// A checkpoint that records itself as the current snapshot. openraft
+    /// uses only the metadata of a built snapshot; the data is the state the
+    /// checkpoint wrote, an O(1) clone.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let this = self.clone();
-        let meta = blocking(move || this.checkpoint_inner(true))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+        let (meta, state) = blocking(move || this.checkpoint_snapshot()).await.map_err(io_err)?;
+        Ok(Snapshot { meta, snapshot: SnapshotData { state } })
     }
 }
 
-impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
+impl RaftStateMachine<crate::types::TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         Ok(self.applied())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Replies>, StorageError>
+    /// Applies every entry the stream yields as one batch (published only if
+    /// all of them applied), then answers each waiting client. Answering
+    /// after publishing means a client that got its answer can read its own
+    /// write from this node's state.
+    async fn apply<S>(&mut self, entries: S) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: Stream<Item = Result<EntryResponder<crate::types::TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (entries, responders): (Vec<Entry>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         let commands: usize = entries
             .iter()
             .map(|e| match &e.payload {
@@ -490,36 +523,31 @@ impl<A: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<A> {
                 _ => 1,
             })
             .sum();
-        if commands <= INLINE_APPLY_MAX {
-            return self.apply_blocking(entries).map_err(sm_write_err);
+        let replies = if commands <= INLINE_APPLY_MAX {
+            self.apply_blocking(entries).map_err(io_err)?
+        } else {
+            let this = self.clone();
+            blocking(move || this.apply_blocking(entries)).await.map_err(io_err)?
+        };
+        for (responder, reply) in responders.into_iter().zip(replies) {
+            if let Some(responder) = responder {
+                responder.send(reply);
+            }
         }
-        let this = self.clone();
-        blocking(move || this.apply_blocking(entries)).await.map_err(sm_write_err)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
-        let signature = meta.signature();
-        blocking(move || this.install(meta, snapshot.into_inner()))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e).into())
+        blocking(move || this.install(meta, snapshot)).await.map_err(io_err)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let this = self.clone();
-        Ok(blocking(move || this.current()).await)
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.current())
     }
 }

@@ -29,3 +29,12 @@ impl StateMachine for Register {
         Ok(old)
     }
 }
+
+/// Applies `entries` through openraft's `RaftStateMachine::apply`, as the
+/// core does: a stream of entries, nobody waiting for the responses.
+#[allow(dead_code)] // not every test file applies entries
+pub async fn apply(sm: &mut raft_core::storage::StateMachineStore, entries: Vec<raft_core::types::Entry>) {
+    use openraft::storage::RaftStateMachine;
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.unwrap();
+}

@@ -1,0 +1,254 @@
+//! The messages every transport carries, and how a node answers them.
+//!
+//! Raft needs three RPCs (paper Figure 2 and §7): AppendEntries, RequestVote
+//! and InstallSnapshot. openraft adds two: a pre-vote (a vote that changes
+//! nothing, asked before a candidate disturbs the cluster with a new term)
+//! and a leadership transfer notice. [`RpcRequest`] is one of them, as it
+//! travels from one node to another; [`RpcResponse`] is the answer.
+//!
+//! A snapshot is sent as a sequence of [`SnapshotChunk`]s, each small
+//! enough for one message, over the same link. The receiving node
+//! assembles them in its [`Inbox`] (one transfer in progress per sender)
+//! and installs the snapshot when the last one arrives.
+//!
+//! Every transport (TCP, in-process, Maelstrom, a simulator) carries these
+//! same values; how it encodes them is its own business. [`Inbox::serve`]
+//! is what every transport does with a request that arrived: hand it to the
+//! local Raft and wrap the answer.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use openraft::error::Fatal;
+use openraft::network::RPCTypes;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::SnapshotData;
+use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+
+/// One Raft RPC, as sent by a node to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound = "")]
+#[allow(clippy::large_enum_variant)]
+pub enum RpcRequest {
+    /// Replicate entries, or a heartbeat when there are none (§5.3).
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Ask for a vote in an election (§5.2).
+    Vote(VoteRequest<TypeConfig>),
+    /// Ask whether a vote *would* be granted, without changing any state
+    /// (the Raft thesis §9.6: pre-vote).
+    PreVote(VoteRequest<TypeConfig>),
+    /// One piece of a snapshot, for a follower whose missing entries were
+    /// already purged from the leader's log (§7).
+    SnapshotChunk(SnapshotChunk),
+    /// The leader is handing its office to the node named in the request.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+impl RpcRequest {
+    /// Which kind of RPC this is, as openraft names it (a pre-vote is a
+    /// kind of vote).
+    pub fn rpc_type(&self) -> RPCTypes {
+        match self {
+            RpcRequest::AppendEntries(_) => RPCTypes::AppendEntries,
+            RpcRequest::Vote(_) | RpcRequest::PreVote(_) => RPCTypes::Vote,
+            RpcRequest::SnapshotChunk(_) => RPCTypes::InstallSnapshot,
+            RpcRequest::TransferLeader(_) => RPCTypes::TransferLeader,
+        }
+    }
+
+    /// The RPC's name, for logs and for transports that label messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RpcRequest::AppendEntries(_) => "AppendEntries",
+            RpcRequest::Vote(_) => "Vote",
+            RpcRequest::PreVote(_) => "PreVote",
+            RpcRequest::SnapshotChunk(_) => "SnapshotChunk",
+            RpcRequest::TransferLeader(_) => "TransferLeader",
+        }
+    }
+}
+
+/// One piece of a snapshot in transfer. The pieces of one transfer share
+/// its `transfer` id and follow each other without gaps; the last one has
+/// `done` set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The sending leader's vote: a follower refuses a snapshot from a
+    /// leader it no longer follows.
+    pub vote: Vote,
+    /// Which entries the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// Names this transfer; a new transfer from the same sender replaces an
+    /// unfinished one.
+    pub transfer: u64,
+    /// Where `data` starts in the encoded snapshot.
+    pub offset: u64,
+    /// The bytes of this piece ([`SnapshotData::encode`], cut up).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Whether this is the last piece.
+    pub done: bool,
+}
+
+/// What the peer's Raft answered to an [`RpcRequest`] of the same kind, or
+/// why it could not answer (it is shutting down, or the request made no
+/// sense to it), in words.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RpcResponse {
+    /// The answer to [`RpcRequest::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
+    /// The answer to [`RpcRequest::Vote`].
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    /// The answer to [`RpcRequest::PreVote`].
+    PreVote(Result<VoteResponse<TypeConfig>, String>),
+    /// The answer to a [`SnapshotChunk`]: `None` while more pieces are
+    /// expected, the installing node's vote after the last one.
+    SnapshotChunk(Result<Option<SnapshotResponse<TypeConfig>>, String>),
+    /// The answer to [`RpcRequest::TransferLeader`].
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+}
+
+impl RpcResponse {
+    /// The name of the RPC this answers (see [`RpcRequest::name`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RpcResponse::AppendEntries(_) => "AppendEntries",
+            RpcResponse::Vote(_) => "Vote",
+            RpcResponse::PreVote(_) => "PreVote",
+            RpcResponse::SnapshotChunk(_) => "SnapshotChunk",
+            RpcResponse::TransferLeader(_) => "TransferLeader",
+        }
+    }
+}
+
+/// A snapshot being received from one sender.
+struct Partial {
+    transfer: u64,
+    bytes: Vec<u8>,
+}
+
+/// The receiving side of a node's transport: answers requests from peers
+/// with the local Raft, and assembles snapshots sent in pieces.
+pub struct Inbox {
+    raft: Raft,
+    /// Unfinished snapshot transfers, one per sender at most.
+    partial: Mutex<HashMap<NodeId, Partial>>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+/// Whether the entries follow `prev_log_id` without a gap, as every correct
+/// leader sends them; openraft asserts this (and stops the node in a debug
+/// build), so a malformed request from a peer is refused here instead.
+fn check_contiguous(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    let mut next = req.prev_log_id.map_or(0, |l| l.index + 1);
+    for e in &req.entries {
+        if e.log_id.index != next {
+            return Err(format!("AppendEntries entry at index {} where index {next} was due", e.log_id.index));
+        }
+        next += 1;
+    }
+    Ok(())
+}
+
+fn fatal(e: Fatal<TypeConfig>) -> String {
+    e.to_string()
+}
+
+impl Inbox {
+    /// The inbox of the node whose Raft is `raft`.
+    pub fn new(raft: Raft) -> Self {
+        Inbox { raft, partial: Mutex::new(HashMap::new()) }
+    }
+
+    fn partial(&self) -> MutexGuard<'_, HashMap<NodeId, Partial>> {
+        self.partial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `request`, sent by node `from`, to the local Raft and returns
+    /// its answer. Never panics on what a peer sent: a malformed snapshot is
+    /// answered with an error.
+    pub async fn serve(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
+        match request {
+            RpcRequest::AppendEntries(req) => {
+                if let Err(reason) = check_contiguous(&req) {
+                    tracing::warn!(from, %reason, "refused a malformed AppendEntries");
+                    return RpcResponse::AppendEntries(Err(reason));
+                }
+                RpcResponse::AppendEntries(self.raft.append_entries(req).await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::Vote(req) => RpcResponse::Vote(self.raft.vote(req).await.map_err(|e| e.to_string())),
+            RpcRequest::PreVote(req) => {
+                RpcResponse::PreVote(self.raft.pre_vote(req).await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::SnapshotChunk(chunk) => RpcResponse::SnapshotChunk(self.receive_chunk(from, chunk).await),
+            RpcRequest::TransferLeader(req) => {
+                RpcResponse::TransferLeader(self.raft.handle_transfer_leader(req).await.map_err(fatal))
+            }
+        }
+    }
+
+    /// Hands a whole snapshot to the local Raft, as the last piece of a
+    /// transfer does: for transports that carry it in one piece.
+    pub async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<SnapshotResponse<TypeConfig>, String> {
+        // openraft stops the node (panics) on a snapshot no correct leader
+        // could send: refuse the one such defect we can see from here, a
+        // snapshot reaching past the sending leader's own term.
+        let snapshot_term = snapshot.meta.last_log_id.map_or(0, |l| l.leader_id.term);
+        if snapshot_term > vote.leader_id().term {
+            return Err(format!(
+                "a snapshot up to term {snapshot_term} from a leader of term {}",
+                vote.leader_id().term
+            ));
+        }
+        self.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)
+    }
+
+    async fn receive_chunk(
+        &self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotResponse<TypeConfig>>, String> {
+        let complete = {
+            let mut partial = self.partial();
+            let entry = if chunk.offset == 0 {
+                partial.insert(from, Partial { transfer: chunk.transfer, bytes: Vec::new() });
+                partial.get_mut(&from)
+            } else {
+                partial.get_mut(&from).filter(|p| p.transfer == chunk.transfer)
+            };
+            let Some(p) = entry else {
+                return Err(format!(
+                    "snapshot piece at offset {} of transfer {} from node {from} continues no transfer in progress",
+                    chunk.offset, chunk.transfer
+                ));
+            };
+            if p.bytes.len() as u64 != chunk.offset {
+                let have = p.bytes.len();
+                partial.remove(&from);
+                return Err(format!(
+                    "snapshot piece at offset {} from node {from}, expected offset {have}",
+                    chunk.offset
+                ));
+            }
+            p.bytes.extend_from_slice(&chunk.data);
+            if !chunk.done {
+                return Ok(None);
+            }
+            partial.remove(&from).map(|p| p.bytes).unwrap_or_default()
+        };
+        let data = SnapshotData::decode(&complete).map_err(|e| format!("snapshot from node {from}: {e}"))?;
+        let snapshot = Snapshot { meta: chunk.meta, snapshot: data };
+        self.install(chunk.vote, snapshot).await.map(Some)
+    }
+}
