@@ -171,8 +171,7 @@ mod tests {
     use kv_app::command::{SessionId, WriteOp};
     use kv_app::server::{self, ServerConfig};
     use raft_core::openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-    use raft_core::openraft::CommittedLeaderId;
-    use raft_core::types::{Batch, Entry, LogId};
+    use raft_core::types::{log_id, Batch, Entry};
     use serde_json::json;
 
     use super::*;
@@ -272,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = RedbLogStore::new(Db::open(dir.path()).unwrap());
-            let id = |index| LogId::new(CommittedLeaderId::new(1, 0), index);
+            let id = |index| log_id(1, index);
             let entries = (1..=4).map(|i| Entry {
                 log_id: id(i),
                 payload: EntryPayload::Normal(Batch::one(codec::encode(&put("k", "v")))),

@@ -526,10 +526,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+    use openraft::RaftSnapshotBuilder;
     use proptest::prelude::*;
     use raft_core::storage::{Db, StateMachineStore};
-    use raft_core::types::{Batch, Entry, EntryPayload, LogId};
+    use raft_core::types::{log_id, Batch, Entry, EntryPayload};
 
     use super::*;
 
@@ -538,7 +538,7 @@ mod tests {
 
     /// One replica's state machine, fed log entries one index at a time.
     struct Replica {
-        store: StateMachineStore<KvStateMachine>,
+        store: StateMachineStore,
         next_index: u64,
     }
 
@@ -561,9 +561,9 @@ mod tests {
 
         /// Applies one entry at the next index; returns its encoded replies.
         async fn apply_entry(&mut self, payload: EntryPayload) -> Vec<ByteBuf> {
-            let log_id = LogId::new(CommittedLeaderId::new(1, 1), self.next_index);
+            let log_id = log_id(1, self.next_index);
             self.next_index += 1;
-            let mut replies = self.store.apply(vec![Entry { log_id, payload }]).await.expect("apply");
+            let mut replies = self.store.apply_blocking(vec![Entry { log_id, payload }]).expect("apply");
             assert_eq!(replies.len(), 1, "one Replies per entry");
             replies.remove(0).0
         }

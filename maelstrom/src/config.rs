@@ -4,7 +4,7 @@
 //!
 //! Maelstrom delays every message between nodes by its `--latency` (mean,
 //! in ms; 0 by default, up to about 100 in tests, with a constant, uniform
-//! or exponential distribution). openraft 0.9 uses the heartbeat interval
+//! or exponential distribution). openraft uses the heartbeat interval
 //! not only as the period of heartbeats but also as the deadline of each
 //! AppendEntries RPC and of the quorum round behind every linearizable read
 //! (see `docs/architecture/raft-core.md` and [`crate::transport`]). A
@@ -52,7 +52,7 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_millis(2000);
 /// Snapshot chunk size (256 KiB, about 350 KB of base64 on one line): small
 /// enough that one chunk crosses Maelstrom's network as an ordinary message.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 256 << 10;
-/// The deadline of one InstallSnapshot chunk (3 s).
+/// The deadline of one snapshot piece (3 s).
 pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// Where the node keeps its Raft log and state.

@@ -70,7 +70,7 @@ use crate::lin_kv::{self, canonical_json, LinKv, LinKvCommand, LinKvResponse};
 use crate::outbox::Outbox;
 use crate::protocol::{ClientOp, Envelope, ErrorCode, PeerMessage, Reply};
 use crate::rpc::{CallError, Calls};
-use crate::transport::{self, MaelstromNetwork};
+use crate::transport::{self, MaelstromTransport};
 
 /// Why `init` could not start the node.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,8 @@ struct Running {
     me: NodeId,
     name: String,
     raft: RaftNode<LinKv>,
+    /// Answers Raft RPCs from peers with `raft`.
+    inbox: raft_core::network::Inbox,
 }
 
 /// One lin-kv node. See the [module docs](self).
@@ -154,8 +156,8 @@ impl LinKvNode {
                     StorageChoice::InMemory => Storage::InMemory,
                     StorageChoice::Durable(dir) => Storage::Durable(dir.join(node_id)),
                 };
-                let network = MaelstromNetwork::new(me, node_id, self.outbox.clone(), self.calls.clone());
-                let raft = RaftNode::start(me, self.options.raft.clone(), storage, LinKv, network).await?;
+                let transport = MaelstromTransport::new(me, node_id, self.outbox.clone(), self.calls.clone());
+                let raft = RaftNode::start(me, self.options.raft.clone(), storage, LinKv, transport).await?;
                 let lowest = members.keys().next().copied();
                 if lowest == Some(me) {
                     if let Err(e) = raft.initialize(members.clone()).await {
@@ -164,7 +166,8 @@ impl LinKvNode {
                     }
                 }
                 tracing::info!(node_id = me, name = node_id, members = members.len(), "node initialized");
-                Ok(Arc::new(Running { me, name: node_id.to_string(), raft }))
+                let inbox = raft_core::network::Inbox::new(raft.raft().clone());
+                Ok(Arc::new(Running { me, name: node_id.to_string(), raft, inbox }))
             })
             .await?;
         if started {
@@ -278,9 +281,10 @@ impl LinKvNode {
     async fn serve_peer(&self, src: &str, dest: &str, peer: PeerMessage) {
         match peer {
             PeerMessage::RaftRpc { rpc_id, data, .. } => {
-                let answer = match self.running.get() {
-                    None => PeerMessage::RaftRpcRefused { rpc_id, reason: "not initialized yet".into() },
-                    Some(r) => transport::serve(r.raft.raft(), rpc_id, &data).await,
+                let answer = match (self.running.get(), ids::raft_id(src)) {
+                    (None, _) => PeerMessage::RaftRpcRefused { rpc_id, reason: "not initialized yet".into() },
+                    (Some(_), Err(e)) => PeerMessage::RaftRpcRefused { rpc_id, reason: e.to_string() },
+                    (Some(r), Ok(from)) => transport::serve(&r.inbox, from, rpc_id, &data).await,
                 };
                 self.send(dest, src, answer.to_body()).await;
             }

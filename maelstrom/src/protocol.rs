@@ -37,12 +37,13 @@
 //! intercepts every message with a non-zero `in_reply_to` for its own RPC
 //! table and never shows it to the handler (see [`crate::server`]).
 //!
-//! * `raft_rpc {rpc_id, rpc, data}`: one Raft RPC (AppendEntries, Vote or
-//!   InstallSnapshot); `data` is base64 of raft-core's binary encoding
-//!   ([`raft_core::codec`]) of a [`raft_core::network::frame::RpcRequest`],
+//! * `raft_rpc {rpc_id, rpc, data}`: one Raft RPC (AppendEntries, Vote,
+//!   PreVote, a SnapshotChunk or TransferLeader); `data` is base64 of
+//!   raft-core's binary encoding ([`raft_core::codec`]) of a
+//!   [`raft_core::network::RpcRequest`],
 //!   and `rpc` names its kind so that a human reading Maelstrom's message
 //!   log can tell them apart. Answered by `raft_rpc_reply {rpc_id, data}`
-//!   (the encoded [`raft_core::network::frame::RpcResponse`]), or by
+//!   (the encoded [`raft_core::network::RpcResponse`]), or by
 //!   `raft_rpc_refused {rpc_id, reason}` when this node cannot serve it yet.
 //! * `forward {rpc_id, op}`: a client's operation, sent by a follower to the
 //!   leader; `op` is the client's body without `msg_id`. Answered by
@@ -325,8 +326,8 @@ pub enum PeerMessage {
     RaftRpc {
         /// Our request id, unique per sending node.
         rpc_id: u64,
-        /// `AppendEntries`, `Vote` or `InstallSnapshot`: for people reading
-        /// message logs only; `data` says the same.
+        /// `AppendEntries`, `Vote`, `SnapshotChunk`, ...: for people
+        /// reading message logs only; `data` says the same.
         rpc: String,
         /// base64 of the encoded `RpcRequest`.
         data: String,

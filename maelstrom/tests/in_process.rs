@@ -530,7 +530,7 @@ async fn init_rejects_bad_names_and_a_second_init() {
 }
 
 /// A follower that missed entries the leader has already purged behind a
-/// snapshot catches up by InstallSnapshot, carried as Maelstrom messages.
+/// snapshot catches up by a snapshot, sent in pieces as Maelstrom messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot_over_messages() {
     let mut options = NodeOptions::default();
@@ -558,7 +558,7 @@ async fn lagging_follower_catches_up_by_snapshot_over_messages() {
     let target = leader_raft.metrics().await.applied_index;
     let follower_raft = cluster.node(&lagging).raft().unwrap();
     follower_raft.wait_applied(target, Duration::from_secs(30)).await.unwrap();
-    assert!(cluster.delivered("raft_rpc:InstallSnapshot") >= 1, "caught up without a snapshot");
+    assert!(cluster.delivered("raft_rpc:SnapshotChunk") >= 1, "caught up without a snapshot");
     // The follower's own state (read locally, not through the leader).
     let view = follower_raft.view().unwrap();
     for key in 0..5 {

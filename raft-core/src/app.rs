@@ -120,8 +120,12 @@ pub(crate) trait EncodedStateMachine: Send + Sync + 'static {
     /// does not decode changes nothing and gets an error response: every
     /// replica runs the same decoder on the same bytes, so every replica
     /// gives the same answer.
-    fn apply_encoded(&self, state: &mut AppState<'_>, ctx: ApplyContext, command: &[u8])
-        -> Result<Vec<u8>, StateError>;
+    fn apply_encoded(
+        &self,
+        state: &mut AppState<'_>,
+        ctx: ApplyContext,
+        command: &[u8],
+    ) -> Result<Vec<u8>, StateError>;
 }
 
 impl<A: StateMachine> EncodedStateMachine for A {

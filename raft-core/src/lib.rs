@@ -40,7 +40,7 @@ pub mod types;
 pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
 pub use config::Config;
 pub use error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
-pub use node::{NodeMetrics, RaftNode, Role, Storage, Written};
+pub use node::{NodeMetrics, RaftNode, Role, Storage, TermWatch, Written};
 pub use storage::SnapshotData;
 pub use types::{LogId, Node, NodeId};
 

@@ -166,6 +166,26 @@ impl NodeMetrics {
     }
 }
 
+/// A node's term and the leader it knows of, followed as they change.
+pub struct TermWatch {
+    rx: openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics>,
+}
+
+impl TermWatch {
+    /// The current term and the leader this node knows of in it.
+    pub fn current(&self) -> (u64, Option<NodeId>) {
+        let m = self.rx.borrow_watched();
+        (m.current_term, m.current_leader)
+    }
+
+    /// Waits until anything about the node changes (not only its term or
+    /// leader: compare [`TermWatch::current`] before and after). Returns
+    /// `false` once the node has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
 /// A committed and applied command's response, and where it sits in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written<R> {
@@ -246,13 +266,17 @@ impl<A: StateMachine> RaftNode<A> {
             Storage::Durable(dir) => {
                 let db = Db::open_with(&dir, config.storage)?;
                 steps_ms[0] = started.elapsed().as_millis();
-                let sm = StateMachineStore::open_shared(db.clone(), app.clone()).map_err(|e| StartError::DataDir {
-                    path: dir.clone(),
-                    reason: format!("loading the applied state: {e}"),
+                let sm = StateMachineStore::open_shared(db.clone(), app.clone()).map_err(|e| {
+                    StartError::DataDir {
+                        path: dir.clone(),
+                        reason: format!("loading the applied state: {e}"),
+                    }
                 })?;
                 steps_ms[1] = started.elapsed().as_millis();
-                let log = RedbLogStore::try_new(db.clone())
-                    .map_err(|e| StartError::DataDir { path: dir.clone(), reason: format!("opening the log: {e}") })?;
+                let log = RedbLogStore::try_new(db.clone()).map_err(|e| StartError::DataDir {
+                    path: dir.clone(),
+                    reason: format!("opening the log: {e}"),
+                })?;
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
                 (raft, db, sm)
             }
@@ -294,6 +318,14 @@ impl<A: StateMachine> RaftNode<A> {
     /// The address the TCP transport listens on, if this node uses it.
     pub fn raft_addr(&self) -> Option<std::net::SocketAddr> {
         self.server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// How many connections from peers the TCP transport has accepted since
+    /// the node started (`None` on another transport). A healthy cluster
+    /// keeps a few per peer open; a number that grows with the load means
+    /// connections are being opened per request.
+    pub fn raft_connections_accepted(&self) -> Option<u64> {
+        self.server.as_ref().map(|s| s.connections_accepted())
     }
 
     /// The openraft handle, for what this type does not wrap.
@@ -466,9 +498,12 @@ impl<A: StateMachine> RaftNode<A> {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ChangeError::NotLeader { leader: forward_hint(&f) })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(ChangeError::Indeterminate(
-                format!("the change was discarded by a change of leader (leader now: {:?})", f.leader_id),
-            )),
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
+                Err(ChangeError::Indeterminate(format!(
+                    "the change was discarded by a change of leader (leader now: {:?})",
+                    f.leader_id
+                )))
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e)))) => {
                 Err(ChangeError::Invalid(e.to_string()))
             }
@@ -522,6 +557,12 @@ impl<A: StateMachine> RaftNode<A> {
     /// The leader this node knows of, with its addresses.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
         leader_hint(&self.raft.metrics().borrow_watched())
+    }
+
+    /// Follows this node's term and the leader it knows of as they change
+    /// (for metrics and logs; see [`TermWatch`]).
+    pub fn watch_term(&self) -> TermWatch {
+        TermWatch { rx: self.raft.metrics() }
     }
 
     /// Waits until this node knows of a leader, and returns it.

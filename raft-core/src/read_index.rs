@@ -118,7 +118,9 @@ impl ReadBatcher {
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(ReadError::NotLeader { leader: forward_hint(&f) })
             }
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => Err(ReadError::NoQuorum),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                Err(ReadError::NoQuorum)
+            }
             Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
         }
     }

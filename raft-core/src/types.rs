@@ -124,7 +124,8 @@ pub type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId
 /// Which entries a snapshot covers, and the membership as of its last entry.
 pub type SnapshotMeta = openraft::storage::SnapshotMeta<CommittedLeaderId, NodeId, Node>;
 /// A snapshot: its metadata and the state it holds.
-pub type Snapshot = openraft::storage::Snapshot<CommittedLeaderId, NodeId, Node, crate::storage::SnapshotData>;
+pub type Snapshot =
+    openraft::storage::Snapshot<CommittedLeaderId, NodeId, Node, crate::storage::SnapshotData>;
 /// The metrics openraft publishes.
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 

@@ -221,7 +221,7 @@ async fn node_behind_a_purged_log_catches_up_by_snapshot() {
     cfg.keep_behind_snapshot = 0;
     cfg.purge_batch = 10;
     // Small chunks, so the snapshot (300 keys, several KiB) crosses the
-    // transport in many InstallSnapshot frames.
+    // transport in many pieces.
     cfg.snapshot_chunk_bytes = 512;
     let mut c = Cluster::start(3, cfg).await;
     c.write("first", "1").await;
@@ -349,4 +349,30 @@ impl Cluster {
             self.nodes[id].wait_applied(index, WAIT).await.unwrap();
         }
     }
+}
+
+/// openraft 0.9 made a new network client for every leadership check behind
+/// a linearizable read, and the TCP transport pooled connections so that
+/// each check did not cost a connection per voter. openraft 0.10 confirms
+/// leadership through long-lived heartbeat links, so the pool is gone; this
+/// pins that reads do not open connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_open_no_connections() {
+    let mut c = Cluster::start(3, Config::new("reads")).await;
+    c.write("k", "v").await;
+    let leader = c.leader().await;
+    let accepted = |c: &Cluster| -> u64 {
+        c.nodes
+            .iter()
+            .filter(|(id, _)| **id != leader)
+            .map(|(_, n)| n.raft_connections_accepted().unwrap())
+            .sum()
+    };
+    let before = accepted(&c);
+    for _ in 0..200 {
+        c.nodes[&leader].read_barrier().await.unwrap();
+    }
+    let after = accepted(&c);
+    assert!(after - before <= 2, "200 reads opened {} connections to the followers", after - before);
+    c.stop(leader).await;
 }

@@ -222,7 +222,7 @@ fn an_unknown_format_version_is_refused() {
 }
 
 /// Format 1 stored log ids and votes in openraft's (term, node id) leader-id
-/// form; this build decodes the single-term form, so it must refuse such a
+/// form; this build decodes the standard form, so it must refuse such a
 /// directory rather than misread its votes and log ids.
 #[test]
 fn a_format_1_directory_from_before_single_term_leaders_is_refused() {

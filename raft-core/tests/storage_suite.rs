@@ -15,9 +15,7 @@ type StorageError = openraft::StorageError<TypeConfig>;
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore), StorageError> {
+    async fn build(&self) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
         Ok((

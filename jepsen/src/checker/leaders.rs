@@ -24,12 +24,12 @@
 //!
 //! # A caveat about openraft's default mode
 //!
-//! openraft 0.9 built *without* its `single-term-leader` feature orders
-//! leader ids as `(term, node_id)` and allows several leaders to be elected,
-//! one after another, in one term: the one with the higher node id wins
-//! (openraft's `docs/data/leader_id.md`). `raft-core` builds openraft *with*
-//! `single-term-leader`, so election safety holds in its standard form (one
-//! leader per term) and this checker checks exactly that rule.
+//! openraft's default leader id orders leaders as `(term, node_id)` and
+//! allows several leaders to be elected, one after another, in one term: the
+//! one with the higher node id wins (openraft's `docs/data/leader_id.md`).
+//! `raft-core` configures openraft with the standard leader id instead, so
+//! election safety holds in its standard form (one leader per term) and this
+//! checker checks exactly that rule.
 //!
 //! Polling sees only moments, so a valid verdict means no violation was
 //! *observed*, not that none happened between polls.

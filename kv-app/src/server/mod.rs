@@ -298,16 +298,10 @@ async fn join_cluster(
 
 /// Counts leader changes and new terms for `/metrics`, and logs them.
 async fn watch_leadership(ctx: Ctx) {
-    let mut rx = ctx.node.raft().metrics();
-    let (mut leader, mut term) = {
-        let m = rx.borrow();
-        (m.current_leader, m.current_term)
-    };
-    while rx.changed().await.is_ok() {
-        let (l, t) = {
-            let m = rx.borrow();
-            (m.current_leader, m.current_term)
-        };
+    let mut watch = ctx.node.watch_term();
+    let (mut term, mut leader) = watch.current();
+    while watch.changed().await {
+        let (t, l) = watch.current();
         if t != term {
             ctx.metrics.terms_seen.inc();
             term = t;

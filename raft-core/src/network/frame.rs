@@ -308,10 +308,7 @@ mod tests {
     use crate::types::{log_id, Batch, Entry, EntryPayload, Vote};
 
     fn entry(index: u64, bytes: usize) -> Entry {
-        Entry {
-            log_id: log_id(1, index),
-            payload: EntryPayload::Normal(Batch::one(vec![7; bytes])),
-        }
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch::one(vec![7; bytes])) }
     }
 
     #[tokio::test]

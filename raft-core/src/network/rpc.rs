@@ -22,8 +22,8 @@ use std::sync::{Mutex, MutexGuard};
 use openraft::error::Fatal;
 use openraft::network::RPCTypes;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,12 +151,11 @@ impl std::fmt::Debug for Inbox {
 /// leader sends them; openraft asserts this (and stops the node in a debug
 /// build), so a malformed request from a peer is refused here instead.
 fn check_contiguous(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
-    let mut next = req.prev_log_id.map_or(0, |l| l.index + 1);
-    for e in &req.entries {
-        if e.log_id.index != next {
-            return Err(format!("AppendEntries entry at index {} where index {next} was due", e.log_id.index));
+    let first = req.prev_log_id.map_or(0, |l| l.index + 1);
+    for (due, e) in (first..).zip(&req.entries) {
+        if e.log_id.index != due {
+            return Err(format!("AppendEntries entry at index {} where index {due} was due", e.log_id.index));
         }
-        next += 1;
     }
     Ok(())
 }
@@ -191,7 +190,9 @@ impl Inbox {
             RpcRequest::PreVote(req) => {
                 RpcResponse::PreVote(self.raft.pre_vote(req).await.map_err(|e| e.to_string()))
             }
-            RpcRequest::SnapshotChunk(chunk) => RpcResponse::SnapshotChunk(self.receive_chunk(from, chunk).await),
+            RpcRequest::SnapshotChunk(chunk) => {
+                RpcResponse::SnapshotChunk(self.receive_chunk(from, chunk).await)
+            }
             RpcRequest::TransferLeader(req) => {
                 RpcResponse::TransferLeader(self.raft.handle_transfer_leader(req).await.map_err(fatal))
             }
@@ -200,7 +201,11 @@ impl Inbox {
 
     /// Hands a whole snapshot to the local Raft, as the last piece of a
     /// transfer does: for transports that carry it in one piece.
-    pub async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<SnapshotResponse<TypeConfig>, String> {
+    pub async fn install(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, String> {
         // openraft stops the node (panics) on a snapshot no correct leader
         // could send: refuse the one such defect we can see from here, a
         // snapshot reaching past the sending leader's own term.

@@ -1,8 +1,7 @@
 //! The TCP transport: how a node's Raft RPCs reach its peers.
 //!
-//! Raft needs only three RPCs (paper Figure 2 and §7): AppendEntries,
-//! RequestVote and InstallSnapshot. This module carries them over plain TCP
-//! in the format of [`super::frame`]:
+//! This module carries the Raft RPCs of [`super::rpc`] over plain TCP, in the
+//! format of [`super::frame`]:
 //!
 //! * [`TcpServer`] accepts connections from peers on an already-bound
 //!   listener, checks each peer's handshake, and hands every request to the
@@ -457,7 +456,13 @@ impl Transport for TcpTransport {
     type Link = TcpLink;
 
     fn link(&self, target: NodeId, node: &Node) -> TcpLink {
-        TcpLink { settings: self.settings.clone(), target, addr: node.raft_addr.clone(), stream: None, last_id: 0 }
+        TcpLink {
+            settings: self.settings.clone(),
+            target,
+            addr: node.raft_addr.clone(),
+            stream: None,
+            last_id: 0,
+        }
     }
 }
 
@@ -492,7 +497,12 @@ impl Link for TcpLink {
 impl TcpLink {
     /// Sends an encoded request on the open connection (opening one first if
     /// needed) and reads the response, all within `ttl`.
-    async fn exchange(&mut self, request: &[u8], id: RequestId, ttl: Duration) -> Result<RpcResponse, LinkError> {
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        id: RequestId,
+        ttl: Duration,
+    ) -> Result<RpcResponse, LinkError> {
         let deadline = Instant::now() + ttl;
         let mut stream = match self.stream.take() {
             Some(stream) if still_open(&stream) => stream,
@@ -519,7 +529,10 @@ impl TcpLink {
         let response = match exchanged {
             Err(_) => return Err(LinkError::Timeout(ttl)),
             Ok(Err(source)) => {
-                return Err(LinkError::Network(Box::new(TransportError::Frame { target: self.target, source })))
+                return Err(LinkError::Network(Box::new(TransportError::Frame {
+                    target: self.target,
+                    source,
+                })))
             }
             Ok(Ok(response)) => response,
         };
@@ -721,7 +734,12 @@ mod tests {
     }
 
     fn append_request(entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest { vote: Vote::new_committed(1, 2), prev_log_id: None, leader_commit: None, entries }
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 2),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
     }
 
     #[tokio::test]
@@ -744,7 +762,8 @@ mod tests {
         let mut c = client(&Config::new(CLUSTER), 2, 1, server.local_addr()).await;
 
         c.vote(vote_request(2, 1), option()).await.unwrap();
-        let first = c.link().stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
+        let first =
+            c.link().stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
         c.vote(vote_request(2, 2), option()).await.unwrap();
         let second = c.link().stream.as_ref().expect("connection kept").local_addr().unwrap();
         assert_eq!(first, second, "the second RPC opened a new connection");
@@ -926,7 +945,8 @@ mod tests {
             last_log_id: Some(log_id(1, 5)),
             last_membership: StoredMembership::default(),
         };
-        let snapshot = crate::types::Snapshot { meta, snapshot: crate::storage::SnapshotData::from_state(state) };
+        let snapshot =
+            crate::types::Snapshot { meta, snapshot: crate::storage::SnapshotData::from_state(state) };
         let leader_vote = Vote::new_committed(1, 2);
         let never = std::future::pending::<openraft::error::ReplicationClosed>();
         let resp = c.full_snapshot(leader_vote, snapshot, never, option()).await.unwrap();
@@ -941,7 +961,8 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_piece_that_continues_nothing_is_refused() {
         let (server, raft) = start_server(1).await;
-        let mut link = TcpTransport::new(2, &Config::new(CLUSTER)).link(1, &Node::new(server.local_addr().to_string(), ""));
+        let mut link = TcpTransport::new(2, &Config::new(CLUSTER))
+            .link(1, &Node::new(server.local_addr().to_string(), ""));
         let chunk = SnapshotChunk {
             vote: Vote::new_committed(1, 2),
             meta: Default::default(),
@@ -952,7 +973,9 @@ mod tests {
         };
         let answer = link.call(&RpcRequest::SnapshotChunk(chunk), RPC_TTL).await.unwrap();
         match answer {
-            RpcResponse::SnapshotChunk(Err(reason)) => assert!(reason.contains("continues no transfer"), "{reason}"),
+            RpcResponse::SnapshotChunk(Err(reason)) => {
+                assert!(reason.contains("continues no transfer"), "{reason}")
+            }
             other => panic!("expected a refusal, got {other:?}"),
         }
         stop(server, raft).await;

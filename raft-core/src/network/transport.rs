@@ -36,8 +36,8 @@ use std::time::Duration;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
 use super::rpc::{RpcRequest, RpcResponse, SnapshotChunk};
@@ -192,7 +192,8 @@ impl<L: Link> Connection<L> {
 
     /// The peer answered another kind of RPC than was asked.
     fn wrong_answer(&self, asked: &'static str, got: &RpcResponse) -> RpcError {
-        let reason = format!("node {} answered a {asked} request with a {} response", self.target, got.name());
+        let reason =
+            format!("node {} answered a {asked} request with a {} response", self.target, got.name());
         tracing::warn!(node_id = self.settings.me, target = self.target, %reason, "Raft peer out of step");
         RPCError::Network(NetworkError::from_string(reason))
     }
@@ -206,7 +207,9 @@ impl<L: Link> Connection<L> {
         match self.link.call(&request, option.hard_ttl()).await {
             Err(e) => Err(self.rpc_error(e, RPCTypes::Vote)),
             Ok(RpcResponse::Vote(Ok(resp)) | RpcResponse::PreVote(Ok(resp))) => Ok(resp),
-            Ok(RpcResponse::Vote(Err(reason)) | RpcResponse::PreVote(Err(reason))) => Err(self.refused(reason)),
+            Ok(RpcResponse::Vote(Err(reason)) | RpcResponse::PreVote(Err(reason))) => {
+                Err(self.refused(reason))
+            }
             Ok(other) => Err(self.wrong_answer(name, &other)),
         }
     }
@@ -328,7 +331,10 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Connection<L> {
             match self.send_chunk(chunk, &mut cancel).await? {
                 Some(resp) => return Ok(resp),
                 None if done => {
-                    let reason = format!("node {} acknowledged the last snapshot piece without installing", self.target);
+                    let reason = format!(
+                        "node {} acknowledged the last snapshot piece without installing",
+                        self.target
+                    );
                     return Err(StreamingError::Network(NetworkError::from_string(reason)));
                 }
                 None => offset = end,

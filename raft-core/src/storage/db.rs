@@ -38,8 +38,9 @@ pub const DB_FILE: &str = "raft.redb";
 /// (or, as so far, refuse the old format with [`OpenError::UnknownFormat`]).
 ///
 /// * 1: log ids and votes in openraft's default leader-id form, (term, node id).
-/// * 2: openraft's `single-term-leader` form: a log id carries the bare term,
-///   a vote the term and the candidate voted for. Version 1 files would
+/// * 2: standard Raft's form (openraft 0.9's `single-term-leader`, 0.10's
+///   standard leader id, the same bytes): a log id carries the bare term, a
+///   vote the term and the candidate voted for. Version 1 files would
 ///   decode into nonsense, so they are refused.
 pub const FORMAT_VERSION: u32 = 2;
 

@@ -143,7 +143,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl RedbLogStore {
     /// A log store on an opened database. Starts the writer thread.
     pub fn new(db: Db) -> Self {
-        Self::try_new(db).unwrap_or_else(|e| panic!("invariant: a log store starts on an opened database ({e})"))
+        Self::try_new(db)
+            .unwrap_or_else(|e| panic!("invariant: a log store starts on an opened database ({e})"))
     }
 
     /// A log store on an opened database, or why its vote could not be read
@@ -209,7 +210,8 @@ impl RedbLogStore {
     /// so an entry the writer moves from one to the other in between is
     /// found in one of them, never in neither.
     fn read_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, DbError> {
-        let pending: Vec<Entry> = lock(&self.state().pending).range((start, end)).map(|(_, e)| e.clone()).collect();
+        let pending: Vec<Entry> =
+            lock(&self.state().pending).range((start, end)).map(|(_, e)| e.clone()).collect();
         let redb_end = match pending.first() {
             Some(first) => Bound::Excluded(first.log_id.index),
             None => end,

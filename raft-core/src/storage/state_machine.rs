@@ -72,7 +72,9 @@ use serde_bytes::ByteBuf;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
-use crate::app::{AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateMachine, StateMap, APP_TABLE};
+use crate::app::{
+    AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateMachine, StateMap, APP_TABLE,
+};
 use crate::codec;
 use crate::types::{Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership};
 
@@ -515,7 +517,8 @@ impl RaftStateMachine<crate::types::TypeConfig> for StateMachineStore {
     where
         S: Stream<Item = Result<EntryResponder<crate::types::TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let (entries, responders): (Vec<Entry>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let (entries, responders): (Vec<Entry>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         let commands: usize = entries
             .iter()
             .map(|e| match &e.payload {
@@ -541,7 +544,11 @@ impl RaftStateMachine<crate::types::TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
         blocking(move || this.install(meta, snapshot)).await.map_err(io_err)
