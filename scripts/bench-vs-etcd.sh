@@ -28,6 +28,9 @@
 #   --json FILE      also write every load's full report as a JSON array
 #   --etcd-port P    etcd client ports P+1..P+3, peer ports P+11..P+13 (default 23790)
 #   --keep           keep the data directories and logs (path printed at exit)
+#   --wrk            also run the puts at 1 and 64 connections with wrk, a lighter
+#                    generator (scripts/wrk/*.lua), against each leader, and print
+#                    a second table (installs wrk with apt-get if missing)
 #
 # Needs: apt-get (to install etcd-server, etcd-client and jq if missing;
 # sudo when not root), cargo, curl.
@@ -41,6 +44,7 @@ markdown_out=""
 json_out=""
 etcd_port=23790
 keep=0
+use_wrk=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) seconds=3; warmup=1 ;;
@@ -50,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --json) json_out="$2"; shift ;;
     --etcd-port) etcd_port="$2"; shift ;;
     --keep) keep=1 ;;
+    --wrk) use_wrk=1 ;;
     -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -66,6 +71,7 @@ missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v jq >/dev/null || missing+=(jq)
+if [[ "$use_wrk" -eq 1 ]]; then command -v wrk >/dev/null || missing+=(wrk); fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   log "installing ${missing[*]}"
   $sudo apt-get update -qq
@@ -222,4 +228,50 @@ if [[ -n "$markdown_out" ]]; then
     printf '\n%s\n' "$generator"
   } >"$markdown_out"
   echo "table written to $markdown_out" >&2
+fi
+
+# --- The same puts with wrk --------------------------------------------------
+
+if [[ "$use_wrk" -eq 1 ]]; then
+  # Each system's leader, so that no request pays a forwarding hop.
+  kv_leader=""
+  for ep in ${kv_endpoints//,/ }; do
+    if curl -sf "http://$ep/v1/cluster/status" | jq -e '.role == "leader"' >/dev/null; then kv_leader="$ep"; fi
+  done
+  etcd_leader="$(etcdctl --endpoints="$etcd_endpoints" endpoint status -w json |
+    jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')"
+  to_ms() { # wrk's "1.23ms", "850.00us" or "1.02s" -> milliseconds
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+  }
+  wrk_rows=""
+  for conns in 1 64; do
+    threads=$(( conns < 2 ? 1 : 2 ))
+    declare -A rps p50 p99
+    for system in kv etcd; do
+      if [[ "$system" == kv ]]; then url="http://$kv_leader"; script=scripts/wrk/kv-put.lua
+      else url="$etcd_leader"; script=scripts/wrk/etcd-put.lua; fi
+      log "wrk: $system, puts over $conns connection(s)"
+      wrk -t"$threads" -c"$conns" -d"${warmup}s" -s "$script" "$url" >/dev/null
+      out="$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -s "$script" "$url")"
+      echo "$out" >"$tmp/results/wrk-$system-$conns.txt"
+      rps[$system]="$(awk '/^Requests\/sec/ { printf "%d", $2 }' <<<"$out")"
+      p50[$system]="$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
+      p99[$system]="$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+    done
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
+    wrk_rows+="put, $conns connection(s)"$'\t'"${rps[kv]}"$'\t'"${rps[etcd]}"$'\t'"$(ratio "${rps[kv]}" "${rps[etcd]}")"
+    wrk_rows+=$'\t'"${p50[kv]}"$'\t'"${p50[etcd]}"$'\t'"$(ratio "${p50[kv]}" "${p50[etcd]}")"
+    wrk_rows+=$'\t'"${p99[kv]}"$'\t'"${p99[etcd]}"$'\t'"$(ratio "${p99[kv]}" "${p99[etcd]}")"$'\n'
+  done
+  wrk_rows="${wrk_rows%$'\n'}"
+  wrk_header=$'wrk load\tkv req/s\tetcd req/s\tkv/etcd\tkv p50 ms\tetcd p50 ms\tkv/etcd\tkv p99 ms\tetcd p99 ms\tkv/etcd'
+  printf '\n%s\n%s\n' "$wrk_header" "$wrk_rows" | column -t -s $'\t'
+  if [[ -n "$markdown_out" ]]; then
+    {
+      printf '\nThe same puts with wrk (%s), to each leader:\n\n' "$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+      printf '| %s |\n' "${wrk_header//$'\t'/ | }"
+      printf '|---|%s\n' "$(printf -- '---:|%.0s' $(seq 9))"
+      while IFS= read -r row; do printf '| %s |\n' "${row//$'\t'/ | }"; done <<<"$wrk_rows"
+    } >>"$markdown_out"
+  fi
 fi

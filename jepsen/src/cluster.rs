@@ -87,8 +87,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     move |source| ClusterError::Io { what, source }
 }
 
+/// A free address for a node that the nemesis kills and restarts on it
+/// (see [`kv_app::local_cluster::bind_restartable_port`] for why not port 0).
 fn free_port() -> Result<String, ClusterError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
+    let l = kv_app::local_cluster::bind_restartable_port().map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("reading a bound port"))?.to_string())
 }
 

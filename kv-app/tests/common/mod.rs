@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,9 +28,10 @@ pub struct ProcCluster {
     http: reqwest::Client,
 }
 
-/// A free port on 127.0.0.1 (the OS picks it; we release it for the server).
+/// A free port on 127.0.0.1, released for the server. Not port 0: nodes are
+/// restarted on their port (see `bind_restartable_port`).
 pub fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = kv_app::local_cluster::bind_restartable_port().unwrap();
     l.local_addr().unwrap().to_string()
 }
 
