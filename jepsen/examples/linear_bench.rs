@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(read) =
             history[..late].iter_mut().rev().find(|op| op.f == Function::Read && op.outcome == Outcome::Ok)
         {
-            read.value = serde_json::json!("never written");
+            read.value = serde_json::json!("never written").into();
         }
         let corrupted = run(&history)?;
         let values = distinct_values.map_or_else(|| "unique".to_owned(), |n| n.to_string());

@@ -181,7 +181,7 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
                 };
                 let op = ops.len();
                 events.push(Event::new(
-                    Process::Client(process_of[worker]),
+                    Process::Client(process_of[worker].into()),
                     EventType::Invoke,
                     f.clone(),
                     json!(key),
@@ -235,8 +235,14 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
                     (Plan::Fail, _) => (EventType::Fail, op.value.clone()),
                     (Plan::Info, _) => (EventType::Info, op.value.clone()),
                 };
-                let mut event =
-                    Event::new(Process::Client(op.process), kind, op.f.clone(), json!(op.key), value, now);
+                let mut event = Event::new(
+                    Process::Client(op.process.into()),
+                    kind,
+                    op.f.clone(),
+                    json!(op.key),
+                    value,
+                    now,
+                );
                 event.extra.insert("node".into(), json!(format!("n{}", worker % 3 + 1)));
                 events.push(event);
                 if kind == EventType::Info {

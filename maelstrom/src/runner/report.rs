@@ -30,6 +30,7 @@ use jepsen::checker::Verdict;
 use jepsen::history::{self, Event, EventType, Op, Outcome};
 use jepsen::plot::{self, PlotOptions};
 use jepsen::stats::{outcome_counts, Counts};
+use jepsen::Json;
 use serde_json::{json, Map, Value};
 
 use super::net::NetStats;
@@ -108,8 +109,8 @@ fn workload_results(linear: &LinearResult, settings: &Value, check_secs: f64) ->
         .filter(|k| k.verdict == Verdict::Invalid)
         .map(|k| serde_json::to_value(k).unwrap_or(Value::Null))
         .collect();
-    let unknown: Vec<Value> =
-        linear.keys.iter().filter(|k| k.verdict == Verdict::Unknown).map(|k| k.key.clone()).collect();
+    let unknown: Vec<&Json> =
+        linear.keys.iter().filter(|k| k.verdict == Verdict::Unknown).map(|k| &k.key).collect();
     json!({
         "valid?": verdict_value(linear.verdict),
         "key-count": linear.keys.len(),
@@ -199,8 +200,9 @@ pub fn write_history(dir: &Path, events: &[Event]) -> anyhow::Result<()> {
     for e in events {
         let _ = write!(
             text,
-            "{:>12.6} {:>8} {:<6} {:<16} {:>4} {}",
-            e.time as f64 / 1e9,
+            "{:>12} {:>8} {:<6} {:<16} {:>4} {}",
+            // A history the runner recorded always has times; `-` if not.
+            e.time.map_or_else(|| "-".to_owned(), |t| format!("{:.6}", t as f64 / 1e9)),
             e.process.to_string(),
             type_name(e.kind),
             e.f.as_str(),
@@ -269,12 +271,12 @@ mod tests {
     #[test]
     fn stats_require_an_ok_per_function() {
         let op = |f: Function, outcome: Outcome| Op {
-            process: 0,
+            process: 0.into(),
             f,
-            key: json!(0),
-            value: Value::Null,
+            key: json!(0).into(),
+            value: Json::null(),
             outcome,
-            invoke_time: 0,
+            invoke_time: Some(0),
             complete_time: Some(1),
             invoke_index: 0,
             complete_index: Some(1),
