@@ -296,4 +296,45 @@ mod tests {
         assert!(!valid);
         assert_eq!(table["by-f"]["cas"]["fail-count"], 1);
     }
+
+    /// The runner judges with `jepsen::history`'s reader and the same
+    /// linearizability checker as `jepsen check`, so a history in any
+    /// well-formed spelling is judged: string process ids, a process going
+    /// on after an `info`, no `time`, numbers spelt as floats.
+    #[test]
+    fn judge_reads_histories_in_any_well_formed_spelling() {
+        let history = |seen: &str| {
+            format!(
+                r#"{{"process":"c1","type":"invoke","f":"write","key":0,"value":1}}
+{{"process":"c1","type":"info","f":"write","key":0,"value":1}}
+{{"process":"c1","type":"invoke","f":"write","key":0.0,"value":2e0}}
+{{"process":"c1","type":"ok","f":"write","key":0,"value":2.0}}
+{{"process":"c2","type":"invoke","f":"cas","key":0,"value":[2,3]}}
+{{"process":"c2","type":"ok","f":"cas","key":0,"value":[2,3]}}
+{{"process":"c2","type":"invoke","f":"read","key":0}}
+{{"process":"c2","type":"ok","f":"read","key":0,"value":{seen}}}"#
+            )
+        };
+        let judged = |text: &str| {
+            let events = history::parse_history(text).unwrap();
+            let data = RunData {
+                events,
+                net: NetStats::default(),
+                violations: Vec::new(),
+                settings: json!({}),
+                check_budget: Duration::from_secs(10),
+            };
+            judge(&data).unwrap()
+        };
+        // The pending write of 1 may land after the cas: 3 or 1.
+        for seen in ["3.0", "1"] {
+            let (verdict, results) = judged(&history(seen));
+            assert_eq!(verdict, Verdict::Valid, "{seen}: {results}");
+            assert_eq!(results["workload"]["valid?"], true);
+        }
+        // 2 was overwritten by the cas before the read began.
+        let (verdict, results) = judged(&history("2"));
+        assert_eq!(verdict, Verdict::Invalid);
+        assert_eq!(results["workload"]["invalid-keys"][0]["key"], 0);
+    }
 }
