@@ -269,3 +269,18 @@ fn set_history_with_a_lost_element_exits_1_with_the_set_result() {
     assert_eq!(json["set"]["sets"][0]["lost"]["elements"], serde_json::json!([2]));
     assert!(json.get("session").is_none());
 }
+
+#[test]
+fn every_example_in_the_documented_format_is_valid() {
+    // docs/jepsen.md documents the accepted format with one example per
+    // case; each must be read and judged valid, as the text says.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/jepsen.md")).unwrap();
+    let start = docs.find("## The history format").expect("the format section");
+    let end = docs.find("## The linearizability checker").expect("the section after it");
+    let examples: Vec<&str> =
+        docs[start..end].split("```json\n").skip(1).filter_map(|block| block.split("```").next()).collect();
+    assert!(examples.len() >= 5, "found {} examples", examples.len());
+    for example in examples {
+        assert_eq!(judged(example), VALID_EXIT, "{example}");
+    }
+}
