@@ -86,6 +86,7 @@
 //! * An invocation that never completed (the test ended first) counts as
 //!   `info`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -135,8 +136,9 @@ impl ProcessId {
 
 impl From<u64> for ProcessId {
     fn from(id: u64) -> Self {
-        let canonical = id.to_string().into_boxed_str();
-        ProcessId(Arc::new(ProcessIdInner { id: Json::from(Value::from(id)), canonical }))
+        let id = Json::from(Value::from(id));
+        let canonical = id.canonical().into_boxed_str();
+        ProcessId(Arc::new(ProcessIdInner { id, canonical }))
     }
 }
 
@@ -289,6 +291,18 @@ impl Function {
     }
 }
 
+impl Function {
+    /// The function named `name` (allocating only for [`Function::Other`]).
+    fn from_name(name: &str) -> Function {
+        match name {
+            "read" => Function::Read,
+            "write" => Function::Write,
+            "cas" => Function::Cas,
+            _ => Function::Other(name.to_owned()),
+        }
+    }
+}
+
 impl From<String> for Function {
     fn from(name: String) -> Self {
         match name.as_str() {
@@ -364,7 +378,7 @@ impl Event {
     ///
     /// # Errors
     /// A message saying what is wrong with it.
-    fn parse(text: &str, line: Option<usize>) -> Result<Event, EventError> {
+    fn parse(text: &str, line: Option<usize>, processes: &mut ProcessCache) -> Result<Event, EventError> {
         let fields: Fields<'_> = serde_json::from_str(text).map_err(EventError::Json)?;
         let mut process = None;
         let mut kind = None;
@@ -375,34 +389,29 @@ impl Event {
         let mut extra = Map::new();
         let mut seen: Vec<&str> = Vec::with_capacity(fields.0.len());
         for (name, raw) in &fields.0 {
-            if seen.contains(&name.as_str()) {
+            let name: &str = name;
+            if seen.contains(&name) {
                 return Err(EventError::Field(format!("the field `{name}` appears twice")));
             }
             seen.push(name);
             let json = || Json::from_written(raw).map_err(EventError::Json);
-            match name.as_str() {
-                "process" => {
-                    let id = json()?;
-                    let found = kind_of(&id);
-                    process = Some(
-                        Process::from_json(id)
-                            .ok_or_else(|| EventError::Field(format!("{PROCESS_EXPECTED}, not {found}")))?,
-                    );
-                }
+            match name {
+                "process" => process = Some(processes.get(raw)?),
                 "type" => {
-                    let name = json()?;
-                    kind = Some(name.as_str().and_then(EventType::from_name).ok_or_else(|| {
+                    let name = string(raw)?;
+                    kind = Some(name.as_deref().and_then(EventType::from_name).ok_or_else(|| {
                         EventError::Field(format!(
-                            "unknown `type` {name}: expected \"invoke\", \"ok\", \"fail\" or \"info\""
+                            "unknown `type` {}: expected \"invoke\", \"ok\", \"fail\" or \"info\"",
+                            raw.get()
                         ))
                     })?);
                 }
                 "f" => {
-                    let name = json()?;
-                    let Some(name) = name.as_str() else {
-                        return Err(EventError::Field(format!("`f` must be a string, not {name}")));
+                    let Some(name) = string(raw)? else {
+                        return Err(EventError::Field(format!("`f` must be a string, not {}", raw.get())));
                     };
-                    f = Some(Function::from(name.strip_prefix(':').unwrap_or(name).to_owned()));
+                    let name = name.strip_prefix(':').unwrap_or(&name);
+                    f = Some(Function::from_name(name));
                 }
                 "key" => key = json()?,
                 "value" => value = json()?,
@@ -419,7 +428,7 @@ impl Event {
                 }
                 _ => {
                     let v: Value = serde_json::from_str(raw.get()).map_err(EventError::Json)?;
-                    extra.insert(name.clone(), v);
+                    extra.insert(name.to_owned(), v);
                 }
             }
         }
@@ -434,6 +443,41 @@ impl Event {
             extra,
             line,
         })
+    }
+}
+
+/// A field's string value, borrowed from the line when it has no escapes;
+/// `None` if the value is not a string.
+fn string(raw: &RawValue) -> Result<Option<Cow<'_, str>>, EventError> {
+    let text = raw.get();
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        if !inner.contains('\\') {
+            return Ok(Some(Cow::Borrowed(inner)));
+        }
+    }
+    match serde_json::from_str::<Value>(text).map_err(EventError::Json)? {
+        Value::String(s) => Ok(Some(Cow::Owned(s))),
+        _ => Ok(None),
+    }
+}
+
+/// The process ids of one history, by the text of their `process` field:
+/// most lines repeat an id already seen, and then share it instead of
+/// reading it again.
+#[derive(Default)]
+struct ProcessCache(HashMap<Box<str>, Process>);
+
+impl ProcessCache {
+    fn get(&mut self, raw: &RawValue) -> Result<Process, EventError> {
+        if let Some(process) = self.0.get(raw.get()) {
+            return Ok(process.clone());
+        }
+        let id = Json::from_written(raw).map_err(EventError::Json)?;
+        let found = kind_of(&id);
+        let process = Process::from_json(id)
+            .ok_or_else(|| EventError::Field(format!("{PROCESS_EXPECTED}, not {found}")))?;
+        self.0.insert(raw.get().into(), process.clone());
+        Ok(process)
     }
 }
 
@@ -466,12 +510,40 @@ impl PartialEq for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        Event::parse(raw.get(), None).map_err(|e| de::Error::custom(e.message()))
+        Event::parse(raw.get(), None, &mut ProcessCache::default())
+            .map_err(|e| de::Error::custom(e.message()))
     }
 }
 
 /// The fields of one line in the order written, each as its JSON text.
-struct Fields<'a>(Vec<(String, &'a RawValue)>);
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A field name, borrowed from the line unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -486,7 +558,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
                 let mut fields = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
+                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
                     fields.push((name, map.next_value::<&'de RawValue>()?));
                 }
                 Ok(Fields(fields))
@@ -693,13 +765,14 @@ pub fn read_history(path: impl AsRef<Path>) -> Result<Vec<Event>, HistoryError> 
 /// As [`read_history`], minus opening.
 pub fn read_events(reader: impl BufRead) -> Result<Vec<Event>, HistoryError> {
     let mut events = Vec::new();
+    let mut processes = ProcessCache::default();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i + 1;
         let line = line.map_err(|source| HistoryError::Read { line: line_no, source })?;
         if line.trim().is_empty() {
             continue;
         }
-        let event = Event::parse(&line, Some(line_no)).map_err(|e| match e {
+        let event = Event::parse(&line, Some(line_no), &mut processes).map_err(|e| match e {
             EventError::Json(e) => parse_error(line_no, &e),
             EventError::Field(message) => HistoryError::Parse { line: line_no, column: None, message },
         })?;
@@ -1035,6 +1108,18 @@ mod tests {
     }
 
     #[test]
+    fn process_ids_built_in_code_equal_the_same_ids_read_from_a_file() {
+        let events = parse_history(
+            r#"{"process":100,"type":"invoke","f":"read"}
+{"process":1e2,"type":"invoke","f":"read"}"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].process, Process::Client(100.into()));
+        assert_eq!(events[1].process, Process::Client(100.into()));
+        assert_eq!(events[1].process.to_string(), "1e2", "shown as written");
+    }
+
+    #[test]
     fn nemesis_and_keyword_nemesis_are_the_nemesis_and_are_skipped_by_pairing() {
         let events = parse_history(
             r#"{"process":"nemesis","type":"info","f":"start-partition"}
@@ -1069,6 +1154,13 @@ mod tests {
         // Without a time, an operation serializes without one.
         let json = serde_json::to_value(&ops[0]).unwrap();
         assert!(json.get("invoke_time").is_none(), "{json}");
+    }
+
+    #[test]
+    fn escaped_field_names_are_read_as_their_names() {
+        let events =
+            parse_history(r#"{"pro\u0063ess":0,"type":"invoke","\u0066":"read","ti\u006de":3}"#).unwrap();
+        assert_eq!((events[0].f.clone(), events[0].time), (Function::Read, Some(3)));
     }
 
     #[test]

@@ -86,9 +86,16 @@ impl Json {
     /// # Errors
     /// If the text is not one JSON value (a `RawValue` always is).
     pub fn from_written(raw: &RawValue) -> Result<Json, serde_json::Error> {
-        let value: Value = serde_json::from_str(raw.get())?;
+        let text = raw.get();
+        // Most values in a history are short strings and integers, which
+        // serde_json writes back exactly as read: no need to parse them in
+        // full, or to keep their text.
+        if let Some(value) = plain_scalar(text) {
+            return Ok(Json { value, written: None });
+        }
+        let value: Value = serde_json::from_str(text)?;
         let compact = serde_json::to_string(&value)?;
-        let written = (compact != raw.get()).then(|| raw.to_owned());
+        let written = (compact != text).then(|| raw.to_owned());
         Ok(Json { value, written })
     }
 
@@ -234,6 +241,32 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
+/// The value of a JSON text that serde_json would write back unchanged, if it
+/// is one of the common simple kinds: `null`, `true`, `false`, a string with
+/// no escapes, or an integer of at most 18 digits (which fits in an `i64`)
+/// with no leading zero and not `-0` (which serde_json reads as a float).
+fn plain_scalar(text: &str) -> Option<Value> {
+    match text {
+        "null" => return Some(Value::Null),
+        "true" => return Some(Value::Bool(true)),
+        "false" => return Some(Value::Bool(false)),
+        _ => {}
+    }
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // A JSON string without a backslash holds no quote and no control
+        // character, and serde_json writes it back as it is.
+        return (!inner.contains('\\')).then(|| Value::String(inner.to_owned()));
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let plain = (1..=18).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" && digits.len() == text.len() || !digits.starts_with('0'));
+    if !plain {
+        return None;
+    }
+    text.parse::<i64>().ok().map(|n| if n >= 0 { Value::from(n as u64) } else { Value::from(n) })
+}
+
 /// The canonical text of a parsed value, for values that have no written
 /// text (a field of [`crate::history::Event::extra`], a value built in
 /// code). A float in a `Value` is taken at the decimal serde_json writes for
@@ -249,7 +282,11 @@ fn canonical_value(value: &Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => canonical_number(&n.to_string(), out),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => canonical_integer(false, u, out),
+            (None, Some(i)) => canonical_integer(true, i.unsigned_abs(), out),
+            _ => canonical_number(&n.to_string(), out),
+        },
         Value::String(s) => canonical_string(s, out),
         Value::Array(items) => {
             out.push('[');
@@ -294,6 +331,36 @@ fn canonical_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Writes an integer in canonical form: trailing zeros become a power of
+/// ten (`100` is `1e2`). Digit by digit, without allocating or going
+/// through `fmt`: the integers of a parsed value are most of what the
+/// linearizability checker interns.
+fn canonical_integer(negative: bool, magnitude: u64, out: &mut String) {
+    if magnitude == 0 {
+        out.push('0');
+        return;
+    }
+    let (mut n, mut zeros) = (magnitude, 0u32);
+    while n % 10 == 0 {
+        n /= 10;
+        zeros += 1;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    while n > 0 {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    if negative {
+        out.push('-');
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    if zeros > 0 {
+        let _ = write!(out, "e{zeros}");
+    }
+}
+
 /// A JSON number's text in canonical form: `[-]D[eE]`, exact.
 fn canonical_number(text: &str, out: &mut String) {
     let (negative, unsigned) = match text.strip_prefix('-') {
@@ -307,22 +374,26 @@ fn canonical_number(text: &str, out: &mut String) {
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let mut power = parse_exponent(exponent);
     power = power.saturating_sub(i64::try_from(fraction.len()).unwrap_or(i64::MAX));
-    let digits: String = whole.chars().chain(fraction.chars()).filter(char::is_ascii_digit).collect();
-    let digits = digits.trim_start_matches('0');
-    let significant = digits.trim_end_matches('0');
-    if significant.is_empty() {
-        out.push('0');
-        return;
-    }
-    let dropped = digits.len() - significant.len();
-    power = power.saturating_add(i64::try_from(dropped).unwrap_or(i64::MAX));
+    let start = out.len();
     if negative {
         out.push('-');
     }
-    out.push_str(significant);
+    let digits_start = out.len();
+    // The significant digits: leading zeros skipped, then trailing zeros
+    // moved into the power of ten.
+    let digits = whole.chars().chain(fraction.chars()).filter(char::is_ascii_digit);
+    out.extend(digits.skip_while(|&c| c == '0'));
+    let significant = out[digits_start..].trim_end_matches('0').len();
+    if significant == 0 {
+        out.truncate(start);
+        out.push('0');
+        return;
+    }
+    let dropped = out.len() - digits_start - significant;
+    out.truncate(digits_start + significant);
+    power = power.saturating_add(i64::try_from(dropped).unwrap_or(i64::MAX));
     if power != 0 {
-        out.push('e');
-        out.push_str(&power.to_string());
+        let _ = write!(out, "e{power}");
     }
 }
 
@@ -604,6 +675,33 @@ mod tests {
         assert_ne!(written("null"), written("false"));
         assert_ne!(written("[1]"), written("1"));
         assert_ne!(written(r#""a\"b""#), written(r#""a\\b""#));
+    }
+
+    #[test]
+    fn integers_in_parsed_values_and_in_text_have_one_canonical_form() {
+        for (n, text) in [(json!(0), "0"), (json!(100), "1e2"), (json!(-120), "-12e1"), (json!(7), "7")] {
+            assert_eq!(Json::from(n.clone()).canonical(), text, "{n}");
+            assert_eq!(written(&n.to_string()).canonical(), text, "{n}");
+        }
+        assert_eq!(Json::from(json!(u64::MAX)).canonical(), "18446744073709551615");
+        assert_eq!(Json::from(json!(i64::MIN)).canonical(), "-9223372036854775808");
+        assert_eq!(Json::from(json!(2.5e-3)).canonical(), "25e-4");
+    }
+
+    #[test]
+    fn only_text_that_reads_back_unchanged_is_not_kept() {
+        for plain in ["0", "-7", "123456789012345678", "\"x y\"", "\"é\"", "null", "true", "false"] {
+            let value = written(plain);
+            assert!(value.written.is_none(), "{plain}");
+            assert_eq!(value.value(), &serde_json::from_str::<Value>(plain).unwrap(), "{plain}");
+        }
+        // Each of these would print differently from the parsed value.
+        for kept in ["-0", "1.50", "18446744073709551616", "\"\\u0041\"", "1e2", "[1, 2]"] {
+            assert!(written(kept).written.is_some(), "{kept}");
+            assert_eq!(written(kept).to_string(), kept);
+        }
+        assert_eq!(written("18446744073709551616"), written("1.8446744073709551616e19"));
+        assert_eq!(written("-0"), written("0"));
     }
 
     #[test]
