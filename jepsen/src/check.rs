@@ -30,6 +30,9 @@
 //!   from the history; consistent prefix needs the final log, which a
 //!   history file does not hold, so it is not checked here.
 //!
+//! Keys are told apart as JSON values (see [`crate::json`]): `1` and `1.0`
+//! are one key, for every checker.
+//!
 //! [`CheckReport::valid`] combines every verdict that ran with
 //! [`Verdict::all`].
 
@@ -43,7 +46,7 @@ use serde_json::Value;
 use crate::checker::linear::{self, LinearError, LinearResult};
 use crate::checker::session::{self, FinalLog, SessionError, SessionResult};
 use crate::checker::set::{self, SetError, SetResult};
-use crate::checker::{canonical_json, Verdict};
+use crate::checker::Verdict;
 use crate::history::{self, Event, Function, HistoryError, Op};
 
 /// The verdict on a whole history, and each checker's result.
@@ -121,12 +124,12 @@ pub fn check_events_with(
     let ops = history::pair(events)?;
 
     let set_keys: HashSet<String> =
-        ops.iter().filter(|op| set::is_add(op)).map(|op| canonical_json(&op.key)).collect();
+        ops.iter().filter(|op| set::is_add(op)).map(|op| op.key.canonical()).collect();
     let set = if set_keys.is_empty() { None } else { Some(set::check(&ops)?) };
 
     let register_ops: Vec<Op> = ops
         .iter()
-        .filter(|op| !set_keys.contains(&canonical_json(&op.key)) && !weaker_read(op, events))
+        .filter(|op| !set_keys.contains(&op.key.canonical()) && !weaker_read(op, events))
         .cloned()
         .collect();
     let linearizability = linear::check(&register_ops, budget)?;

@@ -1,4 +1,5 @@
-//! The history: what the clients asked for, what they were told, and when.
+//! The history: what the clients asked for, what they were told, and in
+//! which order.
 //!
 //! A Jepsen-style test never looks inside the system it tests. It records,
 //! from the clients' side, every operation's *invocation* (the moment a
@@ -7,11 +8,16 @@
 //! system could have produced those observations. The record is the
 //! history; the checkers in [`crate::checker`] judge it.
 //!
+//! The reader accepts every well-formed history in this JSON-lines format,
+//! whichever tool wrote it (this harness, the Maelstrom runner, Jepsen or
+//! Knossos exports, Porcupine-style generators, or a person), and refuses,
+//! naming the line, only what has no meaning.
+//!
 //! # The file format
 //!
-//! JSON lines: one [`Event`] per line, in real-time order (a line is written
-//! after every line that happened before it; a running test appends through
-//! a [`Recorder`], which keeps that promise):
+//! JSON lines: one [`Event`] (a JSON object) per line, **in real-time
+//! order**: a line is written after every line that happened before it.
+//! Blank lines are skipped.
 //!
 //! ```text
 //! {"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1000}
@@ -21,69 +27,188 @@
 //! {"process":"nemesis","type":"info","f":"start-partition","value":"majority","time":2500}
 //! ```
 //!
-//! * `process`: which client sent it, a non-negative integer, or the string
-//!   `"nemesis"` for fault injection (nemesis events may carry any `f` and
-//!   `value`; the checkers ignore them).
-//! * `type`: `invoke` (the request was sent), then exactly one of `ok` (it
-//!   happened), `fail` (it certainly did not happen) or `info` (nobody knows:
-//!   a timed-out write may have taken effect, or may still take effect
-//!   later).
-//! * `f`: the function, `read`, `write`, `cas` or anything a workload defines.
-//! * `key`, `value`: any JSON. A `write`'s value is the value written, a
-//!   `cas` value is `[from, to]`, and an `ok` read's value is the value read
-//!   (`null` means the key was absent). A missing `key` or `value` reads as
-//!   `null`.
-//! * `time`: nanoseconds since the test started. It is for reports and
-//!   plots; the *order of the lines* is what the checkers take as real time,
-//!   so that two clocks read a few nanoseconds apart cannot reorder events.
+//! * `process` (required): who. Any JSON scalar (an integer, any other
+//!   number, a string, `true`, `false`, `null`) names a client process; two
+//!   ids are one process when they are equal JSON values (see
+//!   [`crate::json`]: `1` and `1.0` are one process, `1` and `"1"` two). The
+//!   strings `"nemesis"` and `":nemesis"` (an EDN keyword written as a
+//!   string) name the nemesis, the fault injector; its events may carry any
+//!   `f` and `value`, and the checkers skip them. An array or an object is
+//!   not a process id.
+//! * `type` (required): `invoke` (the request was sent), then exactly one
+//!   of `ok` (it happened), `fail` (it certainly did not happen) or `info`
+//!   (nobody knows: a timed-out write may have taken effect, or may still
+//!   take effect later). The keyword spellings `:invoke`, `:ok`, `:fail`,
+//!   `:info` are read the same way. Anything else is an error.
+//! * `f` (required): the function, a string: `read`, `write`, `cas` or
+//!   anything a workload defines (`:read` is read as `read`).
+//! * `key`, `value`: any JSON; a missing one is `null`. A `write`'s value is
+//!   the value written, a `cas` value is `[from, to]`, and an `ok` read's
+//!   value is the value read (`null`: the key was absent). Values are
+//!   compared as JSON values (numbers by value, objects by their members in
+//!   any order) and printed as written; see [`crate::json`].
+//! * `time` (optional): nanoseconds since the test started, a non-negative
+//!   integer (`null` is the same as leaving it out). It is for reports and
+//!   plots only: the *order of the lines* is what the checkers take as real
+//!   time, so that two clocks read a few nanoseconds apart cannot reorder
+//!   events. A report leaves out what it would need the time for (latencies,
+//!   plots, recovery durations) where it is missing.
 //! * Any other field (`node`, `index`, `error`, ...) is kept as it is in
 //!   [`Event::extra`] and written back unchanged.
+//!
+//! A line that is not a JSON object, names a field twice, lacks `process`,
+//! `type` or `f`, or has one of the wrong kind, is an error naming the line.
 //!
 //! # From events to operations
 //!
 //! The checkers reason about operations, not events: [`pair`] matches each
 //! client's invocation with its completion and yields one [`Op`] per
-//! invocation. It also enforces the rules that make a history meaningful:
+//! invocation. It also enforces the rules that make a history meaningful,
+//! and reports the line of the first event that breaks one:
 //!
 //! * A process does one thing at a time: it may not invoke while an earlier
-//!   invocation of its own is outstanding, and it may not complete what it
-//!   never invoked.
-//! * After an `info` a process is finished. Its last operation may still take
-//!   effect at any later moment, so it stays concurrent with everything after
-//!   it; if the same process id went on, its next operation would appear to
-//!   follow the unfinished one, which is not known. A client that times out
-//!   therefore continues under a new process id.
+//!   invocation of its own is still open (invoked, not yet completed), and
+//!   it may not complete what it never invoked.
+//! * A completion names the same `f` as its invocation, and the same `key`
+//!   if it names one.
+//!
+//! And two rules about operations whose outcome is unknown:
+//!
+//! * **An operation that ended with `info` is pending for ever.** It may
+//!   have taken effect at any moment after its invocation, may take effect
+//!   at any later moment, however late, or never. Its `info` line closes the
+//!   invocation (the process may go on), but not the operation: the
+//!   checkers treat it as concurrent with everything invoked after it. So a
+//!   process that goes on after an `info` (a client that timed out and
+//!   carried on) is fine, and its next operation is a new operation,
+//!   concurrent with the pending one; nothing orders the two, although one
+//!   process issued both.
 //! * An invocation that never completed (the test ended first) counts as
 //!   `info`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
+use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::de::{self, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::json::Json;
+
+/// A client process's id: any JSON scalar, kept as written. Two ids are the
+/// same process when they are equal JSON values, so `1` and `1.0` are one
+/// process and `1` and `"1"` are two. Cheap to clone: every operation of a
+/// process shares one.
+#[derive(Clone)]
+pub struct ProcessId(Arc<ProcessIdInner>);
+
+struct ProcessIdInner {
+    /// The id as written.
+    id: Json,
+    /// Its canonical text, the identity (see [`crate::json`]).
+    canonical: Box<str>,
+}
+
+impl ProcessId {
+    /// The id, if it is a scalar: a number, a string, `true`, `false` or
+    /// `null`.
+    pub fn new(id: Json) -> Option<ProcessId> {
+        if id.is_array() || id.is_object() {
+            return None;
+        }
+        let canonical = id.canonical().into_boxed_str();
+        Some(ProcessId(Arc::new(ProcessIdInner { id, canonical })))
+    }
+
+    /// The id as written.
+    pub fn as_json(&self) -> &Json {
+        &self.0.id
+    }
+}
+
+impl From<u64> for ProcessId {
+    fn from(id: u64) -> Self {
+        let id = Json::from(Value::from(id));
+        let canonical = id.canonical().into_boxed_str();
+        ProcessId(Arc::new(ProcessIdInner { id, canonical }))
+    }
+}
+
+impl PartialEq for ProcessId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.canonical == other.0.canonical
+    }
+}
+
+impl Eq for ProcessId {}
+
+impl Hash for ProcessId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.canonical.hash(state);
+    }
+}
+
+impl fmt::Display for ProcessId {
+    /// As written: `3`, `"alice"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.id.fmt(f)
+    }
+}
+
+impl fmt::Debug for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProcessId({})", self.0.id)
+    }
+}
+
+impl Serialize for ProcessId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.id.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcessId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = Json::deserialize(deserializer)?;
+        ProcessId::new(id).ok_or_else(|| de::Error::custom("a process id must be a JSON scalar"))
+    }
+}
+
 /// Who produced an event: a client process, or the nemesis (the fault
-/// injector). Serialized as an integer or as the string `"nemesis"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// injector). Serialized as the client's id as written, or as the string
+/// `"nemesis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Process {
-    /// A client process. A client that saw an `info` continues under a new
-    /// number.
-    Client(u64),
+    /// A client process. It does one thing at a time; after an `info` it
+    /// may go on under the same id (this harness's clients take a new one).
+    Client(ProcessId),
     /// The nemesis: partitions, crashes, pauses. Its events record when a
     /// fault started and stopped.
     Nemesis,
 }
 
+impl Process {
+    /// Reads a `process` field: the nemesis's names, or a client's id.
+    fn from_json(id: Json) -> Option<Process> {
+        match id.as_str() {
+            Some("nemesis" | ":nemesis") => Some(Process::Nemesis),
+            _ => ProcessId::new(id).map(Process::Client),
+        }
+    }
+}
+
 impl fmt::Display for Process {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Process::Client(p) => write!(f, "{p}"),
+            Process::Client(p) => p.fmt(f),
             Process::Nemesis => f.write_str("nemesis"),
         }
     }
@@ -92,7 +217,7 @@ impl fmt::Display for Process {
 impl Serialize for Process {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Process::Client(p) => serializer.serialize_u64(*p),
+            Process::Client(p) => p.serialize(serializer),
             Process::Nemesis => serializer.serialize_str("nemesis"),
         }
     }
@@ -100,37 +225,14 @@ impl Serialize for Process {
 
 impl<'de> Deserialize<'de> for Process {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ProcessVisitor;
-
-        impl Visitor<'_> for ProcessVisitor {
-            type Value = Process;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a non-negative integer or the string \"nemesis\"")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Process, E> {
-                Ok(Process::Client(v))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Process, E> {
-                u64::try_from(v)
-                    .map(Process::Client)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Process, E> {
-                if v == "nemesis" {
-                    Ok(Process::Nemesis)
-                } else {
-                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
-                }
-            }
-        }
-
-        deserializer.deserialize_any(ProcessVisitor)
+        let id = Json::deserialize(deserializer)?;
+        Process::from_json(id).ok_or_else(|| de::Error::custom(PROCESS_EXPECTED))
     }
 }
+
+/// What a `process` field must be.
+const PROCESS_EXPECTED: &str =
+    "`process` must be a JSON scalar (a number, a string, true, false or null), or \"nemesis\"";
 
 /// An event's `type`: the invocation, or one of the three outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -146,6 +248,19 @@ pub enum EventType {
     /// Unknown: the operation may have happened, or may still happen later
     /// (a timeout, a broken connection).
     Info,
+}
+
+impl EventType {
+    /// Reads a `type` field's string, plain or as an EDN keyword (`:ok`).
+    fn from_name(name: &str) -> Option<EventType> {
+        match name.strip_prefix(':').unwrap_or(name) {
+            "invoke" => Some(EventType::Invoke),
+            "ok" => Some(EventType::Ok),
+            "fail" => Some(EventType::Fail),
+            "info" => Some(EventType::Info),
+            _ => None,
+        }
+    }
 }
 
 /// An operation's function (`f`). The register checkers know `read`,
@@ -172,6 +287,18 @@ impl Function {
             Function::Write => "write",
             Function::Cas => "cas",
             Function::Other(name) => name,
+        }
+    }
+}
+
+impl Function {
+    /// The function named `name` (allocating only for [`Function::Other`]).
+    fn from_name(name: &str) -> Function {
+        match name {
+            "read" => Function::Read,
+            "write" => Function::Write,
+            "cas" => Function::Cas,
+            _ => Function::Other(name.to_owned()),
         }
     }
 }
@@ -203,7 +330,7 @@ impl fmt::Display for Function {
 }
 
 /// One line of a history file. See the [module docs](self) for the format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// Who: a client process or the nemesis.
     pub process: Process,
@@ -213,24 +340,249 @@ pub struct Event {
     /// The function: `read`, `write`, `cas`, or a workload's own.
     pub f: Function,
     /// The key the operation is on; `null` when absent from the line.
-    #[serde(default)]
-    pub key: Value,
+    pub key: Json,
     /// The argument (on an invocation) or the result (on an `ok` read);
     /// `null` when absent from the line.
-    #[serde(default)]
-    pub value: Value,
-    /// Nanoseconds since the start of the test, for reports. The checkers
-    /// order events by their position in the history, not by this.
-    pub time: u64,
+    pub value: Json,
+    /// Nanoseconds since the start of the test, for reports; `None` when
+    /// the line has none. The checkers order events by their position in
+    /// the history, not by this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
     /// Every other field of the line, kept and written back as it was.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The 1-based line of the file the event was read from, for error
+    /// messages; `None` for an event recorded in memory. Not written.
+    #[serde(skip)]
+    pub line: Option<usize>,
 }
 
 impl Event {
-    /// An event with no extra fields.
+    /// An event with no extra fields, at `time` nanoseconds.
     pub fn new(process: Process, kind: EventType, f: Function, key: Value, value: Value, time: u64) -> Self {
-        Event { process, kind, f, key, value, time, extra: Map::new() }
+        Event {
+            process,
+            kind,
+            f,
+            key: key.into(),
+            value: value.into(),
+            time: Some(time),
+            extra: Map::new(),
+            line: None,
+        }
+    }
+
+    /// Reads one event from the text of a JSON object; `line` is where it
+    /// was found, if in a file.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with it.
+    fn parse(text: &str, line: Option<usize>, processes: &mut ProcessCache) -> Result<Event, EventError> {
+        let fields: Fields<'_> = serde_json::from_str(text).map_err(EventError::Json)?;
+        let mut process = None;
+        let mut kind = None;
+        let mut f = None;
+        let mut key = Json::null();
+        let mut value = Json::null();
+        let mut time = None;
+        let mut extra = Map::new();
+        let mut seen: Vec<&str> = Vec::with_capacity(fields.0.len());
+        for (name, raw) in &fields.0 {
+            let name: &str = name;
+            if seen.contains(&name) {
+                return Err(EventError::Field(format!("the field `{name}` appears twice")));
+            }
+            seen.push(name);
+            let json = || Json::from_written(raw).map_err(EventError::Json);
+            match name {
+                "process" => process = Some(processes.get(raw)?),
+                "type" => {
+                    let name = string(raw)?;
+                    kind = Some(name.as_deref().and_then(EventType::from_name).ok_or_else(|| {
+                        EventError::Field(format!(
+                            "unknown `type` {}: expected \"invoke\", \"ok\", \"fail\" or \"info\"",
+                            raw.get()
+                        ))
+                    })?);
+                }
+                "f" => {
+                    let Some(name) = string(raw)? else {
+                        return Err(EventError::Field(format!("`f` must be a string, not {}", raw.get())));
+                    };
+                    let name = name.strip_prefix(':').unwrap_or(&name);
+                    f = Some(Function::from_name(name));
+                }
+                "key" => key = json()?,
+                "value" => value = json()?,
+                "time" => {
+                    let t = json()?;
+                    time = match t.value() {
+                        Value::Null => None,
+                        v => Some(v.as_u64().ok_or_else(|| {
+                            EventError::Field(format!(
+                                "`time` must be a non-negative integer (nanoseconds), not {t}"
+                            ))
+                        })?),
+                    };
+                }
+                _ => {
+                    let v: Value = serde_json::from_str(raw.get()).map_err(EventError::Json)?;
+                    extra.insert(name.to_owned(), v);
+                }
+            }
+        }
+        let missing = |field: &str| EventError::Field(format!("missing field `{field}`"));
+        Ok(Event {
+            process: process.ok_or_else(|| missing("process"))?,
+            kind: kind.ok_or_else(|| missing("type"))?,
+            f: f.ok_or_else(|| missing("f"))?,
+            key,
+            value,
+            time,
+            extra,
+            line,
+        })
+    }
+}
+
+/// A field's string value, borrowed from the line when it has no escapes;
+/// `None` if the value is not a string.
+fn string(raw: &RawValue) -> Result<Option<Cow<'_, str>>, EventError> {
+    let text = raw.get();
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        if !inner.contains('\\') {
+            return Ok(Some(Cow::Borrowed(inner)));
+        }
+    }
+    match serde_json::from_str::<Value>(text).map_err(EventError::Json)? {
+        Value::String(s) => Ok(Some(Cow::Owned(s))),
+        _ => Ok(None),
+    }
+}
+
+/// The process ids of one history, by the text of their `process` field:
+/// most lines repeat an id already seen, and then share it instead of
+/// reading it again.
+#[derive(Default)]
+struct ProcessCache(HashMap<Box<str>, Process>);
+
+impl ProcessCache {
+    fn get(&mut self, raw: &RawValue) -> Result<Process, EventError> {
+        if let Some(process) = self.0.get(raw.get()) {
+            return Ok(process.clone());
+        }
+        let id = Json::from_written(raw).map_err(EventError::Json)?;
+        let found = kind_of(&id);
+        let process = Process::from_json(id)
+            .ok_or_else(|| EventError::Field(format!("{PROCESS_EXPECTED}, not {found}")))?;
+        self.0.insert(raw.get().into(), process.clone());
+        Ok(process)
+    }
+}
+
+/// The kind of a JSON value, for messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl PartialEq for Event {
+    /// Two events are equal when they say the same thing: the line they were
+    /// read from is not part of it, and values compare as JSON values.
+    fn eq(&self, other: &Self) -> bool {
+        self.process == other.process
+            && self.kind == other.kind
+            && self.f == other.f
+            && self.key == other.key
+            && self.value == other.value
+            && self.time == other.time
+            && self.extra == other.extra
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Event::parse(raw.get(), None, &mut ProcessCache::default())
+            .map_err(|e| de::Error::custom(e.message()))
+    }
+}
+
+/// The fields of one line in the order written, each as its JSON text.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A field name, borrowed from the line unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object (one event)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                    fields.push((name, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// Why a line is not an event.
+enum EventError {
+    /// Not JSON, or not an object.
+    Json(serde_json::Error),
+    /// A field is missing, repeated, or of the wrong kind.
+    Field(String),
+}
+
+impl EventError {
+    fn message(&self) -> String {
+        match self {
+            EventError::Json(e) => e.to_string(),
+            EventError::Field(message) => message.clone(),
+        }
     }
 }
 
@@ -252,20 +604,23 @@ pub enum Outcome {
 /// One client operation: an invocation paired with its completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Op {
-    /// The client process that performed it.
-    pub process: u64,
+    /// The client process that performed it, as written.
+    pub process: ProcessId,
     /// The function.
     pub f: Function,
     /// The key, from the invocation.
-    pub key: Value,
+    pub key: Json,
     /// The invocation's value (what to write, `[from, to]` for a cas),
     /// except for an `ok` read, where it is the value read.
-    pub value: Value,
+    pub value: Json,
     /// What the client learnt.
     pub outcome: Outcome,
-    /// The invocation's `time`.
-    pub invoke_time: u64,
-    /// The completion's `time`, or `None` if the operation never completed.
+    /// The invocation's `time`; `None` (and left out when serialized) if
+    /// the invocation has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoke_time: Option<u64>,
+    /// The completion's `time`, or `None` if the operation never completed
+    /// or its completion has no time.
     pub complete_time: Option<u64>,
     /// The invocation's position in the history (0-based index of the
     /// event). Checkers use positions, not times, as real-time order.
@@ -285,6 +640,32 @@ impl Op {
         completion
             .and_then(|e| e.extra.get(name))
             .or_else(|| events.get(self.invoke_index).and_then(|e| e.extra.get(name)))
+    }
+}
+
+/// Where an event is: its position among the events (0-based), and the line
+/// of the file it was read from (1-based), if it was read from one.
+/// Displayed as `line N`, or `event N` for an event recorded in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The 0-based position among the events (blank lines do not count).
+    pub index: usize,
+    /// The 1-based line in the file.
+    pub line: Option<usize>,
+}
+
+impl Position {
+    fn of(events: &[Event], index: usize) -> Position {
+        Position { index, line: events.get(index).and_then(|e| e.line) }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}"),
+            None => write!(f, "event {}", self.index),
+        }
     }
 }
 
@@ -308,8 +689,9 @@ pub enum HistoryError {
         /// What went wrong.
         source: io::Error,
     },
-    /// A line is not a valid event: not JSON, or a field is missing or has
-    /// the wrong type.
+    /// A line is not a valid event: not JSON, not an object, a field is
+    /// missing, repeated or has the wrong kind, or `type` is not one of the
+    /// four.
     #[error("line {line}{}: {message}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
     Parse {
         /// The 1-based line number.
@@ -327,51 +709,36 @@ pub enum HistoryError {
         /// What the operating system said.
         source: io::Error,
     },
-    /// A process invoked an operation while its previous one was still
-    /// outstanding: a process does one thing at a time.
+    /// A process invoked an operation while its previous invocation was
+    /// still open (not completed): a process does one thing at a time.
     #[error(
-        "event {index}: process {process} invoked again while its operation invoked at event \
-         {outstanding} is outstanding"
+        "{at}: process {process} invoked again while its operation invoked at {open} is still open \
+         (a process does one thing at a time)"
     )]
     ConcurrentInvoke {
-        /// The position of the offending invocation (0-based).
-        index: usize,
+        /// The offending invocation.
+        at: Position,
         /// The process.
-        process: u64,
-        /// The position of the outstanding invocation.
-        outstanding: usize,
+        process: ProcessId,
+        /// The invocation still open.
+        open: Position,
     },
-    /// A completion (`ok`, `fail`, `info`) for a process with nothing
-    /// outstanding.
-    #[error("event {index}: process {process} completed an operation it never invoked")]
+    /// A completion (`ok`, `fail`, `info`) for a process with no open
+    /// invocation.
+    #[error("{at}: process {process} completed an operation it never invoked (no open invocation)")]
     CompletionWithoutInvoke {
-        /// The position of the completion (0-based).
-        index: usize,
+        /// The completion.
+        at: Position,
         /// The process.
-        process: u64,
-    },
-    /// A process went on after an `info`. Its unfinished operation may take
-    /// effect at any later time, so the client must continue as a new
-    /// process id.
-    #[error(
-        "event {index}: process {process} went on after its operation ended with info at event \
-         {info_index}; a client must continue under a new process id after an info"
-    )]
-    ProcessAfterInfo {
-        /// The position of the offending event (0-based).
-        index: usize,
-        /// The process.
-        process: u64,
-        /// The position of the `info` completion.
-        info_index: usize,
+        process: ProcessId,
     },
     /// A completion names another function or key than its invocation.
-    #[error("event {index}: process {process} completed {completed} but had invoked {invoked}")]
+    #[error("{at}: process {process} completed {completed} but had invoked {invoked}")]
     CompletionMismatch {
-        /// The position of the completion (0-based).
-        index: usize,
+        /// The completion.
+        at: Position,
         /// The process.
-        process: u64,
+        process: ProcessId,
         /// The invocation's `f` and `key`.
         invoked: String,
         /// The completion's `f` and `key`.
@@ -392,19 +759,23 @@ pub fn read_history(path: impl AsRef<Path>) -> Result<Vec<Event>, HistoryError> 
 }
 
 /// Reads a history from any reader (a file, a socket, a byte string in a
-/// test). Blank lines are skipped.
+/// test). Blank lines are skipped; each event remembers its line.
 ///
 /// # Errors
 /// As [`read_history`], minus opening.
 pub fn read_events(reader: impl BufRead) -> Result<Vec<Event>, HistoryError> {
     let mut events = Vec::new();
+    let mut processes = ProcessCache::default();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i + 1;
         let line = line.map_err(|source| HistoryError::Read { line: line_no, source })?;
         if line.trim().is_empty() {
             continue;
         }
-        let event = serde_json::from_str(&line).map_err(|e| parse_error(line_no, &e))?;
+        let event = Event::parse(&line, Some(line_no), &mut processes).map_err(|e| match e {
+            EventError::Json(e) => parse_error(line_no, &e),
+            EventError::Field(message) => HistoryError::Parse { line: line_no, column: None, message },
+        })?;
         events.push(event);
     }
     Ok(events)
@@ -464,32 +835,30 @@ pub fn write_events(mut out: impl Write, events: &[Event]) -> io::Result<()> {
 ///
 /// An `ok` read's [`Op::value`] is the value read; every other operation
 /// keeps its invocation's value. An invocation with no completion becomes an
-/// [`Outcome::Info`] operation with no completion time.
+/// [`Outcome::Info`] operation with no completion. An `info` completion
+/// closes the invocation, so the process may invoke again; the operation
+/// stays [`Outcome::Info`], pending for ever.
 ///
 /// # Errors
-/// [`HistoryError::ConcurrentInvoke`], [`HistoryError::CompletionWithoutInvoke`],
-/// [`HistoryError::ProcessAfterInfo`] or [`HistoryError::CompletionMismatch`]
-/// for the first event that breaks a rule.
+/// [`HistoryError::ConcurrentInvoke`], [`HistoryError::CompletionWithoutInvoke`]
+/// or [`HistoryError::CompletionMismatch`] for the first event that breaks a
+/// rule, naming its line (or position, for events recorded in memory).
 pub fn pair(events: &[Event]) -> Result<Vec<Op>, HistoryError> {
     let mut ops: Vec<Op> = Vec::new();
-    // Process -> the index in `ops` of its outstanding operation.
-    let mut outstanding: HashMap<u64, usize> = HashMap::new();
-    // Process -> the position of the `info` that finished it.
-    let mut finished: HashMap<u64, usize> = HashMap::new();
+    // Process -> the index in `ops` of its open invocation.
+    let mut open: HashMap<&ProcessId, usize> = HashMap::new();
 
     for (index, event) in events.iter().enumerate() {
-        let Process::Client(process) = event.process else { continue };
-        if let Some(&info_index) = finished.get(&process) {
-            return Err(HistoryError::ProcessAfterInfo { index, process, info_index });
-        }
+        let Process::Client(process) = &event.process else { continue };
+        let at = Position::of(events, index);
         if event.kind == EventType::Invoke {
-            if let Some(&open) = outstanding.get(&process) {
-                let outstanding = ops[open].invoke_index;
-                return Err(HistoryError::ConcurrentInvoke { index, process, outstanding });
+            if let Some(&o) = open.get(process) {
+                let open = Position::of(events, ops[o].invoke_index);
+                return Err(HistoryError::ConcurrentInvoke { at, process: process.clone(), open });
             }
-            outstanding.insert(process, ops.len());
+            open.insert(process, ops.len());
             ops.push(Op {
-                process,
+                process: process.clone(),
                 f: event.f.clone(),
                 key: event.key.clone(),
                 value: event.value.clone(),
@@ -502,29 +871,28 @@ pub fn pair(events: &[Event]) -> Result<Vec<Op>, HistoryError> {
             continue;
         }
 
-        let Some(open) = outstanding.remove(&process) else {
-            return Err(HistoryError::CompletionWithoutInvoke { index, process });
+        let Some(o) = open.remove(process) else {
+            return Err(HistoryError::CompletionWithoutInvoke { at, process: process.clone() });
         };
-        let op = &mut ops[open];
+        let op = &mut ops[o];
         // A completion may leave out the key, but may not name another one.
         if op.f != event.f || (!event.key.is_null() && op.key != event.key) {
             return Err(HistoryError::CompletionMismatch {
-                index,
-                process,
+                at,
+                process: process.clone(),
                 invoked: format!("{} on key {}", op.f, op.key),
                 completed: format!("{} on key {}", event.f, event.key),
             });
         }
-        op.complete_time = Some(event.time);
+        op.complete_time = event.time;
         op.complete_index = Some(index);
         op.outcome = match event.kind {
             EventType::Ok => Outcome::Ok,
             EventType::Fail => Outcome::Fail,
-            // `Invoke` was handled above; an `info` finishes the process.
-            EventType::Info | EventType::Invoke => {
-                finished.insert(process, index);
-                Outcome::Info
-            }
+            // `Invoke` was handled above. An `info` closes the invocation,
+            // and the process is free to go on; the operation itself stays
+            // pending, which is what the checkers read `Info` as.
+            EventType::Info | EventType::Invoke => Outcome::Info,
         };
         if op.outcome == Outcome::Ok && op.f == Function::Read {
             op.value = event.value.clone();
@@ -611,6 +979,10 @@ mod tests {
         pair(&parse_history(text).expect("test history parses"))
     }
 
+    fn client(id: Value) -> Process {
+        Process::Client(ProcessId::new(id.into()).expect("a scalar"))
+    }
+
     #[test]
     fn parse_keeps_extra_fields_and_round_trips() {
         let text = r#"{"process":3,"type":"ok","f":"read","key":"x","value":7,"time":12,"node":"n2","index":40}
@@ -618,14 +990,16 @@ mod tests {
 "#;
         let events = parse_history(text).unwrap();
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].process, Process::Client(3));
+        assert_eq!(events[0].process, Process::Client(3.into()));
         assert_eq!(events[0].kind, EventType::Ok);
         assert_eq!(events[0].f, Function::Read);
+        assert_eq!(events[0].time, Some(12));
+        assert_eq!(events[0].line, Some(1));
         assert_eq!(events[0].extra.get("node"), Some(&json!("n2")));
         assert_eq!(events[0].extra.get("index"), Some(&json!(40)));
         assert_eq!(events[1].process, Process::Nemesis);
         assert_eq!(events[1].f, Function::Other("start-partition".into()));
-        assert_eq!(events[1].key, Value::Null);
+        assert!(events[1].key.is_null());
 
         let mut written = Vec::new();
         write_events(&mut written, &events).unwrap();
@@ -637,11 +1011,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
         let events = vec![
-            Event::new(Process::Client(0), EventType::Invoke, Function::Write, json!(1), json!(5), 10),
-            Event::new(Process::Client(0), EventType::Ok, Function::Write, json!(1), json!(5), 20),
+            Event::new(Process::Client(0.into()), EventType::Invoke, Function::Write, json!(1), json!(5), 10),
+            Event::new(Process::Client(0.into()), EventType::Ok, Function::Write, json!(1), json!(5), 20),
         ];
         write_history(&path, &events).unwrap();
         assert_eq!(read_history(&path).unwrap(), events);
+    }
+
+    #[test]
+    fn values_and_process_ids_are_written_back_as_they_were_read() {
+        let text = r#"{"process":"c1","type":"invoke","f":"write","key":1.0,"value":{"b":2.50,"a":1e0}}"#;
+        let events = parse_history(text).unwrap();
+        let mut written = Vec::new();
+        write_events(&mut written, &events).unwrap();
+        let line = String::from_utf8(written).unwrap();
+        assert_eq!(
+            line.trim_end(),
+            r#"{"process":"c1","type":"invoke","f":"write","key":1.0,"value":{"b":2.50,"a":1e0}}"#
+        );
     }
 
     #[test]
@@ -654,16 +1041,126 @@ mod tests {
     }
 
     #[test]
-    fn missing_field_and_bad_process_are_parse_errors() {
-        let missing_time = r#"{"process":0,"type":"invoke","f":"read","key":1}"#;
-        let err = parse_history(missing_time).unwrap_err();
-        assert!(err.to_string().contains("line 1") && err.to_string().contains("time"), "{err}");
+    fn malformed_events_are_parse_errors_naming_the_line_and_the_problem() {
+        let cases = [
+            (r#"{"type":"invoke","f":"read"}"#, "missing field `process`"),
+            (r#"{"process":0,"f":"read"}"#, "missing field `type`"),
+            (r#"{"process":0,"type":"invoke"}"#, "missing field `f`"),
+            (r#"{"process":[0],"type":"invoke","f":"read"}"#, "not an array"),
+            (r#"{"process":{"id":0},"type":"invoke","f":"read"}"#, "not an object"),
+            (r#"{"process":0,"type":"done","f":"read"}"#, "unknown `type` \"done\""),
+            (r#"{"process":0,"type":1,"f":"read"}"#, "unknown `type` 1"),
+            (r#"{"process":0,"type":"invoke","f":7}"#, "`f` must be a string"),
+            (
+                r#"{"process":0,"type":"invoke","f":"read","time":-1}"#,
+                "`time` must be a non-negative integer",
+            ),
+            (
+                r#"{"process":0,"type":"invoke","f":"read","time":1.5}"#,
+                "`time` must be a non-negative integer",
+            ),
+            (r#"{"process":0,"type":"invoke","f":"read","value":1,"value":2}"#, "`value` appears twice"),
+            (r#"[0,"invoke","read"]"#, "a JSON object"),
+        ];
+        for (line, expected) in cases {
+            let text = format!("\n{line}\n");
+            let err = parse_history(&text).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, HistoryError::Parse { line: 2, .. }), "{line}: {message}");
+            assert!(message.starts_with("line 2") && message.contains(expected), "{line}: {message}");
+        }
+    }
 
-        let negative = r#"{"process":-1,"type":"invoke","f":"read","key":1,"time":0}"#;
-        assert!(matches!(parse_history(negative), Err(HistoryError::Parse { line: 1, .. })));
+    #[test]
+    fn any_json_scalar_is_a_client_process_id() {
+        for id in [json!(7), json!(-3), json!(2.5), json!("alice"), json!(""), json!(true), json!(null)] {
+            let text = format!(
+                r#"{{"process":{id},"type":"invoke","f":"write","key":"x","value":1}}
+{{"process":{id},"type":"ok","f":"write","key":"x","value":1}}"#
+            );
+            let events = parse_history(&text).unwrap();
+            assert_eq!(events[0].process, client(id.clone()));
+            let ops = pair(&events).unwrap();
+            assert_eq!((ops.len(), ops[0].outcome), (1, Outcome::Ok), "{id}");
+            assert_eq!(ops[0].process.as_json(), &id);
+        }
+    }
 
-        let bad_type = r#"{"process":0,"type":"done","f":"read","key":1,"time":0}"#;
-        assert!(matches!(parse_history(bad_type), Err(HistoryError::Parse { line: 1, .. })));
+    #[test]
+    fn numerically_equal_process_ids_are_one_process_and_a_string_is_another() {
+        // 1 and 1.0 are one process: its second invocation overlaps its first.
+        let err = pair_text(
+            r#"{"process":1,"type":"invoke","f":"write","key":"x","value":1}
+{"process":1.0,"type":"invoke","f":"read","key":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, HistoryError::ConcurrentInvoke { .. }), "{err}");
+        // 1 and "1" are two processes, each doing one thing.
+        let ops = pair_text(
+            r#"{"process":1,"type":"invoke","f":"write","key":"x","value":1}
+{"process":"1","type":"invoke","f":"read","key":"x"}
+{"process":1e0,"type":"ok","f":"write","key":"x","value":1}
+{"process":"1","type":"ok","f":"read","key":"x","value":1}"#,
+        )
+        .unwrap();
+        assert_eq!(ops.iter().map(|op| op.outcome).collect::<Vec<_>>(), [Outcome::Ok, Outcome::Ok]);
+        assert_eq!(ops[1].process.to_string(), r#""1""#);
+    }
+
+    #[test]
+    fn process_ids_built_in_code_equal_the_same_ids_read_from_a_file() {
+        let events = parse_history(
+            r#"{"process":100,"type":"invoke","f":"read"}
+{"process":1e2,"type":"invoke","f":"read"}"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].process, Process::Client(100.into()));
+        assert_eq!(events[1].process, Process::Client(100.into()));
+        assert_eq!(events[1].process.to_string(), "1e2", "shown as written");
+    }
+
+    #[test]
+    fn nemesis_and_keyword_nemesis_are_the_nemesis_and_are_skipped_by_pairing() {
+        let events = parse_history(
+            r#"{"process":"nemesis","type":"info","f":"start-partition"}
+{"process":":nemesis","type":"info","f":"stop-partition"}"#,
+        )
+        .unwrap();
+        assert_eq!((&events[0].process, &events[1].process), (&Process::Nemesis, &Process::Nemesis));
+        assert!(pair(&events).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keyword_spellings_of_type_and_f_are_read_as_their_names() {
+        let ops = pair_text(
+            r#"{"process":0,"type":":invoke","f":":cas","key":"x","value":[1,2]}
+{"process":0,"type":":fail","f":":cas","key":"x","value":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!((ops[0].f.clone(), ops[0].outcome), (Function::Cas, Outcome::Fail));
+    }
+
+    #[test]
+    fn time_is_optional_and_null_time_is_no_time() {
+        let ops = pair_text(
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1}
+{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":null}
+{"process":0,"type":"invoke","f":"read","key":"x","time":5}
+{"process":0,"type":"ok","f":"read","key":"x","value":1}"#,
+        )
+        .unwrap();
+        assert_eq!((ops[0].invoke_time, ops[0].complete_time), (None, None));
+        assert_eq!((ops[1].invoke_time, ops[1].complete_time), (Some(5), None));
+        // Without a time, an operation serializes without one.
+        let json = serde_json::to_value(&ops[0]).unwrap();
+        assert!(json.get("invoke_time").is_none(), "{json}");
+    }
+
+    #[test]
+    fn escaped_field_names_are_read_as_their_names() {
+        let events =
+            parse_history(r#"{"pro\u0063ess":0,"type":"invoke","\u0066":"read","ti\u006de":3}"#).unwrap();
+        assert_eq!((events[0].f.clone(), events[0].time), (Function::Read, Some(3)));
     }
 
     #[test]
@@ -688,12 +1185,12 @@ mod tests {
         assert_eq!(
             ops[0],
             Op {
-                process: 0,
+                process: 0.into(),
                 f: Function::Write,
-                key: json!("x"),
-                value: json!(1),
+                key: json!("x").into(),
+                value: json!(1).into(),
                 outcome: Outcome::Ok,
-                invoke_time: 1,
+                invoke_time: Some(1),
                 complete_time: Some(4),
                 invoke_index: 0,
                 complete_index: Some(3),
@@ -702,9 +1199,9 @@ mod tests {
         // An ok read carries the value read, not the invocation's null.
         assert_eq!(
             (ops[1].f.clone(), ops[1].value.clone(), ops[1].outcome),
-            (Function::Read, json!(1), Outcome::Ok)
+            (Function::Read, json!(1).into(), Outcome::Ok)
         );
-        assert_eq!((ops[2].value.clone(), ops[2].outcome), (json!([1, 2]), Outcome::Fail));
+        assert_eq!((ops[2].value.clone(), ops[2].outcome), (json!([1, 2]).into(), Outcome::Fail));
     }
 
     #[test]
@@ -732,35 +1229,74 @@ mod tests {
     }
 
     #[test]
-    fn second_invoke_while_outstanding_is_rejected() {
+    fn second_invoke_while_open_is_rejected_naming_both_lines() {
         let err = pair_text(
             r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
+
 {"process":0,"type":"invoke","f":"read","key":"x","time":2}"#,
         )
         .unwrap_err();
+        let at = Position { index: 1, line: Some(3) };
+        let open = Position { index: 0, line: Some(1) };
         assert!(
-            matches!(err, HistoryError::ConcurrentInvoke { index: 1, process: 0, outstanding: 0 }),
+            matches!(&err, HistoryError::ConcurrentInvoke { at: a, open: o, .. } if *a == at && *o == open),
             "{err}"
         );
+        let message = err.to_string();
+        assert!(message.starts_with("line 3: process 0") && message.contains("at line 1"), "{message}");
     }
 
     #[test]
-    fn completion_without_invoke_is_rejected() {
+    fn completion_without_invoke_is_rejected_naming_the_line() {
         let err =
             pair_text(r#"{"process":2,"type":"ok","f":"read","key":"x","value":1,"time":1}"#).unwrap_err();
-        assert!(matches!(err, HistoryError::CompletionWithoutInvoke { index: 0, process: 2 }), "{err}");
+        assert!(
+            matches!(&err, HistoryError::CompletionWithoutInvoke { at: Position { index: 0, line: Some(1) }, process } if *process == 2.into()),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("line 1: process 2 completed"), "{err}");
     }
 
     #[test]
-    fn process_continuing_after_info_is_rejected() {
-        let err = pair_text(
+    fn errors_on_events_recorded_in_memory_name_the_position() {
+        let events = vec![Event::new(
+            Process::Client(5.into()),
+            EventType::Ok,
+            Function::Read,
+            json!("x"),
+            json!(1),
+            1,
+        )];
+        let err = pair(&events).unwrap_err();
+        assert!(err.to_string().starts_with("event 0: process 5"), "{err}");
+    }
+
+    #[test]
+    fn process_may_go_on_after_info_and_the_info_operation_stays_pending() {
+        let ops = pair_text(
             r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
 {"process":0,"type":"info","f":"write","key":"x","value":1,"time":2}
-{"process":0,"type":"invoke","f":"read","key":"x","time":3}"#,
+{"process":0,"type":"invoke","f":"read","key":"x","time":3}
+{"process":0,"type":"ok","f":"read","key":"x","value":1,"time":4}"#,
+        )
+        .unwrap();
+        assert_eq!(ops.len(), 2);
+        assert_eq!((ops[0].outcome, ops[0].complete_index), (Outcome::Info, Some(1)));
+        assert_eq!((ops[1].outcome, ops[1].process.clone()), (Outcome::Ok, 0.into()));
+    }
+
+    #[test]
+    fn late_completion_after_info_is_a_completion_without_invoke() {
+        // The info closed the invocation; an ok for it afterwards has
+        // nothing open to complete.
+        let err = pair_text(
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1}
+{"process":0,"type":"info","f":"write","key":"x","value":1}
+{"process":0,"type":"ok","f":"write","key":"x","value":1}"#,
         )
         .unwrap_err();
         assert!(
-            matches!(err, HistoryError::ProcessAfterInfo { index: 2, process: 0, info_index: 1 }),
+            matches!(err, HistoryError::CompletionWithoutInvoke { at: Position { line: Some(3), .. }, .. }),
             "{err}"
         );
     }
@@ -771,27 +1307,47 @@ mod tests {
             r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
 {"process":0,"type":"ok","f":"read","key":"x","value":1,"time":2}"#,
         );
-        assert!(matches!(other_f, Err(HistoryError::CompletionMismatch { index: 1, .. })));
+        assert!(matches!(
+            other_f,
+            Err(HistoryError::CompletionMismatch { at: Position { index: 1, .. }, .. })
+        ));
         let other_key = pair_text(
             r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
 {"process":0,"type":"ok","f":"write","key":"y","value":1,"time":2}"#,
         );
-        assert!(matches!(other_key, Err(HistoryError::CompletionMismatch { index: 1, .. })));
+        assert!(matches!(
+            other_key,
+            Err(HistoryError::CompletionMismatch { at: Position { index: 1, .. }, .. })
+        ));
+        // The same key spelt another way is the same key.
+        let respelt = pair_text(
+            r#"{"process":0,"type":"invoke","f":"write","key":1,"value":1,"time":1}
+{"process":0,"type":"ok","f":"write","key":1.0,"value":1,"time":2}"#,
+        );
+        assert_eq!(respelt.unwrap()[0].outcome, Outcome::Ok);
     }
 
     #[test]
     fn recorder_appends_in_order_with_nondecreasing_times_and_extras() {
         let recorder = Recorder::new(Instant::now());
         let clone = recorder.clone();
-        recorder.record(Process::Client(0), EventType::Invoke, Function::Write, json!("x"), json!(1));
+        recorder.record(Process::Client(0.into()), EventType::Invoke, Function::Write, json!("x"), json!(1));
         let mut extra = Map::new();
         extra.insert("node".into(), json!("n1"));
-        clone.record_with(Process::Client(0), EventType::Ok, Function::Write, json!("x"), json!(1), extra);
+        clone.record_with(
+            Process::Client(0.into()),
+            EventType::Ok,
+            Function::Write,
+            json!("x"),
+            json!(1),
+            extra,
+        );
         let events = recorder.events();
         assert_eq!(events.len(), 2, "clones share one history");
         assert_eq!((events[0].kind, events[1].kind), (EventType::Invoke, EventType::Ok));
-        assert!(events[0].time <= events[1].time);
-        assert!(events[1].time <= recorder.elapsed_nanos());
+        let (t0, t1) = (events[0].time.unwrap(), events[1].time.unwrap());
+        assert!(t0 <= t1);
+        assert!(t1 <= recorder.elapsed_nanos());
         assert!(events[0].extra.is_empty());
         assert_eq!(events[1].extra.get("node"), Some(&json!("n1")));
     }

@@ -9,27 +9,30 @@
 //!
 //! 1. [`history`]: the history file (JSON lines, one event per line), and
 //!    pairing each invocation with its completion into an operation.
-//! 2. [`checker`]: the verdict (valid, invalid, unknown) and the checkers;
+//! 2. [`json`]: the values in a history, compared as JSON values (numbers
+//!    by value, objects by their members in any order) and printed as
+//!    written.
+//! 3. [`checker`]: the verdict (valid, invalid, unknown) and the checkers;
 //!    [`checker::linear`] decides linearizability per key, [`checker::set`]
 //!    and [`checker::session`] judge the other workloads' histories, and
 //!    [`checker::leaders`], [`checker::convergence`] and [`checker::logs`]
 //!    judge what the harness polls and collects from the nodes.
-//! 3. [`check`]: re-checking a stored history with every checker, which is
+//! 4. [`check`]: re-checking a stored history with every checker, which is
 //!    what `jepsen check` does.
-//! 4. [`sim`]: synthetic linearizable histories from a simulated register,
+//! 5. [`sim`]: synthetic linearizable histories from a simulated register,
 //!    to test and benchmark the checkers without a cluster.
-//! 5. [`cli`]: the `jepsen` command line and its exit codes.
-//! 6. [`net`]: the proxy on every Raft link, which cuts links per direction
+//! 6. [`cli`]: the `jepsen` command line and its exit codes.
+//! 7. [`net`]: the proxy on every Raft link, which cuts links per direction
 //!    to make network partitions without root rights.
-//! 7. [`cluster`]: real `kv-server` processes behind those proxies, which
+//! 8. [`cluster`]: real `kv-server` processes behind those proxies, which
 //!    the harness can kill, restart, pause and resume.
-//! 8. [`stats`]: what a run exercised, in numbers: outcomes per function
+//! 9. [`stats`]: what a run exercised, in numbers: outcomes per function
 //!    and per phase (before, during and after faults), the fault timeline,
 //!    recovery after each heal, and latency percentiles.
-//! 9. [`plot`]: latency and throughput over time, with the faults shaded.
-//! 10. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
+//! 10. [`plot`]: latency and throughput over time, with the faults shaded.
+//! 11. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
 //!     and the report of one run; [`store`] is where runs are kept.
-//! 11. [`replay`]: a stopped node's log, replayed into the final log the
+//! 12. [`replay`]: a stopped node's log, replayed into the final log the
 //!     session checker's consistent-prefix check needs.
 //!
 //! The format and how to read a counterexample are described in
@@ -40,6 +43,7 @@ pub mod checker;
 pub mod cli;
 pub mod cluster;
 pub mod history;
+pub mod json;
 pub mod net;
 pub mod plot;
 pub mod replay;
@@ -50,4 +54,5 @@ pub mod store;
 
 pub use check::{check_events, check_events_with, check_file, CheckError, CheckReport};
 pub use checker::Verdict;
-pub use history::{pair, read_history, write_history, Event, HistoryError, Op, Outcome};
+pub use history::{pair, read_history, write_history, Event, HistoryError, Op, Outcome, ProcessId};
+pub use json::Json;

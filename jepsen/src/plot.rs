@@ -28,9 +28,14 @@
 //! other) has its own translucent colour and legend entry, so overlapping
 //! faults show as mixed shades.
 //!
+//! The plots need the events' `time` fields, which a history may leave out
+//! (see [`crate::history`]): an operation without both its times is not
+//! drawn, a fault whose start has no time is not shaded, and a history with
+//! no time at all gets no plots.
+//!
 //! Drawing a plot can fail (a directory that cannot be written, a history
-//! that does not pair); [`write_plots`] reports which plot failed and goes
-//! on, since a missing plot should never hide a verdict.
+//! that does not pair or has no times); [`write_plots`] reports which plot
+//! failed and goes on, since a missing plot should never hide a verdict.
 
 use std::path::Path;
 use std::time::Duration;
@@ -117,7 +122,7 @@ pub fn write_plots(dir: &Path, events: &[Event], options: &PlotOptions) -> Vec<(
     for (file, draw) in plots {
         let result = match &timeline {
             Ok(timeline) => draw(timeline, &dir.join(file)),
-            Err(e) => Err(anyhow::anyhow!("the history does not pair: {e}")),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
         };
         if let Err(e) = result {
             failures.push((file.to_owned(), e));
@@ -193,13 +198,18 @@ struct Timeline {
 }
 
 impl Timeline {
-    fn new(events: &[Event], min_duration: Duration) -> Result<Timeline, history::HistoryError> {
+    fn new(events: &[Event], min_duration: Duration) -> anyhow::Result<Timeline> {
         let secs = |ns: u64| ns as f64 / 1e9;
-        let last = events.iter().map(|e| e.time).max().unwrap_or(0);
+        let ops = history::pair(events).map_err(|e| anyhow::anyhow!("the history does not pair: {e}"))?;
+        if !events.is_empty() && events.iter().all(|e| e.time.is_none()) {
+            anyhow::bail!("the history has no `time` fields, and the plots are drawn against time");
+        }
+        let last = events.iter().filter_map(|e| e.time).max().unwrap_or(0);
         let end = secs(last).max(min_duration.as_secs_f64());
 
-        let ops = history::pair(events)?;
-        let completed: Vec<&Op> = ops.iter().filter(|op| op.complete_time.is_some()).collect();
+        // An operation is drawn only if both its times are known.
+        let completed: Vec<&Op> =
+            ops.iter().filter(|op| op.invoke_time.is_some() && op.complete_time.is_some()).collect();
         let functions =
             palette(completed.iter().map(|op| op.f.as_str()), &KNOWN_FUNCTIONS, &OTHER_FUNCTION_COLORS);
         let mut series = Vec::new();
@@ -213,20 +223,23 @@ impl Timeline {
         let points = completed
             .iter()
             .filter_map(|op| {
-                let done = op.complete_time?;
+                let (invoked, done) = (op.invoke_time?, op.complete_time?);
                 let series = series.iter().position(|s| s.f == op.f.as_str() && s.outcome == op.outcome)?;
                 Some(Point {
                     series,
-                    invoked: secs(op.invoke_time),
+                    invoked: secs(invoked),
                     completed: secs(done),
-                    latency_ms: done.saturating_sub(op.invoke_time) as f64 / 1e6,
+                    latency_ms: done.saturating_sub(invoked) as f64 / 1e6,
                 })
             })
             .collect();
 
         let shades: Vec<Shade> = fault_intervals(events)
             .into_iter()
-            .map(|i| Shade { from: secs(i.start_ns), to: i.stop_ns.map_or(end, secs), name: i.name })
+            // A fault whose start has no time cannot be placed on the axis.
+            .filter_map(|i| {
+                Some(Shade { from: secs(i.start_ns?), to: i.stop_ns.map_or(end, secs), name: i.name })
+            })
             .collect();
         let faults = palette(shades.iter().map(|s| s.name.as_str()), &KNOWN_FAULTS, &OTHER_FAULT_COLORS)
             .into_iter()
@@ -417,7 +430,7 @@ mod tests {
 
     fn client(process: u64, kind: EventType, f: &str, time_ms: u64) -> Event {
         Event::new(
-            Process::Client(process),
+            Process::Client(process.into()),
             kind,
             Function::from(f.to_owned()),
             json!("x"),
@@ -522,5 +535,33 @@ mod tests {
         let failures = write_plots(dir.path(), &unpaired, &PlotOptions::default());
         assert_eq!(failures.len(), 2);
         assert!(failures[1].1.to_string().contains("does not pair"), "{}", failures[1].1);
+    }
+
+    #[test]
+    fn history_without_times_gets_no_plots_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeless: Vec<Event> = small_history()
+            .into_iter()
+            .map(|mut e| {
+                e.time = None;
+                e
+            })
+            .collect();
+        let failures = write_plots(dir.path(), &timeless, &PlotOptions::default());
+        assert_eq!(failures.len(), 2);
+        assert!(failures[0].1.to_string().contains("no `time`"), "{}", failures[0].1);
+        assert!(!dir.path().join("rate.svg").exists());
+    }
+
+    #[test]
+    fn operations_and_faults_without_times_are_left_out_of_the_plots() {
+        let mut history = small_history();
+        // The write's completion and the kill's start lose their times.
+        history[6].time = None;
+        history[4].time = None;
+        let timeline = Timeline::new(&history, Duration::ZERO).unwrap();
+        assert!(timeline.points.iter().all(|p| timeline.series[p.series].f != "write"));
+        let shades: Vec<&str> = timeline.shades.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(shades, ["partition", "clock-skew"]);
     }
 }

@@ -46,11 +46,25 @@ pub struct RegisterSim {
     pub info_rate: f64,
     /// The random seed: the same seed gives the same history.
     pub seed: u64,
+    /// `None`: every write and cas writes a value never written before, as
+    /// the harness's workloads do. `Some(n)`: values are drawn from `0..n`,
+    /// so the same value is written many times and reads cannot tell the
+    /// writes apart, which is what makes histories from other tools (a
+    /// handful of values on one key) hard for a checker.
+    pub distinct_values: Option<u64>,
 }
 
 impl Default for RegisterSim {
     fn default() -> Self {
-        RegisterSim { ops: 1_000, keys: 5, concurrency: 5, fail_rate: 0.05, info_rate: 0.05, seed: 0 }
+        RegisterSim {
+            ops: 1_000,
+            keys: 5,
+            concurrency: 5,
+            fail_rate: 0.05,
+            info_rate: 0.05,
+            seed: 0,
+            distinct_values: None,
+        }
     }
 }
 
@@ -104,6 +118,13 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
     let mut process_of: Vec<u64> = (0..sim.concurrency as u64).collect();
     let mut next_process = sim.concurrency as u64;
     let mut next_value = 0u64;
+    let mut new_value = |rng: &mut StdRng| match sim.distinct_values {
+        Some(n) => rng.gen_range(0..n.max(1)),
+        None => {
+            next_value += 1;
+            next_value
+        }
+    };
     let mut invoked = 0usize;
     let nemesis_every = (sim.ops / 8).max(1);
     for worker in 0..sim.concurrency {
@@ -134,13 +155,11 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
                 let (f, value) = if roll < 0.5 {
                     (Function::Read, Value::Null)
                 } else if roll < 0.8 {
-                    next_value += 1;
-                    (Function::Write, json!(next_value))
+                    (Function::Write, json!(new_value(&mut rng)))
                 } else {
                     // Usually the current value, so that some cas succeed
                     // and some find that another write got there first.
-                    next_value += 1;
-                    (Function::Cas, json!([registers[key].clone(), next_value]))
+                    (Function::Cas, json!([registers[key].clone(), new_value(&mut rng)]))
                 };
                 let roll: f64 = rng.gen();
                 let plan = if roll < sim.fail_rate {
@@ -162,7 +181,7 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
                 };
                 let op = ops.len();
                 events.push(Event::new(
-                    Process::Client(process_of[worker]),
+                    Process::Client(process_of[worker].into()),
                     EventType::Invoke,
                     f.clone(),
                     json!(key),
@@ -216,8 +235,14 @@ pub fn simulate_register(sim: &RegisterSim) -> Vec<Event> {
                     (Plan::Fail, _) => (EventType::Fail, op.value.clone()),
                     (Plan::Info, _) => (EventType::Info, op.value.clone()),
                 };
-                let mut event =
-                    Event::new(Process::Client(op.process), kind, op.f.clone(), json!(op.key), value, now);
+                let mut event = Event::new(
+                    Process::Client(op.process.into()),
+                    kind,
+                    op.f.clone(),
+                    json!(op.key),
+                    value,
+                    now,
+                );
                 event.extra.insert("node".into(), json!(format!("n{}", worker % 3 + 1)));
                 events.push(event);
                 if kind == EventType::Info {
@@ -258,5 +283,20 @@ mod tests {
         let cas_failed = ops.iter().filter(|op| op.f == Function::Cas && op.outcome == Outcome::Fail).count();
         let cas_ok = ops.iter().filter(|op| op.f == Function::Cas && op.outcome == Outcome::Ok).count();
         assert!(cas_failed > 0 && cas_ok > 0, "cas ok {cas_ok}, failed {cas_failed}");
+    }
+
+    #[test]
+    fn distinct_values_draws_every_written_value_from_the_range() {
+        let sim = RegisterSim { ops: 2_000, keys: 1, distinct_values: Some(3), ..RegisterSim::default() };
+        let ops = pair(&simulate_register(&sim)).unwrap();
+        let written: std::collections::BTreeSet<u64> = ops
+            .iter()
+            .filter_map(|op| match op.f {
+                Function::Write => op.value.as_u64(),
+                Function::Cas => op.value[1].as_u64(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
     }
 }

@@ -46,6 +46,13 @@
 //! are differences of the events' `time` fields. Times are nanoseconds since
 //! the test started (`*_ns`), as in the history file, so an interval can be
 //! found there; durations are milliseconds (`*_ms`).
+//!
+//! `time` is optional in a history. Where an event has none, what needs it
+//! is left out, never guessed: its `*_ns` is `None`, a recovery whose stop
+//! or write has no time has no `recovery_ms` (it still counts as
+//! recovered), and an operation without both times is left out of the
+//! latencies. Counts, phases and the fault timeline's order depend only on
+//! positions, so they are the same with or without times.
 
 use std::collections::BTreeMap;
 
@@ -157,14 +164,15 @@ pub struct FaultInterval {
     pub name: String,
     /// The start event's position in the history.
     pub start_index: usize,
-    /// The start event's time.
-    pub start_ns: u64,
+    /// The start event's time, or `None` if it has none.
+    pub start_ns: Option<u64>,
     /// The start event's `value` (the harness records the fault's shape,
     /// the nodes it hit, and who led at that moment).
     pub start_value: Value,
     /// The stop event's position, or `None` if the fault never stopped.
     pub stop_index: Option<usize>,
-    /// The stop event's time, or `None` if the fault never stopped.
+    /// The stop event's time, or `None` if the fault never stopped or its
+    /// stop event has no time.
     pub stop_ns: Option<u64>,
     /// The stop event's `value`, or `None` if the fault never stopped.
     pub stop_value: Option<Value>,
@@ -216,7 +224,7 @@ pub fn fault_intervals(events: &[Event]) -> Vec<FaultInterval> {
                     name: name.to_owned(),
                     start_index: index,
                     start_ns: event.time,
-                    start_value: event.value.clone(),
+                    start_value: event.value.value().clone(),
                     stop_index: None,
                     stop_ns: None,
                     stop_value: None,
@@ -226,8 +234,8 @@ pub fn fault_intervals(events: &[Event]) -> Vec<FaultInterval> {
                 if let Some(i) = open.remove(name) {
                     let interval = &mut intervals[i];
                     interval.stop_index = Some(index);
-                    interval.stop_ns = Some(event.time);
-                    interval.stop_value = Some(event.value.clone());
+                    interval.stop_ns = event.time;
+                    interval.stop_value = Some(event.value.value().clone());
                 }
             }
             Some(Edge::Start(_)) | None => {}
@@ -298,10 +306,11 @@ pub struct Heal {
     pub fault: String,
     /// The stop event's position in the history.
     pub stop_index: usize,
-    /// The stop event's time.
-    pub stop_ns: u64,
+    /// The stop event's time, or `None` if it has none.
+    pub stop_ns: Option<u64>,
     /// From the stop to the first `ok` write invoked after it; `None` if
-    /// there was none before the next fault started or the history ended.
+    /// there was none before the next fault started or the history ended,
+    /// or if the stop or that write's completion has no time.
     pub recovery_ms: Option<f64>,
 }
 
@@ -310,12 +319,14 @@ pub struct Heal {
 pub struct RecoverySummary {
     /// Stop events.
     pub heals: u64,
-    /// Stop events followed by an `ok` write in time.
+    /// Stop events followed by an `ok` write in time (before the next fault
+    /// started or the history ended).
     pub recovered: u64,
-    /// The slowest recovery; `None` if none recovered.
+    /// The slowest recovery; `None` if none recovered, or none whose
+    /// duration the history's times tell.
     pub max_ms: Option<f64>,
-    /// The median recovery (the mean of the middle two for an even count);
-    /// `None` if none recovered.
+    /// The median recovery (the mean of the middle two for an even count),
+    /// over the recoveries whose duration is known; `None` if there are none.
     pub median_ms: Option<f64>,
 }
 
@@ -334,22 +345,24 @@ pub fn recovery(events: &[Event], ops: &[Op]) -> Recovery {
     let starts: Vec<usize> =
         (0..events.len()).filter(|&i| matches!(edge(&events[i]), Some(Edge::Start(_)))).collect();
     let mut heals: Vec<Heal> = Vec::new();
+    let mut recovered_heals = 0;
     for interval in fault_intervals(events) {
-        let (Some(stop), Some(stop_ns)) = (interval.stop_index, interval.stop_ns) else { continue };
+        let Some(stop) = interval.stop_index else { continue };
+        let stop_ns = interval.stop_ns;
         let window_end = starts.iter().copied().find(|&start| start > stop).unwrap_or(usize::MAX);
         let first_write = ops
             .iter()
             .filter(|op| op.outcome == Outcome::Ok && WRITE_FUNCTIONS.contains(&op.f.as_str()))
             .filter(|op| op.invoke_index > stop)
-            .filter_map(|op| Some((op.complete_index?, op.complete_time?)))
+            .filter_map(|op| Some((op.complete_index?, op.complete_time)))
             .filter(|&(index, _)| index < window_end)
             .min_by_key(|&(index, _)| index);
-        heals.push(Heal {
-            fault: interval.name,
-            stop_index: stop,
-            stop_ns,
-            recovery_ms: first_write.map(|(_, done)| ms(done.saturating_sub(stop_ns))),
-        });
+        recovered_heals += u64::from(first_write.is_some());
+        let recovery_ms = match (first_write, stop_ns) {
+            (Some((_, Some(done))), Some(stop_ns)) => Some(ms(done.saturating_sub(stop_ns))),
+            _ => None,
+        };
+        heals.push(Heal { fault: interval.name, stop_index: stop, stop_ns, recovery_ms });
     }
     heals.sort_by_key(|heal| heal.stop_index);
 
@@ -362,7 +375,7 @@ pub fn recovery(events: &[Event], ops: &[Op]) -> Recovery {
     };
     let summary = RecoverySummary {
         heals: heals.len() as u64,
-        recovered: recovered.len() as u64,
+        recovered: recovered_heals,
         max_ms: recovered.last().copied(),
         median_ms,
     };
@@ -391,12 +404,13 @@ pub struct Latency {
 pub fn latencies(ops: &[Op]) -> BTreeMap<String, Latency> {
     let mut histograms: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
     for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
-        let Some(done) = op.complete_time else { continue };
+        // Without both times there is no latency to measure.
+        let (Some(invoked), Some(done)) = (op.invoke_time, op.complete_time) else { continue };
         let histogram = histograms.entry(op.f.as_str()).or_insert_with(|| {
             Histogram::new_with_bounds(1, MAX_LATENCY_NS, LATENCY_DIGITS)
                 .expect("constant histogram bounds: 1 <= low, 2 * low <= high, digits <= 5")
         });
-        histogram.saturating_record(done.saturating_sub(op.invoke_time));
+        histogram.saturating_record(done.saturating_sub(invoked));
     }
     histograms
         .into_iter()
@@ -517,7 +531,7 @@ mod tests {
         let intervals = fault_intervals(&h);
         let summary: Vec<(&str, u64, Option<u64>)> = intervals
             .iter()
-            .map(|i| (i.name.as_str(), i.start_ns / 1_000_000, i.stop_ns.map(|t| t / 1_000_000)))
+            .map(|i| (i.name.as_str(), i.start_ns.unwrap() / 1_000_000, i.stop_ns.map(|t| t / 1_000_000)))
             .collect();
         assert_eq!(
             summary,
@@ -630,8 +644,11 @@ mod tests {
             c(7, "ok", "write", 800), // recovery: 100 ms
         ]);
         let recovery = recovery(&h, &history::pair(&h).unwrap());
-        let got: Vec<(&str, u64, Option<f64>)> =
-            recovery.heals.iter().map(|r| (r.fault.as_str(), r.stop_ns / 1_000_000, r.recovery_ms)).collect();
+        let got: Vec<(&str, u64, Option<f64>)> = recovery
+            .heals
+            .iter()
+            .map(|r| (r.fault.as_str(), r.stop_ns.unwrap() / 1_000_000, r.recovery_ms))
+            .collect();
         assert_eq!(
             got,
             [
@@ -645,6 +662,41 @@ mod tests {
             recovery.summary,
             RecoverySummary { heals: 4, recovered: 3, max_ms: Some(100.0), median_ms: Some(50.0) }
         );
+    }
+
+    #[test]
+    fn history_without_times_keeps_counts_and_order_and_leaves_out_durations() {
+        let timed = events(&[
+            n("start-partition", json!(null), 0),
+            c(0, "invoke", "write", 10),
+            c(0, "info", "write", 20),
+            n("stop-partition", json!(null), 100),
+            c(0, "invoke", "write", 110),
+            c(0, "ok", "write", 150),
+            c(1, "invoke", "read", 160),
+            c(1, "ok", "read", 170),
+        ]);
+        let timeless: Vec<Event> = timed
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.time = None;
+                e
+            })
+            .collect();
+        let (with, without) = (summarize(&timed).unwrap(), summarize(&timeless).unwrap());
+        // What depends on positions only is the same.
+        assert_eq!(without.outcomes, with.outcomes);
+        assert_eq!(without.phases, with.phases);
+        assert_eq!(without.fault_counts, with.fault_counts);
+        assert_eq!(without.recovery.summary.recovered, 1);
+        // What needs times is left out.
+        assert_eq!((without.faults[0].start_ns, without.faults[0].stop_ns), (None, None));
+        assert_eq!(without.recovery.heals[0].recovery_ms, None);
+        assert_eq!((without.recovery.summary.max_ms, without.recovery.summary.median_ms), (None, None));
+        assert!(without.latency.is_empty());
+        assert_eq!(with.recovery.heals[0].recovery_ms, Some(50.0));
+        assert_eq!(with.latency["write"].count, 1);
     }
 
     #[test]

@@ -83,18 +83,161 @@ fn malformed_history_exits_2_naming_the_line() {
     assert!(stderr.contains("line 8"), "stderr: {stderr}");
 }
 
-#[test]
-fn rule_breaking_history_exits_2() {
+/// Runs `jepsen check` on `text` and returns the exit code, the report and
+/// stderr.
+fn check_text(text: &str) -> (i32, Option<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
-    // Process 0 goes on after an info instead of taking a new process id.
-    let reused = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}
-{"process":0,"type":"info","f":"write","key":"x","value":1,"time":2}
-{"process":0,"type":"invoke","f":"read","key":"x","time":3}
-"#;
-    let (code, json, stderr) = check(&write(dir.path(), "reused.jsonl", reused), &[]);
-    assert_eq!(code, 2);
-    assert!(json.is_none());
-    assert!(stderr.contains("new process id"), "stderr: {stderr}");
+    check(&write(dir.path(), "history.jsonl", text), &[])
+}
+
+#[test]
+fn really_malformed_histories_exit_2_naming_the_line() {
+    let cases = [
+        // A completion without an invocation.
+        (
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1}
+{"process":1,"type":"ok","f":"write","key":"x","value":1}
+"#,
+            "line 2: process 1 completed an operation it never invoked",
+        ),
+        // Two open invocations on one process (1 and 1.0 are one process).
+        (
+            r#"{"process":1,"type":"invoke","f":"write","key":"x","value":1}
+
+{"process":1.0,"type":"invoke","f":"read","key":"x"}
+"#,
+            "line 3: process 1.0 invoked again while its operation invoked at line 1 is still open",
+        ),
+        // An unknown type.
+        (
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1}
+{"process":0,"type":"done","f":"write","key":"x","value":1}
+"#,
+            "line 2: unknown `type` \"done\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (code, json, stderr) = check_text(text);
+        assert_eq!(code, 2, "{text}");
+        assert!(json.is_none(), "no verdict for a malformed history");
+        assert!(stderr.contains(expected), "expected {expected:?} in stderr: {stderr}");
+    }
+}
+
+/// Exit code and verdict of a history that must be judged, not refused.
+fn verdict_of(text: &str) -> (i32, String) {
+    let (code, json, stderr) = check_text(text);
+    let json = json.unwrap_or_else(|| panic!("a verdict on stdout; stderr: {stderr}"));
+    (code, json["valid"].as_str().unwrap_or_default().to_owned())
+}
+
+const VALID_EXIT: (i32, &str) = (0, "valid");
+const INVALID_EXIT: (i32, &str) = (1, "invalid");
+
+fn judged(text: &str) -> (i32, &'static str) {
+    match verdict_of(text) {
+        (0, v) if v == "valid" => VALID_EXIT,
+        (1, v) if v == "invalid" => INVALID_EXIT,
+        other => panic!("unexpected verdict {other:?}"),
+    }
+}
+
+#[test]
+fn string_process_ids_are_clients() {
+    let history = |seen: &str| {
+        format!(
+            r#"{{"process":"alice","type":"invoke","f":"write","key":"x","value":1}}
+{{"process":"alice","type":"ok","f":"write","key":"x","value":1}}
+{{"process":"bob","type":"invoke","f":"read","key":"x"}}
+{{"process":"bob","type":"ok","f":"read","key":"x","value":{seen}}}
+{{"process":":nemesis","type":"info","f":"start-partition","value":"majority"}}
+"#
+        )
+    };
+    assert_eq!(judged(&history("1")), VALID_EXIT);
+    assert_eq!(judged(&history("null")), INVALID_EXIT);
+}
+
+#[test]
+fn process_going_on_after_info_is_judged_with_the_info_operation_pending() {
+    // Process 0's write of 1 timed out; it goes on and reads. The write is
+    // pending for ever, so it may take effect after that read.
+    let history = |first: &str, second: &str| {
+        format!(
+            r#"{{"process":0,"type":"invoke","f":"write","key":"x","value":1}}
+{{"process":0,"type":"info","f":"write","key":"x","value":1,"error":"timeout"}}
+{{"process":0,"type":"invoke","f":"read","key":"x"}}
+{{"process":0,"type":"ok","f":"read","key":"x","value":{first}}}
+{{"process":0,"type":"invoke","f":"read","key":"x"}}
+{{"process":0,"type":"ok","f":"read","key":"x","value":{second}}}
+"#
+        )
+    };
+    // Not yet, then taken effect: the pending write is concurrent with
+    // the process's later operations.
+    assert_eq!(judged(&history("null", "1")), VALID_EXIT);
+    // But once seen it cannot be unseen.
+    assert_eq!(judged(&history("1", "null")), INVALID_EXIT);
+}
+
+#[test]
+fn history_without_time_is_judged_in_line_order() {
+    let stale = VALID.replace(r#""value":2,"time":600"#, r#""value":1,"time":600"#);
+    let strip = |text: &str| {
+        text.lines()
+            .map(|line| {
+                let mut event: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+                event.remove("time");
+                Value::Object(event).to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(!strip(VALID).contains("time"));
+    assert_eq!(judged(&strip(VALID)), VALID_EXIT);
+    assert_eq!(judged(&strip(&stale)), INVALID_EXIT);
+    // The counterexample leaves out the times it does not have.
+    let (_, json, _) = check_text(&strip(&stale));
+    let blocking = &json.unwrap()["linearizability"]["keys"][0]["counterexample"]["blocking"];
+    assert!(blocking.get("invoke_time").is_none() && blocking["complete_time"].is_null(), "{blocking}");
+}
+
+#[test]
+fn respelt_numbers_and_structured_values_compare_as_json_values() {
+    let history = |written: &str, read: &str| {
+        format!(
+            r#"{{"process":0,"type":"invoke","f":"write","key":{{"k":[1,2]}},"value":{written}}}
+{{"process":0,"type":"ok","f":"write","key":{{"k":[1,2]}},"value":{written}}}
+{{"process":1,"type":"invoke","f":"read","key":{{"k":[1.0,2e0]}}}}
+{{"process":1,"type":"ok","f":"read","key":{{"k":[1.0,2e0]}},"value":{read}}}
+"#
+        )
+    };
+    assert_eq!(judged(&history("1", "1.0")), VALID_EXIT);
+    assert_eq!(
+        judged(&history(r#"{"a":[1,{"b":2}],"c":3}"#, r#"{"c":3.0,"a":[1e0,{"b":20E-1}]}"#)),
+        VALID_EXIT
+    );
+    assert_eq!(judged(&history("[1,2]", "[2,1]")), INVALID_EXIT);
+    assert_eq!(judged(&history("1", r#""1""#)), INVALID_EXIT);
+}
+
+#[test]
+fn stale_read_with_respelt_numbers_is_invalid_and_printed_as_written() {
+    let stale = VALID
+        .replace(r#""value":1,"time":200"#, r#""value":1.0,"time":200"#)
+        .replace(r#""value":2,"time":300"#, r#""value":2e0,"time":300"#)
+        .replace(r#""value":2,"time":600"#, r#""value":1.00,"time":600"#);
+    let (code, json, stderr) = check_text(&stale);
+    assert_eq!(code, 1, "stderr: {stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = jepsen(&["check", write(dir.path(), "stale.jsonl", &stale).to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Values appear in the report as the history spelt them.
+    assert!(stdout.contains(r#""state": 2e0"#), "{stdout}");
+    assert!(stdout.contains(r#""value": 1.00"#), "{stdout}");
+    let cx = &json.unwrap()["linearizability"]["keys"][0]["counterexample"];
+    assert_eq!(cx["blocking"]["f"], "read");
 }
 
 #[test]
@@ -125,4 +268,19 @@ fn set_history_with_a_lost_element_exits_1_with_the_set_result() {
     assert_eq!(json["linearizability"]["verdict"], "valid");
     assert_eq!(json["set"]["sets"][0]["lost"]["elements"], serde_json::json!([2]));
     assert!(json.get("session").is_none());
+}
+
+#[test]
+fn every_example_in_the_documented_format_is_valid() {
+    // docs/jepsen.md documents the accepted format with one example per
+    // case; each must be read and judged valid, as the text says.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/jepsen.md")).unwrap();
+    let start = docs.find("## The history format").expect("the format section");
+    let end = docs.find("## The linearizability checker").expect("the section after it");
+    let examples: Vec<&str> =
+        docs[start..end].split("```json\n").skip(1).filter_map(|block| block.split("```").next()).collect();
+    assert!(examples.len() >= 5, "found {} examples", examples.len());
+    for example in examples {
+        assert_eq!(judged(example), VALID_EXIT, "{example}");
+    }
 }

@@ -26,10 +26,16 @@
 //!   unknown read changes nothing and returned nothing we know, so it is
 //!   dropped.
 //!
-//! Values and keys are arbitrary JSON and are compared with
-//! [`serde_json::Value`] equality: structurally, with object members in any
-//! order, and numbers only within their kind, so `1`, `1.0` and `"1"` are
-//! three different values. A workload must write each value in one form.
+//! Values and keys are arbitrary JSON and are compared as JSON values (see
+//! [`crate::json`]): numbers by value, so `1`, `1.0` and `1e0` are one value;
+//! arrays element by element; objects by their members, in any order. `1`
+//! and `"1"` are two values. A counterexample prints every value as the
+//! history wrote it.
+//!
+//! Each distinct value is *interned* once, before the search: its canonical
+//! text is looked up in a table that hands out small integers, and the
+//! search compares and hashes only those integers. However values are
+//! spelt, the search's inner loop is the same.
 //!
 //! # How: one key at a time
 //!
@@ -130,14 +136,14 @@
 //! linearization. `docs/jepsen.md` shows how to read one.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::Verdict;
 use crate::history::{Function, Op, Outcome};
+use crate::json::Json;
 
 /// The result of a linearizability check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,8 +158,8 @@ pub struct LinearResult {
 /// The result for one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyResult {
-    /// The key.
-    pub key: Value,
+    /// The key, as the history wrote it first.
+    pub key: Json,
     /// Whether this key's operations are linearizable.
     pub verdict: Verdict,
     /// How many operations the search had to place: the `ok` operations,
@@ -175,8 +181,9 @@ pub struct Counterexample {
     /// The longest sequence of operations that could be linearized, in the
     /// order they were placed.
     pub linearized: Vec<Op>,
-    /// The register's value after them (`null`: absent).
-    pub state: Value,
+    /// The register's value after them (`null`: absent), as the operation
+    /// that set it wrote it.
+    pub state: Json,
     /// The `ok` operation whose completion comes next in the history: it
     /// must take effect before that point, and neither it nor any other
     /// candidate, placed next, leads to a complete linearization.
@@ -205,8 +212,8 @@ pub enum LinearError {
     MalformedCas {
         /// The operation's invocation position.
         index: usize,
-        /// The value found.
-        value: Value,
+        /// The value found, as written.
+        value: Json,
     },
     /// An operation contradicts itself: `ok` without a completion, or
     /// completed before it was invoked. [`crate::history::pair`] never
@@ -240,7 +247,7 @@ fn check_with_memory(ops: &[Op], budget: Duration, memory: usize) -> Result<Line
     // A budget too large to add to the clock is no limit at all.
     let deadline = start.checked_add(budget);
     let mut values = Interner::default();
-    let absent = values.intern(&Value::Null);
+    let absent = values.intern(&Json::null());
     debug_assert_eq!(absent, ABSENT, "null is interned first");
     let keys = partition(ops, &mut values)?;
 
@@ -325,76 +332,26 @@ impl Step {
 }
 
 /// Gives each distinct JSON value a small id, in order of first sight.
+/// Values are told apart by their canonical text ([`Json::write_canonical`]),
+/// so every spelling of one value gets one id.
 #[derive(Default)]
 struct Interner {
-    /// Structural hash -> ids of the values with that hash.
-    buckets: HashMap<u64, Vec<ValueId>>,
-    values: Vec<Value>,
+    ids: HashMap<Box<str>, ValueId>,
+    /// Reused for each value's canonical text: interning a value seen before
+    /// allocates nothing.
+    scratch: String,
 }
 
 impl Interner {
-    fn intern(&mut self, value: &Value) -> ValueId {
-        let mut hasher = DefaultHasher::new();
-        hash_json(value, &mut hasher);
-        let bucket = self.buckets.entry(hasher.finish()).or_default();
-        if let Some(&id) = bucket.iter().find(|&&id| self.values[id] == *value) {
+    fn intern(&mut self, value: &Json) -> ValueId {
+        self.scratch.clear();
+        value.write_canonical(&mut self.scratch);
+        if let Some(&id) = self.ids.get(self.scratch.as_str()) {
             return id;
         }
-        let id = self.values.len();
-        self.values.push(value.clone());
-        bucket.push(id);
+        let id = self.ids.len();
+        self.ids.insert(self.scratch.as_str().into(), id);
         id
-    }
-}
-
-/// A hash consistent with `Value`'s equality: equal values hash equally.
-/// (`serde_json::Value` does not implement `Hash`.) Objects hash their
-/// members order-independently, as their equality ignores order.
-fn hash_json<H: Hasher>(value: &Value, h: &mut H) {
-    match value {
-        Value::Null => h.write_u8(0),
-        Value::Bool(b) => {
-            h.write_u8(1);
-            b.hash(h);
-        }
-        Value::Number(n) => {
-            h.write_u8(2);
-            if let Some(u) = n.as_u64() {
-                h.write_u8(0);
-                h.write_u64(u);
-            } else if let Some(i) = n.as_i64() {
-                h.write_u8(1);
-                h.write_i64(i);
-            } else if let Some(f) = n.as_f64() {
-                // 0.0 == -0.0, so they must hash alike.
-                let f = if f == 0.0 { 0.0 } else { f };
-                h.write_u8(2);
-                h.write_u64(f.to_bits());
-            }
-        }
-        Value::String(s) => {
-            h.write_u8(3);
-            s.hash(h);
-        }
-        Value::Array(items) => {
-            h.write_u8(4);
-            h.write_usize(items.len());
-            for item in items {
-                hash_json(item, h);
-            }
-        }
-        Value::Object(members) => {
-            h.write_u8(5);
-            h.write_usize(members.len());
-            let mut sum = 0u64;
-            for (k, v) in members {
-                let mut member = DefaultHasher::new();
-                k.hash(&mut member);
-                hash_json(v, &mut member);
-                sum = sum.wrapping_add(member.finish());
-            }
-            h.write_u64(sum);
-        }
     }
 }
 
@@ -415,7 +372,7 @@ struct RegOp {
 
 /// One key's share of the history.
 struct KeyOps {
-    key: Value,
+    key: Json,
     /// Operations that completed `ok`: each must be placed.
     ok: Vec<RegOp>,
     /// Unknown writes and cas, sorted by call: each may be placed, or not.
@@ -439,7 +396,7 @@ fn partition(ops: &[Op], values: &mut Interner) -> Result<Vec<KeyOps>, LinearErr
         let step = match &op.f {
             Function::Read => Step::Read(values.intern(&op.value)),
             Function::Write => Step::Write(values.intern(&op.value)),
-            Function::Cas => match op.value.as_array().map(Vec::as_slice) {
+            Function::Cas => match op.value.elements().as_deref() {
                 Some([from, to]) => Step::Cas { from: values.intern(from), to: values.intern(to) },
                 _ => return Err(LinearError::MalformedCas { index, value: op.value.clone() }),
             },
@@ -875,12 +832,16 @@ impl Failure {
         };
         let linearized: Vec<Op> = self.linearized.iter().map(op).collect();
         // The search knows the value only up to `simplify`'s merging;
-        // replaying the placed operations gives the real one.
-        let mut state = Value::Null;
+        // replaying the placed operations gives the real one, as written.
+        let mut state = Json::null();
         for placed in &linearized {
             match placed.f {
                 Function::Write => state = placed.value.clone(),
-                Function::Cas => state = placed.value[1].clone(),
+                Function::Cas => {
+                    if let Some(to) = placed.value.elements().and_then(|e| e.into_iter().nth(1)) {
+                        state = to;
+                    }
+                }
                 _ => {}
             }
         }
@@ -1150,7 +1111,7 @@ mod tests {
     //! valid case has an invalid twin that differs in one observation, so a
     //! checker that said "valid" to everything would fail half of them.
 
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::history::{pair, parse_history};
@@ -1237,10 +1198,10 @@ mod tests {
         let result = check_text(STALE_READ);
         let key = &result.keys[0];
         let cx = key.counterexample.as_ref().expect("an invalid key has a counterexample");
-        let values: Vec<&Value> = cx.linearized.iter().map(|op| &op.value).collect();
-        assert_eq!(values, [&json!(1), &json!(2)]);
+        let values: Vec<Value> = cx.linearized.iter().map(|op| op.value.value().clone()).collect();
+        assert_eq!(values, [json!(1), json!(2)]);
         assert_eq!(cx.state, json!(2));
-        assert_eq!((cx.blocking.f.clone(), cx.blocking.value.clone()), (Function::Read, json!(1)));
+        assert_eq!((cx.blocking.f.clone(), cx.blocking.value.value().clone()), (Function::Read, json!(1)));
         assert_eq!((cx.blocking.invoke_index, cx.blocking.complete_index), (4, Some(5)));
         assert_eq!(cx.candidates, vec![cx.blocking.clone()]);
 
@@ -1394,8 +1355,11 @@ mod tests {
 {"process":2,"type":"ok","f":"read","key":"b","value":1,"time":9}"#;
         let result = check_text(history);
         assert_eq!(result.verdict, Verdict::Invalid);
-        let per_key: Vec<(Value, Verdict, bool)> =
-            result.keys.iter().map(|k| (k.key.clone(), k.verdict, k.counterexample.is_some())).collect();
+        let per_key: Vec<(Value, Verdict, bool)> = result
+            .keys
+            .iter()
+            .map(|k| (k.key.value().clone(), k.verdict, k.counterexample.is_some()))
+            .collect();
         assert_eq!(per_key, [(json!("a"), Verdict::Valid, false), (json!("b"), Verdict::Invalid, true)]);
     }
 
@@ -1411,9 +1375,56 @@ mod tests {
         };
         // Object members in another order are the same value.
         assert_eq!(verdict(&history(r#"{"a":1,"b":[2,3]}"#, r#"{"b":[2,3],"a":1}"#)), Verdict::Valid);
-        // Numbers of another kind, or a number as a string, are not.
-        assert_eq!(verdict(&history("1", "1.0")), Verdict::Invalid);
+        // Numbers are equal by value, however they are spelt.
+        assert_eq!(verdict(&history("1", "1.0")), Verdict::Valid);
+        assert_eq!(verdict(&history("1", "1e0")), Verdict::Valid);
+        assert_eq!(verdict(&history("[1,2]", "[1.0,20e-1]")), Verdict::Valid);
+        assert_eq!(verdict(&history(r#"{"n":100}"#, r#"{"n":1E2}"#)), Verdict::Valid);
+        // Other numbers, a number as a string, another order of elements,
+        // or one more member are other values.
+        assert_eq!(verdict(&history("1", "1.5")), Verdict::Invalid);
         assert_eq!(verdict(&history("1", "\"1\"")), Verdict::Invalid);
+        assert_eq!(verdict(&history("[1,2]", "[2,1]")), Verdict::Invalid);
+        assert_eq!(verdict(&history(r#"{"a":1}"#, r#"{"a":1,"b":null}"#)), Verdict::Invalid);
+        // Equal as floats, but not as numbers: 2^53 + 1 is not 2^53.
+        assert_eq!(verdict(&history("9007199254740993", "9007199254740992")), Verdict::Invalid);
+    }
+
+    #[test]
+    fn stale_read_with_respelt_numbers_is_still_invalid_and_printed_as_written() {
+        // The stale read of STALE_READ, with every number spelt another way
+        // on each line: the read of 1.0 after a completed write of 2e0.
+        let respelt = r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":0}
+{"process":0,"type":"ok","f":"write","key":"x","value":1.00,"time":1}
+{"process":0,"type":"invoke","f":"write","key":"x","value":2e0,"time":2}
+{"process":0,"type":"ok","f":"write","key":"x","value":2.0,"time":3}
+{"process":1,"type":"invoke","f":"read","key":"x","time":4}
+{"process":1,"type":"ok","f":"read","key":"x","value":1.0,"time":5}"#;
+        let result = check_text(respelt);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        let cx = result.keys[0].counterexample.as_ref().unwrap();
+        // The state is the value the last write wrote, spelt as its
+        // invocation spelt it; the blocking read shows what it returned.
+        assert_eq!(cx.state.to_string(), "2e0");
+        assert_eq!(cx.blocking.value.to_string(), "1.0");
+        let json = serde_json::to_string(&result).unwrap();
+        assert!(json.contains(r#""state":2e0"#) && json.contains(r#""value":1.0"#), "{json}");
+    }
+
+    #[test]
+    fn cas_compares_its_from_value_as_a_json_value() {
+        let history = |from: &str| {
+            format!(
+                r#"{{"process":0,"type":"invoke","f":"write","key":"x","value":{{"a":1,"b":2}}}}
+{{"process":0,"type":"ok","f":"write","key":"x","value":{{"a":1,"b":2}}}}
+{{"process":0,"type":"invoke","f":"cas","key":"x","value":[{from},3]}}
+{{"process":0,"type":"ok","f":"cas","key":"x","value":[{from},3]}}
+{{"process":1,"type":"invoke","f":"read","key":"x"}}
+{{"process":1,"type":"ok","f":"read","key":"x","value":3.0}}"#
+            )
+        };
+        assert_eq!(verdict(&history(r#"{"b":2.0,"a":1}"#)), Verdict::Valid);
+        assert_eq!(verdict(&history(r#"{"b":2,"a":1.5}"#)), Verdict::Invalid);
     }
 
     #[test]
@@ -1492,7 +1503,7 @@ mod tests {
     /// A reference checker with no cleverness: try every order in which
     /// the operations could take effect. Exponential, fine for 8 operations.
     fn brute_force(ops: &[Op]) -> bool {
-        fn place(ops: &[&Op], placed: &mut Vec<bool>, state: &Value) -> bool {
+        fn place(ops: &[&Op], placed: &mut Vec<bool>, state: &Json) -> bool {
             let must_place = |i: usize| ops[i].outcome == Outcome::Ok;
             if (0..ops.len()).all(|i| placed[i] || !must_place(i)) {
                 return true;
@@ -1511,7 +1522,10 @@ mod tests {
                 let next = match ops[i].f {
                     Function::Read => (ops[i].value == *state).then(|| state.clone()),
                     Function::Write => Some(ops[i].value.clone()),
-                    _ => (ops[i].value[0] == *state).then(|| ops[i].value[1].clone()),
+                    _ => {
+                        let cas = ops[i].value.elements().expect("random cas values are arrays");
+                        (cas[0] == *state).then(|| cas[1].clone())
+                    }
                 };
                 if let Some(next) = next {
                     placed[i] = true;
@@ -1527,16 +1541,20 @@ mod tests {
             .iter()
             .filter(|op| op.outcome == Outcome::Ok || (op.outcome == Outcome::Info && op.f != Function::Read))
             .collect();
-        place(&relevant, &mut vec![false; relevant.len()], &Value::Null)
+        place(&relevant, &mut vec![false; relevant.len()], &Json::null())
     }
 
     /// A random single-key history of up to 8 operations by 4 clients, with
-    /// values drawn from a tiny set so that many are not linearizable.
+    /// values drawn from a tiny set so that many are not linearizable. A
+    /// number is as often written as an integer as as a float (`1`, `1.0`),
+    /// and a process that saw an `info` goes on under its own id half the
+    /// time, under a new one otherwise.
     fn random_history(rng: &mut impl rand::Rng) -> Vec<crate::history::Event> {
         use crate::history::{Event, EventType, Process};
-        let small = |rng: &mut dyn rand::RngCore| match rand::Rng::gen_range(rng, 0..3) {
+        let small = |rng: &mut dyn rand::RngCore| match rand::Rng::gen_range(rng, 0..5) {
             0 => Value::Null,
-            n => json!(n),
+            n @ 1..=2 => json!(n),
+            n => json!(f64::from(n - 2)),
         };
         let total = rng.gen_range(1..=8);
         let mut events = Vec::new();
@@ -1556,7 +1574,7 @@ mod tests {
                         _ => (Function::Cas, json!([small(rng), small(rng)])),
                     };
                     let event = Event::new(
-                        Process::Client(process),
+                        Process::Client(process.into()),
                         EventType::Invoke,
                         f.clone(),
                         json!("k"),
@@ -1584,9 +1602,16 @@ mod tests {
                     let kind =
                         [EventType::Ok, EventType::Ok, EventType::Fail, EventType::Info][rng.gen_range(0..4)];
                     let value = if f == Function::Read && kind == EventType::Ok { small(rng) } else { value };
-                    events.push(Event::new(Process::Client(process), kind, f, json!("k"), value, time));
+                    events.push(Event::new(
+                        Process::Client(process.into()),
+                        kind,
+                        f,
+                        json!("k"),
+                        value,
+                        time,
+                    ));
                     slots[slot].1 = None;
-                    if kind == EventType::Info {
+                    if kind == EventType::Info && rng.gen_bool(0.5) {
                         slots[slot].0 = next_process;
                         next_process += 1;
                     }
@@ -1666,7 +1691,7 @@ mod tests {
             .iter()
             .rposition(|op| op.f == Function::Read && op.outcome == Outcome::Ok && op.invoke_index < 30_000)
             .expect("the simulation has ok reads");
-        ops[victim].value = json!("never written");
+        ops[victim].value = json!("never written").into();
         let result = check(&ops, Duration::from_secs(600)).unwrap();
         assert_eq!(result.verdict, Verdict::Invalid);
         let invalid: Vec<&KeyResult> = result.keys.iter().filter(|k| k.verdict == Verdict::Invalid).collect();

@@ -32,7 +32,6 @@ pub mod session;
 pub mod set;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// A checker's answer. Serialized in lowercase: `"valid"`, `"invalid"`,
 /// `"unknown"`.
@@ -66,44 +65,6 @@ impl Verdict {
     }
 }
 
-/// A text form of a JSON value in which equal values are equal strings:
-/// object members sorted by name at every level. Checkers use it to put
-/// values in hash maps (`serde_json::Value` does not implement `Hash`).
-pub(crate) fn canonical_json(value: &Value) -> String {
-    fn write(value: &Value, out: &mut String) {
-        match value {
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            Value::Object(members) => {
-                let mut members: Vec<_> = members.iter().collect();
-                members.sort_by(|a, b| a.0.cmp(b.0));
-                out.push('{');
-                for (i, (name, item)) in members.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(name.clone()).to_string());
-                    out.push(':');
-                    write(item, out);
-                }
-                out.push('}');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(value, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,17 +75,6 @@ mod tests {
         assert_eq!(Verdict::all([Verdict::Valid, Verdict::Valid]), Verdict::Valid);
         assert_eq!(Verdict::all([Verdict::Valid, Verdict::Unknown]), Verdict::Unknown);
         assert_eq!(Verdict::all([Verdict::Unknown, Verdict::Invalid, Verdict::Valid]), Verdict::Invalid);
-    }
-
-    #[test]
-    fn canonical_json_ignores_member_order_but_not_number_kind() {
-        use serde_json::json;
-        assert_eq!(
-            canonical_json(&json!({"b": [1, {"d": 2, "c": 3}], "a": null})),
-            canonical_json(&json!({"a": null, "b": [1, {"c": 3, "d": 2}]}))
-        );
-        assert_ne!(canonical_json(&json!(1)), canonical_json(&json!(1.0)));
-        assert_ne!(canonical_json(&json!(1)), canonical_json(&json!("1")));
     }
 
     #[test]

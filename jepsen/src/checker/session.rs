@@ -24,8 +24,9 @@
 //! | `invoke` or `ok` of a `read` | `consistency` | `"linearizable"` (default), `"session"` or `"stale"` |
 //! | any client event | `session` | the client session (default: the process) |
 //!
-//! A client that times out continues as a new process id (see
-//! [`crate::history`]), but its token and therefore its session go on: the
+//! This harness's clients continue under a new process id after a timeout
+//! (a history may also let a process go on after an `info`, see
+//! [`crate::history`]), but the token and therefore the session go on: the
 //! harness names the session with a `session` field on its events so that the
 //! guarantees are checked across the whole chain of processes. Without it,
 //! each process is its own session.
@@ -57,8 +58,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{canonical_json, Verdict};
+use super::Verdict;
 use crate::history::{self, Event, Function, HistoryError, Op, Outcome};
+use crate::json::{canonical, Json};
 
 /// How many violations are listed; the counts are always complete. A
 /// broken guarantee usually breaks on thousands of reads at once, and the
@@ -120,8 +122,8 @@ pub enum Violation {
     ReadYourWrites {
         /// The session.
         session: Value,
-        /// The key.
-        key: Value,
+        /// The key, as written.
+        key: Json,
         /// The write's log index.
         write_index: u64,
         /// The index the read reflected, smaller than `write_index`.
@@ -146,8 +148,8 @@ pub enum Violation {
     },
     /// A read's value is not the key's value in the log at the read's index.
     ConsistentPrefix {
-        /// The key.
-        key: Value,
+        /// The key, as written.
+        key: Json,
         /// The index the read reported.
         read_index: u64,
         /// The key's value after replaying the log up to `read_index`.
@@ -239,7 +241,7 @@ fn u64_field(op: &Op, events: &[Event], field: &'static str) -> Result<Option<u6
 fn replay_index(log: &FinalLog) -> Result<HashMap<String, Vec<(u64, Value)>>, SessionError> {
     let mut keys: HashMap<String, Vec<(u64, Value)>> = HashMap::new();
     for w in &log.entries {
-        keys.entry(canonical_json(&w.key)).or_default().push((w.index, w.value.clone()));
+        keys.entry(canonical(&w.key)).or_default().push((w.index, w.value.clone()));
     }
     for (key, writes) in &mut keys {
         writes.sort_by_key(|(i, _)| *i);
@@ -300,9 +302,10 @@ pub fn check(events: &[Event], log: Option<&FinalLog>) -> Result<SessionResult, 
     // `pair` yields operations in invocation order, so each session's
     // operations come in the order the session performed them.
     for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
-        let session_id = op.field(events, "session").cloned().unwrap_or_else(|| Value::from(op.process));
-        let state = sessions.entry(canonical_json(&session_id)).or_default();
-        let key = canonical_json(&op.key);
+        let session_id =
+            op.field(events, "session").cloned().unwrap_or_else(|| op.process.as_json().value().clone());
+        let state = sessions.entry(canonical(&session_id)).or_default();
+        let key = op.key.canonical();
         let index = u64_field(op, events, "index")?;
         match op.f {
             Function::Write | Function::Cas => match index {

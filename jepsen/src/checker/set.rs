@@ -59,10 +59,10 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::{canonical_json, Verdict};
+use super::Verdict;
 use crate::history::{Function, Op, Outcome};
+use crate::json::Json;
 
 /// The result of the set check, over every set in the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +76,8 @@ pub struct SetResult {
 /// The result for one set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetKeyResult {
-    /// The set's key.
-    pub key: Value,
+    /// The set's key, as written.
+    pub key: Json,
     /// Invalid, unknown (no final read) or valid, as in the module docs.
     pub verdict: Verdict,
     /// Elements whose add was invoked.
@@ -111,12 +111,13 @@ pub struct SetKeyResult {
 pub struct Elements {
     /// How many.
     pub count: usize,
-    /// Which, in order of first add (or first read, for unexpected ones).
-    pub elements: Vec<Value>,
+    /// Which, in order of first add (or first read, for unexpected ones),
+    /// as written.
+    pub elements: Vec<Json>,
 }
 
 impl Elements {
-    fn from_values(elements: Vec<Value>) -> Self {
+    fn from_values(elements: Vec<Json>) -> Self {
         Elements { count: elements.len(), elements }
     }
 }
@@ -130,9 +131,9 @@ pub enum SetError {
     #[error("operations invoked at events {first} and {second} both add {element} to set {key}")]
     DuplicateAdd {
         /// The set.
-        key: Value,
+        key: Json,
         /// The element.
-        element: Value,
+        element: Json,
         /// The first add's invocation position.
         first: usize,
         /// The second add's invocation position.
@@ -145,7 +146,7 @@ pub enum SetError {
         /// The read's invocation position.
         index: usize,
         /// The value read.
-        value: Value,
+        value: Json,
     },
     /// An operation on a set other than `add` or `read`.
     #[error("operation invoked at event {index}: the set checker knows add and read, not {f}")]
@@ -174,14 +175,13 @@ pub fn is_add(op: &Op) -> bool {
 pub fn check(ops: &[Op]) -> Result<SetResult, SetError> {
     // Each set's operations by canonical key, sets in order of first
     // operation, operations in order of invocation.
-    let set_keys: HashSet<String> =
-        ops.iter().filter(|op| is_add(op)).map(|op| canonical_json(&op.key)).collect();
+    let set_keys: HashSet<String> = ops.iter().filter(|op| is_add(op)).map(|op| op.key.canonical()).collect();
     let mut order: Vec<String> = Vec::new();
     let mut parts: HashMap<String, Vec<&Op>> = HashMap::new();
     let mut sorted: Vec<&Op> = ops.iter().collect();
     sorted.sort_by_key(|op| op.invoke_index);
     for op in sorted {
-        let key = canonical_json(&op.key);
+        let key = op.key.canonical();
         if !set_keys.contains(&key) {
             continue;
         }
@@ -200,7 +200,7 @@ pub fn check(ops: &[Op]) -> Result<SetResult, SetError> {
 
 /// What an element's add said.
 struct Attempt {
-    element: Value,
+    element: Json,
     /// `element` in canonical form, the key of `by_element`.
     canonical: String,
     outcome: Outcome,
@@ -220,7 +220,7 @@ fn check_set(ops: &[&Op]) -> Result<SetKeyResult, SetError> {
     for &op in ops {
         match op.f.as_str() {
             ADD => {
-                let element = canonical_json(&op.value);
+                let element = op.value.canonical();
                 if let Some(&i) = by_element.get(&element) {
                     return Err(SetError::DuplicateAdd {
                         key,
@@ -250,8 +250,8 @@ fn check_set(ops: &[&Op]) -> Result<SetKeyResult, SetError> {
         }
     }
 
-    let mut duplicated: Vec<Value> = Vec::new();
-    let mut unexpected: Vec<Value> = Vec::new();
+    let mut duplicated: Vec<Json> = Vec::new();
+    let mut unexpected: Vec<Json> = Vec::new();
     let mut seen_dup: HashSet<String> = HashSet::new();
     let mut seen_unexpected: HashSet<String> = HashSet::new();
     // Per attempt: present in some read; missing from some final read;
@@ -262,16 +262,18 @@ fn check_set(ops: &[&Op]) -> Result<SetKeyResult, SetError> {
     let mut final_reads = 0;
 
     for read in &reads {
-        let items: &[Value] = match &read.value {
-            Value::Null => &[],
-            Value::Array(items) => items,
-            other => return Err(SetError::MalformedRead { index: read.invoke_index, value: other.clone() }),
+        let items: Vec<Json> = match read.value.elements() {
+            Some(items) => items,
+            None if read.value.is_null() => Vec::new(),
+            None => {
+                return Err(SetError::MalformedRead { index: read.invoke_index, value: read.value.clone() })
+            }
         };
         let is_final = read.invoke_index > settled_at;
         final_reads += usize::from(is_final);
         let mut here: HashSet<String> = HashSet::new();
         for item in items {
-            let c = canonical_json(item);
+            let c = item.canonical();
             if !here.insert(c.clone()) && seen_dup.insert(c.clone()) {
                 duplicated.push(item.clone());
             }
@@ -389,7 +391,7 @@ mod tests {
     fn acknowledged_element_missing_from_one_final_read_is_lost() {
         let result = check_text(&history_with_final_reads(&["[1]", "[]"]));
         assert_eq!(result.verdict, Verdict::Invalid);
-        assert_eq!(result.sets[0].lost, Elements { count: 1, elements: vec![json!(1)] });
+        assert_eq!(result.sets[0].lost, Elements { count: 1, elements: vec![json!(1).into()] });
     }
 
     #[test]
@@ -449,8 +451,14 @@ mod tests {
         );
         assert_eq!(result.verdict, Verdict::Invalid);
         assert_eq!(result.sets.len(), 2);
-        assert_eq!((result.sets[0].key.clone(), result.sets[0].verdict), (json!("a"), Verdict::Valid));
-        assert_eq!((result.sets[1].key.clone(), result.sets[1].verdict), (json!("b"), Verdict::Invalid));
+        assert_eq!(
+            (result.sets[0].key.value().clone(), result.sets[0].verdict),
+            (json!("a"), Verdict::Valid)
+        );
+        assert_eq!(
+            (result.sets[1].key.value().clone(), result.sets[1].verdict),
+            (json!("b"), Verdict::Invalid)
+        );
     }
 
     #[test]

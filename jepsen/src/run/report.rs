@@ -246,7 +246,7 @@ impl Progress {
                     let events = rec.events_since(seen);
                     seen += events.len();
                     for e in &events {
-                        match (e.process, e.kind) {
+                        match (&e.process, e.kind) {
                             (Process::Nemesis, _) => {
                                 let f = e.f.as_str();
                                 fault = match f.strip_prefix("start-") {

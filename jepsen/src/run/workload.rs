@@ -396,7 +396,14 @@ impl Shared {
     }
 
     fn invoke(&self, w: &Worker, f: &Function, key: Value, value: Value, extra: Map<String, Value>) {
-        self.rec.record_with(Process::Client(w.process), EventType::Invoke, f.clone(), key, value, extra);
+        self.rec.record_with(
+            Process::Client(w.process.into()),
+            EventType::Invoke,
+            f.clone(),
+            key,
+            value,
+            extra,
+        );
     }
 
     fn complete(
@@ -408,7 +415,7 @@ impl Shared {
         value: Value,
         extra: Map<String, Value>,
     ) -> EventType {
-        self.rec.record_with(Process::Client(w.process), kind, f.clone(), key, value, extra);
+        self.rec.record_with(Process::Client(w.process.into()), kind, f.clone(), key, value, extra);
         if kind == EventType::Info {
             // Its operation may still take effect at any time: the worker
             // goes on as a new process, concurrent with it.

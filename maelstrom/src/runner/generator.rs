@@ -156,7 +156,13 @@ async fn thread(
             _ => {}
         }
         let invoke_value = if f == Function::Read { Value::Null } else { value.clone() };
-        recorder.record(Process::Client(process), EventType::Invoke, f.clone(), json!(key), invoke_value);
+        recorder.record(
+            Process::Client(process.into()),
+            EventType::Invoke,
+            f.clone(),
+            json!(key),
+            invoke_value,
+        );
         net.send(Message { src: client.clone(), dest: node.clone(), body });
 
         let reply = tokio::time::timeout(workload.client_timeout, async {
@@ -177,7 +183,7 @@ async fn thread(
             extra.insert("error".into(), error);
         }
         let value = if f == Function::Read && kind == EventType::Ok { result } else { value };
-        recorder.record_with(Process::Client(process), kind, f, json!(key), value, extra);
+        recorder.record_with(Process::Client(process.into()), kind, f, json!(key), value, extra);
         if kind == EventType::Info {
             // Jepsen: the process is finished; the thread goes on as a new one.
             process += workload.concurrency as u64;

@@ -30,6 +30,7 @@ use jepsen::checker::Verdict;
 use jepsen::history::{self, Event, EventType, Op, Outcome};
 use jepsen::plot::{self, PlotOptions};
 use jepsen::stats::{outcome_counts, Counts};
+use jepsen::Json;
 use serde_json::{json, Map, Value};
 
 use super::net::NetStats;
@@ -108,8 +109,8 @@ fn workload_results(linear: &LinearResult, settings: &Value, check_secs: f64) ->
         .filter(|k| k.verdict == Verdict::Invalid)
         .map(|k| serde_json::to_value(k).unwrap_or(Value::Null))
         .collect();
-    let unknown: Vec<Value> =
-        linear.keys.iter().filter(|k| k.verdict == Verdict::Unknown).map(|k| k.key.clone()).collect();
+    let unknown: Vec<&Json> =
+        linear.keys.iter().filter(|k| k.verdict == Verdict::Unknown).map(|k| &k.key).collect();
     json!({
         "valid?": verdict_value(linear.verdict),
         "key-count": linear.keys.len(),
@@ -199,8 +200,9 @@ pub fn write_history(dir: &Path, events: &[Event]) -> anyhow::Result<()> {
     for e in events {
         let _ = write!(
             text,
-            "{:>12.6} {:>8} {:<6} {:<16} {:>4} {}",
-            e.time as f64 / 1e9,
+            "{:>12} {:>8} {:<6} {:<16} {:>4} {}",
+            // A history the runner recorded always has times; `-` if not.
+            e.time.map_or_else(|| "-".to_owned(), |t| format!("{:.6}", t as f64 / 1e9)),
             e.process.to_string(),
             type_name(e.kind),
             e.f.as_str(),
@@ -269,12 +271,12 @@ mod tests {
     #[test]
     fn stats_require_an_ok_per_function() {
         let op = |f: Function, outcome: Outcome| Op {
-            process: 0,
+            process: 0.into(),
             f,
-            key: json!(0),
-            value: Value::Null,
+            key: json!(0).into(),
+            value: Json::null(),
             outcome,
-            invoke_time: 0,
+            invoke_time: Some(0),
             complete_time: Some(1),
             invoke_index: 0,
             complete_index: Some(1),
@@ -293,5 +295,46 @@ mod tests {
         let (valid, table) = stats(&no_cas_ok);
         assert!(!valid);
         assert_eq!(table["by-f"]["cas"]["fail-count"], 1);
+    }
+
+    /// The runner judges with `jepsen::history`'s reader and the same
+    /// linearizability checker as `jepsen check`, so a history in any
+    /// well-formed spelling is judged: string process ids, a process going
+    /// on after an `info`, no `time`, numbers spelt as floats.
+    #[test]
+    fn judge_reads_histories_in_any_well_formed_spelling() {
+        let history = |seen: &str| {
+            format!(
+                r#"{{"process":"c1","type":"invoke","f":"write","key":0,"value":1}}
+{{"process":"c1","type":"info","f":"write","key":0,"value":1}}
+{{"process":"c1","type":"invoke","f":"write","key":0.0,"value":2e0}}
+{{"process":"c1","type":"ok","f":"write","key":0,"value":2.0}}
+{{"process":"c2","type":"invoke","f":"cas","key":0,"value":[2,3]}}
+{{"process":"c2","type":"ok","f":"cas","key":0,"value":[2,3]}}
+{{"process":"c2","type":"invoke","f":"read","key":0}}
+{{"process":"c2","type":"ok","f":"read","key":0,"value":{seen}}}"#
+            )
+        };
+        let judged = |text: &str| {
+            let events = history::parse_history(text).unwrap();
+            let data = RunData {
+                events,
+                net: NetStats::default(),
+                violations: Vec::new(),
+                settings: json!({}),
+                check_budget: Duration::from_secs(10),
+            };
+            judge(&data).unwrap()
+        };
+        // The pending write of 1 may land after the cas: 3 or 1.
+        for seen in ["3.0", "1"] {
+            let (verdict, results) = judged(&history(seen));
+            assert_eq!(verdict, Verdict::Valid, "{seen}: {results}");
+            assert_eq!(results["workload"]["valid?"], true);
+        }
+        // 2 was overwritten by the cas before the read began.
+        let (verdict, results) = judged(&history("2"));
+        assert_eq!(verdict, Verdict::Invalid);
+        assert_eq!(results["workload"]["invalid-keys"][0]["key"], 0);
     }
 }
