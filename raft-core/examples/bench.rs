@@ -39,7 +39,9 @@ impl StateMachine for Noop {
 #[derive(Parser)]
 #[command(about = "Raft write throughput and latency on a 3-node cluster")]
 struct Args {
-    /// Which set-up to measure: memory, tcp or both.
+    /// Which set-up to measure: memory, tcp or both; or local-durable
+    /// (durable logs, the in-process transport), to tell the network's
+    /// share from the disk's.
     #[arg(long, default_value = "both")]
     setup: String,
     /// Numbers of concurrent writers, comma-separated.
@@ -48,6 +50,11 @@ struct Args {
     /// Measured seconds per row (after one second of warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// After each set-up, print openraft's runtime statistics of the leader
+    /// (how long its entries spent in each stage); needs `--features
+    /// runtime-stats`.
+    #[arg(long)]
+    stats: bool,
     /// Batches being committed at once (group commit); default: Config's.
     #[arg(long)]
     max_inflight_batches: Option<usize>,
@@ -86,6 +93,9 @@ async fn main() -> Result<()> {
                 q(0.999)
             );
         }
+        if args.stats {
+            print_stats(&nodes).await;
+        }
         let nodes = Arc::try_unwrap(nodes).ok().context("writers still running")?;
         for (_, n) in nodes {
             n.shutdown().await;
@@ -101,11 +111,15 @@ async fn start(setup: &str, dir: &std::path::Path, config: Config) -> Result<BTr
     for id in 1..=3u64 {
         let node = match setup {
             "memory" => RaftNode::start_local(id, config.clone(), Storage::InMemory, Noop, &router).await?,
+            "local-durable" => {
+                let storage = Storage::Durable(dir.join(id.to_string()));
+                RaftNode::start_local(id, config.clone(), storage, Noop, &router).await?
+            }
             "tcp" => {
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 RaftNode::open(id, config.clone(), &dir.join(id.to_string()), Noop, l).await?
             }
-            other => anyhow::bail!("unknown setup {other:?}: use memory, tcp or both"),
+            other => anyhow::bail!("unknown setup {other:?}: use memory, local-durable, tcp or both"),
         };
         let addr = node.raft_addr().map(|a| a.to_string()).unwrap_or_else(|| format!("n{id}"));
         members.insert(id, Node::new(addr, ""));
@@ -153,4 +167,19 @@ async fn run(
         h.add(th).ok();
     }
     (total as f64 / measure.as_secs_f64(), h)
+}
+
+#[cfg(feature = "runtime-stats")]
+async fn print_stats(nodes: &BTreeMap<u64, RaftNode<Noop>>) {
+    for node in nodes.values().filter(|n| n.is_leader()) {
+        match node.raft().runtime_stats().await {
+            Ok(stats) => println!("leader {}:\n{}", node.id(), stats.display()),
+            Err(e) => println!("leader {}: no statistics: {e}", node.id()),
+        }
+    }
+}
+
+#[cfg(not(feature = "runtime-stats"))]
+async fn print_stats(_nodes: &BTreeMap<u64, RaftNode<Noop>>) {
+    println!("(statistics need `--features runtime-stats`)");
 }

@@ -27,7 +27,8 @@
 use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver as _;
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader};
+use openraft::raft::ClientWriteResult;
 use openraft::ServerState;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -35,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{LeaderHint, WriteError};
-use crate::types::{Batch, LogId, Raft, RaftMetrics, TypeConfig};
+use crate::types::{Batch, CallbackResponder, CommittedLeaderId, LogId, Raft, RaftMetrics, TypeConfig};
 
 /// The outcome of one proposed command: where it was committed and its
 /// encoded response.
@@ -102,53 +103,73 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
         if batch.is_empty() {
             continue;
         }
-        // Leadership may have moved while the batch waited.
-        let not_leader = {
+        // Leadership may have moved while the batch waited. The term we
+        // lead in goes with the proposal: openraft refuses it, unproposed,
+        // if the leader has changed by the time it looks.
+        let leading = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
-            (m.state != ServerState::Leader).then(|| leader_hint(&m))
+            if m.state == ServerState::Leader {
+                Ok(m.current_term)
+            } else {
+                Err(leader_hint(&m))
+            }
         };
-        if let Some(leader) = not_leader {
-            for p in batch {
-                let _ = p.reply.send(Err(WriteError::NotLeader { leader: leader.clone() }));
-            }
-            continue;
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let (commands, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Outcome>>) =
-                batch.into_iter().map(|p| (ByteBuf::from(p.command), p.reply)).unzip();
-            let n = commands.len();
-            tracing::trace!(commands = n, "proposing batch");
-            let indeterminate =
-                |reason: String, leader: Option<LeaderHint>| WriteError::Indeterminate { reason, leader };
-            let failure = match raft.client_write(Batch(commands)).await {
-                Ok(resp) if resp.data.0.len() == n => {
-                    for (reply, data) in replies.into_iter().zip(resp.data.0) {
-                        let _ = reply.send(Ok((resp.log_id, data)));
-                    }
-                    return;
+        let term = match leading {
+            Ok(term) => term,
+            Err(leader) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(WriteError::NotLeader { leader: leader.clone() }));
                 }
-                Ok(resp) => indeterminate(
-                    format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
-                    None,
-                ),
-                // Refused before it was appended: certainly not applied.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    WriteError::NotLeader { leader: forward_hint(&f) }
-                }
-                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => indeterminate(
-                    "leadership changed after the command was proposed".into(),
-                    forward_hint(&f),
-                ),
-                Err(RaftError::APIError(e)) => indeterminate(e.to_string(), None),
-                Err(RaftError::Fatal(e)) => indeterminate(format!("node stopped: {e}"), None),
-            };
-            for reply in replies {
-                let _ = reply.send(Err(failure.clone()));
+                continue;
             }
+        };
+        let (commands, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Outcome>>) =
+            batch.into_iter().map(|p| (ByteBuf::from(p.command), p.reply)).unzip();
+        tracing::trace!(commands = commands.len(), "proposing batch");
+        // Each writer is answered straight from where openraft completes the
+        // batch (the state machine's apply), and only then may the next
+        // batch go.
+        let responder = CallbackResponder::new(move |result| {
+            answer(replies, result);
+            drop(permit);
         });
+        let proposed =
+            raft.write(Batch(commands)).with_leader(CommittedLeaderId::new(term)).responder(responder).await;
+        if let Err(e) = proposed {
+            // The core has stopped; it dropped the responder, and with it
+            // every writer's channel (they see the node stopping).
+            tracing::debug!(error = %e, "proposing a batch failed: raft stopped");
+            return;
+        }
+    }
+}
+
+/// Sends each writer of a batch its outcome.
+fn answer(replies: Vec<oneshot::Sender<Outcome>>, result: ClientWriteResult<TypeConfig>) {
+    let n = replies.len();
+    let indeterminate =
+        |reason: String, leader: Option<LeaderHint>| WriteError::Indeterminate { reason, leader };
+    let failure = match result {
+        Ok(resp) if resp.data.0.len() == n => {
+            for (reply, data) in replies.into_iter().zip(resp.data.0) {
+                let _ = reply.send(Ok((resp.log_id, data)));
+            }
+            return;
+        }
+        Ok(resp) => indeterminate(
+            format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
+            None,
+        ),
+        // Refused before it was appended: certainly not applied.
+        Err(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader { leader: forward_hint(&f) },
+        Err(ClientWriteError::LogEntryDiscarded(f)) => {
+            indeterminate("leadership changed after the command was proposed".into(), forward_hint(&f))
+        }
+        Err(e) => indeterminate(e.to_string(), None),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(failure.clone()));
     }
 }
 

@@ -83,26 +83,60 @@ impl fmt::Debug for Replies {
     }
 }
 
-openraft::declare_raft_types!(
-    /// The openraft type configuration of every node built by this crate.
-    ///
-    /// `LeaderId` is standard Raft's: a leader is identified by its term
-    /// alone once elected, and two candidates of one term are incomparable,
-    /// so a voter that granted one can never grant the other (§5.2:
-    /// Election Safety, at most one leader per term). openraft's default
-    /// would order candidates of one term by node id and let a later one
-    /// win the same term.
-    pub TypeConfig:
-        D = Batch,
-        R = Replies,
-        NodeId = NodeId,
-        Node = Node,
-        Term = u64,
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
-        Vote = openraft::impls::Vote<Self::LeaderId>,
-        Entry = openraft::impls::Entry<openraft::vote::leader_id_std::CommittedLeaderId<u64>, Self::Payload>,
-        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
-);
+/// The openraft type configuration of every node built by this crate.
+///
+/// `LeaderId` is standard Raft's: a leader is identified by its term alone
+/// once elected, and two candidates of one term are incomparable, so a voter
+/// that granted one can never grant the other (§5.2: Election Safety, at
+/// most one leader per term). openraft's default would order candidates of
+/// one term by node id and let a later one win the same term.
+///
+/// `Responder` is [`CallbackResponder`]: the proposer hands each batch a
+/// callback that answers every waiting writer directly from the state
+/// machine's apply, with no task in between (see [`crate::proposer`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = Batch;
+    type R = Replies;
+    type NodeId = NodeId;
+    type Node = Node;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Batch, NodeId, Node>;
+    type Entry = openraft::impls::Entry<CommittedLeaderId, Self::Payload>;
+    type AsyncRuntime = openraft_rt_tokio::TokioRuntime;
+    type Responder<T>
+        = CallbackResponder<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+/// Where openraft delivers the outcome of a write it was handed with a
+/// responder: a callback, run on whichever task completes the write (the
+/// state machine's apply, or the core if the write fails first). It must be
+/// quick and must not block.
+pub struct CallbackResponder<T>(Box<dyn FnOnce(T) + Send + 'static>);
+
+impl<T> CallbackResponder<T> {
+    /// A responder that calls `f` with the outcome.
+    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Self {
+        CallbackResponder(Box::new(f))
+    }
+}
+
+impl<T: Send + 'static> openraft::raft::responder::Responder<TypeConfig, T> for CallbackResponder<T> {
+    fn on_complete(self, result: T) {
+        (self.0)(result)
+    }
+}
 
 /// The openraft node, for embedders who need a call this crate does not wrap.
 pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachineStore>;
