@@ -106,16 +106,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
         // Leadership may have moved while the batch waited. The term we
         // lead in goes with the proposal: openraft refuses it, unproposed,
         // if the leader has changed by the time it looks.
-        let leading = {
-            let metrics = raft.metrics();
-            let m = metrics.borrow_watched();
-            if m.state == ServerState::Leader {
-                Ok(m.current_term)
-            } else {
-                Err(leader_hint(&m))
-            }
-        };
-        let term = match leading {
+        let term = match leading_term(&raft).await {
             Ok(term) => term,
             Err(leader) => {
                 for p in batch {
@@ -142,6 +133,47 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
             tracing::debug!(error = %e, "proposing a batch failed: raft stopped");
             return;
         }
+    }
+}
+
+/// How long a new leader's batch may wait until the leader may take writes.
+/// Both steps below take one round (an fsync, one AppendEntries round trip);
+/// this bounds a stuck disk or a leader cut off right after its election.
+const NEW_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The term this node leads in, or the hint of who leads instead.
+///
+/// Winning an election is not yet enough for openraft to take a write. The
+/// leader's vote counts as *committed* (and a write pinned to its term is
+/// accepted) only once the leader has saved it to its own disk; and the
+/// leader accepts writes only while it holds a lease, which begins when a
+/// majority first acknowledges an AppendEntries of the new term. A batch
+/// that arrives in between (from a client that saw the new leader in the
+/// metrics) waits for both instead of being refused: refusing would send
+/// the client away from the one node that is about to take its write.
+async fn leading_term(raft: &Raft) -> Result<u64, Option<LeaderHint>> {
+    let check = |m: &RaftMetrics| match m.state {
+        ServerState::Leader => {
+            let alone = m.membership_config.membership().voter_ids().eq([m.id]);
+            let acknowledged = m.last_quorum_acked.is_some() || alone;
+            (m.vote.is_committed() && acknowledged).then_some(Ok(m.current_term))
+        }
+        _ => Some(Err(leader_hint(m))),
+    };
+    if let Some(known) = check(&raft.metrics().borrow_watched()) {
+        return known;
+    }
+    let settled =
+        raft.wait(Some(NEW_LEADER_WAIT)).metrics(|m| check(m).is_some(), "the new leader may write").await;
+    // After the wait, a leader proposes anyway and openraft refuses the
+    // batch, unproposed, if it still may not write.
+    let m = match settled {
+        Ok(m) => m,
+        Err(_) => raft.metrics().borrow_watched().clone(),
+    };
+    match m.state {
+        ServerState::Leader => Ok(m.current_term),
+        _ => Err(leader_hint(&m)),
     }
 }
 
