@@ -32,8 +32,8 @@
 //! 10. [`plot`]: latency and throughput over time, with the faults shaded.
 //! 11. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
 //!     and the report of one run; [`store`] is where runs are kept.
-//! 12. [`replay`]: a stopped node's log, replayed into the final log the
-//!     session checker's consistent-prefix check needs.
+//! 12. [`replay`]: the final log the session checker's consistent-prefix
+//!     check needs, asked of a stopped node with `kv-server inspect`.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.

@@ -4,8 +4,10 @@
 //! Each node's Raft address *in the cluster membership* is the address of
 //! its proxy; the proxy forwards to the node's real Raft listener. Raft
 //! connections start with a handshake that names the sending and the
-//! receiving node (see `raft_core::network::frame`), so the proxy knows, for
-//! every byte, which directed link `from → to` it travels on. The harness
+//! receiving node, so the proxy knows, for every byte, which directed link
+//! `from → to` it travels on. The proxy reads the handshake as any tool on
+//! the wire could, from its documented layout (below), and passes its bytes
+//! on unchanged; it does not link the library that wrote them. The harness
 //! cuts links per direction; a cut link *holds* its bytes instead of
 //! forwarding them, as a network that drops packets does to a TCP stream:
 //! nothing arrives, the sender's RPC times out and it drops the
@@ -20,12 +22,61 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use raft_core::network::frame::{read_handshake, write_handshake};
-use raft_core::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// The start of every Raft connection, as `raft-core`'s transport writes it
+/// (`docs/architecture/raft-core.md`, "The wire"): the magic `b"RCORE"`, the
+/// protocol version (u16, big-endian), then one frame, a u32 big-endian
+/// length and that many bytes of bincode (standard configuration: integers
+/// as varints, a string as its varint length and its bytes) holding the
+/// cluster id, the sending node and the receiving node, in that order.
+const MAGIC: &[u8; 5] = b"RCORE";
+/// The longest handshake frame the transport accepts (4 KiB).
+const HANDSHAKE_MAX_BYTES: usize = 4096;
+
+/// The handshake frame's fields.
+#[derive(Debug, Deserialize)]
+struct HandshakeBody {
+    _cluster_id: String,
+    from: NodeId,
+    to: NodeId,
+}
+
+/// A connection's handshake: its raw bytes, to pass on unchanged, and who
+/// it says is talking to whom.
+struct Handshake {
+    bytes: Vec<u8>,
+    from: NodeId,
+    to: NodeId,
+}
+
+/// Reads the handshake a Raft connection starts with.
+async fn read_handshake<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Handshake> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut bytes = vec![0u8; MAGIC.len() + 2 + 4];
+    r.read_exact(&mut bytes).await?;
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(invalid("not a Raft connection (no RCORE magic)".into()));
+    }
+    let len = u32::from_be_bytes(bytes[MAGIC.len() + 2..].try_into().expect("four bytes")) as usize;
+    if len > HANDSHAKE_MAX_BYTES {
+        return Err(invalid(format!("a handshake frame of {len} bytes")));
+    }
+    let start = bytes.len();
+    bytes.resize(start + len, 0);
+    r.read_exact(&mut bytes[start..]).await?;
+    let (body, _): (HandshakeBody, usize) =
+        bincode::serde::decode_from_slice(&bytes[start..], bincode::config::standard())
+            .map_err(|e| invalid(format!("a handshake that does not decode: {e}")))?;
+    Ok(Handshake { bytes, from: body.from, to: body.to })
+}
 
 /// Which directed links are cut. Cheap to clone: clones share the state.
 #[derive(Clone)]
@@ -125,7 +176,7 @@ impl Net {
     }
 
     async fn relay(&self, to: NodeId, mut inbound: TcpStream, target: SocketAddr) -> std::io::Result<()> {
-        let hs = read_handshake(&mut inbound).await.map_err(std::io::Error::other)?;
+        let hs = read_handshake(&mut inbound).await?;
         let from = hs.from;
         if hs.to != to {
             // Not ours to judge: pass it on, the node refuses it.
@@ -135,7 +186,7 @@ impl Net {
         // dropped would: wait for the link before connecting.
         self.wait_up(from, to).await;
         let mut outbound = TcpStream::connect(target).await?;
-        write_handshake(&mut outbound, &hs).await.map_err(std::io::Error::other)?;
+        outbound.write_all(&hs.bytes).await?;
         let (in_r, in_w) = inbound.into_split();
         let (out_r, out_w) = outbound.into_split();
         let forward = self.pump(from, to, in_r, out_w);
@@ -181,9 +232,20 @@ impl Net {
 mod tests {
     use std::time::Duration;
 
-    use raft_core::network::frame::Handshake;
-
     use super::*;
+
+    /// A handshake as the transport writes it: see [`read_handshake`].
+    fn handshake(from: NodeId, to: NodeId) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Body<'a>(&'a str, NodeId, NodeId);
+        let body =
+            bincode::serde::encode_to_vec(Body("test", from, to), bincode::config::standard()).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&2u16.to_be_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        bytes
+    }
 
     /// An echo server standing in for a node's Raft listener: reads the
     /// handshake, then echoes bytes.
@@ -208,7 +270,7 @@ mod tests {
 
     async fn connect(proxy: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
         let mut s = TcpStream::connect(proxy).await.unwrap();
-        write_handshake(&mut s, &Handshake::new("test", from, to)).await.unwrap();
+        s.write_all(&handshake(from, to)).await.unwrap();
         s
     }
 

@@ -1,293 +1,146 @@
-//! The final log, for the session checker's consistent-prefix check: a
-//! stopped node's Raft log, replayed entry by entry.
+//! The final log, for the session checker's consistent-prefix check, asked
+//! of the service: `kv-server inspect --writes` on a stopped node's data
+//! directory.
 //!
 //! The session checker ([`crate::checker::session`]) asks of every read
 //! whether the value it returned is the value its key held after *some
 //! prefix* of the agreed log: exactly the prefix up to the index the read
 //! says it reflects. To answer, it needs, for each key, the value after
-//! every entry that touched it: a [`FinalLog`]. This module builds one from
-//! a node's data directory after the run, when every node has been
-//! stopped.
+//! every entry that touched it: a [`FinalLog`]. The log is not exposed over
+//! HTTP, so after the run, when every node has been stopped, the harness
+//! runs the server binary's offline inspection on the node that applied the
+//! most, which replays the committed log with the service's own state
+//! machine and prints one JSON line per (entry, key):
+//! `{"index": 7, "key": "k", "value": "v"}` (`null`: deleted). The harness
+//! thereby depends on a command of the service, never on its storage
+//! format.
 //!
-//! This is the one place where the harness looks inside the service rather
-//! than talking to it as a client: the log is not exposed over HTTP, and
-//! reading it offline, after the run, cannot disturb what was tested.
-//!
-//! # How
-//!
-//! 1. Open the directory with `raft-core`'s [`Db`] (the node must be
-//!    stopped: a running node holds the database's lock).
-//! 2. Decide how far the log is known to be committed (below).
-//! 3. Read the log from index 1. If its start was purged behind a snapshot,
-//!    the prefix is incomplete and the replay refuses: the harness runs the
-//!    session workload with snapshots effectively off.
-//! 4. Apply the entries one at a time to a fresh in-memory copy of the KV
-//!    state machine, the same code the nodes ran, and after each entry read
-//!    back every key its commands touched. Each (entry, key) becomes one
-//!    [`LogWrite`], even when the command changed nothing (a failed
-//!    compare-and-swap, a duplicate): the value after it is still correct.
-//!
-//! # Only committed entries
-//!
-//! A node's log may end in entries that were never committed and that a
-//! later leader would overwrite, so the replay stops at the commit index.
-//! `raft-core` saves the commit index it knows as a hint, and
-//! [`final_log`] uses that. But the hint is written without its own fsync:
-//! after a SIGKILL it is only as new as the node's last durable log append,
-//! which usually means the last few committed entries are missing. A caller
-//! that knows better, such as the harness, which read every node's applied
-//! index from its status before stopping it, passes that index as
-//! [`ReplayOptions::committed`]: an applied entry is committed by
-//! definition. The replay then goes to the larger of the two.
+//! How far the log is committed: the node saves its commit index without
+//! an fsync of its own, so after a kill it may lag. The harness read every
+//! node's applied index from its status before stopping it, and an applied
+//! entry is committed by definition: it passes that as
+//! [`ReplayOptions::committed`], and the inspection replays up to the
+//! larger of the two (or fails, if the log ends before).
 //!
 //! Keys and values in the KV service are byte strings; the harness uses
 //! UTF-8 for both, and a value that is not UTF-8 is an error rather than a
 //! guess.
 
-use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context};
-use kv_app::command::KvCommand;
-use kv_app::state_machine::{self, KvStateMachine};
-use raft_core::codec;
-use raft_core::storage::{db::DB_FILE, Db, RedbLogStore, StateMachineStore};
-use raft_core::types::EntryPayload;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::checker::session::{FinalLog, LogWrite};
 
-/// How to replay a data directory's log. The default replays what the
-/// directory itself says is committed, with the state machine every real
-/// node runs.
+/// How to replay a data directory's log.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
     /// An index the caller knows to be committed (such as the applied index
-    /// the node reported before it was stopped). The replay goes up to the
-    /// larger of this and the commit index saved in the directory, and
-    /// fails if the log ends before it.
+    /// the node reported before it was stopped).
     pub committed: Option<u64>,
-    /// The state machine the nodes ran. A run with `kv-server
-    /// --unsafe-no-dedup` needs [`KvStateMachine::unsafe_without_dedup`],
-    /// or retried writes replay differently than they applied.
-    pub state_machine: KvStateMachine,
+    /// The nodes ran with `kv-server --unsafe-no-dedup`: retried writes
+    /// applied again, and must replay the same way.
+    pub unsafe_no_dedup: bool,
 }
 
 /// The committed writes of the stopped node whose data directory is
-/// `data_dir`, replayed up to the commit index saved there. See the
-/// [module docs](self) for why that index may be behind after a kill, and
-/// [`final_log_with`] to give a better one.
+/// `data_dir`, as `server_bin inspect --writes` replays them.
 ///
 /// # Errors
-/// If the directory holds no database, the node is still running, the log
-/// was purged behind a snapshot (no complete prefix from index 1), the log
-/// ends before the commit index, nothing is known to be committed although
-/// the log has entries, or a stored entry or value does not decode.
-pub fn final_log(data_dir: &Path) -> anyhow::Result<FinalLog> {
-    final_log_with(data_dir, ReplayOptions::default())
+/// If the inspection fails (its error is passed on: no database there, the
+/// node still running, a log purged behind a snapshot, committed entries
+/// missing), or prints something that is not a write with a UTF-8 value.
+pub fn final_log(server_bin: &Path, data_dir: &Path, options: ReplayOptions) -> anyhow::Result<FinalLog> {
+    let mut cmd = Command::new(server_bin);
+    cmd.arg("inspect").arg("--writes").arg("--data-dir").arg(data_dir);
+    if let Some(committed) = options.committed {
+        cmd.args(["--committed", &committed.to_string()]);
+    }
+    if options.unsafe_no_dedup {
+        cmd.arg("--unsafe-no-dedup");
+    }
+    let out = cmd.output().with_context(|| format!("running {} inspect", server_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} inspect failed ({}): {}",
+            server_bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text =
+        String::from_utf8(out.stdout).context("kv-server inspect printed something that is not UTF-8")?;
+    parse_writes(&text)
 }
 
-/// Like [`final_log`], as `options` say.
-pub fn final_log_with(data_dir: &Path, options: ReplayOptions) -> anyhow::Result<FinalLog> {
-    let dir = data_dir.display();
-    // Db::open would create an empty database: a typo must not look like
-    // an empty log.
-    if !data_dir.join(DB_FILE).is_file() {
-        bail!("{dir}: no {DB_FILE} in this directory; is it a kv-server data directory?");
-    }
-    let db = Db::open(data_dir).with_context(|| format!("opening {dir} (is its node stopped?)"))?;
-    let log = RedbLogStore::new(db);
-
-    let state = log.read_log_state().with_context(|| format!("{dir}: reading the log state"))?;
-    if let Some(purged) = state.last_purged_log_id {
-        bail!(
-            "{dir}: the log was purged up to index {} behind a snapshot, so it has no complete prefix \
-             from index 1 to replay; run the session workload with snapshots off",
-            purged.index
-        );
-    }
-    let last = state.last_log_id.map_or(0, |l| l.index);
-    let hint = log.read_committed_hint().with_context(|| format!("{dir}: reading the commit index"))?;
-    let committed = hint.map_or(0, |l| l.index).max(options.committed.unwrap_or(0));
-    if committed > last {
-        bail!(
-            "{dir}: the log ends at index {last}, before the committed index {committed}: committed \
-             entries are missing (lost in a crash of a node run with --unsafe-no-fsync?)"
-        );
-    }
-    if committed == 0 && last > 0 {
-        bail!(
-            "{dir}: the log has {last} entries but no commit index was saved (it is written without \
-             fsync); pass the node's last applied index as ReplayOptions::committed"
-        );
-    }
-
-    let entries = log.read_entries(1..=committed).with_context(|| format!("{dir}: reading the log"))?;
-    let sm = StateMachineStore::open(Db::in_memory(), options.state_machine)
-        .context("an in-memory state machine")?;
-    let mut writes = Vec::new();
-    for (entry, expected_index) in entries.into_iter().zip(1..) {
-        let index = entry.log_id.index;
-        if index != expected_index {
-            bail!("{dir}: the log has a hole: index {index} follows {}", expected_index - 1);
-        }
-        let keys = touched_keys(&entry.payload);
-        sm.apply_blocking(vec![entry]).with_context(|| format!("{dir}: applying entry {index}"))?;
-        let view = sm.view().with_context(|| format!("reading the state after entry {index}"))?;
-        for key in keys {
-            let value = match state_machine::get(&view, &key)? {
-                Some(bytes) => Value::String(String::from_utf8(bytes).map_err(|_| {
-                    anyhow::anyhow!("{dir}: the value of {key:?} after entry {index} is not UTF-8")
-                })?),
-                None => Value::Null,
-            };
-            writes.push(LogWrite { index, key: Value::String(key), value });
-        }
-    }
-    Ok(FinalLog { entries: writes })
+/// One line of `kv-server inspect --writes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteLine {
+    index: u64,
+    key: String,
+    value: Option<String>,
+    #[serde(default)]
+    value_b64: Option<String>,
 }
 
-/// The keys the commands of an entry write, each once, in key order. Blank
-/// and membership entries touch none; a command that does not decode
-/// changed nothing on the nodes either (they answer it with an error).
-fn touched_keys(payload: &EntryPayload) -> BTreeSet<String> {
-    match payload {
-        EntryPayload::Normal(batch) => batch
-            .0
-            .iter()
-            .filter_map(|bytes| codec::decode::<KvCommand>(bytes).ok())
-            .map(|command| command.op.key().to_string())
-            .collect(),
-        EntryPayload::Blank | EntryPayload::Membership(_) => BTreeSet::new(),
+/// The writes in the lines `kv-server inspect --writes` printed.
+fn parse_writes(text: &str) -> anyhow::Result<FinalLog> {
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let w: WriteLine = serde_json::from_str(line)
+            .with_context(|| format!("line {} of kv-server inspect --writes: {line:?}", n + 1))?;
+        if w.value_b64.is_some() {
+            bail!("the value of {:?} after entry {} is not UTF-8", w.key, w.index);
+        }
+        entries.push(LogWrite {
+            index: w.index,
+            key: Value::String(w.key),
+            value: w.value.map_or(Value::Null, Value::String),
+        });
     }
+    Ok(FinalLog { entries })
 }
 
 #[cfg(test)]
 mod tests {
-    //! A real node, in process: write, stop, replay.
-
-    use std::collections::BTreeMap;
-
-    use kv_app::command::{SessionId, WriteOp};
-    use kv_app::server::{self, ServerConfig};
-    use raft_core::openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-    use raft_core::types::{log_id, Batch, Entry};
     use serde_json::json;
 
     use super::*;
 
-    fn command(op: WriteOp) -> KvCommand {
-        KvCommand { session: None, proposed_at_ms: 1, op }
-    }
-
-    fn put(key: &str, value: &str) -> KvCommand {
-        command(WriteOp::Put { key: key.into(), value: value.as_bytes().to_vec().into() })
-    }
-
-    fn cas(key: &str, expected: &str, value: &str) -> KvCommand {
-        let expected = Some(expected.as_bytes().to_vec().into());
-        command(WriteOp::Cas { key: key.into(), expected, value: value.as_bytes().to_vec().into() })
-    }
-
-    /// Starts a single-node kv-server in `dir`, runs `commands` one by one,
-    /// stops it cleanly, and returns each command's log index.
-    async fn run_node(dir: &Path, commands: &[KvCommand]) -> Vec<u64> {
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raft = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut config = ServerConfig::new(1, dir);
-        let me = raft_core::Node::new(raft.local_addr().unwrap().to_string(), "");
-        config.initial_members = BTreeMap::from([(1, me)]);
-        let server = server::start(config, http, raft).await.unwrap();
-        let mut indexes = Vec::new();
-        for c in commands {
-            let written = loop {
-                // The node elects itself shortly after initializing.
-                match server.node().write(c).await {
-                    Ok(w) => break w,
-                    Err(raft_core::WriteError::NotLeader { .. }) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("write failed: {e}"),
-                }
-            };
-            indexes.push(written.log_id.index);
-        }
-        server.shutdown().await;
-        indexes
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replays_puts_cas_and_delete_with_the_value_after_each_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut retried = put("s", "once");
-        retried.session = Some(SessionId { client_id: 7, seq: 1 });
-        let commands = [
-            put("a", "1"),
-            put("b", "2"),
-            cas("a", "1", "3"), // succeeds
-            cas("b", "9", "4"), // fails: "b" stays "2"
-            command(WriteOp::Delete { key: "a".into() }),
-            retried.clone(),
-            put("s", "other"),
-            retried, // a duplicate: changes nothing
-        ];
-        let ix = run_node(dir.path(), &commands).await;
-
-        let log = final_log(dir.path()).unwrap();
-        let w = |i: usize, key: &str, value: Value| LogWrite { index: ix[i], key: json!(key), value };
-        assert_eq!(
-            log.entries,
-            vec![
-                w(0, "a", json!("1")),
-                w(1, "b", json!("2")),
-                w(2, "a", json!("3")),
-                w(3, "b", json!("2")),
-                w(4, "a", Value::Null),
-                w(5, "s", json!("once")),
-                w(6, "s", json!("other")),
-                w(7, "s", json!("other")),
-            ]
-        );
-
-        // The same log, replayed as a cluster run with --unsafe-no-dedup
-        // applied it: the retry writes again.
-        let options =
-            ReplayOptions { state_machine: KvStateMachine::unsafe_without_dedup(), ..Default::default() };
-        let log = final_log_with(dir.path(), options).unwrap();
-        assert_eq!(log.entries.last(), Some(&w(7, "s", json!("once"))));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_committed_index_beyond_the_log_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let ix = run_node(dir.path(), &[put("k", "v")]).await;
-        let options = ReplayOptions { committed: Some(ix[0] + 5), ..Default::default() };
-        let err = final_log_with(dir.path(), options).unwrap_err().to_string();
-        assert!(err.contains("committed entries are missing"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_purged_log_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut log = RedbLogStore::new(Db::open(dir.path()).unwrap());
-            let id = |index| log_id(1, index);
-            let entries = (1..=4).map(|i| Entry {
-                log_id: id(i),
-                payload: EntryPayload::Normal(Batch::one(codec::encode(&put("k", "v")))),
-            });
-            log.blocking_append(entries).await.unwrap();
-            log.purge(id(2)).await.unwrap();
-        }
-        let err = final_log(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("purged up to index 2"), "{err}");
+    #[test]
+    fn lines_become_writes_with_null_for_a_delete() {
+        let log = parse_writes(
+            "{\"index\":3,\"key\":\"a\",\"value\":\"1\"}\n{\"index\":5,\"key\":\"a\",\"value\":null}\n",
+        )
+        .unwrap();
+        let w = |index, value| LogWrite { index, key: json!("a"), value };
+        assert_eq!(log.entries, vec![w(3, json!("1")), w(5, Value::Null)]);
+        assert!(parse_writes("").unwrap().entries.is_empty());
     }
 
     #[test]
-    fn a_directory_without_a_database_is_an_error_not_an_empty_log() {
+    fn a_value_that_is_not_utf8_or_a_line_that_is_not_a_write_is_an_error() {
+        let err =
+            parse_writes("{\"index\":3,\"key\":\"b\",\"value\":null,\"value_b64\":\"/wA=\"}").unwrap_err();
+        assert!(err.to_string().contains("is not UTF-8"), "{err}");
+        let err = parse_writes("{\"index\":3,\"key\":\"b\",\"value\":\"x\"}\nnot json").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(parse_writes("{\"index\":3,\"key\":\"b\",\"value\":\"x\",\"other\":1}").is_err());
+    }
+
+    #[test]
+    fn a_failed_inspection_is_an_error_with_its_message() {
         let dir = tempfile::tempdir().unwrap();
-        let err = final_log(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("no raft.redb"), "{err}");
-        assert!(!dir.path().join(DB_FILE).exists(), "nothing was created");
+        // `sh inspect …` fails: there is no script named "inspect".
+        let err =
+            final_log(Path::new("/bin/sh"), dir.path(), ReplayOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("inspect failed") && err.contains("No such file"), "{err}");
+        let missing = dir.path().join("no-such-kv-server");
+        let err = final_log(&missing, dir.path(), ReplayOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("running") && err.contains("no-such-kv-server"), "{err}");
     }
 }

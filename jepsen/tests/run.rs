@@ -138,6 +138,21 @@ async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
     assert!(ok >= 3, "every node answered the final reads: {summary}");
 }
 
+/// The session workload's consistent-prefix check needs the agreed log,
+/// which the harness gets from `kv-server inspect --writes` on a stopped
+/// node: if that failed, the check would silently not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_run_checks_consistent_prefix_against_the_log_kv_server_replays() {
+    let store = tempfile::tempdir().unwrap();
+    let outcome = run_one(options(store.path(), Kind::Session, &[Fault::Kill], 12)).await;
+    if outcome.verdict != Verdict::Valid {
+        panic!("the session run is not valid:\n{}", explain(&outcome));
+    }
+    let session = &outcome.results["checkers"]["session"];
+    assert_eq!(session["consistent_prefix_checked"], true, "{session}");
+    assert_eq!(verdict_of(&outcome, "final_log"), "absent", "the final log was read: {}", explain(&outcome));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_local_reads_is_caught_by_the_linearizability_checker() {
     let store = tempfile::tempdir().unwrap();

@@ -13,6 +13,8 @@
 //! 5. [`cli`] and [`local_cluster`]: `kvctl`, and running a cluster of
 //!    kv-server processes on one machine.
 //! 6. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
+//! 7. [`inspect`]: `kv-server inspect`, what a stopped node's data directory
+//!    holds and its committed log replayed, read offline.
 //!
 //! The design is explained in `docs/architecture/kv-app.md`.
 
@@ -21,6 +23,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod inspect;
 pub mod local_cluster;
 pub mod server;
 pub mod state_machine;

@@ -244,13 +244,10 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         match best {
             Some((node, upto)) => {
                 let data_dir = cluster.node(node)?.data_dir.clone();
-                let state_machine = if opts.server_args.iter().any(|a| a == "--unsafe-no-dedup") {
-                    kv_app::state_machine::KvStateMachine::unsafe_without_dedup()
-                } else {
-                    kv_app::state_machine::KvStateMachine::default()
-                };
-                let replay = crate::replay::ReplayOptions { committed: Some(upto), state_machine };
-                Some(crate::replay::final_log_with(&data_dir, replay).context("replaying the final log"))
+                let unsafe_no_dedup = opts.server_args.iter().any(|a| a == "--unsafe-no-dedup");
+                let replay = crate::replay::ReplayOptions { committed: Some(upto), unsafe_no_dedup };
+                let log = crate::replay::final_log(&opts.server_bin, &data_dir, replay);
+                Some(log.context("replaying the final log"))
             }
             None => Some(Err(anyhow::anyhow!("no node reported its status at the end"))),
         }

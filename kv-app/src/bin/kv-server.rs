@@ -4,6 +4,10 @@
 //! HTTP on 127.0.0.1:8080 and Raft on 127.0.0.1:9080, initializing itself
 //! on first start and reopening its data afterwards.
 //!
+//! `kv-server inspect --data-dir D` prints what a stopped node's data
+//! directory holds, and `--writes` its committed log replayed, one JSON line
+//! per key each entry wrote (see `kv_app::inspect`).
+//!
 //! The flags under "Fault injection" exist for the Jepsen harness: each
 //! breaks one guarantee on purpose, so that the harness can show its
 //! checkers catch the breakage (see "Fault-injection flags" in
@@ -21,8 +25,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use kv_app::inspect::{self, ReplayOptions};
 use kv_app::server::{self, Faults, ServerConfig};
+use kv_app::state_machine::KvStateMachine;
 use raft_core::storage::StorageOptions;
 use raft_core::Node;
 
@@ -30,7 +36,51 @@ use raft_core::Node;
 const FAULTS: &str = "Fault injection (testing only: these break the service's guarantees)";
 
 #[derive(Parser, Debug)]
-#[command(version, about = "A node of the replicated key-value service (Raft on openraft + redb)")]
+#[command(
+    version,
+    about = "A node of the replicated key-value service (Raft on openraft + redb)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print what a stopped node's data directory holds, or (--writes) its
+    /// committed log replayed. The node must be stopped.
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    /// The data directory of a stopped node.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Print the summary as one JSON object.
+    #[arg(long, conflicts_with = "writes")]
+    json: bool,
+    /// Replay the committed log from index 1 and print, for every entry and
+    /// every key it wrote, the key's value right after it: one JSON object
+    /// per line, {"index", "key", "value"} (`null`: deleted; a value that is
+    /// not UTF-8 comes as base64 in "value_b64"). Needs the whole log: a
+    /// node that purged its log behind a snapshot is refused.
+    #[arg(long)]
+    writes: bool,
+    /// With --writes: an index known to be committed (such as the node's
+    /// last applied index), when the commit index saved on disk may be
+    /// behind it (it is written without an fsync of its own).
+    #[arg(long, requires = "writes")]
+    committed: Option<u64>,
+    /// With --writes: replay as a node run with --unsafe-no-dedup applied.
+    #[arg(long, requires = "writes")]
+    unsafe_no_dedup: bool,
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// This node's id: a positive integer, unique in the cluster, never reused.
     #[arg(long, default_value_t = 1)]
@@ -133,7 +183,11 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Inspect(inspect)) = cli.command {
+        return run_inspect(inspect).await;
+    }
+    let args = cli.args;
     if args.id == 0 {
         bail!("--id must be a positive integer");
     }
@@ -192,5 +246,50 @@ async fn main() -> Result<()> {
     }
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+/// `kv-server inspect`: prints to stdout what [`kv_app::inspect`] reads.
+async fn run_inspect(args: InspectArgs) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.writes {
+        let state_machine = if args.unsafe_no_dedup {
+            KvStateMachine::unsafe_without_dedup()
+        } else {
+            KvStateMachine::default()
+        };
+        let options = ReplayOptions { committed: args.committed, state_machine };
+        for write in inspect::committed_writes(&args.data_dir, options)? {
+            serde_json::to_writer(&mut out, &write)?;
+            writeln!(out)?;
+        }
+    } else {
+        let s = inspect::summary(&args.data_dir).await?;
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &s)?;
+            writeln!(out)?;
+        } else {
+            let vote = match s.voted_for {
+                None => "none".to_string(),
+                Some(node) => {
+                    let kind = if s.vote_committed { "a leader elected" } else { "a candidate" };
+                    format!("term {} for node {node} ({kind})", s.vote_term)
+                }
+            };
+            let purged = match s.purged_index {
+                0 => String::new(),
+                i => format!(", purged through {i}"),
+            };
+            writeln!(out, "data directory  {}", args.data_dir.display())?;
+            writeln!(out, "vote            {vote}")?;
+            writeln!(out, "log             last index {}, term {}{purged}", s.last_index, s.last_term)?;
+            writeln!(out, "committed       at least index {}", s.committed_index)?;
+            writeln!(out, "checkpoint      the applied state as of index {}", s.checkpoint_index)?;
+            writeln!(out, "voters          {:?}", s.voters)?;
+            writeln!(out, "learners        {:?}", s.learners)?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
