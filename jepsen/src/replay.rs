@@ -1,7 +1,7 @@
 //! The final log, for the session checker's consistent-prefix check: a
 //! stopped node's Raft log, replayed entry by entry.
 //!
-//! The session checker ([`crate::checker::session`]) asks of every read
+//! The session checker ([`jepsen_checker::checker::session`]) asks of every read
 //! whether the value it returned is the value its key held after *some
 //! prefix* of the agreed log: exactly the prefix up to the index the read
 //! says it reflects. To answer, it needs, for each key, the value after
@@ -48,14 +48,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use jepsen_checker::checker::session::{FinalLog, LogWrite};
 use kv_app::command::KvCommand;
 use kv_app::state_machine::{self, KvStateMachine};
 use raft_core::codec;
 use raft_core::storage::{db::DB_FILE, Db, RedbLogStore, StateMachineStore};
 use raft_core::types::EntryPayload;
 use serde_json::Value;
-
-use crate::checker::session::{FinalLog, LogWrite};
 
 /// How to replay a data directory's log. The default replays what the
 /// directory itself says is committed, with the state machine every real
