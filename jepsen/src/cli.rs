@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use jepsen_checker::checker::Verdict;
 
-use crate::checker::Verdict;
 use crate::run::nemesis::{Fault, Target};
 use crate::run::workload::Kind;
 use crate::run::TestOptions;
@@ -287,7 +287,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
 
 /// `jepsen check`: prints the report as pretty JSON on stdout.
 fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
-    let report = crate::check::check_file(&args.path, args.budget)
+    let report = jepsen_checker::check::check_file(&args.path, args.budget)
         .with_context(|| format!("checking {}", args.path.display()))?;
     let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
     println!("{json}");

@@ -2,7 +2,7 @@
 //! of the service: `kv-server inspect --writes` on a stopped node's data
 //! directory.
 //!
-//! The session checker ([`crate::checker::session`]) asks of every read
+//! The session checker ([`jepsen_checker::checker::session`]) asks of every read
 //! whether the value it returned is the value its key held after *some
 //! prefix* of the agreed log: exactly the prefix up to the index the read
 //! says it reflects. To answer, it needs, for each key, the value after
@@ -33,7 +33,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::checker::session::{FinalLog, LogWrite};
+use jepsen_checker::checker::session::{FinalLog, LogWrite};
 
 /// How to replay a data directory's log.
 #[derive(Debug, Clone, Copy, Default)]

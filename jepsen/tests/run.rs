@@ -23,7 +23,7 @@ use std::time::Duration;
 use jepsen::run::nemesis::{Fault, Target};
 use jepsen::run::workload::Kind;
 use jepsen::run::{run, RunOutcome, TestOptions};
-use jepsen::Verdict;
+use jepsen_checker::Verdict;
 use serde_json::Value;
 
 mod common;
@@ -132,7 +132,8 @@ async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
     assert!(outcome.dir.join("nodes/node-1/server.log").is_file());
     assert!(!outcome.dir.join("nodes/node-1/raft.redb").exists(), "a valid run keeps only the logs");
     // The stored history re-checks to the same verdict.
-    let again = jepsen::check_file(outcome.dir.join("history.jsonl"), Duration::from_secs(60)).unwrap();
+    let again =
+        jepsen_checker::check_file(outcome.dir.join("history.jsonl"), Duration::from_secs(60)).unwrap();
     assert_eq!(again.valid, Verdict::Valid);
     let ok = outcome.results["stats"]["phases"]["final"]["all"]["ok"].as_u64().unwrap_or(0);
     assert!(ok >= 3, "every node answered the final reads: {summary}");

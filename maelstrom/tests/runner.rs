@@ -53,8 +53,8 @@ fn assert_run_files(dir: &Path, nodes: usize) {
     let edn = std::fs::read_to_string(dir.join("results.edn")).unwrap();
     assert!(edn.contains(":valid?") && edn.contains(":msgs-per-op"), "{edn}");
     // The history re-reads and pairs under the shared format's rules.
-    let events = jepsen::read_history(dir.join("history.jsonl")).expect("history.jsonl parses");
-    jepsen::pair(&events).expect("history pairs");
+    let events = jepsen_checker::read_history(dir.join("history.jsonl")).expect("history.jsonl parses");
+    jepsen_checker::pair(&events).expect("history pairs");
 }
 
 #[test]

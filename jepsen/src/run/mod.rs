@@ -32,15 +32,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use jepsen_checker::checker::Verdict;
+use jepsen_checker::history::Recorder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use self::client::{Http, Session};
 use self::nemesis::{Fault, LeaderView, Nemesis, Target};
 use self::workload::{Kind, Shared, Worker, WorkloadOptions};
-use crate::checker::Verdict;
 use crate::cluster::{Cluster, ClusterSpec};
-use crate::history::Recorder;
 
 /// The cluster's timing: long enough election timeouts that two cores
 /// running five nodes, the clients and the checker do not cause elections
@@ -130,7 +130,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
             opts.server_bin.display()
         );
     }
-    let dir = crate::store::run_dir(&opts.store, opts.workload.name())?;
+    let dir = jepsen_checker::store::run_dir(&opts.store, opts.workload.name())?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
 
     let mut args: Vec<String> = SERVER_TIMING.iter().map(|s| s.to_string()).collect();

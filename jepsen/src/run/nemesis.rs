@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -31,7 +32,6 @@ use serde_json::{json, Value};
 
 use super::client::Http;
 use crate::cluster::Cluster;
-use crate::history::{EventType, Function, Process, Recorder};
 
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]

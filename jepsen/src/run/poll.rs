@@ -1,17 +1,18 @@
 //! Watching the nodes: every node's status, polled throughout the run.
 //!
-//! The samples feed the leader checker ([`crate::checker::leaders`]: at
+//! The samples feed the leader checker ([`jepsen_checker::checker::leaders`]: at
 //! most one leader per term), tell the nemesis who leads (to isolate,
 //! kill or pause the leader), and at the end decide convergence.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jepsen_checker::checker::convergence::FinalStatus;
+use jepsen_checker::checker::leaders::StatusSample;
+use jepsen_checker::history::Recorder;
+
 use super::client::Http;
 use super::nemesis::LeaderView;
-use crate::checker::convergence::FinalStatus;
-use crate::checker::leaders::StatusSample;
-use crate::history::Recorder;
 
 /// How often every node is asked.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);

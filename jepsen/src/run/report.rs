@@ -3,10 +3,10 @@
 //!
 //! | file | what |
 //! |------|------|
-//! | `history.jsonl` | the history, one event per line ([`crate::history`]) |
+//! | `history.jsonl` | the history, one event per line ([`jepsen_checker::history`]) |
 //! | `statuses.jsonl` | every polled node status (for the leader checker) |
-//! | `results.json` | the verdict, every checker's result, the statistics ([`crate::stats`]) and the options |
-//! | `latency.svg`, `rate.svg` | latency and throughput over time, faults shaded ([`crate::plot`]) |
+//! | `results.json` | the verdict, every checker's result, the statistics ([`jepsen_checker::stats`]) and the options |
+//! | `latency.svg`, `rate.svg` | latency and throughput over time, faults shaded ([`jepsen_checker::plot`]) |
 //! | `nodes/node-<i>/server.log` | each node's log |
 //! | `nodes/node-<i>/raft.redb` | each node's data, kept only if the verdict is not valid |
 //!
@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
+use jepsen_checker::checker::convergence::{self, FinalStatus};
+use jepsen_checker::checker::leaders::{self, StatusSample};
+use jepsen_checker::checker::session::FinalLog;
+use jepsen_checker::checker::{logs, Verdict};
+use jepsen_checker::history::{Event, EventType, Process, Recorder};
 use serde_json::{json, Value};
 
 use super::{RunOutcome, TestOptions};
-use crate::checker::convergence::{self, FinalStatus};
-use crate::checker::leaders::{self, StatusSample};
-use crate::checker::session::FinalLog;
-use crate::checker::{logs, Verdict};
-use crate::history::{Event, EventType, Process, Recorder};
 
 /// What the report is made from.
 pub struct Inputs<'a> {
@@ -56,7 +56,8 @@ pub struct Inputs<'a> {
 /// If a file cannot be written, or the history cannot be judged at all.
 pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     let Inputs { opts, dir, events, samples, finals, logs, exits, final_log } = inputs;
-    crate::history::write_history(dir.join("history.jsonl"), events).context("writing history.jsonl")?;
+    jepsen_checker::history::write_history(dir.join("history.jsonl"), events)
+        .context("writing history.jsonl")?;
     write_lines(&dir.join("statuses.jsonl"), samples)?;
 
     let (final_log, log_error) = match final_log {
@@ -64,7 +65,7 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
         Some(Err(e)) => (None, Some(format!("{e:#}"))),
         None => (None, None),
     };
-    let report = crate::check::check_events_with(events, opts.check_budget, final_log.as_ref())
+    let report = jepsen_checker::check::check_events_with(events, opts.check_budget, final_log.as_ref())
         .context("checking the history")?;
     let leaders = leaders::check(samples);
     let convergence = convergence::check(finals);
@@ -77,7 +78,7 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
         verdicts.push(Verdict::Unknown);
     }
     let verdict = Verdict::all(verdicts);
-    let stats = crate::stats::summarize(events).context("summarising the history")?;
+    let stats = jepsen_checker::stats::summarize(events).context("summarising the history")?;
 
     let mut checkers = serde_json::Map::new();
     checkers.insert("linearizability".into(), json!(report.linearizability));
@@ -107,8 +108,8 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     let text = serde_json::to_string_pretty(&results).context("serializing results")? + "\n";
     std::fs::write(dir.join("results.json"), text).context("writing results.json")?;
 
-    let plot_opts = crate::plot::PlotOptions { min_duration: opts.time_limit, ..Default::default() };
-    for (file, e) in crate::plot::write_plots(dir, events, &plot_opts) {
+    let plot_opts = jepsen_checker::plot::PlotOptions { min_duration: opts.time_limit, ..Default::default() };
+    for (file, e) in jepsen_checker::plot::write_plots(dir, events, &plot_opts) {
         tracing::warn!(file, error = %e, "cannot draw a plot");
     }
     if verdict == Verdict::Valid {

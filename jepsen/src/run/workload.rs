@@ -29,12 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::client::{write_with_retries, Failure, Http, Session, Write, WriteOutcome};
-use crate::history::{EventType, Function, Process, Recorder};
 
 /// Elements per set in the set workload, before adds move to a new set.
 pub const SET_SIZE: u64 = 2_000;

@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jepsen::history::{EventType, Function, Process, Recorder};
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Map, Value};

@@ -35,8 +35,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use jepsen::checker::Verdict;
-use jepsen::history::{EventType, Function, Process, Recorder};
+use jepsen_checker::checker::Verdict;
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -172,7 +172,7 @@ pub async fn run_test(opts: &TestOptions) -> anyhow::Result<RunOutcome> {
     let seed = opts.seed.unwrap_or_else(|| rand::thread_rng().gen());
     let partitions = opts.nemesis.contains(&NemesisKind::Partition);
 
-    let dir = jepsen::store::run_dir(&opts.store, "lin-kv")?;
+    let dir = jepsen_checker::store::run_dir(&opts.store, "lin-kv")?;
     let log_dir = dir.join("node-logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     tracing::info!(dir = %dir.display(), seed, "starting lin-kv run");

@@ -4,7 +4,7 @@
 //!
 //! * **workload**: each key's history must be linearizable for a
 //!   compare-and-set register starting at `null`, decided by
-//!   [`jepsen::checker::linear`]; a search that runs out of time is
+//!   [`jepsen_checker::checker::linear`]; a search that runs out of time is
 //!   `:unknown`, never a pass;
 //! * **stats**: every operation type (`read`, `write`, `cas`) must have at
 //!   least one `ok`, or the test proved nothing about it.
@@ -15,9 +15,9 @@
 //! are reported but do not change the verdict.
 //!
 //! Files under the run's directory: `results.edn` and `results.json` (the
-//! same data), `history.jsonl` (the [`jepsen::history`] format, which `jepsen
+//! same data), `history.jsonl` (the [`jepsen_checker::history`] format, which `jepsen
 //! check` re-checks), `history.txt` (one line per event, for people),
-//! `latency-raw.svg` and `rate.svg` (drawn by [`jepsen::plot`], partitions
+//! `latency-raw.svg` and `rate.svg` (drawn by [`jepsen_checker::plot`], partitions
 //! shaded), and the node logs in `node-logs/`.
 
 use std::fmt::Write as _;
@@ -25,12 +25,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use jepsen::checker::linear::{self, LinearResult};
-use jepsen::checker::Verdict;
-use jepsen::history::{self, Event, EventType, Op, Outcome};
-use jepsen::plot::{self, PlotOptions};
-use jepsen::stats::{outcome_counts, Counts};
-use jepsen::Json;
+use jepsen_checker::checker::linear::{self, LinearResult};
+use jepsen_checker::checker::Verdict;
+use jepsen_checker::history::{self, Event, EventType, Op, Outcome};
+use jepsen_checker::plot::{self, PlotOptions};
+use jepsen_checker::stats::{outcome_counts, Counts};
+use jepsen_checker::Json;
 use serde_json::{json, Map, Value};
 
 use super::net::NetStats;
@@ -254,7 +254,7 @@ fn type_name(kind: EventType) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use jepsen::history::Function;
+    use jepsen_checker::history::Function;
 
     use super::*;
 
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(table["by-f"]["cas"]["fail-count"], 1);
     }
 
-    /// The runner judges with `jepsen::history`'s reader and the same
+    /// The runner judges with `jepsen_checker::history`'s reader and the same
     /// linearizability checker as `jepsen check`, so a history in any
     /// well-formed spelling is judged: string process ids, a process going
     /// on after an `info`, no `time`, numbers spelt as floats.

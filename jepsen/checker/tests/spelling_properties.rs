@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use jepsen::history::parse_history;
-use jepsen::{check_events, Verdict};
+use jepsen_checker::history::parse_history;
+use jepsen_checker::{check_events, Verdict};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;

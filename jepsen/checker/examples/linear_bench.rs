@@ -2,14 +2,14 @@
 //! histories of a few sizes.
 //!
 //! ```sh
-//! cargo run --release -p jepsen --example linear_bench
+//! cargo run --release -p jepsen-checker --example linear_bench
 //! ```
 //!
-//! Each history is linearizable by construction (see `jepsen::sim`), so the
-//! `as simulated` column must say `valid`. The `one read corrupted` column
-//! checks the same history after one late `ok` read was changed to return a
-//! value nobody wrote, which must be `invalid`: refuting a history means
-//! exhausting every order, which can cost more than finding one.
+//! Each history is linearizable by construction (see `jepsen_checker::sim`),
+//! so the `as simulated` column must say `valid`. The `one read corrupted`
+//! column checks the same history after one late `ok` read was changed to
+//! return a value nobody wrote, which must be `invalid`: refuting a history
+//! means exhausting every order, which can cost more than finding one.
 //!
 //! `clients/key` is the average number of clients working on one key at a
 //! time: it, more than the total size, decides how hard the search is. The
@@ -21,9 +21,9 @@
 
 use std::time::{Duration, Instant};
 
-use jepsen::checker::linear;
-use jepsen::history::{pair, Function, Op, Outcome};
-use jepsen::sim::{simulate_register, RegisterSim};
+use jepsen_checker::checker::linear;
+use jepsen_checker::history::{pair, Function, Op, Outcome};
+use jepsen_checker::sim::{simulate_register, RegisterSim};
 
 /// Per check; a check that runs out prints `unknown`.
 const BUDGET: Duration = Duration::from_secs(60);

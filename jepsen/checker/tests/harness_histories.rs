@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jepsen::check_events;
-use jepsen::history::parse_history;
+use jepsen_checker::check_events;
+use jepsen_checker::history::parse_history;
 use serde_json::Value;
 
 /// Generous: each history is checked in milliseconds.
@@ -91,5 +91,5 @@ fn harness_histories_keep_their_verdicts_without_time() {
     }
     let stale = edited(&read("register.jsonl"), 317, r#""value":77"#, r#""value":987654321"#);
     let without = check_events(&parse_history(&strip(&stale)).unwrap(), BUDGET).unwrap();
-    assert_eq!(without.valid, jepsen::Verdict::Invalid);
+    assert_eq!(without.valid, jepsen_checker::Verdict::Invalid);
 }
