@@ -1,0 +1,284 @@
+//! The server side of the TCP transport: accepting peers' connections,
+//! checking their handshakes, and serving their requests, one task per
+//! connection (see the [module docs](super) for what it promises).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+
+use crate::config::Config;
+use crate::network::frame::{
+    read_frame, read_handshake, write_frame, FrameError, HandshakeAck, RequestFrame, ResponseFrame,
+    HANDSHAKE_MAX_BYTES,
+};
+use crate::network::rpc::Inbox;
+use crate::types::{NodeId, Raft};
+
+/// How long the server waits for a new connection's handshake (5 s). Long
+/// enough for a loaded peer; short enough that half-open connections do not
+/// pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server closes a connection on which no request arrived for this long
+/// (60 s). A leader sends heartbeats every `heartbeat_interval`, so a live
+/// replication connection is never idle this long; the connections this
+/// reclaims belong to finished elections' vote requests and to peers that
+/// died without closing their socket.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the server may take to write one response (10 s) before it
+/// gives up on a peer that stopped reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After refusing a handshake, the server keeps reading (and discarding) for
+/// at most this long (1 s) before it closes, so that the peer reads the
+/// refusal instead of a connection reset.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The most bytes discarded while lingering after a refusal (64 KiB).
+const REFUSAL_LINGER_BYTES: u64 = 64 * 1024;
+
+/// How long the accept loop pauses after `accept` fails (100 ms). Failures
+/// such as running out of file descriptors persist for a while; retrying at
+/// once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Refusal reasons quote at most this many characters of a cluster id, so a
+/// refusal always fits in a handshake-sized frame.
+const MAX_QUOTED_CHARS: usize = 64;
+
+/// What every connection task of one server needs.
+#[derive(Debug)]
+struct ServerContext {
+    inbox: Inbox,
+    node_id: NodeId,
+    /// Connections accepted since the server started.
+    accepted: std::sync::atomic::AtomicU64,
+    cluster_id: String,
+    max_frame_bytes: u32,
+}
+
+/// Serves Raft RPCs from peers. See the [module docs](super).
+///
+/// Dropping the server stops it as [`TcpServer::shutdown`] does, but without
+/// waiting for it to finish.
+#[derive(Debug)]
+pub struct TcpServer {
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    accept: JoinHandle<()>,
+    ctx: Arc<ServerContext>,
+}
+
+impl TcpServer {
+    /// Starts serving the Raft RPCs of node `node_id` on `listener`, for the
+    /// cluster `config.cluster_id`, accepting frames of at most
+    /// `config.max_frame_bytes`.
+    ///
+    /// The listener is already bound, so the caller picks the address (tests
+    /// bind `127.0.0.1:0`). Must be called from within a tokio runtime.
+    pub fn spawn(listener: TcpListener, raft: Raft, node_id: NodeId, config: &Config) -> TcpServer {
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("invariant: a bound TcpListener has a local address ({e})"));
+        let ctx = Arc::new(ServerContext {
+            inbox: Inbox::new(raft),
+            node_id,
+            accepted: Default::default(),
+            cluster_id: config.cluster_id.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+        });
+        let (stop, stopped) = oneshot::channel();
+        let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
+        tracing::info!(node_id, %local_addr, "Raft transport listening");
+        TcpServer { node_id, local_addr, stop, accept, ctx }
+    }
+
+    /// How many connections the server has accepted since it started.
+    pub fn connections_accepted(&self) -> u64 {
+        self.ctx.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The address the server listens on (with the real port when the
+    /// listener was bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, closes every open connection (aborting
+    /// any request being served), and waits until all of that is done. The
+    /// listening socket is closed when this returns.
+    pub async fn shutdown(self) {
+        // An error means the accept loop already ended; there is nothing to stop.
+        let _ = self.stop.send(());
+        if let Err(e) = self.accept.await {
+            tracing::error!(node_id = self.node_id, error = %e, "Raft transport accept task failed");
+        }
+        tracing::info!(node_id = self.node_id, local_addr = %self.local_addr, "Raft transport stopped");
+    }
+}
+
+/// Accepts connections until told to stop (or until the [`TcpServer`] is
+/// dropped), then closes the listener and every connection.
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut stop: oneshot::Receiver<()>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Ready on `send(())` and when the sender is dropped alike.
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    ctx.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    connections.spawn(serve_connection(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(node_id = ctx.node_id, error = %e, "accepting a Raft connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow.
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        tracing::error!(node_id = ctx.node_id, error = %e, "Raft connection task panicked");
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Why the server closed a connection.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("bad handshake: {0}")]
+    Handshake(FrameError),
+    #[error("refused node {from}: {reason}")]
+    Refused { from: NodeId, reason: String },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("writing a response took longer than {0:?}")]
+    WriteTimeout(Duration),
+}
+
+/// Serves one connection from start to end. Never fails: whatever goes
+/// wrong is logged and ends this connection only.
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+    let node_id = ctx.node_id;
+    // Requests and responses are small and latency-bound: send at once.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(node_id, %peer, error = %e, "cannot set TCP_NODELAY");
+    }
+
+    let from = match accept_handshake(&mut stream, &ctx).await {
+        Ok(from) => from,
+        Err(e) => {
+            tracing::warn!(node_id, %peer, reason = %e, "refused Raft connection");
+            return;
+        }
+    };
+    tracing::debug!(node_id, %peer, from, "accepted Raft connection");
+
+    match serve_requests(&mut stream, &ctx, from).await {
+        Ok(()) => tracing::debug!(node_id, %peer, from, "Raft connection closed"),
+        Err(e) => {
+            tracing::warn!(node_id, %peer, from, error = %e, "closing Raft connection")
+        }
+    }
+}
+
+/// Reads and checks the handshake, and acknowledges it. Returns the peer's
+/// node id. On a mismatch, tells the peer why before returning the error.
+async fn accept_handshake(stream: &mut TcpStream, ctx: &ServerContext) -> Result<NodeId, ServeError> {
+    let hs = match timeout(HANDSHAKE_TIMEOUT, read_handshake(stream)).await {
+        Err(_) => return Err(ServeError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+        // The socket failed or the peer left: nobody to tell.
+        Ok(Err(e @ (FrameError::Io(_) | FrameError::Closed))) => return Err(ServeError::Handshake(e)),
+        Ok(Err(e)) => {
+            refuse(stream, e.to_string()).await;
+            return Err(ServeError::Handshake(e));
+        }
+        Ok(Ok(hs)) => hs,
+    };
+
+    let reason = if hs.cluster_id != ctx.cluster_id {
+        Some(format!(
+            "cluster id mismatch: this node belongs to cluster {:?}, the peer to cluster {:?}",
+            clip(&ctx.cluster_id),
+            clip(&hs.cluster_id)
+        ))
+    } else if hs.to != ctx.node_id {
+        Some(format!("this is node {}, not node {}", ctx.node_id, hs.to))
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        refuse(stream, reason.clone()).await;
+        return Err(ServeError::Refused { from: hs.from, reason });
+    }
+
+    match timeout(WRITE_TIMEOUT, write_frame(stream, &HandshakeAck::Ok, HANDSHAKE_MAX_BYTES)).await {
+        Err(_) => Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
+        Ok(Err(e)) => Err(ServeError::Handshake(e)),
+        Ok(Ok(())) => Ok(hs.from),
+    }
+}
+
+/// Tells the peer why its connection is refused, best effort, and lingers
+/// briefly so the refusal is read rather than lost to a connection reset
+/// (closing a socket with unread input makes the kernel send a reset).
+async fn refuse(stream: &mut TcpStream, reason: String) {
+    let ack = HandshakeAck::Refused { reason };
+    let _ = timeout(REFUSAL_LINGER, async {
+        write_frame(stream, &ack, HANDSHAKE_MAX_BYTES).await?;
+        stream.shutdown().await?;
+        let mut rest = (&mut *stream).take(REFUSAL_LINGER_BYTES);
+        tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
+        Ok::<(), FrameError>(())
+    })
+    .await;
+}
+
+/// The first `MAX_QUOTED_CHARS` characters of `s`.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// Answers requests, one at a time, until the peer closes the connection,
+/// stays idle for [`IDLE_TIMEOUT`], or sends something invalid.
+async fn serve_requests(stream: &mut TcpStream, ctx: &ServerContext, from: NodeId) -> Result<(), ServeError> {
+    loop {
+        let request: RequestFrame = match timeout(IDLE_TIMEOUT, read_frame(stream, ctx.max_frame_bytes)).await
+        {
+            Err(_) => {
+                tracing::debug!(node_id = ctx.node_id, from, "closing idle Raft connection");
+                return Ok(());
+            }
+            Ok(Err(FrameError::Closed)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(request)) => request,
+        };
+        let id = request.id;
+        tracing::debug!(node_id = ctx.node_id, from, id, rpc = request.rpc.name(), "serving Raft RPC");
+
+        let response = ResponseFrame { id, rpc: ctx.inbox.serve(from, request.rpc).await };
+        match timeout(WRITE_TIMEOUT, write_frame(stream, &response, ctx.max_frame_bytes)).await {
+            Err(_) => return Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
+            Ok(result) => result?,
+        }
+    }
+}
