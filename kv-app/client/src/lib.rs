@@ -1,0 +1,9 @@
+//! # kv-client
+//!
+//! The client side of the reference KV service: what a program needs to talk
+//! to a kv-server cluster, and nothing of the server.
+//!
+//! 1. [`api`]: the HTTP API's wire types (described in `docs/api.md`),
+//!    shared with the server so that the two cannot drift apart.
+
+pub mod api;
