@@ -18,11 +18,11 @@
 
 pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod command;
 pub mod local_cluster;
 pub mod server;
 pub mod state_machine;
 
-// The wire types moved to kv-client; re-exported until their users move too.
-pub use kv_client::api;
+// The wire types and the client moved to kv-client; re-exported until their
+// users move too.
+pub use kv_client::{api, client};

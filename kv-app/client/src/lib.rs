@@ -5,5 +5,8 @@
 //!
 //! 1. [`api`]: the HTTP API's wire types (described in `docs/api.md`),
 //!    shared with the server so that the two cannot drift apart.
+//! 2. [`client`]: the client library: leader discovery, retries, exactly-once
+//!    writes, and which errors leave a write's outcome unknown.
 
 pub mod api;
+pub mod client;

@@ -3,9 +3,9 @@
 //! safe to retry, and says plainly when the outcome of a write is unknown.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), kv_app::client::ClientError> {
-//! use kv_app::client::Client;
-//! use kv_app::api::Consistency;
+//! # async fn demo() -> Result<(), kv_client::client::ClientError> {
+//! use kv_client::client::Client;
+//! use kv_client::api::Consistency;
 //!
 //! let client = Client::new(vec!["127.0.0.1:8080".into(), "127.0.0.1:8081".into()])?;
 //! client.put("greeting", b"hello", None).await?;
@@ -187,8 +187,8 @@ pub enum ClientError {
     /// The server refused the write because it has already applied a later
     /// write of this session. This client never sends a new write of a
     /// session before the previous one has finished, so this means the
-    /// server lost track of the session (it expired: see
-    /// [`crate::command::SESSION_TTL_MS`]) or another client uses the same
+    /// server lost track of the session (it expired: see `SESSION_TTL_MS` in
+    /// kv-app's `command` module) or another client uses the same
     /// id. The write was not applied now; whether an earlier attempt of it
     /// was applied is no longer remembered.
     #[error("write (client {client_id}, seq {seq}) superseded by a later write of the session: {message}")]
