@@ -1258,10 +1258,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use std::collections::VecDeque;
 
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{Method as HttpMethod, StatusCode as HttpStatus, Uri};
-    use axum::response::IntoResponse;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::{Bytes, Incoming};
     use serde_json::{json, Value};
 
     use super::*;
@@ -1459,7 +1457,9 @@ mod tests {
     }
 
     /// An HTTP server on 127.0.0.1:0 that answers from a script, then with
-    /// a default answer, and records what it was sent.
+    /// a default answer, and records what it was sent. It runs on hyper, the
+    /// HTTP library under reqwest, so that testing the client needs no web
+    /// framework.
     #[derive(Clone)]
     struct Fake {
         script: Arc<Mutex<VecDeque<Scripted>>>,
@@ -1477,27 +1477,44 @@ mod tests {
                 seen: Arc::new(Mutex::new(Vec::new())),
                 addr: listener.local_addr().unwrap().to_string(),
             };
-            let app = axum::Router::new().fallback(Fake::handle).with_state(fake.clone());
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            let server = fake.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let fake = server.clone();
+                    let service = hyper::service::service_fn(move |request| fake.clone().handle(request));
+                    tokio::spawn(async move {
+                        // A client that gave up on a slow answer has closed
+                        // the connection: nothing to report.
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
             fake
         }
 
         async fn handle(
-            State(fake): State<Fake>,
-            method: HttpMethod,
-            uri: Uri,
-            body: Bytes,
-        ) -> axum::response::Response {
-            fake.seen.lock().unwrap().push(Seen {
-                method: method.to_string(),
-                path: uri.path().to_owned(),
-                query: uri.query().unwrap_or("").to_owned(),
+            self,
+            request: hyper::Request<Incoming>,
+        ) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            self.seen.lock().unwrap().push(Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or("").to_owned(),
                 body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             });
-            let next = fake.script.lock().unwrap().pop_front();
-            let s = next.unwrap_or_else(|| fake.default.lock().unwrap().clone());
+            let next = self.script.lock().unwrap().pop_front();
+            let s = next.unwrap_or_else(|| self.default.lock().unwrap().clone());
             tokio::time::sleep(s.delay).await;
-            (HttpStatus::from_u16(s.status).unwrap(), axum::Json(s.body)).into_response()
+            let response = hyper::Response::builder()
+                .status(s.status)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&s.body).unwrap())))
+                .unwrap();
+            Ok(response)
         }
 
         fn seen(&self) -> Vec<Seen> {
