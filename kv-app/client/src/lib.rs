@@ -7,6 +7,9 @@
 //!    shared with the server so that the two cannot drift apart.
 //! 2. [`client`]: the client library: leader discovery, retries, exactly-once
 //!    writes, and which errors leave a write's outcome unknown.
+//! 3. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
+//!    for local clusters and test harnesses.
 
 pub mod api;
 pub mod client;
+pub mod ports;

@@ -31,7 +31,7 @@ pub struct ProcCluster {
 /// A free port on 127.0.0.1, released for the server. Not port 0: nodes are
 /// restarted on their port (see `bind_restartable_port`).
 pub fn free_addr() -> String {
-    let l = kv_app::local_cluster::bind_restartable_port().unwrap();
+    let l = kv_client::ports::bind_restartable_port().unwrap();
     l.local_addr().unwrap().to_string()
 }
 
