@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_app::api::StatusResponse;
-use kv_app::client::{Client, ClientOptions};
+use kv_client::api::StatusResponse;
+use kv_client::client::{Client, ClientOptions};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 

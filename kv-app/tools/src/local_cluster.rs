@@ -38,13 +38,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kv_client::client::{Client, ClientError, ClientOptions};
 use kv_client::ports::bind_restartable_port;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-
-use crate::client::{Client, ClientError, ClientOptions};
 
 /// The file, in the cluster's directory, that lists its nodes.
 pub const CLUSTER_FILE: &str = "cluster.json";
@@ -139,8 +138,8 @@ pub struct ClusterConfig {
     /// HTTP ports `base_port + i - 1` and Raft ports `RAFT_PORT_OFFSET`
     /// higher; `None`: free ports chosen by the OS.
     pub base_port: Option<u16>,
-    /// The `kv-server` binary. Integration tests of this package can use
-    /// `env!("CARGO_BIN_EXE_kv-server")`.
+    /// The `kv-server` binary ([`default_server_binary`] finds the one
+    /// built next to the running executable).
     pub bin: PathBuf,
     /// More arguments for every node (`--max-value-bytes 1024`, say).
     pub extra_args: Vec<String>,
