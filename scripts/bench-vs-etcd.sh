@@ -79,7 +79,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 log "building release binaries"
-cargo build --release --quiet -p kv-app --bins
+cargo build --release --quiet -p kv-app -p kv-tools --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 kvctl="$bin/kvctl"
 

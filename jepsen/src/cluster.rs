@@ -88,9 +88,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
 }
 
 /// A free address for a node that the nemesis kills and restarts on it
-/// (see [`kv_app::local_cluster::bind_restartable_port`] for why not port 0).
+/// (see [`kv_client::ports::bind_restartable_port`] for why not port 0).
 fn free_port() -> Result<String, ClusterError> {
-    let l = kv_app::local_cluster::bind_restartable_port().map_err(io("binding a free port"))?;
+    let l = kv_client::ports::bind_restartable_port().map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("reading a bound port"))?.to_string())
 }
 

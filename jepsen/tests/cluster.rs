@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use jepsen::cluster::{Cluster, ClusterSpec, SETTLE};
-use kv_app::api::{Consistency, StatusResponse};
-use kv_app::client::{Client, ClientOptions};
+use kv_client::api::{Consistency, StatusResponse};
+use kv_client::client::{Client, ClientOptions};
 
 mod common;
 use common::kv_server;

@@ -34,12 +34,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
 use raft_core::codec;
 use raft_core::openraft::storage::{RaftLogReader, RaftStateMachine};
 use raft_core::storage::{db::DB_FILE, Db, RedbLogStore, StateMachineStore};
 use raft_core::types::EntryPayload;
 use serde::{Deserialize, Serialize};
+
+use kv_client::api::JsonValue;
 
 use crate::command::KvCommand;
 use crate::state_machine::{self, KvStateMachine};
@@ -93,12 +94,11 @@ pub struct LogWrite {
 
 impl LogWrite {
     fn new(index: u64, key: String, value: Option<Vec<u8>>) -> Self {
-        match value.map(String::from_utf8) {
+        match value {
             None => LogWrite { index, key, value: None, value_b64: None },
-            Some(Ok(s)) => LogWrite { index, key, value: Some(s), value_b64: None },
-            Some(Err(e)) => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
-                LogWrite { index, key, value: None, value_b64: Some(b64) }
+            Some(bytes) => {
+                let JsonValue { value, value_b64 } = JsonValue::from_bytes(&bytes);
+                LogWrite { index, key, value, value_b64 }
             }
         }
     }

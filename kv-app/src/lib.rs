@@ -1,29 +1,30 @@
 //! # kv-app
 //!
-//! The reference replicated key-value service built on `raft-core`.
+//! The reference replicated key-value service built on `raft-core`: the
+//! state machine and the server, `kv-server`.
 //!
 //! Read the modules in this order:
 //!
 //! 1. [`command`]: the write commands in the Raft log (a logical log).
 //! 2. [`state_machine`]: how a replica applies them, exactly once per
 //!    client write, and how it reads its state.
-//! 3. [`api`]: the HTTP API's wire types (described in `docs/api.md`).
-//! 4. [`client`]: the client library: leader discovery, retries, exactly-once
-//!    writes, and which errors leave a write's outcome unknown.
-//! 5. [`cli`] and [`local_cluster`]: `kvctl`, and running a cluster of
-//!    kv-server processes on one machine.
-//! 6. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
-//! 7. [`inspect`]: `kv-server inspect`, what a stopped node's data directory
+//! 3. [`server`]: one replica serving the HTTP API.
+//! 4. [`inspect`]: `kv-server inspect`, what a stopped node's data directory
 //!    holds and its committed log replayed, read offline.
+//!
+//! Two crates nested here hold the rest, and neither depends on this one:
+//!
+//! * `kv-client` (`kv-app/client/`): the HTTP API's wire types,
+//!   [`kv_client::api`], which the server uses too, and the client library,
+//!   [`kv_client::client`]: leader discovery, retries, exactly-once writes,
+//!   and which errors leave a write's outcome unknown.
+//! * `kv-tools` (`kv-app/tools/`): `kvctl`, running a cluster of kv-server
+//!   processes on one machine, and `kvctl bench`, a load generator for kv
+//!   and etcd.
 //!
 //! The design is explained in `docs/architecture/kv-app.md`.
 
-pub mod api;
-pub mod bench;
-pub mod cli;
-pub mod client;
 pub mod command;
 pub mod inspect;
-pub mod local_cluster;
 pub mod server;
 pub mod state_machine;

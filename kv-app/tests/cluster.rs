@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::ProcCluster;
-use kv_app::api::{Consistency, Durability};
+use kv_client::api::{Consistency, Durability};
 use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn log_stays_bounded_and_a_lagging_node_catches_up_by_snapshot() {
     let endpoints = c.endpoints();
     let mut tasks = Vec::new();
     for t in 0..32 {
-        let client = kv_app::client::Client::new(endpoints.clone()).unwrap();
+        let client = kv_client::client::Client::new(endpoints.clone()).unwrap();
         tasks.push(tokio::spawn(async move {
             let mut last = 0;
             for i in 0..(20_000 / 32 + 1) {

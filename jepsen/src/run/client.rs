@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use kv_app::api::{
+use kv_client::api::{
     codes, CasRequest, ErrorBody, JsonValue, ListResponse, PutRequest, ReadResponse, StatusResponse,
     WriteResponse,
 };

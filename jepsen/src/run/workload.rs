@@ -388,7 +388,7 @@ impl Shared {
                 self.complete(w, EventType::Ok, &f, self.hkey(key), value, done)
             }
             WriteOutcome::Mismatch => {
-                let fail = Failure { definite: true, error: kv_app::api::codes::CAS_MISMATCH.into() };
+                let fail = Failure { definite: true, error: kv_client::api::codes::CAS_MISMATCH.into() };
                 self.failed(w, &f, self.hkey(key), value, extra, fail)
             }
             WriteOutcome::Failed(fail) => self.failed(w, &f, self.hkey(key), value, extra, fail),

@@ -12,15 +12,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kv_client::api::{
+    codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
+};
 use raft_core::{ChangeError, Node, NodeMetrics};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::forward::{self, Forward, Kind, FORWARD_SLACK};
 use super::Ctx;
-use crate::api::{
-    codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
-};
 use crate::state_machine;
 
 /// `GET /health`: the process is up and its node answers.

@@ -10,9 +10,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kv_client::api::{codes, ErrorBody, LeaderInfo};
 use raft_core::{ChangeError, LeaderHint, ReadError, WriteError};
-
-use crate::api::{codes, ErrorBody, LeaderInfo};
 
 /// An error response.
 #[derive(Debug)]

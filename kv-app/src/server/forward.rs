@@ -16,6 +16,7 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kv_client::api::{codes, LeaderInfo};
 use raft_core::LeaderHint;
 
 use super::error::{leader_info, ApiError};
@@ -97,9 +98,9 @@ pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>)
     }
 }
 
-fn failed(kind: Kind, message: String, info: Option<crate::api::LeaderInfo>) -> Response {
+fn failed(kind: Kind, message: String, info: Option<LeaderInfo>) -> Response {
     match kind {
-        Kind::Read => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::api::codes::UNAVAILABLE, message)
+        Kind::Read => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message)
             .with_leader(info)
             .into_response(),
         Kind::Write => ApiError::indeterminate(message, info).into_response(),

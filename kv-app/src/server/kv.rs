@@ -23,6 +23,10 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kv_client::api::{
+    codes, CasRequest, Consistency, DeleteRequest, Durability, JsonValue, ListItem, ListResponse, PutRequest,
+    ReadIndexResponse, ReadResponse, WriteResponse,
+};
 use raft_core::{AppView, WriteError};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
@@ -30,10 +34,6 @@ use serde_bytes::ByteBuf;
 use super::error::{leader_info, ApiError};
 use super::forward::{self, Forward, Kind, FORWARD_SLACK};
 use super::Ctx;
-use crate::api::{
-    codes, CasRequest, Consistency, DeleteRequest, Durability, JsonValue, ListItem, ListResponse, PutRequest,
-    ReadIndexResponse, ReadResponse, WriteResponse,
-};
 use crate::command::{KvCommand, KvResponse, SessionId, WriteOp, WriteOutcome, MAX_KEY_BYTES};
 use crate::state_machine;
 

@@ -33,11 +33,11 @@ use anyhow::{bail, Context as _};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use kv_client::api::AddLearnerRequest;
 use raft_core::{Node, NodeId, RaftNode};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::AddLearnerRequest;
 use crate::command::DEFAULT_MAX_VALUE_BYTES;
 use crate::state_machine::KvStateMachine;
 

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_app::api::StatusResponse;
-use kv_app::client::{Client, ClientOptions};
+use kv_client::api::StatusResponse;
+use kv_client::client::{Client, ClientOptions};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -31,7 +31,7 @@ pub struct ProcCluster {
 /// A free port on 127.0.0.1, released for the server. Not port 0: nodes are
 /// restarted on their port (see `bind_restartable_port`).
 pub fn free_addr() -> String {
-    let l = kv_app::local_cluster::bind_restartable_port().unwrap();
+    let l = kv_client::ports::bind_restartable_port().unwrap();
     l.local_addr().unwrap().to_string()
 }
 

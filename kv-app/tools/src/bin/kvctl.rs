@@ -1,6 +1,6 @@
 //! `kvctl`: the command-line client for a kv-server cluster, and a way to
 //! run one locally (`kvctl cluster up`). Everything but argument parsing
-//! and logging setup lives in [`kv_app::cli`].
+//! and logging setup lives in [`kv_tools::cli`].
 
 use std::process::ExitCode;
 
@@ -8,12 +8,12 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = kv_app::cli::Cli::parse();
+    let cli = kv_tools::cli::Cli::parse();
     // Logs go to stderr, quiet unless RUST_LOG asks for more: stdout is for
     // answers.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .init();
-    kv_app::cli::main(cli)
+    kv_tools::cli::main(cli)
 }

@@ -77,12 +77,11 @@ use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kv_client::api::{codes, Consistency, Durability, JsonValue, PutRequest, StatusResponse};
+use kv_client::client::normalize_endpoint;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
-
-use crate::api::{codes, Consistency, Durability, JsonValue, PutRequest, StatusResponse};
-use crate::client::normalize_endpoint;
 
 /// How long a worker pauses after a failed request before its next one, so
 /// that an unreachable server does not turn the loop into a busy spin of
@@ -674,7 +673,7 @@ impl Worker {
             Protocol::Kv => {
                 let missing = status == 404
                     && op == Op::Read
-                    && serde_json::from_slice::<crate::api::ErrorBody>(&body)
+                    && serde_json::from_slice::<kv_client::api::ErrorBody>(&body)
                         .is_ok_and(|e| e.error == codes::KEY_NOT_FOUND);
                 if !(200..300).contains(&status) && !missing {
                     return Err(http_error(status, &body));
@@ -1267,7 +1266,7 @@ impl InstantAnswers {
             followers: Vec::new(),
             state_digest: String::new(),
         };
-        let read = crate::api::ReadResponse {
+        let read = kv_client::api::ReadResponse {
             key: key_name(0),
             value: JsonValue { value: Some(value.clone()), value_b64: None },
             index: 1,

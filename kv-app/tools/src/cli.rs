@@ -1,5 +1,5 @@
 //! `kvctl`, the command-line client: argument parsing and output, on top of
-//! [`crate::client`], [`crate::local_cluster`] and [`crate::bench`]. The binary
+//! [`kv_client::client`], [`crate::local_cluster`] and [`crate::bench`]. The binary
 //! (`src/bin/kvctl.rs`) only parses arguments and calls [`main`].
 //!
 //! # Exit codes
@@ -21,11 +21,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use kv_client::api::{
+    ChangeResponse, Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse,
+};
+use kv_client::client::{Client, ClientError, ClientOptions};
 use serde::Serialize;
 
-use crate::api::{Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse};
 use crate::bench::{self, BenchArgs};
-use crate::client::{Client, ClientError, ClientOptions};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
 
 /// Exit code: a definite negative answer (missing key, CAS mismatch).
@@ -531,7 +533,7 @@ fn print_write(json: bool, w: &WriteResponse, what: Option<&str>) -> anyhow::Res
     Ok(())
 }
 
-fn print_change(json: bool, r: &crate::api::ChangeResponse) -> anyhow::Result<()> {
+fn print_change(json: bool, r: &ChangeResponse) -> anyhow::Result<()> {
     if json {
         return print_json(r);
     }

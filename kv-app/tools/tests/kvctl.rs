@@ -5,6 +5,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 fn kvctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvctl")).args(args).output().unwrap()
 }
@@ -26,18 +28,11 @@ impl Drop for Down<'_> {
 #[test]
 fn cluster_up_put_get_cas_status_and_down() {
     let dir = tempfile::tempdir().unwrap();
+    let server = common::kv_server();
     let cluster_dir = dir.path().join("cluster");
     let cluster_dir = cluster_dir.to_str().unwrap();
-    let out = kvctl(&[
-        "cluster",
-        "up",
-        "--nodes",
-        "3",
-        "--dir",
-        cluster_dir,
-        "--bin",
-        env!("CARGO_BIN_EXE_kv-server"),
-    ]);
+    let out =
+        kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server.to_str().unwrap()]);
     let guard = Down(cluster_dir);
     assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
     {

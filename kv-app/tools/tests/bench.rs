@@ -1,17 +1,18 @@
 //! `kvctl bench` end to end: about a second of load against the instant
 //! server (through the binary, checking its `--json` report, and through
 //! the library in both protocols, leader discovery included) and against a
-//! real single-node kv-server in this process. Each run must complete
+//! real single-node kv-server, a local cluster of one. Each run must complete
 //! operations with no errors and report sensible numbers. Speed is not
 //! asserted: that belongs in `docs/benchmarks.md`, not in a test.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use kv_app::api::Consistency;
-use kv_app::bench::{self, LoadConfig, Report, Route, Stop, Target};
-use kv_app::server::{self, ServerConfig};
+use kv_client::api::Consistency;
+use kv_tools::bench::{self, LoadConfig, Report, Route, Stop, Target};
+use kv_tools::local_cluster::{ClusterConfig, LocalCluster};
+
+mod common;
 
 /// Checks what every successful run must satisfy.
 fn assert_sane(r: &Report) {
@@ -64,18 +65,10 @@ async fn both_protocols_find_the_leader_and_complete_an_ops_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_load_on_a_real_kv_server_completes_without_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let raft = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap().to_string();
-    let mut config = ServerConfig::new(1, dir.path());
-    config.initial_members = BTreeMap::from([(
-        1,
-        raft_core::Node::new(raft.local_addr().unwrap().to_string(), http_addr.clone()),
-    )]);
-    let server = server::start(config, http, raft).await.unwrap();
-    assert_eq!(server.node().wait_for_leader(Duration::from_secs(20)).await, Some(1));
+    let cluster = LocalCluster::up(ClusterConfig::new(1, dir.path(), common::kv_server())).await.unwrap();
+    assert_eq!(cluster.leader(), 1);
 
-    let mut cfg = LoadConfig::new(Target::Kv, vec![http_addr]);
+    let mut cfg = LoadConfig::new(Target::Kv, cluster.endpoints());
     cfg.clients = 8;
     cfg.keys = 64;
     cfg.prefill = true;
@@ -89,5 +82,5 @@ async fn a_mixed_load_on_a_real_kv_server_completes_without_errors() {
     assert_eq!(r.missing, 0, "every key was written by the prefill");
     let cpu = r.client_cpu_us_per_op;
     assert!(cfg!(not(target_os = "linux")) || cpu.is_some_and(|c| c > 0.0), "{cpu:?}");
-    server.shutdown().await;
+    drop(cluster);
 }

@@ -33,18 +33,17 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kv_client::client::{Client, ClientError, ClientOptions};
+use kv_client::ports::bind_restartable_port;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-
-use crate::client::{Client, ClientError, ClientOptions};
 
 /// The file, in the cluster's directory, that lists its nodes.
 pub const CLUSTER_FILE: &str = "cluster.json";
@@ -139,8 +138,8 @@ pub struct ClusterConfig {
     /// HTTP ports `base_port + i - 1` and Raft ports `RAFT_PORT_OFFSET`
     /// higher; `None`: free ports chosen by the OS.
     pub base_port: Option<u16>,
-    /// The `kv-server` binary. Integration tests of this package can use
-    /// `env!("CARGO_BIN_EXE_kv-server")`.
+    /// The `kv-server` binary ([`default_server_binary`] finds the one
+    /// built next to the running executable).
     pub bin: PathBuf,
     /// More arguments for every node (`--max-value-bytes 1024`, say).
     pub extra_args: Vec<String>,
@@ -515,33 +514,6 @@ pub fn default_server_binary() -> Result<PathBuf, LocalClusterError> {
         )));
     }
     Ok(bin)
-}
-
-/// A listener on a free port of 127.0.0.1 for a server that may be stopped
-/// and started again on the same port (a node of a local cluster, or of a
-/// test cluster that kills nodes).
-///
-/// Not port 0: the kernel picks that from its ephemeral range, the range
-/// every outgoing connection draws its local port from too. While a node is
-/// down, one of the cluster's own new connections can take its port, and
-/// the restart then fails with "address in use" for as long as that
-/// connection lives (seen in a Jepsen crash run: five restarts of one node
-/// refused). So the port comes from below the ephemeral range, at random,
-/// and is bound here: hold the listener until the port is handed out.
-pub fn bind_restartable_port() -> std::io::Result<TcpListener> {
-    use rand::Rng;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let low = 10_000u16.min(ephemeral_start / 2);
-    let mut rng = rand::thread_rng();
-    for _ in 0..1000 {
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", rng.gen_range(low..ephemeral_start))) {
-            return Ok(l);
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
 }
 
 /// Ids, addresses and data directories for a new cluster.

@@ -1,0 +1,253 @@
+//! The client library: talks to a kv-server cluster over its HTTP API
+//! (the wire types are in [`crate::api`]), finds the leader, retries what is
+//! safe to retry, and says plainly when the outcome of a write is unknown.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kv_client::client::ClientError> {
+//! use kv_client::client::Client;
+//! use kv_client::api::Consistency;
+//!
+//! let client = Client::new(vec!["127.0.0.1:8080".into(), "127.0.0.1:8081".into()])?;
+//! client.put("greeting", b"hello", None).await?;
+//! let read = client.get("greeting", Consistency::Linearizable).await?;
+//! assert_eq!(read.map(|r| r.value), Some(b"hello".to_vec()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Finding the leader
+//!
+//! Writes and linearizable reads are best sent to the leader (a follower
+//! forwards them, at the cost of one more hop). The client starts with the
+//! first endpoint, remembers the last endpoint that answered, follows the
+//! `leader.api_addr` hint in error bodies, moves on to the next endpoint when
+//! one cannot be reached, and sleeps (exponential backoff with jitter) once
+//! it has tried as many times as there are endpoints without success.
+//!
+//! # Exactly-once writes
+//!
+//! A write that times out may or may not have been applied: the request may
+//! have been lost, or the leader may have committed it and crashed before
+//! answering. Resending it blindly could apply it twice, which is wrong for a
+//! compare-and-swap (and for anything that is not idempotent). So every
+//! write carries a *session* `(client_id, seq)`: `client_id` is random, `seq`
+//! grows by one with every new write, and every retry of one write reuses its
+//! pair. The state machine remembers, per `client_id`, the last `seq` it
+//! applied and its outcome, so a retry is applied at most once and answers
+//! with the remembered outcome (`duplicate: true`).
+//!
+//! Because the server remembers only the *last* seq per client id, the writes
+//! of one session must not overlap: if seq 6 were applied while seq 5 was
+//! still being retried, the server would refuse seq 5 as stale although it
+//! never took effect. The client therefore keeps a small pool of sessions:
+//! one write holds one session from its first attempt to its last, and
+//! writes issued concurrently through the same [`Client`] use different
+//! client ids. The first session's id is chosen when the client is created
+//! ([`Client::client_id`]).
+//!
+//! # Retries and errors
+//!
+//! Every operation has an overall deadline ([`ClientOptions::deadline`]) and
+//! each attempt a timeout ([`ClientOptions::request_timeout`]). Within the
+//! deadline the client retries:
+//!
+//! * when the request certainly was not carried out: the connection was
+//!   refused (nothing was sent), or the server answered 503 (`no_leader`,
+//!   `unavailable`);
+//! * for a write with a session, also when the outcome is unknown: the
+//!   attempt timed out, the connection broke after the request was sent, or
+//!   the server answered 504 `indeterminate`. Resending is safe because the
+//!   server deduplicates.
+//!
+//! When the deadline passes, a write for which *any* attempt had an unknown
+//! outcome is reported as [`ClientError::Indeterminate`], never as a
+//! failure: it may still take effect. Only when every attempt certainly did
+//! nothing is it [`ClientError::Unavailable`]. Reads have no effect, so a read
+//! that runs out of time is always `Unavailable`.
+//!
+//! Membership changes carry no session, so they are retried only when they
+//! certainly were not carried out; an unknown outcome is returned at once as
+//! `Indeterminate`.
+//!
+//! # Session token
+//!
+//! Every answer carries the log `index` it reflects. The client keeps the
+//! highest one it has seen ([`Client::session_token`]) and sends it with
+//! `consistency=session` reads, which any node serves once it has applied up
+//! to it: the client reads its own writes and never sees time go backwards,
+//! even when it reads from followers.
+//!
+//! # The code
+//!
+//! This file holds the [`Client`] handle and its options. `kv.rs` and
+//! `cluster.rs` turn each operation into a request and its answer into a
+//! typed result; `session.rs` leases exactly-once sessions to writes;
+//! `leader.rs` chooses the endpoint for each attempt; `retry.rs` sends a
+//! request until it succeeds, fails definitely or runs out of time; and
+//! `error.rs` holds [`ClientError`] and how to classify it. The tests in
+//! `tests/fake_server.rs` run the client against a scripted fake server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::api::{Consistency, Durability};
+
+mod cluster;
+mod error;
+mod kv;
+mod leader;
+mod retry;
+mod session;
+
+pub use error::ClientError;
+pub use kv::{encode_key, kv_path, CasOutcome, KeyValue, Listing, Read};
+pub use leader::normalize_endpoint;
+use leader::Routing;
+use session::WriteSession;
+
+/// How the client behaves; [`ClientOptions::default`] suits a local cluster.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long one attempt (one HTTP request) may take before the client
+    /// gives up on it and, if allowed, retries. 5 s by default: several
+    /// election timeouts, so a leader change does not make it expire.
+    /// Membership changes and snapshots may take longer (a new learner must
+    /// catch up first), so their single attempt may use the whole deadline.
+    pub request_timeout: Duration,
+    /// How long to establish a TCP connection. 1 s by default: on a local
+    /// network a connection that takes longer goes to a node that is down
+    /// or cut off, and the client should try another node instead.
+    pub connect_timeout: Duration,
+    /// How long one operation, with all its retries, may take. 30 s by
+    /// default: long enough to ride out a leader election or a restart.
+    pub deadline: Duration,
+    /// The consistency of reads that do not name one.
+    pub consistency: Consistency,
+    /// The durability of writes that do not name one.
+    pub durability: Durability,
+    /// The first pause between rounds of attempts (20 ms by default); it
+    /// doubles each round up to [`ClientOptions::max_backoff`].
+    pub initial_backoff: Duration,
+    /// The longest pause between rounds (1 s by default).
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(30),
+            consistency: Consistency::default(),
+            durability: Durability::default(),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A handle on a cluster. Cheap to clone; clones share the leader hint, the
+/// session token and the write sessions, and may be used concurrently.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// reqwest pools connections per host and keeps them alive, so a busy
+    /// client does not pay a TCP handshake per request.
+    http: reqwest::Client,
+    /// Base URLs, normalized to `http://host:port`.
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    routing: Mutex<Routing>,
+    /// The highest log index seen in any answer.
+    token: AtomicU64,
+    sessions: Mutex<Vec<WriteSession>>,
+    first_client_id: u64,
+}
+
+impl Client {
+    /// A client for the cluster reachable at `endpoints` (`host:port` or
+    /// `http://host:port`), with [`ClientOptions::default`].
+    pub fn new(endpoints: Vec<String>) -> Result<Client, ClientError> {
+        Client::with_options(endpoints, ClientOptions::default())
+    }
+
+    /// A client with the given options.
+    pub fn with_options(endpoints: Vec<String>, options: ClientOptions) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "give at least one endpoint".into(),
+            });
+        }
+        let endpoints = endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // Talk to the nodes directly: an HTTP proxy from the environment
+            // would hide which node is down.
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::InvalidEndpoint {
+                endpoint: endpoints.join(","),
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let first_client_id = rand::random::<u64>();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                endpoints,
+                options,
+                routing: Mutex::new(Routing::default()),
+                token: AtomicU64::new(0),
+                sessions: Mutex::new(vec![WriteSession { client_id: first_client_id, next_seq: 1 }]),
+                first_client_id,
+            }),
+        })
+    }
+
+    /// The endpoints, normalized to `http://host:port`.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// The client id of the first write session, chosen at random when the
+    /// client was created. Writes issued concurrently may use further ids
+    /// (see the module docs).
+    pub fn client_id(&self) -> u64 {
+        self.inner.first_client_id
+    }
+
+    /// The session token: the highest log index seen in any answer.
+    /// `consistency=session` reads are served from a state at least this new.
+    pub fn session_token(&self) -> u64 {
+        self.inner.token.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint the client currently sends to first (the last known
+    /// leader, or the last endpoint that answered), if any.
+    pub fn preferred_endpoint(&self) -> Option<String> {
+        lock(&self.inner.routing).preferred.clone()
+    }
+
+    /// Raises the session token to `index`.
+    fn observe(&self, index: u64) {
+        self.inner.token.fetch_max(index, Ordering::Relaxed);
+    }
+}
+
+/// Locks a mutex that guards plain data; a panic elsewhere while holding it
+/// cannot leave that data half-updated, so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,15 @@
+//! # kv-client
+//!
+//! The client side of the reference KV service: what a program needs to talk
+//! to a kv-server cluster, and nothing of the server.
+//!
+//! 1. [`api`]: the HTTP API's wire types (described in `docs/api.md`),
+//!    shared with the server so that the two cannot drift apart.
+//! 2. [`client`]: the client library: leader discovery, retries, exactly-once
+//!    writes, and which errors leave a write's outcome unknown.
+//! 3. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
+//!    for local clusters and test harnesses.
+
+pub mod api;
+pub mod client;
+pub mod ports;
