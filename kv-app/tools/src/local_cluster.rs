@@ -25,8 +25,10 @@
 //! whose nodes still run refuses.
 //!
 //! Shortcuts a production tool would not take: free ports are found by
-//! binding port 0 and closing the socket, so another process could grab a
-//! port before the node binds it; and a pid in `cluster.json` may have been
+//! [`bind_restartable_port`] (a random port below the kernel's ephemeral
+//! range, so that a restarted node finds its port free) and the socket is
+//! closed before the node starts, so another process could grab a port
+//! before the node binds it; and a pid in `cluster.json` may have been
 //! reused by an unrelated process, which is why on Linux a pid only counts
 //! as a node if its command line names the node's data directory.
 
