@@ -241,12 +241,13 @@ fn stale_read_with_respelt_numbers_is_invalid_and_printed_as_written() {
 }
 
 #[test]
-fn missing_file_exits_2() {
+fn missing_file_exits_2_saying_why_once() {
     let dir = tempfile::tempdir().unwrap();
     let (code, json, stderr) = check(&dir.path().join("absent.jsonl"), &[]);
     assert_eq!(code, 2);
     assert!(json.is_none());
     assert!(stderr.contains("absent.jsonl"), "stderr: {stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "the OS error is said once: {stderr}");
 }
 
 #[test]

@@ -232,7 +232,7 @@ impl EventError {
 /// for the first line that cannot be read or is not an event.
 pub fn read_history(path: impl AsRef<Path>) -> Result<Vec<Event>, HistoryError> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|source| HistoryError::Open { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|error| HistoryError::Open { path: path.to_owned(), error })?;
     read_events(BufReader::new(file))
 }
 
@@ -246,7 +246,7 @@ pub fn read_events(reader: impl BufRead) -> Result<Vec<Event>, HistoryError> {
     let mut processes = ProcessCache::default();
     for (i, line) in reader.lines().enumerate() {
         let line_no = i + 1;
-        let line = line.map_err(|source| HistoryError::Read { line: line_no, source })?;
+        let line = line.map_err(|error| HistoryError::Read { line: line_no, error })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -287,11 +287,11 @@ fn parse_error(line: usize, e: &serde_json::Error) -> HistoryError {
 /// [`HistoryError::Write`] if writing fails.
 pub fn write_history(path: impl AsRef<Path>, events: &[Event]) -> Result<(), HistoryError> {
     let path = path.as_ref();
-    let file = File::create(path).map_err(|source| HistoryError::Open { path: path.to_owned(), source })?;
+    let file = File::create(path).map_err(|error| HistoryError::Open { path: path.to_owned(), error })?;
     let mut out = BufWriter::new(file);
     write_events(&mut out, events)
         .and_then(|()| out.flush())
-        .map_err(|source| HistoryError::Write { path: path.to_owned(), source })
+        .map_err(|error| HistoryError::Write { path: path.to_owned(), error })
 }
 
 /// Writes events as JSON lines to any writer. A harness recording a live

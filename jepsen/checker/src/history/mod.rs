@@ -111,24 +111,27 @@ pub use self::operation::{pair, Op, Outcome, Position};
 pub use self::recorder::Recorder;
 
 /// Everything that can go wrong reading, writing or pairing a history.
+///
+/// The operating system's error is part of the message (and not also the
+/// error's `source`), so a report that prints the whole chain says it once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HistoryError {
     /// The history file could not be opened or created.
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}: {error}", path.display())]
     Open {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// Reading failed part-way (an I/O error, or a line that is not UTF-8).
-    #[error("line {line}: cannot read: {source}")]
+    #[error("line {line}: cannot read: {error}")]
     Read {
         /// The 1-based line number.
         line: usize,
         /// What went wrong.
-        source: io::Error,
+        error: io::Error,
     },
     /// A line is not a valid event: not JSON, not an object, a field is
     /// missing, repeated or has the wrong kind, or `type` is not one of the
@@ -143,12 +146,12 @@ pub enum HistoryError {
         message: String,
     },
     /// Writing the history failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// A process invoked an operation while its previous invocation was
     /// still open (not completed): a process does one thing at a time.
