@@ -9,13 +9,19 @@
 //!
 //! # Keys and values are JSON
 //!
-//! Maelstrom sends integers in practice, but the protocol allows any JSON.
-//! Both keys and values are stored as *canonical JSON text*
-//! ([`canonical_json`]): object keys sorted, no whitespace. Two requests
-//! that name the same JSON value therefore name the same key, and `cas`
-//! compares values by their canonical text. Numbers are compared as written
-//! by serde_json: `1` and `1.0` are different values, as they are to a
-//! JSON-speaking client that reads them back.
+//! Maelstrom sends integers in practice, but the protocol allows any JSON,
+//! and two spellings of one JSON value (`1` and `1.0`, or an object's
+//! members in another order) are one value. Two texts say so:
+//!
+//! * the *identity* of a value ([`identity`]): equal exactly when the values
+//!   are equal as JSON values, numbers by value and objects by their
+//!   members (the same comparison `jepsen-checker` makes, whose canonical
+//!   text it is). A key is stored under its identity, so `1` and `1.0` name
+//!   one key, and `cas` compares the identities of `from` and of the
+//!   current value;
+//! * the *written* form of a value ([`canonical_json`]): object members
+//!   sorted, no whitespace, numbers as the client wrote them. Values are
+//!   stored this way, so a read returns what was written.
 //!
 //! # Determinism
 //!
@@ -32,23 +38,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A state-changing lin-kv operation, as stored in the Raft log. Keys and
-/// values are canonical JSON text ([`canonical_json`]).
+/// `from` are identities ([`identity`]); values to store are written forms
+/// ([`canonical_json`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinKvCommand {
     /// Set `key` to `value`, creating the key if it is missing.
     Write {
-        /// The key, canonical JSON.
+        /// The key's identity.
         key: String,
-        /// The new value, canonical JSON.
+        /// The new value, written form.
         value: String,
     },
     /// Set `key` to `to` if its current value is `from`.
     Cas {
-        /// The key, canonical JSON.
+        /// The key's identity.
         key: String,
-        /// The value the key must hold now, canonical JSON.
+        /// The identity of the value the key must hold now.
         from: String,
-        /// The value to set, canonical JSON.
+        /// The value to set, written form.
         to: String,
     },
 }
@@ -64,13 +71,13 @@ pub enum LinKvResponse {
     /// A `cas` found another value than `from`; nothing changed
     /// (Maelstrom error 22).
     Mismatch {
-        /// The value the key holds, canonical JSON.
+        /// The value the key holds, written form.
         current: String,
     },
 }
 
 /// The lin-kv application. Stateless itself: the map lives in the state
-/// that `raft-core` keeps, under the key's canonical JSON bytes.
+/// that `raft-core` keeps, each value under its key's identity.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LinKv;
 
@@ -91,22 +98,28 @@ impl StateMachine for LinKv {
             }
             LinKvCommand::Cas { key, from, to } => match state.get(key.as_bytes())? {
                 None => Ok(LinKvResponse::NotFound),
-                Some(current) if current != from.as_bytes() => {
-                    // Stored values were written from `String`s, so they are
-                    // UTF-8; a lossy conversion only matters for a corrupt file.
-                    Ok(LinKvResponse::Mismatch { current: String::from_utf8_lossy(&current).into_owned() })
-                }
-                Some(_) => {
-                    state.insert(key.as_bytes(), to.as_bytes())?;
-                    Ok(LinKvResponse::Ok)
+                Some(current) => {
+                    let value: Value = serde_json::from_slice(&current).map_err(|e| {
+                        StateError::corrupt(format!("stored value of key {key} is not JSON: {e}"))
+                    })?;
+                    if identity(&value) == from {
+                        state.insert(key.as_bytes(), to.as_bytes())?;
+                        Ok(LinKvResponse::Ok)
+                    } else {
+                        // Stored values were written from `String`s, so they
+                        // are UTF-8 (and JSON, checked above).
+                        Ok(LinKvResponse::Mismatch {
+                            current: String::from_utf8_lossy(&current).into_owned(),
+                        })
+                    }
                 }
             },
         }
     }
 }
 
-/// Reads `key` (canonical JSON) from a view of the applied state: the value
-/// as JSON, or `None` if the key does not exist.
+/// Reads the key whose identity is `key` from a view of the applied state:
+/// the value as written, or `None` if the key does not exist.
 pub fn read(view: &AppView, key: &str) -> Result<Option<Value>, StateError> {
     match view.get(key.as_bytes())? {
         None => Ok(None),
@@ -116,9 +129,15 @@ pub fn read(view: &AppView, key: &str) -> Result<Option<Value>, StateError> {
     }
 }
 
-/// The canonical text of a JSON value: object keys sorted at every level,
-/// no insignificant whitespace. Equal JSON values (in serde_json's sense)
-/// have equal canonical text.
+/// The identity of a JSON value: the same text for two values exactly when
+/// they are equal as JSON values (`1`, `1.0` and `1e0` are one number;
+/// object members compare by name, in any order). Compared, never shown.
+pub fn identity(value: &Value) -> String {
+    jepsen_checker::Json::from(value.clone()).canonical()
+}
+
+/// The written form of a JSON value: object keys sorted at every level, no
+/// insignificant whitespace, numbers as written.
 pub fn canonical_json(value: &Value) -> String {
     let mut value = value.clone();
     // A no-op unless serde_json's `preserve_order` feature is on somewhere
@@ -139,7 +158,18 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{ "b": [1, {"y": 2, "x": 1}], "a": null }"#).unwrap();
         assert_eq!(canonical_json(&a), r#"{"a":null,"b":[1,{"x":1,"y":2}]}"#);
         assert_eq!(canonical_json(&json!(7)), "7");
-        assert_ne!(canonical_json(&json!(1)), canonical_json(&json!(1.0)));
+        assert_eq!(canonical_json(&json!(1.0)), "1.0", "a value reads back as written");
+    }
+
+    #[test]
+    fn identities_are_equal_exactly_for_equal_json_values() {
+        let parse = |s: &str| identity(&serde_json::from_str::<Value>(s).unwrap());
+        assert_eq!(parse("1"), parse("1.0"));
+        assert_eq!(parse("100"), parse("1e2"));
+        assert_eq!(parse(r#"{"a":1,"b":[2.0]}"#), parse(r#"{"b":[2],"a":1.0}"#));
+        assert_ne!(parse("1"), parse("2"));
+        assert_ne!(parse("1"), parse(r#""1""#));
+        assert_ne!(parse("[1,2]"), parse("[2,1]"));
     }
 
     /// Applies commands through a real single-node Raft: the state machine
@@ -158,9 +188,13 @@ mod tests {
         node.initialize([(1, raft_core::Node::new("n0", ""))].into()).await.unwrap();
         node.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
 
-        let k = canonical_json(&json!(1));
+        let k = identity(&json!(1));
         let v = |n: i64| canonical_json(&json!(n));
-        let cas = |from: i64, to: i64| LinKvCommand::Cas { key: k.clone(), from: v(from), to: v(to) };
+        let cas = |from: i64, to: i64| LinKvCommand::Cas {
+            key: k.clone(),
+            from: identity(&json!(from)),
+            to: v(to),
+        };
         let apply = |cmd: LinKvCommand| {
             let node = &node;
             async move { node.write(&cmd).await.unwrap().response }
@@ -174,7 +208,11 @@ mod tests {
         node.read_barrier().await.unwrap();
         let view = node.view().unwrap();
         assert_eq!(read(&view, &k).unwrap(), Some(json!(4)));
-        assert_eq!(read(&view, &canonical_json(&json!(2))).unwrap(), None);
+        assert_eq!(read(&view, &identity(&json!(2))).unwrap(), None);
+        // `1.0` names the key `1`, and `from: 4.0` matches the value 4.
+        assert_eq!(read(&view, &identity(&json!(1.0))).unwrap(), Some(json!(4)));
+        let respelt = LinKvCommand::Cas { key: identity(&json!(1.0)), from: identity(&json!(4.0)), to: v(5) };
+        assert_eq!(apply(respelt).await, LinKvResponse::Ok);
         node.shutdown().await;
     }
 }

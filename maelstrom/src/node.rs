@@ -66,7 +66,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{NodeOptions, StorageChoice};
 use crate::ids::{self, BadNodeName};
-use crate::lin_kv::{self, canonical_json, LinKv, LinKvCommand, LinKvResponse};
+use crate::lin_kv::{self, canonical_json, identity, LinKv, LinKvCommand, LinKvResponse};
 use crate::outbox::Outbox;
 use crate::protocol::{ClientOp, Envelope, ErrorCode, PeerMessage, Reply};
 use crate::rpc::{CallError, Calls};
@@ -320,24 +320,20 @@ impl LinKvNode {
 /// Serves `op` on this node, which believes it leads.
 async fn execute(r: &Running, op: &ClientOp) -> Reply {
     match op {
-        ClientOp::Read { key } => read_linearizable(r, &canonical_json(key)).await,
+        ClientOp::Read { key } => read_linearizable(r, key).await,
         ClientOp::Write { key, value } => {
-            let cmd = LinKvCommand::Write { key: canonical_json(key), value: canonical_json(value) };
+            let cmd = LinKvCommand::Write { key: identity(key), value: canonical_json(value) };
             write(r, cmd, Reply::WriteOk).await
         }
         ClientOp::Cas { key, from, to } => {
-            let cmd = LinKvCommand::Cas {
-                key: canonical_json(key),
-                from: canonical_json(from),
-                to: canonical_json(to),
-            };
+            let cmd = LinKvCommand::Cas { key: identity(key), from: identity(from), to: canonical_json(to) };
             write(r, cmd, Reply::CasOk).await
         }
     }
 }
 
 /// A linearizable read on the leader: read barrier, then the local state.
-async fn read_linearizable(r: &Running, key: &str) -> Reply {
+async fn read_linearizable(r: &Running, key: &serde_json::Value) -> Reply {
     if let Err(e) = r.raft.read_barrier().await {
         let text = match e {
             ReadError::NoQuorum => "leadership not confirmed by a quorum".to_string(),
@@ -349,7 +345,7 @@ async fn read_linearizable(r: &Running, key: &str) -> Reply {
         .raft
         .view()
         .map_err(|e| e.to_string())
-        .and_then(|view| lin_kv::read(&view, key).map_err(|e| e.to_string()));
+        .and_then(|view| lin_kv::read(&view, &identity(key)).map_err(|e| e.to_string()));
     match value {
         Ok(Some(value)) => Reply::ReadOk { value },
         Ok(None) => Reply::error(ErrorCode::KeyDoesNotExist, format!("key {key} does not exist")),
