@@ -148,8 +148,10 @@ impl KvStateMachine {
 
     /// **Testing only: breaks exactly-once writes.** A state machine that
     /// applies every command as if it carried no session, so each retry of a
-    /// write applies again. It is the negative control of the Jepsen
-    /// harness's duplicate checker (`kv-server --unsafe-no-dedup`).
+    /// write applies again. It is a negative control of the Jepsen harness
+    /// (`kv-server --unsafe-no-dedup`): with clients retrying writes whose
+    /// answer was lost, a retried compare-and-swap applies twice, and the
+    /// linearizability checker must report it.
     ///
     /// `apply` must not depend on local configuration, and this does: every
     /// replica of a cluster must be built the same way, or replicas that

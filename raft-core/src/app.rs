@@ -9,7 +9,8 @@
 //! An application supplies three things:
 //!
 //! * a **command** type: what a client asks the cluster to do (the log holds
-//!   these commands, not their effects: a *logical* log);
+//!   these commands, not their effects: statement-based replication, made
+//!   safe by a deterministic `apply`, below);
 //! * a **response** type: what applying one command returns to the client;
 //! * [`StateMachine::apply`], which turns (state, command) into (state',
 //!   response).
@@ -31,9 +32,9 @@
 //! and the command: no clock, no random numbers, no local configuration, no
 //! iteration over a `HashMap`. Anything time-like that a command needs (an
 //! expiry, a timestamp) must be chosen by the leader *before* proposing and
-//! carried inside the command, or derived from [`ApplyContext`]. This is why
-//! statement-based replication of `now()` goes wrong and a logical log does
-//! not.
+//! carried inside the command, or derived from [`ApplyContext`]. A database
+//! that replicates SQL statements goes wrong on `now()` for exactly this
+//! reason; replicating commands is safe only under this rule.
 //!
 //! # Example: a replicated counter
 //!

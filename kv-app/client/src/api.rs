@@ -258,7 +258,11 @@ pub mod codes {
     pub const KEY_NOT_FOUND: &str = "key_not_found";
     /// 404: no such node in the membership.
     pub const UNKNOWN_NODE: &str = "unknown_node";
-    /// 412: the CAS's expected value did not match (body: a WriteResponse).
+    /// A CAS whose expected value did not match. The server never sends this
+    /// code: a mismatch is a 412 whose body is a [`WriteResponse`](super::WriteResponse)
+    /// with `succeeded: false`, not an [`ErrorBody`](super::ErrorBody).
+    /// Clients use it to name that outcome (the Jepsen harness records a
+    /// mismatch as a failure with this error).
     pub const CAS_MISMATCH: &str = "cas_mismatch";
     /// 409: this (client_id, seq) is older than the client's latest write.
     pub const STALE_SEQUENCE: &str = "stale_sequence";

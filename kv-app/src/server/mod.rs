@@ -88,8 +88,9 @@ pub struct Faults {
     pub unsafe_local_reads: bool,
     /// Apply every write as if it carried no session: a retry of a write
     /// that already applied applies again
-    /// ([`KvStateMachine::unsafe_without_dedup`]). A duplicate checker must
-    /// report it.
+    /// ([`KvStateMachine::unsafe_without_dedup`]). When clients retry a
+    /// compare-and-swap whose answer was lost, it applies twice, which the
+    /// Jepsen harness's linearizability checker must report.
     pub unsafe_no_dedup: bool,
 }
 

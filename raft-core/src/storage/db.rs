@@ -3,8 +3,9 @@
 //!
 //! # On-disk layout
 //!
-//! `<data-dir>/raft.redb` holds everything, so that one transaction can
-//! cover the log and the state machine:
+//! `<data-dir>/raft.redb` holds everything. The log's writer writes `meta`
+//! and `log`; a checkpoint or a snapshot install writes `sm` and `app`, each
+//! in a transaction of its own:
 //!
 //! | table     | key          | value                                          |
 //! |-----------|--------------|------------------------------------------------|
