@@ -230,7 +230,7 @@ fn test(args: TestArgs) -> anyhow::Result<Verdict> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let outcome = runtime.block_on(crate::run::run(opts))?;
-    print!("{}", crate::run::report::summary(&outcome));
+    print_stdout(&crate::run::report::summary(&outcome))?;
     Ok(outcome.verdict)
 }
 
@@ -290,8 +290,19 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
     let report = jepsen_checker::check::check_file(&args.path, args.budget)
         .with_context(|| format!("checking {}", args.path.display()))?;
     let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
-    println!("{json}");
+    print_stdout(&format!("{json}\n"))?;
     Ok(report.valid)
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`jepsen check … |
+/// head`) is not an error: the exit code still gives the verdict.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

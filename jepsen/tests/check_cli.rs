@@ -241,6 +241,23 @@ fn stale_read_with_respelt_numbers_is_invalid_and_printed_as_written() {
 }
 
 #[test]
+fn a_reader_that_stops_early_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "valid.jsonl", VALID);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jepsen"))
+        .args(["check", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // like `| head -0`: nobody reads the report
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "the verdict still decides the exit code; stderr: {stderr}");
+}
+
+#[test]
 fn missing_file_exits_2_saying_why_once() {
     let dir = tempfile::tempdir().unwrap();
     let (code, json, stderr) = check(&dir.path().join("absent.jsonl"), &[]);
