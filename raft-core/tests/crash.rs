@@ -197,7 +197,8 @@ async fn run_round(dir: &std::path::Path, no_fsync: bool, rng: &mut impl Rng) ->
     // Every acknowledged entry, one by one: still in the log with its log
     // id and payload, or purged behind the checkpoint, which holds its
     // effect (checked below).
-    let by_index: std::collections::BTreeMap<u64, &Entry> = entries.iter().map(|e| (e.log_id.index, e)).collect();
+    let by_index: std::collections::BTreeMap<u64, &Entry> =
+        entries.iter().map(|e| (e.log_id.index, e)).collect();
     for index in 1..=acked {
         let want = entry(index);
         match by_index.get(&index) {
