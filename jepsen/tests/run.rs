@@ -115,6 +115,17 @@ fn faults_started(outcome: &RunOutcome) -> Value {
     outcome.results["stats"]["fault_counts"].clone()
 }
 
+/// How many times the fault `name` (`partition`, `kill`, ...) started.
+fn fault_count(outcome: &RunOutcome, name: &str) -> u64 {
+    faults_started(outcome)[name].as_u64().unwrap_or(0)
+}
+
+/// How many operations of function `f` (`write`, `cas`, `add`, ...) were
+/// acknowledged (ended `ok`) over the whole run.
+fn acknowledged(outcome: &RunOutcome, f: &str) -> u64 {
+    outcome.results["stats"]["outcomes"]["by_f"][f]["ok"].as_u64().unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
     let store = tempfile::tempdir().unwrap();
@@ -123,8 +134,13 @@ async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
         panic!("the short run is not valid:\n{}", explain(&outcome));
     }
     let summary = jepsen::run::report::summary(&outcome);
-    let started = faults_started(&outcome);
-    assert!(started.as_object().is_some_and(|f| !f.is_empty()), "no fault happened: {summary}");
+    // A valid run proves something only if the faults happened and
+    // writes were acknowledged through them.
+    for fault in ["partition", "kill"] {
+        assert!(fault_count(&outcome, fault) >= 1, "no {fault} started: {summary}");
+    }
+    let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
+    assert!(writes > 0, "no write or compare-and-set was acknowledged: {summary}");
     for file in ["history.jsonl", "results.json", "statuses.jsonl", "latency.svg", "rate.svg"] {
         let len = std::fs::metadata(outcome.dir.join(file)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{file} is missing or empty");
@@ -216,5 +232,10 @@ async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledge
         panic!("the crash run is not valid:\n{}", explain(&outcome));
     }
     let summary = jepsen::run::report::summary(&outcome);
-    assert!(faults_started(&outcome)["lose-unsynced"].as_u64().unwrap_or(0) >= 1, "{summary}");
+    assert!(fault_count(&outcome, "lose-unsynced") >= 1, "no crash losing unsynced writes: {summary}");
+    // "Nothing acknowledged was lost" means something only if elements
+    // were acknowledged before a crash: those invoked before the first one.
+    assert!(acknowledged(&outcome, "add") > 0, "no element was acknowledged: {summary}");
+    let before = outcome.results["stats"]["phases"]["before"]["by_f"]["add"]["ok"].as_u64().unwrap_or(0);
+    assert!(before > 0, "no element was acknowledged before the first crash: {summary}");
 }

@@ -497,11 +497,15 @@ async fn cas_counter_under_partitions(latency: Duration) {
     }
     nemesis.await.unwrap();
 
+    // The faults are healed; the cluster must serve the final read, and a
+    // cluster that never does fails the test instead of hanging it.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let final_value = loop {
         let read = cluster.read("n0", json!("counter")).await;
         if let Some(v) = read.get("value").and_then(Value::as_u64) {
             break v;
         }
+        assert!(Instant::now() < deadline, "n0 never served the final read of the counter: {read:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(acknowledged >= 5, "only {acknowledged} increments succeeded; the test proves little");

@@ -118,29 +118,32 @@ async fn a_crash_resumes_from_the_last_snapshot_and_the_log_covers_the_rest() {
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 20)));
 }
 
-/// With `set_checkpoint_every`, checkpoints happen in the background as
-/// commands are applied, so a crash re-applies at most about that many.
+/// With `set_checkpoint_every(10)`, checkpoints happen in the background as
+/// commands are applied, so a crash re-applies fewer than 10: here entries
+/// 1 to 25 are applied, checkpoints fall at 10 and 20, and the restart
+/// resumes from exactly 20 (the test waits for each checkpoint to finish,
+/// so that the next one is not skipped for running into it).
 #[tokio::test]
 async fn background_checkpoints_bound_what_a_restart_reapplies() {
+    const EVERY: u64 = 10;
+    const APPLIED: u64 = 25;
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Db::open(dir.path()).unwrap();
         let sm = StateMachineStore::open(db, Register).unwrap();
-        sm.set_checkpoint_every(10);
-        for i in 1..=25 {
+        sm.set_checkpoint_every(EVERY);
+        for i in 1..=APPLIED {
             sm.apply_blocking(vec![set(1, i, &format!("k{i}"), "v")]).unwrap();
+            if i % EVERY == 0 {
+                wait_for_background_checkpoint(&sm, i);
+            }
         }
-        // The checkpoints run on a thread of their own: wait for one.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while sm.checkpointed_index() < 10 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(sm.checkpointed_index() >= 10, "no background checkpoint: {}", sm.checkpointed_index());
+        assert_eq!(sm.checkpointed_index(), 20, "no checkpoint after the one at 20");
         // Dropped without a final checkpoint, as in a crash.
     }
-    // A later background checkpoint may still hold the database for a
+    // A background checkpoint thread may still hold the database for a
     // moment after the store is dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let db = loop {
         match Db::open(dir.path()) {
             Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
@@ -151,8 +154,32 @@ async fn background_checkpoints_bound_what_a_restart_reapplies() {
     };
     let mut sm = StateMachineStore::open(db, Register).unwrap();
     let applied = sm.applied_state().await.unwrap().0.map_or(0, |l| l.index);
-    assert!((10..=25).contains(&applied), "a background checkpoint covers entry 10 or later: {applied}");
-    assert_eq!(sm.view().unwrap().get(format!("k{applied}").as_bytes()).unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(applied, 20, "the restart resumes from the last background checkpoint");
+    assert!(APPLIED - applied < EVERY, "a restart re-applies {} commands", APPLIED - applied);
+    let view = sm.view().unwrap();
+    for i in 1..=APPLIED {
+        let want = (i <= applied).then(|| b"v".to_vec());
+        assert_eq!(view.get(format!("k{i}").as_bytes()).unwrap(), want, "k{i} after the restart");
+    }
+}
+
+/// Waits until the background checkpoint due after applying entry `index`
+/// has written it. The previous checkpoint's thread may still be finishing
+/// when this one falls due, and a checkpoint never starts while another
+/// runs; an empty apply (no entry, no command) gives the store another
+/// chance to start it, as the next apply would.
+fn wait_for_background_checkpoint(sm: &StateMachineStore, index: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sm.checkpointed_index() < index {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background checkpoint at {index} within 30 s: checkpointed {}",
+            sm.checkpointed_index()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        sm.apply_blocking(Vec::new()).unwrap();
+    }
+    assert_eq!(sm.checkpointed_index(), index, "the checkpoint holds exactly the applied state");
 }
 
 #[tokio::test]
@@ -245,6 +272,97 @@ fn a_foreign_redb_database_is_refused() {
     }
     let err = Db::open(dir.path()).unwrap_err();
     assert!(matches!(err, OpenError::ForeignDatabase { .. }), "{err:?}");
+}
+
+/// Keys the corruption tests' database holds.
+const CORRUPTION_KEYS: u64 = 50;
+
+/// A data directory with a vote, a log of 300 entries and a checkpointed
+/// state of 50 keys, so that corruption can land in every kind of page;
+/// and the bytes of its database file.
+fn database_to_corrupt() -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = RedbLogStore::new(db.clone());
+        let mut sm = StateMachineStore::open(db, Register).unwrap();
+        log.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
+        let entries: Vec<_> =
+            (1..=300).map(|i| set(3, i, &format!("k{}", i % CORRUPTION_KEYS), &format!("v{i}"))).collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        common::apply(&mut sm, entries).await;
+        sm.checkpoint().unwrap();
+    });
+    let bytes = std::fs::read(dir.path().join("raft.redb")).unwrap();
+    (dir, bytes)
+}
+
+/// Flips 16 bytes at about 256 offsets spread over `original`, writes each
+/// corrupted copy as the directory's database, and calls `check` on it with
+/// the offset. Returns how many of the checks returned an error.
+fn at_corrupted_offsets(
+    dir: &std::path::Path,
+    original: &[u8],
+    check: impl Fn(&std::path::Path) -> Result<(), String> + std::panic::RefUnwindSafe,
+) -> usize {
+    let path = dir.join("raft.redb");
+    let step = (original.len() / 256).max(1);
+    let mut refused = 0;
+    for offset in (0..original.len()).step_by(step) {
+        let mut bytes = original.to_vec();
+        for b in bytes.iter_mut().skip(offset).take(16) {
+            *b ^= 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match std::panic::catch_unwind(|| check(dir)) {
+            Err(_) => panic!("panicked with corruption at offset {offset} (16 bytes)"),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(())) => {}
+        }
+    }
+    refused
+}
+
+/// What a restarting node reads from its directory: the vote, the log's
+/// extent and entries, the applied state and its keys. Any error is
+/// returned, not unwrapped.
+fn read_everything(dir: &std::path::Path) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let db = Db::open(dir).map_err(|x| e(&x))?;
+    let log = RedbLogStore::try_new(db.clone()).map_err(|x| e(&x))?;
+    let state = log.read_log_state().map_err(|x| e(&x))?;
+    let entries = log.read_entries(..).map_err(|x| e(&x))?;
+    if entries.last().map(|e| e.log_id) != state.last_log_id {
+        return Err(format!("log state {state:?} disagrees with the last entry"));
+    }
+    let sm = StateMachineStore::open(db, Register).map_err(|x| e(&x))?;
+    let view = sm.view().map_err(|x| e(&x))?;
+    for k in 0..CORRUPTION_KEYS {
+        view.get(format!("k{k}").as_bytes()).map_err(|x| e(&x))?;
+    }
+    Ok(())
+}
+
+/// `corrupted_bytes_in_the_file_never_panic` on a populated database, at
+/// four times as many offsets, and a database that opens is then read the
+/// way a restarting node reads it and closed. Ignored because it fails, a
+/// known bug: only `Db::open` turns a redb panic into an error, and redb
+/// 4.6 panics on some corrupted files that open. With this file, flipping
+/// 16 bytes at offsets such as 8352 or 8432 makes the database open, and
+/// then `RedbLogStore::read_entries`, `StateMachineStore::open` or
+/// `AppView::get` panics (slice index out of range in
+/// `btree_base.rs:283`, among others), or closing it panics (the final
+/// commit in redb's `Drop`, `page_manager.rs:369`). A node restarting on
+/// such a directory panics instead of reporting a corrupted file. Run it
+/// with `--ignored` once reads and closes are guarded too.
+#[test]
+#[ignore = "known bug: reading or closing some corrupted files that open panics inside redb"]
+fn reading_and_closing_a_corrupted_file_that_opens_never_panics() {
+    let (dir, original) = database_to_corrupt();
+    read_everything(dir.path()).expect("the intact database reads");
+    let refused = at_corrupted_offsets(dir.path(), &original, read_everything);
+    assert!(refused > 0, "no corruption at any offset was reported as an error");
 }
 
 #[test]

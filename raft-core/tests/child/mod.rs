@@ -41,7 +41,6 @@ impl Child {
 
     /// The next line the child prints, or `None` if it prints none within
     /// `timeout` (or exited).
-    #[allow(dead_code)] // crash.rs reads the lines only after the kill
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
         self.lines.recv_timeout(timeout).ok()
     }
