@@ -184,3 +184,8 @@ impl Drop for ProcCluster {
         }
     }
 }
+
+#[path = "../../../raft-core/tests/support/mutate.rs"]
+pub mod mutate;
+
+pub mod fuzz;

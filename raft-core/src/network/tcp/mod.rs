@@ -38,8 +38,14 @@
 //! Everything read from a socket is untrusted. The server reads the
 //! handshake with a deadline and a 4 KiB limit, checks every frame's length
 //! before reading it, and answers garbage, oversized frames and undecodable
-//! requests by logging a warning and closing that one connection. Nothing a
-//! peer sends can panic the node or affect its other connections.
+//! requests by logging a warning and closing that one connection. No
+//! malformed bytes a peer sends can panic the node or affect its other
+//! connections (`tests/fuzz_decoders.rs` checks this). A peer that passes
+//! the handshake is trusted, though: a well-formed request that no correct
+//! node would send (a log id from a future term, a commit index it cannot
+//! know) can still trip one of openraft's assertions and stop the node's
+//! Raft. The inbox refuses the shapes it can check cheaply; the handshake
+//! guards against mistakes, not attackers.
 //!
 //! A production deployment would add authentication and encryption (mutual
 //! TLS), a cap on concurrent connections, and TCP keepalive; this transport
