@@ -28,7 +28,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::fault::{self, StorageOptions};
+use super::fault::PowerLossBackend;
+use super::options::StorageOptions;
 use crate::codec;
 
 /// The file name of the database inside a data directory.
@@ -50,6 +51,13 @@ pub const FORMAT_VERSION: u32 = 2;
 /// so the cache needs to hold little more than the log's tail, which
 /// replication reads back soon after it is written.
 const CACHE_BYTES: usize = 64 << 20;
+
+/// Opens (or creates) the redb database at `path` on a [`PowerLossBackend`],
+/// so that a killed process loses every write it had not fsynced.
+fn open_power_loss(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    builder().create_with_backend(PowerLossBackend::new(redb::backends::FileBackend::new(file)?)?)
+}
 
 /// A redb builder with this crate's settings.
 pub(crate) fn builder() -> redb::Builder {
@@ -158,7 +166,7 @@ impl Db {
         let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
 
         let opened = if options.lose_unsynced_writes {
-            fault::open_database(&path)
+            open_power_loss(&path)
         } else if existed {
             builder().open(&path)
         } else {

@@ -1,6 +1,10 @@
 //! Storage fault injection, for crash tests and for the Jepsen harness's
 //! negative controls. Nothing here is for a node that holds real data.
 //!
+//! This module depends on nothing else in [`super`]: the options that
+//! switch faults on live in [`super::options`], and [`super::db`] opens a
+//! database on [`PowerLossBackend`] when they say so.
+//!
 //! # What a crash loses
 //!
 //! A write that a process has handed to the operating system but not yet
@@ -29,7 +33,7 @@
 //!
 //! # The "ack before fsync" bug
 //!
-//! [`StorageOptions::unsafe_no_fsync`] makes the log store acknowledge
+//! [`StorageOptions::unsafe_no_fsync`](super::StorageOptions::unsafe_no_fsync) makes the log store acknowledge
 //! appended entries after a commit with [`redb::Durability::None`], before
 //! anything reaches the disk, like etcd's `--unsafe-no-fsync`. A leader then
 //! counts its own and its followers' acknowledgements towards commits that
@@ -50,42 +54,12 @@
 //!   buffered bytes are written to the file then, as the kernel would.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::io;
 use std::ops::Bound;
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use redb::backends::FileBackend;
-use redb::{BackendError, Database, DatabaseError, StorageBackend};
-
-/// How a data directory is opened. The default is the safe storage every
-/// real node must use; each `true` field breaks a durability guarantee on
-/// purpose (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StorageOptions {
-    /// Open the database through [`PowerLossBackend`], so that a killed
-    /// process loses every write it had not fsynced, as a machine that loses
-    /// power would. Correct code loses nothing it acknowledged this way.
-    pub lose_unsynced_writes: bool,
-    /// Acknowledge log appends before they are fsynced (commit them with
-    /// [`redb::Durability::None`]). **Breaks Raft's safety**: an entry a
-    /// majority acknowledged can vanish when those nodes crash.
-    pub unsafe_no_fsync: bool,
-}
-
-impl StorageOptions {
-    /// Whether any fault is enabled.
-    pub fn injects_faults(&self) -> bool {
-        self.lose_unsynced_writes || self.unsafe_no_fsync
-    }
-}
-
-/// Opens (or creates) the redb database at `path` on a [`PowerLossBackend`].
-pub(crate) fn open_database(path: &Path) -> Result<Database, DatabaseError> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-    super::db::builder().create_with_backend(PowerLossBackend::new(FileBackend::new(file)?)?)
-}
+use redb::{BackendError, StorageBackend};
 
 /// The granularity of the write buffer, in bytes: redb's own page size, so
 /// that one redb page write touches one buffered page when aligned.
@@ -306,8 +280,13 @@ mod tests {
     fn backend() -> (tempfile::TempDir, std::path::PathBuf, PowerLossBackend) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
         let backend = PowerLossBackend::new(FileBackend::new(file).unwrap()).unwrap();
         (dir, path, backend)
     }

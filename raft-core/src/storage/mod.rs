@@ -4,9 +4,11 @@
 //! * [`log_store`]: the durable Raft log ([`RedbLogStore`]).
 //! * [`state_machine`]: the applied state and snapshots ([`StateMachineStore`]).
 //! * [`mem_log`]: a log kept in memory ([`MemLogStore`]) for tests.
+//! * [`options`]: how a directory is opened ([`StorageOptions`]): safe by
+//!   default, or with one of the faults below switched on.
 //! * [`fault`]: storage faults for crash tests and negative controls: a
 //!   backend that loses unsynced writes on a kill, and acknowledging log
-//!   appends before fsync ([`StorageOptions`]).
+//!   appends before fsync.
 //!
 //! redb's calls block on disk I/O, so every call from openraft's async core
 //! runs on tokio's blocking pool (`blocking`), never on a core thread.
@@ -15,12 +17,14 @@ pub mod db;
 pub mod fault;
 pub mod log_store;
 pub mod mem_log;
+pub mod options;
 pub mod state_machine;
 
 pub use db::{Db, OpenError};
-pub use fault::{PowerLossBackend, StorageOptions};
+pub use fault::PowerLossBackend;
 pub use log_store::RedbLogStore;
 pub use mem_log::MemLogStore;
+pub use options::StorageOptions;
 pub use state_machine::{SnapshotData, StateMachineStore};
 
 /// Runs blocking storage work on tokio's blocking pool and waits for it.

@@ -1,0 +1,25 @@
+//! How a data directory is opened: the safe default every real node uses,
+//! and the two faults a test may switch on (see [`super::fault`] for what
+//! each one breaks and why a test wants it).
+
+/// How a data directory is opened. The default is the safe storage every
+/// real node must use; each `true` field breaks a durability guarantee on
+/// purpose (see [`super::fault`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageOptions {
+    /// Open the database through [`PowerLossBackend`](super::PowerLossBackend), so that a killed
+    /// process loses every write it had not fsynced, as a machine that loses
+    /// power would. Correct code loses nothing it acknowledged this way.
+    pub lose_unsynced_writes: bool,
+    /// Acknowledge log appends before they are fsynced (commit them with
+    /// [`redb::Durability::None`]). **Breaks Raft's safety**: an entry a
+    /// majority acknowledged can vanish when those nodes crash.
+    pub unsafe_no_fsync: bool,
+}
+
+impl StorageOptions {
+    /// Whether any fault is enabled.
+    pub fn injects_faults(&self) -> bool {
+        self.lose_unsynced_writes || self.unsafe_no_fsync
+    }
+}
