@@ -58,9 +58,11 @@
 
 mod client;
 mod server;
+mod stream;
 
 pub use client::{TcpLink, TcpTransport, TransportError};
 pub use server::{TcpServer, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+pub use stream::PeerStream;
 
 #[cfg(test)]
 mod tests {
@@ -201,10 +203,16 @@ mod tests {
         let mut c = client(&Config::new(CLUSTER), 2, 1, server.local_addr()).await;
 
         c.vote(vote_request(2, 1), option()).await.unwrap();
-        let first =
-            c.link().stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
+        let first = c
+            .link()
+            .stream
+            .as_ref()
+            .expect("connection kept after a successful RPC")
+            .tcp()
+            .local_addr()
+            .unwrap();
         c.vote(vote_request(2, 2), option()).await.unwrap();
-        let second = c.link().stream.as_ref().expect("connection kept").local_addr().unwrap();
+        let second = c.link().stream.as_ref().expect("connection kept").tcp().local_addr().unwrap();
         assert_eq!(first, second, "the second RPC opened a new connection");
         assert_eq!(c.link().last_id, 2);
         assert_eq!(server.connections_accepted(), 1);
@@ -262,7 +270,7 @@ mod tests {
         let ack: HandshakeAck = read_frame(&mut raw, HANDSHAKE_MAX_BYTES).await.unwrap();
         match ack {
             HandshakeAck::Refused { reason } => assert!(reason.contains("version"), "{reason}"),
-            HandshakeAck::Ok => panic!("a handshake of another version was accepted"),
+            other => panic!("a handshake of another version was answered {other:?}"),
         }
         assert_closed_by_server(&mut raw).await;
 
