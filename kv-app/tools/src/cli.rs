@@ -151,6 +151,16 @@ pub enum Command {
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Make the certificates of peer TLS (kv-server --peer-ca, --peer-cert,
+    /// --peer-key), by running `kv-server certs`.
+    Certs {
+        /// What to make.
+        #[command(subcommand)]
+        command: CertsCommand,
+        /// The kv-server binary (default: the one next to kvctl).
+        #[arg(long, global = true)]
+        bin: Option<PathBuf>,
+    },
     /// Load a kv or etcd cluster with N closed-loop clients and report
     /// throughput and latency percentiles (see `docs/benchmarks.md`).
     Bench(BenchArgs),
@@ -191,6 +201,55 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+/// `kvctl certs ...`: the arguments of `kv-server certs`, passed on as they
+/// are (kvctl is a client and makes no certificates itself; kv-server
+/// does, with raft-core's certificate code).
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a new cluster CA: DIR/ca.pem and DIR/ca.key (keep ca.key off
+    /// the nodes: it signs new nodes into the cluster).
+    Init {
+        /// Where to write them (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make node ID's certificate, signed by DIR's CA: DIR/node-ID.pem and
+    /// DIR/node-ID.key, naming raft://CLUSTER_ID/node/ID.
+    Node {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// The cluster's name, as given to kv-server --cluster-id.
+        #[arg(long, default_value = "kv")]
+        cluster_id: String,
+        /// The directory holding the CA (from `kvctl certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Runs `kv-server certs ...` and passes on its output and exit status.
+fn certs(command: CertsCommand, bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => local_cluster::default_server_binary()?,
+    };
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("certs");
+    match command {
+        CertsCommand::Init { dir } => cmd.arg("init").arg("--dir").arg(dir),
+        CertsCommand::Node { id, cluster_id, dir } => {
+            cmd.arg("node").args(["--id", &id.to_string(), "--cluster-id", &cluster_id]).arg("--dir").arg(dir)
+        }
+    };
+    let status = cmd.status().with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        // kv-server already printed why, on stderr.
+        bail!("{} certs failed ({status})", bin.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -264,6 +323,7 @@ impl Command {
             | Command::Status { .. }
             | Command::Members
             | Command::Cluster(_)
+            | Command::Certs { .. }
             | Command::Bench(_)
             | Command::InstantServer { .. } => false,
         }
@@ -284,6 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
+        Command::Certs { command, bin } => return certs(command, bin),
         Command::Bench(args) => {
             let config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             return run_bench(&config, g.json).await;
@@ -427,7 +488,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
         }
-        Command::Cluster(_) | Command::Bench(_) | Command::InstantServer { .. } => {
+        Command::Cluster(_) | Command::Certs { .. } | Command::Bench(_) | Command::InstantServer { .. } => {
             unreachable!("invariant: commands that need no client are handled above")
         }
     }
