@@ -11,14 +11,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Register, Set};
 use raft_core::network::tls::certs::{self, Pem, Validity};
 use raft_core::network::{Link, PeerTls, RpcRequest, TcpTransport, Transport};
 use raft_core::openraft::raft::VoteRequest;
 use raft_core::types::Vote;
-use raft_core::{Config, Node, NodeId, RaftNode, WriteError};
+use raft_core::{Config, Node, NodeId, RaftNode};
 use tokio::net::TcpListener;
 
 const CLUSTER: &str = "tls-test";
@@ -89,18 +89,8 @@ impl Cluster {
     /// applied the write.
     async fn write_everywhere(&self, key: &str, value: &str) {
         let cmd = Set { key: key.into(), value: value.into() };
-        let deadline = Instant::now() + WAIT;
-        let index = loop {
-            let leader = self.nodes[&1].wait_for_leader(WAIT).await.expect("a leader");
-            match self.nodes[&leader].write(&cmd).await {
-                Ok(w) => break w.log_id.index,
-                // Idempotent (same key, same value): safe to retry.
-                Err(WriteError::NotLeader { .. } | WriteError::Indeterminate { .. }) => {}
-                Err(e) => panic!("write {key}: {e}"),
-            }
-            assert!(Instant::now() < deadline, "write {key} not acknowledged within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let leader = || async { self.nodes[&1].wait_for_leader(WAIT).await.expect("a leader") };
+        let index = common::write_through_leader(&self.nodes, leader, &cmd, WAIT).await;
         for node in self.nodes.values() {
             node.wait_applied(index, WAIT).await.unwrap_or_else(|e| panic!("node {} behind: {e}", node.id()));
             let got = node.view().unwrap().get(key.as_bytes()).unwrap();

@@ -137,7 +137,7 @@ struct Args {
     #[arg(long, help_heading = PEER_TLS)]
     peer_ca: Option<PathBuf>,
     /// Peer TLS: this node's certificate (PEM), naming
-    /// raft://<cluster-id>/node/<id> and signed by --peer-ca.
+    /// raft://CLUSTER_ID/node/ID and signed by --peer-ca.
     #[arg(long, help_heading = PEER_TLS)]
     peer_cert: Option<PathBuf>,
     /// Peer TLS: this node's private key (PEM).

@@ -152,14 +152,18 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Make the certificates of peer TLS (kv-server --peer-ca, --peer-cert,
-    /// --peer-key), by running `kv-server certs`.
+    /// --peer-key) by running `kv-server certs ARGS`: `certs init --dir D`
+    /// makes a CA, `certs node --id N --cluster-id C --dir D` a node's
+    /// certificate; `kvctl certs help` says more.
+    #[command(disable_help_flag = true)]
     Certs {
-        /// What to make.
-        #[command(subcommand)]
-        command: CertsCommand,
-        /// The kv-server binary (default: the one next to kvctl).
-        #[arg(long, global = true)]
+        /// The kv-server binary (default: the one next to kvctl). Give it
+        /// before ARGS.
+        #[arg(long)]
         bin: Option<PathBuf>,
+        /// The arguments of `kv-server certs`, passed on as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
     },
     /// Load a kv or etcd cluster with N closed-loop clients and report
     /// throughput and latency percentiles (see `docs/benchmarks.md`).
@@ -203,48 +207,19 @@ pub enum ClusterCommand {
     },
 }
 
-/// `kvctl certs ...`: the arguments of `kv-server certs`, passed on as they
-/// are (kvctl is a client and makes no certificates itself; kv-server
-/// does, with raft-core's certificate code).
-#[derive(Debug, Subcommand)]
-pub enum CertsCommand {
-    /// Make a new cluster CA: DIR/ca.pem and DIR/ca.key (keep ca.key off
-    /// the nodes: it signs new nodes into the cluster).
-    Init {
-        /// Where to write them (created if missing).
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Make node ID's certificate, signed by DIR's CA: DIR/node-ID.pem and
-    /// DIR/node-ID.key, naming raft://CLUSTER_ID/node/ID.
-    Node {
-        /// The node's id.
-        #[arg(long)]
-        id: u64,
-        /// The cluster's name, as given to kv-server --cluster-id.
-        #[arg(long, default_value = "kv")]
-        cluster_id: String,
-        /// The directory holding the CA (from `kvctl certs init`).
-        #[arg(long)]
-        dir: PathBuf,
-    },
-}
-
-/// Runs `kv-server certs ...` and passes on its output and exit status.
-fn certs(command: CertsCommand, bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `kvctl certs ARGS`: runs `kv-server certs ARGS` and passes on its output
+/// and exit status. kvctl is a client and makes no certificates itself;
+/// kv-server does, with raft-core's certificate code.
+fn certs(args: &[String], bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let bin = match bin {
         Some(bin) => bin,
         None => local_cluster::default_server_binary()?,
     };
-    let mut cmd = std::process::Command::new(&bin);
-    cmd.arg("certs");
-    match command {
-        CertsCommand::Init { dir } => cmd.arg("init").arg("--dir").arg(dir),
-        CertsCommand::Node { id, cluster_id, dir } => {
-            cmd.arg("node").args(["--id", &id.to_string(), "--cluster-id", &cluster_id]).arg("--dir").arg(dir)
-        }
-    };
-    let status = cmd.status().with_context(|| format!("running {}", bin.display()))?;
+    let status = std::process::Command::new(&bin)
+        .arg("certs")
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
     if !status.success() {
         // kv-server already printed why, on stderr.
         bail!("{} certs failed ({status})", bin.display());
@@ -344,7 +319,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
-        Command::Certs { command, bin } => return certs(command, bin),
+        Command::Certs { args, bin } => return certs(&args, bin),
         Command::Bench(args) => {
             let config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             return run_bench(&config, g.json).await;

@@ -20,7 +20,7 @@
 //!
 //! Host names play no part: a node is known by its id, and addresses change
 //! (the Jepsen harness puts a proxy in front of every node). The client
-//! therefore checks the server's chain itself ([`CaVerifier`]) instead of
+//! therefore checks the server's chain itself (`CaVerifier`, below) instead of
 //! rustls' host name check, and compares identities after the handshake.
 //!
 //! # Where TLS starts
@@ -284,6 +284,11 @@ pub(crate) fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Node
     }
 }
 
+/// Short names, so that each signature check of [`CaVerifier`] fits a line.
+type Der<'a> = CertificateDer<'a>;
+type Dss = DigitallySignedStruct;
+type Signed = Result<HandshakeSignatureValid, rustls::Error>;
+
 /// Checks a server's certificate chain against the cluster CA, and not its
 /// host name: peers are known by node id, which the client compares with
 /// the certificate's `raft://` name once the handshake is done.
@@ -313,22 +318,13 @@ impl ServerCertVerifier for CaVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    // The handshake signatures are checked as rustls' own verifier does.
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &Der<'_>, dss: &Dss) -> Signed {
+        verify_tls12_signature(msg, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &Der<'_>, dss: &Dss) -> Signed {
+        verify_tls13_signature(msg, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -1,7 +1,7 @@
 //! The TCP transport: how a node's Raft RPCs reach its peers.
 //!
-//! This module carries the Raft RPCs of [`super::rpc`] over plain TCP, in the
-//! format of [`super::frame`]:
+//! This module carries the Raft RPCs of [`super::rpc`] over TCP (optionally
+//! inside mutual TLS), in the format of [`super::frame`]:
 //!
 //! * [`TcpServer`] accepts connections from peers on an already-bound
 //!   listener, checks each peer's handshake, and hands every request to the
@@ -47,10 +47,13 @@
 //! Raft. The inbox refuses the shapes it can check cheaply; the handshake
 //! guards against mistakes, not attackers.
 //!
-//! A production deployment would add authentication and encryption (mutual
-//! TLS), a cap on concurrent connections, and TCP keepalive; this transport
-//! relies on the idle timeout below to reclaim connections from peers that
-//! vanished without closing them.
+//! With [`Config::peer_tls`](crate::Config::peer_tls) set, every connection
+//! is mutual TLS and a peer must prove with its certificate that it is the
+//! node its handshake claims (see [`crate::network::tls`]); without it, the
+//! handshake guards against mistakes only. A production deployment would
+//! also add a cap on concurrent connections and TCP keepalive; this
+//! transport relies on the idle timeout below to reclaim connections from
+//! peers that vanished without closing them.
 //!
 //! The two sides live apart, in `tcp/server.rs` (accepting and serving
 //! peers) and `tcp/client.rs` (links to peers); the tests in `tcp/mod.rs`
