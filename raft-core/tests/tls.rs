@@ -169,6 +169,27 @@ async fn tls_cluster_replicates_and_refuses_every_peer_that_cannot_prove_who_it_
         .await
         .expect("a node with a valid certificate is served");
 
+    // Through a proxy that reads the plaintext handshake to learn the link
+    // (as the Jepsen harness's does), sends it on (the same bytes), and
+    // forwards every byte after it unchanged.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = PathBuf::from(proxy.local_addr().unwrap().to_string());
+    let target = cluster.addrs[&1];
+    let seen = tokio::spawn(async move {
+        let (mut inbound, _) = proxy.accept().await.unwrap();
+        let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+        let hs = raft_core::network::frame::read_handshake(&mut inbound).await.unwrap();
+        raft_core::network::frame::write_handshake(&mut outbound, &hs).await.unwrap();
+        tokio::spawn(async move { tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await });
+        (hs.from, hs.to)
+    });
+    let mut link = TcpTransport::new(3, &pki.config("proxied-3", &pki.node(3)))
+        .link(1, &Node::new(proxy_addr.to_str().unwrap(), ""));
+    link.call(&RpcRequest::Vote(VoteRequest::new(Vote::new(1, 3), None)), Duration::from_secs(10))
+        .await
+        .expect("TLS passes through a proxy that forwards bytes unchanged");
+    assert_eq!(seen.await.unwrap(), (3, 1), "the proxy read the link from the plaintext handshake");
+
     // None of it disturbed the cluster.
     cluster.write_everywhere("after", "2").await;
     cluster.shutdown().await;
