@@ -11,6 +11,8 @@
 //! 3. [`server`]: one replica serving the HTTP API.
 //! 4. [`inspect`]: `kv-server inspect`, what a stopped node's data directory
 //!    holds and its committed log replayed, read offline.
+//! 5. [`certs`]: `kv-server certs`, the CA and node certificates of peer
+//!    TLS.
 //!
 //! Two crates nested here hold the rest, and neither depends on this one:
 //!
@@ -24,6 +26,7 @@
 //!
 //! The design is explained in `docs/architecture/kv-app.md`.
 
+pub mod certs;
 pub mod command;
 pub mod inspect;
 pub mod server;

@@ -30,6 +30,7 @@
 
 use std::time::Duration;
 
+use crate::network::tls::PeerTls;
 use crate::storage::StorageOptions;
 
 /// Everything a node needs to know that is not stored in its data directory.
@@ -101,6 +102,12 @@ pub struct Config {
     /// the fields inject storage faults for crash tests and negative
     /// controls (see [`crate::storage::fault`]). Ignored by in-memory storage.
     pub storage: StorageOptions,
+    /// Mutual TLS on every Raft connection, in and out: the cluster's CA,
+    /// this node's certificate (which must name it, see
+    /// [`crate::network::tls`]) and key. `None` (the default): plain TCP,
+    /// and anyone who can reach the Raft port and knows the cluster id can
+    /// speak Raft to the node.
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl Config {
@@ -126,6 +133,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             change_timeout: Duration::from_secs(60),
             storage: StorageOptions::default(),
+            peer_tls: None,
         }
     }
 

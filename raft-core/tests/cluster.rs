@@ -92,19 +92,7 @@ impl Cluster {
     /// Returns only once the write is acknowledged.
     async fn write(&self, key: &str, value: &str) -> u64 {
         let cmd = Set { key: key.into(), value: value.into() };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let leader = self.leader().await;
-            match self.nodes[&leader].write(&cmd).await {
-                Ok(w) => return w.log_id.index,
-                // Register writes are idempotent (same key, same value), so
-                // retrying an indeterminate one is safe here.
-                Err(WriteError::NotLeader { .. } | WriteError::Indeterminate { .. }) => {}
-                Err(e) => panic!("write {key}: {e}"),
-            }
-            assert!(Instant::now() < deadline, "write {key} not acknowledged within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::write_through_leader(&self.nodes, || self.leader(), &cmd, WAIT).await
     }
 
     /// Waits until every running node has applied at least `index`.

@@ -29,11 +29,13 @@ use clap::{Parser, Subcommand};
 use kv_app::inspect::{self, ReplayOptions};
 use kv_app::server::{self, Faults, ServerConfig};
 use kv_app::state_machine::KvStateMachine;
+use raft_core::network::PeerTls;
 use raft_core::storage::StorageOptions;
 use raft_core::Node;
 
 /// The help heading of the flags that break guarantees on purpose.
 const FAULTS: &str = "Fault injection (testing only: these break the service's guarantees)";
+const PEER_TLS: &str = "Peer TLS (mutual TLS on the Raft port; all three or none)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +55,33 @@ enum Command {
     /// Print what a stopped node's data directory holds, or (--writes) its
     /// committed log replayed. The node must be stopped.
     Inspect(InspectArgs),
+    /// Make the certificates of peer TLS (--peer-ca, --peer-cert,
+    /// --peer-key). `kvctl certs` runs this.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Make a new cluster CA: DIR/ca.pem and DIR/ca.key.
+    Init {
+        /// Where to write them (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make node ID's certificate, signed by DIR's CA: DIR/node-ID.pem and
+    /// DIR/node-ID.key, naming raft://CLUSTER_ID/node/ID.
+    Node {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// The cluster's name, as given to kv-server --cluster-id.
+        #[arg(long, default_value = "kv")]
+        cluster_id: String,
+        /// The directory holding the CA (from `certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +131,18 @@ struct Args {
     /// The cluster's name; nodes refuse Raft traffic from other clusters.
     #[arg(long, default_value = "kv")]
     cluster_id: String,
+    /// Peer TLS: the cluster CA's certificate (PEM). With --peer-cert and
+    /// --peer-key, every Raft connection, in and out, is mutual TLS. Make
+    /// them with `kvctl certs init` and `kvctl certs node`.
+    #[arg(long, help_heading = PEER_TLS)]
+    peer_ca: Option<PathBuf>,
+    /// Peer TLS: this node's certificate (PEM), naming
+    /// raft://CLUSTER_ID/node/ID and signed by --peer-ca.
+    #[arg(long, help_heading = PEER_TLS)]
+    peer_cert: Option<PathBuf>,
+    /// Peer TLS: this node's private key (PEM).
+    #[arg(long, help_heading = PEER_TLS)]
+    peer_key: Option<PathBuf>,
     /// Form a new cluster of these members on first start, as
     /// "ID=RAFT_ADDR/HTTP_ADDR,...". Give every node the same list.
     /// Default: a single-node cluster of this node.
@@ -162,6 +203,28 @@ struct Args {
     unsafe_no_dedup: bool,
 }
 
+/// The peer TLS of `--peer-ca`, `--peer-cert` and `--peer-key`: all three
+/// or none.
+fn peer_tls(args: &Args) -> Result<Option<PeerTls>> {
+    match (&args.peer_ca, &args.peer_cert, &args.peer_key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => {
+            Ok(Some(PeerTls::from_pem_files(ca, cert, key).context("loading peer TLS")?))
+        }
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [(ca, "--peer-ca"), (cert, "--peer-cert"), (key, "--peer-key")]
+                .into_iter()
+                .filter(|(v, _)| v.is_none())
+                .map(|(_, name)| name)
+                .collect();
+            bail!(
+                "peer TLS needs --peer-ca, --peer-cert and --peer-key together (or none of them); missing {}",
+                missing.join(", ")
+            )
+        }
+    }
+}
+
 fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
     let mut members = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -184,8 +247,19 @@ async fn main() -> Result<()> {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Inspect(inspect)) = cli.command {
-        return run_inspect(inspect).await;
+    match cli.command {
+        Some(Command::Inspect(inspect)) => return run_inspect(inspect).await,
+        Some(Command::Certs(command)) => {
+            let written = match command {
+                CertsCommand::Init { dir } => kv_app::certs::init(&dir)?,
+                CertsCommand::Node { id, cluster_id, dir } => kv_app::certs::node(&dir, id, &cluster_id)?,
+            };
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let args = cli.args;
     if args.id == 0 {
@@ -197,6 +271,8 @@ async fn main() -> Result<()> {
         .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
         .context("--election-timeout-ms: expected MIN-MAX, e.g. 500-1000")?;
 
+    let peer_tls = peer_tls(&args)?;
+
     let http = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
@@ -206,6 +282,7 @@ async fn main() -> Result<()> {
 
     let mut config = ServerConfig::new(args.id, &args.data_dir);
     config.raft = raft_core::Config::new(args.cluster_id);
+    config.raft.peer_tls = peer_tls;
     config.raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.raft.election_timeout_min = Duration::from_millis(min);
     config.raft.election_timeout_max = Duration::from_millis(max);

@@ -152,6 +152,19 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     if config.faults.unsafe_local_reads {
         tracing::warn!(node_id = config.id, "fault injection: linearizable reads served from local state");
     }
+    if let Some(tls) = &config.raft.peer_tls {
+        // A node whose certificate names another node would be refused by
+        // every peer; say so at startup instead.
+        let named = tls.identity().context("the peer TLS certificate")?;
+        if named.node_id != config.id || named.cluster_id != config.raft.cluster_id {
+            anyhow::bail!(
+                "the peer TLS certificate names {named}, but this is node {} of cluster {:?}",
+                config.id,
+                config.raft.cluster_id
+            );
+        }
+        tracing::info!(node_id = config.id, "peer TLS on: Raft connections are mutual TLS");
+    }
     let node = RaftNode::open(config.id, config.raft.clone(), &config.data_dir, app, raft)
         .await
         .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;

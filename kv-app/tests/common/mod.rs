@@ -19,6 +19,8 @@ pub struct NodeProc {
     pub raft: String,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Arguments for this node only, on every start (peer TLS files, say).
+    pub args: Vec<String>,
 }
 
 pub struct ProcCluster {
@@ -38,6 +40,16 @@ pub fn free_addr() -> String {
 impl ProcCluster {
     /// Starts `n` nodes forming one cluster, and waits for a leader.
     pub async fn start(n: u64, extra_args: &[&str]) -> ProcCluster {
+        Self::start_with(n, extra_args, |_| Vec::new()).await
+    }
+
+    /// Like [`ProcCluster::start`], with `node_args(id)` added to node
+    /// `id`'s arguments on every start.
+    pub async fn start_with(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> ProcCluster {
         let mut c = ProcCluster {
             tmp: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
@@ -46,7 +58,8 @@ impl ProcCluster {
         };
         for id in 1..=n {
             let dir = c.tmp.path().join(format!("node-{id}"));
-            c.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None });
+            let args = node_args(id);
+            c.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None, args });
         }
         let members: Vec<String> =
             c.nodes.values().map(|n| format!("{}={}/{}", n.id, n.raft, n.http)).collect();
@@ -73,6 +86,7 @@ impl ProcCluster {
             // looking like a dead leader.
             .args(["--heartbeat-ms", "150", "--election-timeout-ms", "1000-2000"])
             .args(args)
+            .args(&node.args)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -84,7 +98,10 @@ impl ProcCluster {
     /// Adds a node that is not yet a member (to join later).
     pub fn add_node(&mut self, id: u64) {
         let dir = self.tmp.path().join(format!("node-{id}"));
-        self.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None });
+        self.nodes.insert(
+            id,
+            NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None, args: Vec::new() },
+        );
     }
 
     /// SIGKILL: the process dies at once, with no chance to flush anything.

@@ -151,6 +151,20 @@ pub enum Command {
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Make the certificates of peer TLS (kv-server --peer-ca, --peer-cert,
+    /// --peer-key) by running `kv-server certs ARGS`: `certs init --dir D`
+    /// makes a CA, `certs node --id N --cluster-id C --dir D` a node's
+    /// certificate; `kvctl certs help` says more.
+    #[command(disable_help_flag = true)]
+    Certs {
+        /// The kv-server binary (default: the one next to kvctl). Give it
+        /// before ARGS.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// The arguments of `kv-server certs`, passed on as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Load a kv or etcd cluster with N closed-loop clients and report
     /// throughput and latency percentiles (see `docs/benchmarks.md`).
     Bench(BenchArgs),
@@ -191,6 +205,26 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+/// `kvctl certs ARGS`: runs `kv-server certs ARGS` and passes on its output
+/// and exit status. kvctl is a client and makes no certificates itself;
+/// kv-server does, with raft-core's certificate code.
+fn certs(args: &[String], bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => local_cluster::default_server_binary()?,
+    };
+    let status = std::process::Command::new(&bin)
+        .arg("certs")
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        // kv-server already printed why, on stderr.
+        bail!("{} certs failed ({status})", bin.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -264,6 +298,7 @@ impl Command {
             | Command::Status { .. }
             | Command::Members
             | Command::Cluster(_)
+            | Command::Certs { .. }
             | Command::Bench(_)
             | Command::InstantServer { .. } => false,
         }
@@ -284,6 +319,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
+        Command::Certs { args, bin } => return certs(&args, bin),
         Command::Bench(args) => {
             let config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             return run_bench(&config, g.json).await;
@@ -427,7 +463,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
         }
-        Command::Cluster(_) | Command::Bench(_) | Command::InstantServer { .. } => {
+        Command::Cluster(_) | Command::Certs { .. } | Command::Bench(_) | Command::InstantServer { .. } => {
             unreachable!("invariant: commands that need no client are handled above")
         }
     }

@@ -87,3 +87,25 @@ fn cluster_up_put_get_cas_status_and_down() {
         assert!(!alive, "node pid {pid} still running after cluster down");
     }
 }
+
+#[test]
+fn certs_init_and_node_write_the_ca_and_a_node_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let bin = common::kv_server();
+    let bin = bin.to_str().unwrap();
+
+    let out = kvctl(&["certs", "--bin", bin, "init", "--dir", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kvctl(&["certs", "--bin", bin, "node", "--id", "2", "--cluster-id", "prod", "--dir", d]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in ["ca.pem", "ca.key", "node-2.pem", "node-2.key"] {
+        let pem = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(pem.starts_with("-----BEGIN "), "{file}: {pem}");
+    }
+
+    // kv-server's refusal comes through, with a non-zero exit.
+    let out = kvctl(&["certs", "--bin", bin, "init", "--dir", d]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("exists; not overwriting"), "{}", text(&out.stderr));
+}

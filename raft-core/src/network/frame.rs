@@ -42,8 +42,21 @@
 //! enough to cause that); checking `to` stops a node from answering RPCs
 //! meant for a node that used to live at the same address.
 //!
-//! A production system would also authenticate the peer (mutual TLS); this
-//! handshake guards against mistakes, not against attackers.
+//! This handshake alone guards against mistakes, not against attackers. With
+//! peer TLS configured, a server answers the handshake with
+//! [`HandshakeAck::StartTls`] instead, the peers run a mutual TLS handshake
+//! on the same connection, and the real acknowledgement and every frame
+//! after it travel inside TLS, where the claims of the plaintext handshake
+//! are checked against the certificates (see [`crate::network::tls`]):
+//!
+//! ```text
+//! client                                   server
+//!   | -- "RCORE" | version u16 | Handshake --> |  plaintext, as without TLS
+//!   | <------------ HandshakeAck::StartTls --- |
+//!   | <========== TLS handshake ============> |  both present certificates
+//!   | <------------- HandshakeAck ------------ |  inside TLS from here on
+//!   | -- RequestFrame { id: 1, .. } ---------> |
+//! ```
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -161,6 +174,13 @@ pub enum HandshakeAck {
         /// Why, in words meant for an operator reading the client's log.
         reason: String,
     },
+    /// The server requires mutual TLS (see [`crate::network::tls`]): the
+    /// client starts a TLS handshake on the same connection, and the real
+    /// acknowledgement ([`HandshakeAck::Ok`] or [`HandshakeAck::Refused`])
+    /// follows inside TLS. Only a server with peer TLS sends it, so a
+    /// cluster without TLS never sees this variant, and its wire is the
+    /// same as before it existed.
+    StartTls,
 }
 
 /// Identifies a request on its connection; the response carries the same

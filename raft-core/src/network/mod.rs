@@ -19,15 +19,19 @@
 //!    allocated.
 //! 4. [`tcp`]: the TCP server that feeds peers' requests to the local
 //!    Raft, and the client links.
-//! 5. [`local`]: an in-process transport for tests, which hands requests to
+//! 5. [`tls`]: optional mutual TLS between peers, with the node's identity
+//!    in its certificate.
+//! 6. [`local`]: an in-process transport for tests, which hands requests to
 //!    peers' inboxes directly.
 
 pub mod frame;
 pub mod local;
 pub mod rpc;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 pub use rpc::{Inbox, RpcRequest, RpcResponse};
 pub use tcp::{TcpLink, TcpServer, TcpTransport, TransportError};
+pub use tls::{PeerTls, TlsError};
 pub use transport::{doubling_backoff, Link, LinkError, Network, Transport};

@@ -38,3 +38,31 @@ pub async fn apply(sm: &mut raft_core::storage::StateMachineStore, entries: Vec<
     let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
     sm.apply(stream).await.unwrap();
 }
+
+/// Writes `cmd` through whichever node leads (`leader` finds it), retrying
+/// while leadership moves, until acknowledged or `wait` passes. Returns the
+/// write's log index. `Register` writes are idempotent (same key, same
+/// value), so retrying an indeterminate one is safe.
+#[allow(dead_code)] // not every test file writes through a leader
+pub async fn write_through_leader<F, Fut>(
+    nodes: &std::collections::BTreeMap<raft_core::NodeId, raft_core::RaftNode<Register>>,
+    leader: F,
+    cmd: &Set,
+    wait: std::time::Duration,
+) -> u64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = raft_core::NodeId>,
+{
+    use raft_core::WriteError;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match nodes[&leader().await].write(cmd).await {
+            Ok(w) => return w.log_id.index,
+            Err(WriteError::NotLeader { .. } | WriteError::Indeterminate { .. }) => {}
+            Err(e) => panic!("write {}: {e}", cmd.key),
+        }
+        assert!(std::time::Instant::now() < deadline, "write {} not acknowledged within {wait:?}", cmd.key);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -16,6 +16,8 @@ use crate::network::frame::{
     RequestFrameRef, RequestId, ResponseFrame, HANDSHAKE_MAX_BYTES,
 };
 use crate::network::rpc::{RpcRequest, RpcResponse};
+use crate::network::tcp::stream::PeerStream;
+use crate::network::tls::{peer_identity, server_name, NodeIdentity, PeerTls};
 use crate::network::transport::{Link, LinkError, Transport};
 use crate::types::{Node, NodeId, TypeConfig};
 
@@ -58,8 +60,9 @@ pub enum TransportError {
         /// What went wrong.
         source: FrameError,
     },
-    /// The peer refused the handshake: it belongs to another cluster, or is
-    /// not the node we meant to reach.
+    /// The peer refused the handshake: it belongs to another cluster, is
+    /// not the node we meant to reach, or (with peer TLS) our certificate
+    /// does not name the node we claim to be.
     #[error("node {target} at {addr} refused the connection: {reason}")]
     Refused {
         /// The peer's node id.
@@ -68,6 +71,40 @@ pub enum TransportError {
         addr: String,
         /// The peer's explanation.
         reason: String,
+    },
+    /// One side has peer TLS and the other does not: the peer asked for TLS
+    /// and this node has no `peer_tls`, or this node has `peer_tls` and the
+    /// peer accepted a plaintext connection.
+    #[error("node {target} at {addr}: {detail}")]
+    TlsMismatch {
+        /// The peer's node id.
+        target: NodeId,
+        /// The peer's `raft_addr`.
+        addr: String,
+        /// Which side lacks TLS.
+        detail: &'static str,
+    },
+    /// The TLS handshake failed: the peer's certificate is not signed by the
+    /// cluster CA or has expired, or the peer rejected ours.
+    #[error("TLS handshake with node {target} at {addr} failed: {source}")]
+    Tls {
+        /// The peer's node id.
+        target: NodeId,
+        /// The peer's `raft_addr`.
+        addr: String,
+        /// What rustls reported.
+        source: std::io::Error,
+    },
+    /// The peer's certificate is valid but names another node than the one
+    /// this link is meant to reach (or no node at all).
+    #[error("node {target} at {addr} presented a certificate for {detail}")]
+    WrongIdentity {
+        /// The peer's node id.
+        target: NodeId,
+        /// The peer's `raft_addr`.
+        addr: String,
+        /// Whom the certificate names instead.
+        detail: String,
     },
     /// Sending the request or reading the response failed.
     #[error("RPC to node {target} failed: {source}")]
@@ -108,6 +145,7 @@ struct ClientSettings {
     cluster_id: String,
     max_frame_bytes: u32,
     connect_timeout: Duration,
+    tls: Option<PeerTls>,
 }
 
 /// The client side of the TCP transport: a [`TcpLink`] per peer. Cheap to
@@ -120,7 +158,8 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     /// The client side of node `node_id`, using `config.cluster_id`,
-    /// `config.max_frame_bytes` and `config.connect_timeout`.
+    /// `config.max_frame_bytes`, `config.connect_timeout` and
+    /// `config.peer_tls`.
     pub fn new(node_id: NodeId, config: &Config) -> Self {
         TcpTransport {
             settings: Arc::new(ClientSettings {
@@ -128,6 +167,7 @@ impl TcpTransport {
                 cluster_id: config.cluster_id.clone(),
                 max_frame_bytes: config.max_frame_bytes,
                 connect_timeout: config.connect_timeout,
+                tls: config.peer_tls.clone(),
             }),
         }
     }
@@ -157,7 +197,7 @@ pub struct TcpLink {
     /// The open connection, if any. Taken out for the duration of each RPC
     /// and put back only when the RPC completed cleanly, so an RPC that
     /// fails or is cancelled half-way leaves no connection behind.
-    pub(super) stream: Option<TcpStream>,
+    pub(super) stream: Option<PeerStream>,
     /// The id of the last request sent.
     pub(super) last_id: RequestId,
 }
@@ -193,7 +233,13 @@ impl TcpLink {
                 // off from, not as a timeout retried at once.
                 let budget = self.settings.connect_timeout.min(ttl / 2);
                 self.connect(budget).await.map_err(|e| {
-                    if matches!(e, TransportError::Refused { .. }) {
+                    if matches!(
+                        e,
+                        TransportError::Refused { .. }
+                            | TransportError::TlsMismatch { .. }
+                            | TransportError::Tls { .. }
+                            | TransportError::WrongIdentity { .. }
+                    ) {
                         tracing::warn!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer refused connection");
                     }
                     LinkError::Unreachable(Box::new(e))
@@ -230,7 +276,7 @@ impl TcpLink {
 
     /// Opens a connection to the peer and completes the handshake, within
     /// `budget`.
-    async fn connect(&self, budget: Duration) -> Result<TcpStream, TransportError> {
+    async fn connect(&self, budget: Duration) -> Result<PeerStream, TransportError> {
         let target = self.target;
         let addr = self.addr.clone();
         let deadline = Instant::now() + budget;
@@ -251,14 +297,80 @@ impl TcpLink {
             read_frame::<_, HandshakeAck>(&mut stream, HANDSHAKE_MAX_BYTES).await
         })
         .await;
-        match acked {
-            Err(_) => Err(timed_out()),
-            Ok(Err(source)) => Err(TransportError::Handshake { target, addr, source }),
-            Ok(Ok(HandshakeAck::Refused { reason })) => Err(TransportError::Refused { target, addr, reason }),
-            Ok(Ok(HandshakeAck::Ok)) => {
+        let handshake_err = |source| TransportError::Handshake { target, addr: addr.clone(), source };
+        let (mut stream, ack) = match (acked, &self.settings.tls) {
+            (Err(_), _) => return Err(timed_out()),
+            (Ok(Err(source)), _) => return Err(handshake_err(source)),
+            (Ok(Ok(HandshakeAck::StartTls)), Some(tls)) => {
+                let stream = match timeout_at(deadline, self.start_tls(tls, stream)).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(result) => result?,
+                };
+                let mut stream = PeerStream::Tls(Box::new(stream.into()));
+                match timeout_at(deadline, read_frame::<_, HandshakeAck>(&mut stream, HANDSHAKE_MAX_BYTES))
+                    .await
+                {
+                    Err(_) => return Err(timed_out()),
+                    // A server that rejects our certificate says so with a
+                    // TLS alert, which arrives here (TLS 1.3 lets the client
+                    // finish its handshake before the server checks).
+                    Ok(Err(FrameError::Io(source))) => {
+                        return Err(TransportError::Tls { target, addr, source })
+                    }
+                    Ok(Err(source)) => return Err(handshake_err(source)),
+                    Ok(Ok(ack)) => (stream, ack),
+                }
+            }
+            (Ok(Ok(HandshakeAck::StartTls)), None) => {
+                return Err(TransportError::TlsMismatch {
+                    target,
+                    addr,
+                    detail: "the peer requires TLS, and this node has no peer TLS configured",
+                })
+            }
+            (Ok(Ok(HandshakeAck::Ok)), Some(_)) => {
+                return Err(TransportError::TlsMismatch {
+                    target,
+                    addr,
+                    detail: "the peer accepted a plaintext connection, and this node requires TLS",
+                })
+            }
+            (Ok(Ok(ack)), _) => (PeerStream::Plain(stream), ack),
+        };
+        match ack {
+            HandshakeAck::Ok => {
                 tracing::debug!(node_id = self.settings.node_id, target, %addr, "connected to Raft peer");
                 Ok(stream)
             }
+            HandshakeAck::Refused { reason } => {
+                // Best effort: end TLS cleanly; the server closes anyway.
+                let _ = timeout_at(deadline, tokio::io::AsyncWriteExt::shutdown(&mut stream)).await;
+                Err(TransportError::Refused { target, addr, reason })
+            }
+            HandshakeAck::StartTls => Err(handshake_err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a second StartTls inside TLS",
+            )))),
+        }
+    }
+
+    /// Runs the TLS handshake on `stream` and checks that the server's
+    /// certificate names the node this link is meant to reach.
+    async fn start_tls(
+        &self,
+        tls: &PeerTls,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TransportError> {
+        let (target, addr) = (self.target, self.addr.clone());
+        let stream = match tls.connector().connect(server_name(), stream).await {
+            Ok(stream) => stream,
+            Err(source) => return Err(TransportError::Tls { target, addr, source }),
+        };
+        let meant = NodeIdentity { cluster_id: self.settings.cluster_id.clone(), node_id: target };
+        match peer_identity(stream.get_ref().1.peer_certificates()) {
+            Ok(named) if named == meant => Ok(stream),
+            Ok(named) => Err(TransportError::WrongIdentity { target, addr, detail: named.to_string() }),
+            Err(e) => Err(TransportError::WrongIdentity { target, addr, detail: e.to_string() }),
         }
     }
 
@@ -288,9 +400,13 @@ impl TcpLink {
 /// Whether a kept connection still looks usable: the peer has not closed it
 /// (the server closes idle connections) and sent nothing unasked. A check
 /// without waiting; a connection that dies later fails the RPC instead.
-fn still_open(stream: &TcpStream) -> bool {
+///
+/// On a TLS connection this looks at the TCP socket underneath: a server
+/// with peer TLS sends nothing unasked (no session tickets), so any byte
+/// there is a close or garbage, and the connection is dropped either way.
+fn still_open(stream: &PeerStream) -> bool {
     let mut byte = [0u8; 1];
-    match stream.try_read(&mut byte) {
+    match stream.tcp().try_read(&mut byte) {
         Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         // 0: the peer closed it. More: bytes nobody asked for.
         Ok(_) => false,

@@ -1,7 +1,7 @@
 //! The TCP transport: how a node's Raft RPCs reach its peers.
 //!
-//! This module carries the Raft RPCs of [`super::rpc`] over plain TCP, in the
-//! format of [`super::frame`]:
+//! This module carries the Raft RPCs of [`super::rpc`] over TCP (optionally
+//! inside mutual TLS), in the format of [`super::frame`]:
 //!
 //! * [`TcpServer`] accepts connections from peers on an already-bound
 //!   listener, checks each peer's handshake, and hands every request to the
@@ -47,10 +47,13 @@
 //! Raft. The inbox refuses the shapes it can check cheaply; the handshake
 //! guards against mistakes, not attackers.
 //!
-//! A production deployment would add authentication and encryption (mutual
-//! TLS), a cap on concurrent connections, and TCP keepalive; this transport
-//! relies on the idle timeout below to reclaim connections from peers that
-//! vanished without closing them.
+//! With [`Config::peer_tls`](crate::Config::peer_tls) set, every connection
+//! is mutual TLS and a peer must prove with its certificate that it is the
+//! node its handshake claims (see [`crate::network::tls`]); without it, the
+//! handshake guards against mistakes only. A production deployment would
+//! also add a cap on concurrent connections and TCP keepalive; this
+//! transport relies on the idle timeout below to reclaim connections from
+//! peers that vanished without closing them.
 //!
 //! The two sides live apart, in `tcp/server.rs` (accepting and serving
 //! peers) and `tcp/client.rs` (links to peers); the tests in `tcp/mod.rs`
@@ -58,9 +61,11 @@
 
 mod client;
 mod server;
+mod stream;
 
 pub use client::{TcpLink, TcpTransport, TransportError};
 pub use server::{TcpServer, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+pub use stream::PeerStream;
 
 #[cfg(test)]
 mod tests {
@@ -201,10 +206,16 @@ mod tests {
         let mut c = client(&Config::new(CLUSTER), 2, 1, server.local_addr()).await;
 
         c.vote(vote_request(2, 1), option()).await.unwrap();
-        let first =
-            c.link().stream.as_ref().expect("connection kept after a successful RPC").local_addr().unwrap();
+        let first = c
+            .link()
+            .stream
+            .as_ref()
+            .expect("connection kept after a successful RPC")
+            .tcp()
+            .local_addr()
+            .unwrap();
         c.vote(vote_request(2, 2), option()).await.unwrap();
-        let second = c.link().stream.as_ref().expect("connection kept").local_addr().unwrap();
+        let second = c.link().stream.as_ref().expect("connection kept").tcp().local_addr().unwrap();
         assert_eq!(first, second, "the second RPC opened a new connection");
         assert_eq!(c.link().last_id, 2);
         assert_eq!(server.connections_accepted(), 1);
@@ -262,7 +273,7 @@ mod tests {
         let ack: HandshakeAck = read_frame(&mut raw, HANDSHAKE_MAX_BYTES).await.unwrap();
         match ack {
             HandshakeAck::Refused { reason } => assert!(reason.contains("version"), "{reason}"),
-            HandshakeAck::Ok => panic!("a handshake of another version was accepted"),
+            other => panic!("a handshake of another version was answered {other:?}"),
         }
         assert_closed_by_server(&mut raw).await;
 

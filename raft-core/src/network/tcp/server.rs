@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -14,10 +14,12 @@ use tokio::time::timeout;
 
 use crate::config::Config;
 use crate::network::frame::{
-    read_frame, read_handshake, write_frame, FrameError, HandshakeAck, RequestFrame, ResponseFrame,
-    HANDSHAKE_MAX_BYTES,
+    read_frame, read_handshake, write_frame, FrameError, Handshake, HandshakeAck, RequestFrame,
+    ResponseFrame, HANDSHAKE_MAX_BYTES,
 };
 use crate::network::rpc::Inbox;
+use crate::network::tcp::stream::PeerStream;
+use crate::network::tls::{peer_identity, NodeIdentity, PeerTls};
 use crate::types::{NodeId, Raft};
 
 /// How long the server waits for a new connection's handshake (5 s). Long
@@ -62,6 +64,8 @@ struct ServerContext {
     accepted: std::sync::atomic::AtomicU64,
     cluster_id: String,
     max_frame_bytes: u32,
+    /// Mutual TLS on every connection, if configured.
+    tls: Option<PeerTls>,
 }
 
 /// Serves Raft RPCs from peers. See the [module docs](super).
@@ -94,6 +98,7 @@ impl TcpServer {
             accepted: Default::default(),
             cluster_id: config.cluster_id.clone(),
             max_frame_bytes: config.max_frame_bytes,
+            tls: config.peer_tls.clone(),
         });
         let (stop, stopped) = oneshot::channel();
         let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
@@ -166,6 +171,8 @@ enum ServeError {
     Handshake(FrameError),
     #[error("refused node {from}: {reason}")]
     Refused { from: NodeId, reason: String },
+    #[error("TLS handshake with a peer claiming to be node {from} failed: {source}")]
+    Tls { from: NodeId, source: std::io::Error },
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("writing a response took longer than {0:?}")]
@@ -174,15 +181,15 @@ enum ServeError {
 
 /// Serves one connection from start to end. Never fails: whatever goes
 /// wrong is logged and ends this connection only.
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
     let node_id = ctx.node_id;
     // Requests and responses are small and latency-bound: send at once.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(node_id, %peer, error = %e, "cannot set TCP_NODELAY");
     }
 
-    let from = match accept_handshake(&mut stream, &ctx).await {
-        Ok(from) => from,
+    let (mut stream, from) = match accept_handshake(stream, &ctx).await {
+        Ok(accepted) => accepted,
         Err(e) => {
             tracing::warn!(node_id, %peer, reason = %e, "refused Raft connection");
             return;
@@ -198,47 +205,93 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Serv
     }
 }
 
-/// Reads and checks the handshake, and acknowledges it. Returns the peer's
+/// Reads and checks the handshake, runs the TLS handshake if the server
+/// has peer TLS, and acknowledges. Returns the connection and the peer's
 /// node id. On a mismatch, tells the peer why before returning the error.
-async fn accept_handshake(stream: &mut TcpStream, ctx: &ServerContext) -> Result<NodeId, ServeError> {
-    let hs = match timeout(HANDSHAKE_TIMEOUT, read_handshake(stream)).await {
+async fn accept_handshake(
+    mut stream: TcpStream,
+    ctx: &ServerContext,
+) -> Result<(PeerStream, NodeId), ServeError> {
+    let hs = match timeout(HANDSHAKE_TIMEOUT, read_handshake(&mut stream)).await {
         Err(_) => return Err(ServeError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
         // The socket failed or the peer left: nobody to tell.
         Ok(Err(e @ (FrameError::Io(_) | FrameError::Closed))) => return Err(ServeError::Handshake(e)),
         Ok(Err(e)) => {
-            refuse(stream, e.to_string()).await;
+            refuse(&mut stream, e.to_string()).await;
             return Err(ServeError::Handshake(e));
         }
         Ok(Ok(hs)) => hs,
     };
 
-    let reason = if hs.cluster_id != ctx.cluster_id {
-        Some(format!(
-            "cluster id mismatch: this node belongs to cluster {:?}, the peer to cluster {:?}",
-            clip(&ctx.cluster_id),
-            clip(&hs.cluster_id)
-        ))
-    } else if hs.to != ctx.node_id {
-        Some(format!("this is node {}, not node {}", ctx.node_id, hs.to))
-    } else {
-        None
+    let mut stream = match &ctx.tls {
+        None => PeerStream::Plain(stream),
+        Some(tls) => {
+            // The plaintext preamble said who the peer claims to be; the
+            // TLS handshake proves it (checked against the certificate in
+            // `check_handshake`).
+            let started = async {
+                write_frame(&mut stream, &HandshakeAck::StartTls, HANDSHAKE_MAX_BYTES).await?;
+                Ok::<_, FrameError>(tls.acceptor().accept(stream).await)
+            };
+            match timeout(HANDSHAKE_TIMEOUT, started).await {
+                Err(_) => return Err(ServeError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+                Ok(Err(e)) => return Err(ServeError::Handshake(e)),
+                Ok(Ok(Err(source))) => return Err(ServeError::Tls { from: hs.from, source }),
+                Ok(Ok(Ok(tls))) => PeerStream::Tls(Box::new(tls.into())),
+            }
+        }
     };
-    if let Some(reason) = reason {
-        refuse(stream, reason.clone()).await;
+
+    if let Some(reason) = check_handshake(&hs, &stream, ctx) {
+        refuse(&mut stream, reason.clone()).await;
         return Err(ServeError::Refused { from: hs.from, reason });
     }
 
-    match timeout(WRITE_TIMEOUT, write_frame(stream, &HandshakeAck::Ok, HANDSHAKE_MAX_BYTES)).await {
+    match timeout(WRITE_TIMEOUT, write_frame(&mut stream, &HandshakeAck::Ok, HANDSHAKE_MAX_BYTES)).await {
         Err(_) => Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
         Ok(Err(e)) => Err(ServeError::Handshake(e)),
-        Ok(Ok(())) => Ok(hs.from),
+        Ok(Ok(())) => Ok((stream, hs.from)),
     }
+}
+
+/// Why the handshake `hs` must be refused, if it must: another cluster,
+/// another node meant, or (over TLS) a certificate that does not name the
+/// cluster and node the handshake claims.
+fn check_handshake(hs: &Handshake, stream: &PeerStream, ctx: &ServerContext) -> Option<String> {
+    if hs.cluster_id != ctx.cluster_id {
+        return Some(format!(
+            "cluster id mismatch: this node belongs to cluster {:?}, the peer to cluster {:?}",
+            clip(&ctx.cluster_id),
+            clip(&hs.cluster_id)
+        ));
+    }
+    if hs.to != ctx.node_id {
+        return Some(format!("this is node {}, not node {}", ctx.node_id, hs.to));
+    }
+    if let PeerStream::Tls(tls) = stream {
+        let claimed = NodeIdentity { cluster_id: hs.cluster_id.clone(), node_id: hs.from };
+        match peer_identity(tls.get_ref().1.peer_certificates()) {
+            Err(e) => return Some(format!("certificate identity: {e}")),
+            Ok(named) if named != claimed => {
+                return Some(format!(
+                    "certificate identity mismatch: the certificate names node {} of cluster {:?}, \
+                     the handshake claims node {} of cluster {:?}",
+                    named.node_id,
+                    clip(&named.cluster_id),
+                    claimed.node_id,
+                    clip(&claimed.cluster_id)
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    None
 }
 
 /// Tells the peer why its connection is refused, best effort, and lingers
 /// briefly so the refusal is read rather than lost to a connection reset
 /// (closing a socket with unread input makes the kernel send a reset).
-async fn refuse(stream: &mut TcpStream, reason: String) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reason: String) {
     let ack = HandshakeAck::Refused { reason };
     let _ = timeout(REFUSAL_LINGER, async {
         write_frame(stream, &ack, HANDSHAKE_MAX_BYTES).await?;
@@ -260,7 +313,11 @@ fn clip(s: &str) -> &str {
 
 /// Answers requests, one at a time, until the peer closes the connection,
 /// stays idle for [`IDLE_TIMEOUT`], or sends something invalid.
-async fn serve_requests(stream: &mut TcpStream, ctx: &ServerContext, from: NodeId) -> Result<(), ServeError> {
+async fn serve_requests(
+    stream: &mut PeerStream,
+    ctx: &ServerContext,
+    from: NodeId,
+) -> Result<(), ServeError> {
     loop {
         let request: RequestFrame = match timeout(IDLE_TIMEOUT, read_frame(stream, ctx.max_frame_bytes)).await
         {
