@@ -23,6 +23,7 @@ use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use base64::Engine as _;
 use kv_client::api::{codes, Consistency, Durability, JsonValue, PutRequest};
+use kv_client::tls::ClientTls;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Deserialize;
@@ -133,7 +134,7 @@ pub(super) fn workers(
         .map(|i| {
             let http = match cfg.pool {
                 Pool::Shared => http.clone(),
-                Pool::PerClient => http_client(cfg.request_timeout)?,
+                Pool::PerClient => http_client(cfg.request_timeout, cfg.tls.as_ref())?,
             };
             Ok(Worker {
                 http,
@@ -374,8 +375,8 @@ async fn is_leader(http: &reqwest::Client, protocol: Protocol, base: &str) -> an
     })
 }
 
-pub(super) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+pub(super) fn http_client(timeout: Duration, tls: Option<&ClientTls>) -> anyhow::Result<reqwest::Client> {
+    kv_client::tls::http_client_builder(tls)
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(timeout)
