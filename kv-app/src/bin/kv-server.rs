@@ -417,10 +417,7 @@ fn run_tokens(command: TokensCommand) -> Result<()> {
         TokensCommand::Add { file, role, name } => {
             let token = tokens::add(&file, role, &name)?;
             println!("{token}");
-            eprintln!(
-                "added {role} token {name:?} to {}; it is shown only this once. {RELOAD}",
-                file.display()
-            );
+            eprintln!("added {role} token {name:?} to {} (shown only this once); {RELOAD}", file.display());
         }
         TokensCommand::List { file } => {
             for entry in tokens::list(&file)? {
