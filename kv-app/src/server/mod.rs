@@ -251,7 +251,11 @@ impl Server {
                 // An error, not a warning: the node goes on, but without
                 // the change the operator made, which may have been the
                 // removal of a leaked token.
-                tracing::error!(node_id = self.ctx.id, error = %e, "reloading the token files failed; the tokens loaded before stay in force");
+                tracing::error!(
+                    node_id = self.ctx.id,
+                    error = %e,
+                    "reloading the token files failed; the tokens loaded before stay in force"
+                );
                 Err(e)
             }
         }
