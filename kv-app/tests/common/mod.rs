@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kv_client::api::StatusResponse;
-use kv_client::client::{Client, ClientOptions};
+use kv_client::client::{BearerToken, Client, ClientOptions};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,6 +27,9 @@ pub struct ProcCluster {
     pub tmp: tempfile::TempDir,
     pub nodes: BTreeMap<u64, NodeProc>,
     pub extra_args: Vec<String>,
+    /// The bearer token the helpers below send (status, raw requests, the
+    /// client), for a cluster started with `--token-file`.
+    pub token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -50,10 +53,21 @@ impl ProcCluster {
         extra_args: &[&str],
         node_args: impl Fn(u64) -> Vec<String>,
     ) -> ProcCluster {
+        Self::start_as(n, extra_args, node_args, None).await
+    }
+
+    /// Like [`ProcCluster::start_with`], with the helpers sending `token`.
+    pub async fn start_as(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        token: Option<&str>,
+    ) -> ProcCluster {
         let mut c = ProcCluster {
             tmp: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            token: token.map(str::to_owned),
             http: reqwest::Client::new(),
         };
         for id in 1..=n {
@@ -117,13 +131,22 @@ impl ProcCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::with_options(self.endpoints(), ClientOptions::default()).unwrap()
+        let options = ClientOptions { token: self.token.clone().map(BearerToken::new), ..Default::default() };
+        Client::with_options(self.endpoints(), options).unwrap()
+    }
+
+    /// `req` with the cluster's token, if it has one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     /// A node's status, or None if it does not answer.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
         let url = format!("http://{}/v1/cluster/status", self.nodes[&id].http);
-        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let resp = self.authed(self.http.get(url)).timeout(Duration::from_secs(2)).send().await.ok()?;
         resp.json().await.ok()
     }
 
@@ -182,7 +205,7 @@ impl ProcCluster {
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
         let url = format!("http://{}{}", self.nodes[&id].http, path);
-        let mut req = self.http.request(method, url).timeout(Duration::from_secs(20));
+        let mut req = self.authed(self.http.request(method, url)).timeout(Duration::from_secs(20));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_string());
         }

@@ -87,6 +87,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use kv_client::api::{Consistency, Durability};
+use kv_client::client::BearerToken;
 use serde::{Deserialize, Serialize};
 
 pub use instant::{instant_router, serve_instant};
@@ -269,6 +270,9 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Draw a progress bar on stderr (only ever when it is a terminal).
     pub progress: bool,
+    /// The bearer token sent with every request (kvctl's `--token`), for a
+    /// cluster with `--token-file`.
+    pub token: Option<BearerToken>,
 }
 
 impl LoadConfig {
@@ -294,6 +298,7 @@ impl LoadConfig {
             server_pids: Vec::new(),
             seed: 1,
             progress: false,
+            token: None,
         }
     }
 }
@@ -343,6 +348,7 @@ impl BenchArgs {
             server_pids: self.server_pids.clone(),
             seed: self.seed,
             progress: true,
+            token: None,
         })
     }
 }

@@ -23,6 +23,7 @@ use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use base64::Engine as _;
 use kv_client::api::{codes, Consistency, Durability, JsonValue, PutRequest};
+use kv_client::client::BearerToken;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Deserialize;
@@ -133,7 +134,7 @@ pub(super) fn workers(
         .map(|i| {
             let http = match cfg.pool {
                 Pool::Shared => http.clone(),
-                Pool::PerClient => http_client(cfg.request_timeout)?,
+                Pool::PerClient => http_client(cfg.request_timeout, cfg.token.as_ref())?,
             };
             Ok(Worker {
                 http,
@@ -374,8 +375,15 @@ async fn is_leader(http: &reqwest::Client, protocol: Protocol, base: &str) -> an
     })
 }
 
-pub(super) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client for the load, sending `token` (if any) as a bearer token
+/// with every request.
+pub(super) fn http_client(timeout: Duration, token: Option<&BearerToken>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, token.header_value()?);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(timeout)
