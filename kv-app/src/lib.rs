@@ -13,6 +13,9 @@
 //!    holds and its committed log replayed, read offline.
 //! 5. [`certs`]: `kv-server certs`, the CA and node certificates of peer
 //!    TLS.
+//! 6. [`tokens`]: `kv-server tokens`, the bearer tokens of the HTTP API
+//!    and the cluster secret, and their files, which
+//!    [`server::auth`] checks requests against.
 //!
 //! Two crates nested here hold the rest, and neither depends on this one:
 //!
@@ -31,3 +34,4 @@ pub mod command;
 pub mod inspect;
 pub mod server;
 pub mod state_machine;
+pub mod tokens;

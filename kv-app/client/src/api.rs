@@ -282,6 +282,14 @@ pub mod codes {
     pub const NOT_FULLY_REPLICATED: &str = "not_fully_replicated";
     /// 500: the node's storage failed.
     pub const INTERNAL: &str = "internal";
+    /// 401: the request carries no credentials, an unknown token, or a
+    /// wrong cluster secret (only when the server has `--token-file`). The
+    /// response has a `WWW-Authenticate: Bearer` header. Nothing changed.
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// 403: the token is known but its role does not allow the request (a
+    /// `read` token writing, say), or a client called a route served only
+    /// to nodes. Nothing changed.
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// One follower's replication state, as the leader sees it.

@@ -36,6 +36,7 @@ struct Seen {
     path: String,
     query: String,
     body: Value,
+    authorization: Option<String>,
 }
 
 /// An HTTP server on 127.0.0.1:0 that answers from a script, then with
@@ -87,6 +88,10 @@ impl Fake {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or("").to_owned(),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            authorization: parts
+                .headers
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned()),
         });
         let next = self.script.lock().unwrap().pop_front();
         let s = next.unwrap_or_else(|| self.default.lock().unwrap().clone());
@@ -339,4 +344,26 @@ async fn concurrent_writes_use_separate_sessions() {
     // Both sessions go back to the pool; the next write reuses one.
     client.put("c", b"3", None).await.unwrap();
     assert_eq!(fake.sessions()[2].1, 2);
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_request_and_a_401_is_not_retried() {
+    let refused = answer(401, error_json(codes::UNAUTHENTICATED, false));
+    let fake = Fake::start(vec![answer(200, write_ok(1))], refused).await;
+    let client = Client::with_options(vec![fake.addr.clone()], fast().with_token("kv_0123")).unwrap();
+    client.put("k", b"v", None).await.unwrap();
+    let err = client.get("k", Consistency::Linearizable).await.unwrap_err();
+    assert_eq!(err.code(), Some(codes::UNAUTHENTICATED), "{err}");
+    assert_eq!(err.took_effect(), Some(false), "a refusal is a definite answer");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "the 401 was not retried: {seen:?}");
+    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some("Bearer kv_0123")), "{seen:?}");
+    assert!(!format!("{:?}", client.options()).contains("kv_0123"), "Debug hides the token");
+
+    // Without a token, no Authorization header at all.
+    let client = Client::with_options(vec![fake.addr.clone()], fast()).unwrap();
+    assert!(client.get("k", Consistency::Linearizable).await.is_err());
+    assert_eq!(fake.seen().last().unwrap().authorization, None);
+    let bad = Client::with_options(vec![fake.addr.clone()], fast().with_token("a\nb"));
+    assert!(matches!(bad, Err(ClientError::InvalidArgument { .. })));
 }

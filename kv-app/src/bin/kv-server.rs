@@ -8,6 +8,10 @@
 //! directory holds, and `--writes` its committed log replayed, one JSON line
 //! per key each entry wrote (see `kv_app::inspect`).
 //!
+//! `kv-server tokens` makes and edits the token file of `--token-file` and
+//! the cluster secret file of `--cluster-secret-file` (see
+//! `kv_app::tokens`). A running server reads both again on SIGHUP.
+//!
 //! The flags under "Fault injection" exist for the Jepsen harness: each
 //! breaks one guarantee on purpose, so that the harness can show its
 //! checkers catch the breakage (see "Fault-injection flags" in
@@ -27,9 +31,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kv_app::inspect::{self, ReplayOptions};
+use kv_app::server::auth::AuthFiles;
 use kv_app::server::tls::{is_loopback, HttpTls};
 use kv_app::server::{self, Faults, ServerConfig};
 use kv_app::state_machine::KvStateMachine;
+use kv_app::tokens::{self, Role, SecretChange};
 use raft_core::network::PeerTls;
 use raft_core::storage::StorageOptions;
 use raft_core::Node;
@@ -38,6 +44,7 @@ use raft_core::Node;
 const FAULTS: &str = "Fault injection (testing only: these break the service's guarantees)";
 const PEER_TLS: &str = "Peer TLS (mutual TLS on the Raft port; all three or none)";
 const HTTPS: &str = "HTTPS (TLS on the HTTP API; --tls-cert, --tls-key and --tls-ca together)";
+const AUTH: &str = "Client authentication (bearer tokens with roles; both or neither)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +69,56 @@ enum Command {
     /// certificates). `kvctl certs` runs this.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Make, list and remove the bearer tokens of --token-file, and make
+    /// the --cluster-secret-file. `kvctl tokens` runs this.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Make a token, append its hash to FILE (created if missing), and
+    /// print the token: the only time it is shown.
+    Add {
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+        /// read, write (includes read) or admin (includes write).
+        #[arg(long)]
+        role: Role,
+        /// Whose token it is, unique in FILE (A-Z a-z 0-9 . _ @ -).
+        #[arg(long)]
+        name: String,
+    },
+    /// Print each token's name and role (never its hash).
+    List {
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove the token named NAME from FILE.
+    Remove {
+        /// The token file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Make a new cluster secret file (mode 0600); with --add, add a new
+    /// secret to it; with --retire-first, remove its oldest secret.
+    Secret {
+        /// The cluster secret file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Add a new secret after the existing ones (accepted at once,
+        /// sent once the older ones are retired).
+        #[arg(long, conflicts_with = "retire_first")]
+        add: bool,
+        /// Remove the first secret, so that nodes send the next one.
+        #[arg(long)]
+        retire_first: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +244,16 @@ struct Args {
     /// who can reach such a port could read, write and change the cluster.
     #[arg(long)]
     insecure: bool,
+    /// Require a bearer token on every HTTP request but /health: one token
+    /// per line, as "ROLE NAME HASH" (make them with `kvctl tokens add`).
+    /// Re-read on SIGHUP. Give every node the same file.
+    #[arg(long, help_heading = AUTH, requires = "cluster_secret_file")]
+    token_file: Option<PathBuf>,
+    /// The secret nodes show each other on the routes only nodes may call
+    /// (make it with `kvctl tokens secret`). Re-read on SIGHUP. Give every
+    /// node the same file.
+    #[arg(long, help_heading = AUTH, requires = "token_file")]
+    cluster_secret_file: Option<PathBuf>,
     /// Form a new cluster of these members on first start, as
     /// "ID=RAFT_ADDR/HTTP_ADDR,...". Give every node the same list.
     /// Default: a single-node cluster of this node.
@@ -362,6 +429,7 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Some(Command::Tokens(command)) => return run_tokens(command),
         None => {}
     }
     let args = cli.args;
@@ -404,6 +472,11 @@ async fn main() -> Result<()> {
     };
     config.faults =
         Faults { unsafe_local_reads: args.unsafe_local_reads, unsafe_no_dedup: args.unsafe_no_dedup };
+    config.auth = match (args.token_file, args.cluster_secret_file) {
+        (Some(token_file), Some(cluster_secret_file)) => Some(AuthFiles { token_file, cluster_secret_file }),
+        // clap's `requires` lets only both or neither through.
+        _ => None,
+    };
     config.max_value_bytes = args.max_value_bytes;
     config.join = args.join;
     config.advertise_raft_addr = args.advertise_raft_addr;
@@ -422,13 +495,55 @@ async fn main() -> Result<()> {
     let server = server::start(config, http, raft).await?;
     println!("kv-server node {} listening http={} raft={}", args.id, server.http_addr, server.raft_addr);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                // Server::reload_auth logs what it loaded, or why not.
+                if let Ok(None) = server.reload_auth() {
+                    tracing::info!("SIGHUP: no --token-file, nothing to reload");
+                }
+            }
+        }
     }
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+/// `kv-server tokens`: a token goes to stdout alone, so that a script can
+/// capture it; everything else goes to stderr.
+fn run_tokens(command: TokensCommand) -> Result<()> {
+    const RELOAD: &str = "give every node the same file and send each kv-server SIGHUP to load it";
+    match command {
+        TokensCommand::Add { file, role, name } => {
+            let token = tokens::add(&file, role, &name)?;
+            println!("{token}");
+            eprintln!("added {role} token {name:?} to {} (shown only this once); {RELOAD}", file.display());
+        }
+        TokensCommand::List { file } => {
+            for entry in tokens::list(&file)? {
+                println!("{}\t{}", entry.name, entry.role);
+            }
+        }
+        TokensCommand::Remove { file, name } => {
+            let removed = tokens::remove(&file, &name)?;
+            eprintln!("removed {} token {name:?} from {}; {RELOAD}", removed.role, file.display());
+        }
+        TokensCommand::Secret { file, add, retire_first } => {
+            let change = match (add, retire_first) {
+                (true, _) => SecretChange::Add,
+                (_, true) => SecretChange::RetireFirst,
+                _ => SecretChange::Create,
+            };
+            let count = tokens::change_secret(&file, change)?;
+            eprintln!("{} holds {count} cluster secret(s); {RELOAD}", file.display());
+        }
+    }
     Ok(())
 }
 

@@ -8,6 +8,10 @@
 //! 503 instead of forwarding again), so two nodes with stale ideas of who
 //! leads cannot bounce a request between them.
 //!
+//! The caller's credentials (its `Authorization` header, or a node's
+//! cluster secret) go along unchanged, and the leader checks them again;
+//! a request this node refused never gets here (`auth.rs`).
+//!
 //! What the client learns when forwarding fails depends on whether the
 //! request could have reached the leader: a refused connection means it
 //! certainly did not (503, retryable); a timeout or a broken connection
@@ -78,15 +82,32 @@ pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>)
     let url = ctx.node_url(&addr, path_and_query);
     let mut req =
         ctx.http.request(method, &url).timeout(timeout).header(FORWARDED_BY, ctx.id.to_string()).body(body);
-    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
-        req = req.header(axum::http::header::CONTENT_TYPE, ct);
+    // The caller's credentials go along unchanged: the leader checks them
+    // again against its own token file (see `auth.rs`).
+    let passed_on = [
+        axum::http::header::CONTENT_TYPE,
+        axum::http::header::AUTHORIZATION,
+        axum::http::HeaderName::from_static(super::auth::CLUSTER_SECRET_HEADER),
+    ];
+    for name in passed_on {
+        if let Some(value) = headers.get(&name) {
+            req = req.header(name, value);
+        }
     }
     match req.send().await {
         Ok(resp) => {
             let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            // The leader's 401 names the scheme it wants (auth.rs).
+            let challenge = resp.headers().get(axum::http::header::WWW_AUTHENTICATE).cloned();
             match resp.bytes().await {
                 Ok(bytes) => {
-                    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
+                    let mut response =
+                        (status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes)
+                            .into_response();
+                    if let Some(challenge) = challenge {
+                        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+                    }
+                    response
                 }
                 Err(e) => failed(kind, format!("reading the leader's answer failed: {e}"), info),
             }

@@ -182,15 +182,26 @@ async fn read_index_from_leader(ctx: &Ctx) -> ApiResult<u64> {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, m).with_leader(info.clone()),
         )
     };
-    let resp = ctx
+    let mut req = ctx
         .http
         .post(ctx.node_url(&addr, "/v1/internal/read-index"))
-        .header(forward::FORWARDED_BY, ctx.id.to_string())
+        .header(forward::FORWARDED_BY, ctx.id.to_string());
+    if let Some(auth) = &ctx.auth {
+        req = req.header(super::auth::CLUSTER_SECRET_HEADER, auth.secret_to_send());
+    }
+    let resp = req
         .send()
         .await
         .map_err(|e| unavailable(format!("asking the leader at {addr} for a read index: {e}")))?;
     if !resp.status().is_success() {
         let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            tracing::warn!(
+                node_id = ctx.id,
+                leader = %addr,
+                "the leader refused this node's cluster secret: every node needs the same --cluster-secret-file"
+            );
+        }
         let text = resp.text().await.unwrap_or_default();
         return Err(unavailable(format!("the leader at {addr} gave no read index: {status} {text}")));
     }

@@ -47,6 +47,7 @@ pub struct Metrics {
     follower_lag: Family<Labels, Gauge>,
     follower_matched: Family<Labels, Gauge<i64, AtomicI64>>,
     sessions: Gauge,
+    auth_refusals: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             follower_lag: Family::default(),
             follower_matched: Family::default(),
             sessions: Gauge::default(),
+            auth_refusals: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,6 +103,11 @@ impl Metrics {
                 m.follower_matched.clone(),
             );
             r.register("sessions", "Client sessions remembered for exactly-once writes", m.sessions.clone());
+            r.register(
+                "auth_refusals",
+                "Requests refused before their handler ran: no or unknown credentials (unauthenticated), or a role that does not allow them (forbidden)",
+                m.auth_refusals.clone(),
+            );
         }
         m
     }
@@ -115,6 +122,12 @@ impl Metrics {
         let labels =
             vec![("route".to_string(), route.to_string()), ("method".to_string(), method.to_string())];
         self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Counts a request that `auth` refused, by `reason` (`unauthenticated`
+    /// or `forbidden`).
+    pub fn auth_refused(&self, reason: &str) {
+        self.auth_refusals.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
     }
 }
 

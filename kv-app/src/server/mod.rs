@@ -9,6 +9,8 @@
 //! * [`cluster`]: status, membership changes, snapshots, elections;
 //! * [`forward`]: passing requests only the leader can serve to the leader;
 //! * [`metrics`]: `/metrics` for Prometheus;
+//! * [`auth`]: with `--token-file`, who may call which route (bearer
+//!   tokens with roles for clients, a cluster secret for nodes);
 //! * [`error`]: how failures map to status codes and error bodies;
 //! * [`tls`]: HTTPS, and the listener that runs TLS handshakes for axum.
 //!
@@ -18,6 +20,7 @@
 // large, but only built on the error path, once per request.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod forward;
@@ -75,6 +78,10 @@ pub struct ServerConfig {
     pub http_tls: Option<tls::HttpTls>,
     /// The service-level faults; all off by default.
     pub faults: Faults,
+    /// Bearer tokens and the cluster secret (`--token-file`,
+    /// `--cluster-secret-file`); `None`: the HTTP API is open to anyone
+    /// who can reach it.
+    pub auth: Option<auth::AuthFiles>,
 }
 
 /// Faults that break the service's guarantees on purpose, so that the
@@ -113,6 +120,7 @@ impl ServerConfig {
             raft: raft_core::Config::new("kv"),
             http_tls: None,
             faults: Faults::default(),
+            auth: None,
         }
     }
 }
@@ -130,6 +138,8 @@ pub struct Ctx {
     pub metrics: Arc<metrics::Metrics>,
     /// The configuration.
     pub config: Arc<ServerConfig>,
+    /// The tokens and cluster secrets in force; `None` when auth is off.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// A running server.
@@ -176,6 +186,15 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         let client_cert_auth = tls.client_cert_auth();
         tracing::info!(node_id = config.id, client_cert_auth, "HTTPS on: the HTTP API speaks TLS only");
     }
+    let auth = match &config.auth {
+        None => None,
+        Some(files) => {
+            let auth =
+                auth::Auth::load(files.clone()).context("loading the token and cluster secret files")?;
+            log_auth_loaded(config.id, auth.loaded());
+            Some(Arc::new(auth))
+        }
+    };
     let node = RaftNode::open(config.id, config.raft.clone(), &config.data_dir, app, raft)
         .await
         .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;
@@ -189,6 +208,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
             .context("building the HTTP client")?,
         metrics: Arc::new(metrics::Metrics::new()),
         config: Arc::new(config.clone()),
+        auth,
     };
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
@@ -224,6 +244,31 @@ impl Server {
     /// The Raft node.
     pub fn node(&self) -> &Arc<RaftNode<KvStateMachine>> {
         &self.ctx.node
+    }
+
+    /// Reads the token file and the cluster secret file again (`kv-server`
+    /// does on SIGHUP) and puts them in force for the requests that arrive
+    /// from now on. `Ok(None)`: auth is off, nothing to read. On an error
+    /// the tokens and secrets loaded before stay in force.
+    pub fn reload_auth(&self) -> Result<Option<auth::Loaded>, crate::tokens::FileError> {
+        let Some(auth) = &self.ctx.auth else { return Ok(None) };
+        match auth.reload() {
+            Ok(loaded) => {
+                log_auth_loaded(self.ctx.id, loaded);
+                Ok(Some(loaded))
+            }
+            Err(e) => {
+                // An error, not a warning: the node goes on, but without
+                // the change the operator made, which may have been the
+                // removal of a leaked token.
+                tracing::error!(
+                    node_id = self.ctx.id,
+                    error = %e,
+                    "reloading the token files failed; the tokens loaded before stay in force"
+                );
+                Err(e)
+            }
+        }
     }
 
     /// Stops serving HTTP, then stops the node and flushes its database.
@@ -294,6 +339,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/internal/read-index", post(kv::read_index))
         .fallback(cluster::not_found)
         .method_not_allowed_fallback(cluster::method_not_allowed)
+        // Inside `track`, so refused requests are counted and timed too.
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), auth::check))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ctx)
@@ -325,6 +372,10 @@ async fn join_cluster(
         loop {
             attempt += 1;
             let mut r = http.post(&url);
+            if let Some(auth) = &ctx.auth {
+                // Joining is one of the things nodes do for each other.
+                r = r.header(auth::CLUSTER_SECRET_HEADER, auth.secret_to_send());
+            }
             if let Some(b) = body {
                 r = r.json(b);
             }
@@ -352,6 +403,22 @@ async fn join_cluster(
         tracing::info!(node_id = ctx.id, "joined: {what} done");
     }
     Ok(())
+}
+
+fn log_auth_loaded(node_id: NodeId, loaded: auth::Loaded) {
+    tracing::info!(
+        node_id,
+        tokens = loaded.tokens(),
+        admin = loaded.admin,
+        write = loaded.write,
+        read = loaded.read,
+        cluster_secrets = loaded.cluster_secrets,
+        "auth on: loaded {} tokens",
+        loaded.tokens()
+    );
+    if loaded.tokens() == 0 {
+        tracing::warn!(node_id, "the token file holds no token: every client request but /health is refused");
+    }
 }
 
 /// Counts leader changes and new terms for `/metrics`, and logs them.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kv_client::api::StatusResponse;
-use kv_client::client::{Client, ClientOptions};
+use kv_client::client::{BearerToken, Client, ClientOptions};
 use kv_client::tls::ClientTls;
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -28,6 +28,9 @@ pub struct ProcCluster {
     pub tmp: tempfile::TempDir,
     pub nodes: BTreeMap<u64, NodeProc>,
     pub extra_args: Vec<String>,
+    /// The bearer token the helpers below send (status, raw requests, the
+    /// client), for a cluster started with `--token-file`.
+    pub token: Option<String>,
     http: reqwest::Client,
     /// HTTPS: what the test's clients trust and present; `None`: plain HTTP.
     pub tls: Option<ClientTls>,
@@ -53,7 +56,17 @@ impl ProcCluster {
         extra_args: &[&str],
         node_args: impl Fn(u64) -> Vec<String>,
     ) -> ProcCluster {
-        Self::start_with_tls(n, extra_args, node_args, None).await
+        Self::start_as(n, extra_args, node_args, None).await
+    }
+
+    /// Like [`ProcCluster::start_with`], with the helpers sending `token`.
+    pub async fn start_as(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        token: Option<&str>,
+    ) -> ProcCluster {
+        Self::start_full(n, extra_args, node_args, token, None).await
     }
 
     /// Like [`ProcCluster::start_with`], for nodes that serve HTTPS: the
@@ -64,10 +77,23 @@ impl ProcCluster {
         node_args: impl Fn(u64) -> Vec<String>,
         tls: Option<ClientTls>,
     ) -> ProcCluster {
+        Self::start_full(n, extra_args, node_args, None, tls).await
+    }
+
+    /// [`ProcCluster::start_with`], with the helpers sending `token` and
+    /// speaking HTTPS with `tls`.
+    pub async fn start_full(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        token: Option<&str>,
+        tls: Option<ClientTls>,
+    ) -> ProcCluster {
         let mut c = ProcCluster {
             tmp: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            token: token.map(str::to_owned),
             http: kv_client::tls::http_client_builder(tls.as_ref()).build().unwrap(),
             tls,
         };
@@ -132,7 +158,11 @@ impl ProcCluster {
     }
 
     pub fn client(&self) -> Client {
-        let options = ClientOptions { tls: self.tls.clone(), ..ClientOptions::default() };
+        let options = ClientOptions {
+            token: self.token.clone().map(BearerToken::new),
+            tls: self.tls.clone(),
+            ..Default::default()
+        };
         Client::with_options(self.endpoints(), options).unwrap()
     }
 
@@ -142,10 +172,18 @@ impl ProcCluster {
         format!("{scheme}://{}{path}", self.nodes[&id].http)
     }
 
+    /// `req` with the cluster's token, if it has one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
     /// A node's status, or None if it does not answer.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
         let url = self.url(id, "/v1/cluster/status");
-        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let resp = self.authed(self.http.get(url)).timeout(Duration::from_secs(2)).send().await.ok()?;
         resp.json().await.ok()
     }
 
@@ -204,7 +242,7 @@ impl ProcCluster {
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
         let url = self.url(id, path);
-        let mut req = self.http.request(method, url).timeout(Duration::from_secs(20));
+        let mut req = self.authed(self.http.request(method, url)).timeout(Duration::from_secs(20));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_string());
         }

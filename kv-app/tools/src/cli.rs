@@ -22,9 +22,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use kv_client::api::{
-    ChangeResponse, Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse,
+    codes, ChangeResponse, Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse,
 };
-use kv_client::client::{Client, ClientError, ClientOptions};
+use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::tls::ClientTls;
 use serde::Serialize;
 
@@ -70,6 +70,11 @@ pub struct GlobalArgs {
     /// Give up after this many seconds, retries included.
     #[arg(long, global = true, default_value_t = 30.0, value_parser = parse_seconds)]
     pub timeout: f64,
+    /// The bearer token to send, for a cluster started with --token-file
+    /// (make one with `kvctl tokens add`). Prefer the environment variable:
+    /// a command line is visible to other users of the machine.
+    #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// HTTPS: the CA certificate (PEM) to trust for the servers'
     /// certificates (kv-server --tls-ca). With it, kvctl speaks HTTPS.
     #[arg(long, global = true, value_name = "FILE")]
@@ -197,6 +202,21 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// Make the bearer tokens of kv-server --token-file and its cluster
+    /// secret file by running `kv-server tokens ARGS`: `tokens add --file F
+    /// --role read|write|admin --name N` prints a new token, `tokens list
+    /// --file F`, `tokens remove --file F --name N`, `tokens secret --file
+    /// S`; `kvctl tokens help` says more.
+    #[command(disable_help_flag = true)]
+    Tokens {
+        /// The kv-server binary (default: the one next to kvctl). Give it
+        /// before ARGS.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// The arguments of `kv-server tokens`, passed on as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Load a kv or etcd cluster with N closed-loop clients and report
     /// throughput and latency percentiles (see `docs/benchmarks.md`).
     Bench(BenchArgs),
@@ -239,22 +259,23 @@ pub enum ClusterCommand {
     },
 }
 
-/// `kvctl certs ARGS`: runs `kv-server certs ARGS` and passes on its output
-/// and exit status. kvctl is a client and makes no certificates itself;
-/// kv-server does, with raft-core's certificate code.
-fn certs(args: &[String], bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `kvctl certs ARGS` and `kvctl tokens ARGS`: runs `kv-server SUBCOMMAND
+/// ARGS` and passes on its output and exit status. kvctl is a client and
+/// makes no certificates or tokens itself; kv-server does, with
+/// raft-core's certificate code and kv-app's token file code.
+fn server_tool(subcommand: &str, args: &[String], bin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let bin = match bin {
         Some(bin) => bin,
         None => local_cluster::default_server_binary()?,
     };
     let status = std::process::Command::new(&bin)
-        .arg("certs")
+        .arg(subcommand)
         .args(args)
         .status()
         .with_context(|| format!("running {}", bin.display()))?;
     if !status.success() {
         // kv-server already printed why, on stderr.
-        bail!("{} certs failed ({status})", bin.display());
+        bail!("{} {subcommand} failed ({status})", bin.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -293,9 +314,22 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kvctl: {e:#}");
+            eprintln!("kvctl: {e:#}{}", refusal_hint(&e));
             ExitCode::from(error_exit_code(&e, changes_state))
         }
+    }
+}
+
+/// What to do about a refusal by an authenticating cluster, as a sentence
+/// to append to the error line; empty for any other error.
+pub fn refusal_hint(e: &anyhow::Error) -> &'static str {
+    let code = e.chain().filter_map(|cause| cause.downcast_ref::<ClientError>()).find_map(|c| c.code());
+    match code {
+        Some(codes::UNAUTHENTICATED) => {
+            " (the cluster wants a valid token: give --token TOKEN or set KV_TOKEN; `kvctl tokens add` makes one)"
+        }
+        Some(codes::FORBIDDEN) => " (the token's role does not allow this: read < write < admin)",
+        _ => "",
     }
 }
 
@@ -331,6 +365,7 @@ impl Command {
             | Command::Members
             | Command::Cluster(_)
             | Command::Certs { .. }
+            | Command::Tokens { .. }
             | Command::Bench(_)
             | Command::InstantServer { .. } => false,
         }
@@ -344,7 +379,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let deadline = Duration::from_secs_f64(g.timeout);
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
-        Command::Certs { args, bin } => return certs(&args, bin),
+        Command::Certs { args, bin } => return server_tool("certs", &args, bin),
+        Command::Tokens { args, bin } => return server_tool("tokens", &args, bin),
         _ => {}
     }
     let tls = g.tls()?;
@@ -353,12 +389,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         request_timeout: ClientOptions::default().request_timeout.min(deadline),
         consistency: g.consistency,
         durability: g.durability,
+        token: g.token.clone().map(BearerToken::new),
         tls: tls.clone(),
         ..ClientOptions::default()
     };
     match cli.command {
         Command::Bench(args) => {
             let mut config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
+            config.token = options.token.clone();
             config.tls = tls;
             return run_bench(&config, g.json).await;
         }
@@ -435,7 +473,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match client.status(Some(endpoint)).await {
                         Ok(s) => statuses.push((endpoint.clone(), Some(s))),
                         Err(e) => {
-                            eprintln!("kvctl: {endpoint}: {e}");
+                            let e = anyhow::Error::new(e);
+                            eprintln!("kvctl: {endpoint}: {e}{}", refusal_hint(&e));
                             statuses.push((endpoint.clone(), None));
                         }
                     }
@@ -501,7 +540,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
         }
-        Command::Cluster(_) | Command::Certs { .. } | Command::Bench(_) | Command::InstantServer { .. } => {
+        Command::Cluster(_)
+        | Command::Certs { .. }
+        | Command::Tokens { .. }
+        | Command::Bench(_)
+        | Command::InstantServer { .. } => {
             unreachable!("invariant: commands that need no client are handled above")
         }
     }

@@ -109,3 +109,103 @@ fn certs_init_and_node_write_the_ca_and_a_node_certificate() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("exists; not overwriting"), "{}", text(&out.stderr));
 }
+
+/// A one-node kv-server with `--token-file`, on ports it chose itself;
+/// killed when dropped.
+struct AuthServer {
+    child: std::process::Child,
+    http: String,
+}
+
+impl AuthServer {
+    fn start(bin: &std::path::Path, dir: &std::path::Path, tokens: &str, secret: &str) -> AuthServer {
+        use std::io::BufRead as _;
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut child = Command::new(bin)
+            .args(["--data-dir", dir.join("data").to_str().unwrap()])
+            .args(["--http-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0"])
+            .args(["--token-file", tokens, "--cluster-secret-file", secret])
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // "kv-server node 1 listening http=ADDR raft=ADDR", once it serves.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).map(str::to_owned);
+        let server = AuthServer { child, http: http.unwrap_or_default() };
+        assert!(!server.http.is_empty(), "kv-server did not say where it listens: {line:?}");
+        server
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kvctl with `KV_TOKEN` set to `token`, or unset.
+fn kvctl_with_env(args: &[&str], token: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    match token {
+        Some(token) => command.env("KV_TOKEN", token),
+        None => command.env_remove("KV_TOKEN"),
+    };
+    command.args(args).output().unwrap()
+}
+
+#[test]
+fn kvctl_sends_its_token_and_explains_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::kv_server();
+    let b = bin.to_str().unwrap();
+    let tokens = dir.path().join("tokens");
+    let (tokens, secret) = (tokens.to_str().unwrap(), dir.path().join("secret"));
+    let secret = secret.to_str().unwrap();
+
+    // `kvctl tokens` runs `kv-server tokens`; the token alone is on stdout.
+    let add = |role: &str, name: &str| {
+        let out = kvctl(&["tokens", "--bin", b, "add", "--file", tokens, "--role", role, "--name", name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    let (admin, reader) = (add("admin", "ops"), add("read", "dashboard"));
+    assert!(admin.starts_with("kv_") && !admin.contains(char::is_whitespace), "{admin:?}");
+    let out = kvctl(&["tokens", "--bin", b, "secret", "--file", secret]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kvctl(&["tokens", "--bin", b, "list", "--file", tokens]);
+    assert_eq!(text(&out.stdout), "ops\tadmin\ndashboard\tread\n");
+
+    let server = AuthServer::start(&bin, dir.path(), tokens, secret);
+    let e = ["--endpoints", server.http.as_str()];
+    let run = |args: &[&str], token: Option<&str>| kvctl_with_env(&[&e[..], args].concat(), token);
+
+    let out = run(&["--token", &admin, "put", "k", "v"], None);
+    assert!(out.status.success(), "put with --token: {}", text(&out.stderr));
+    let out = run(&["get", "k"], Some(&reader));
+    assert_eq!((out.status.code(), text(&out.stdout).trim()), (Some(0), "v"), "{}", text(&out.stderr));
+
+    let out = run(&["get", "k"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("401 unauthenticated") && stderr.contains("give --token TOKEN"), "{stderr}");
+    let out = run(&["put", "k", "w"], Some(&reader));
+    assert_eq!(out.status.code(), Some(2), "a refused write certainly did not happen");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("403 forbidden") && stderr.contains("role does not allow this"), "{stderr}");
+    assert_eq!(text(&run(&["get", "k"], Some(&reader)).stdout).trim(), "v");
+
+    // bench sends the token too.
+    let bench = ["bench", "--clients", "2", "--ops", "40", "--warmup", "0", "--json"];
+    let out = run(&[&["--token", admin.as_str()][..], &bench[..]].concat(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["ops"].as_u64(), report["errors"].as_u64()), (Some(40), Some(0)), "{report}");
+    let out = run(&bench, None);
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ops"], 0, "{report}");
+    assert!(report["error_kinds"]["401 unauthenticated"].as_u64() > Some(0), "{report}");
+}

@@ -116,7 +116,7 @@ pub enum OpenError {
 /// A shared handle on the node's database.
 #[derive(Clone)]
 pub struct Db {
-    pub(crate) inner: Arc<Database>,
+    pub(crate) inner: Arc<DbFile>,
     path: Option<PathBuf>,
     options: StorageOptions,
 }
@@ -187,7 +187,8 @@ impl Db {
             }
             Err(e) => return Err(corrupted(e.to_string())),
         };
-        let db = Db { inner: Arc::new(db), path: Some(path.clone()), options };
+        let db =
+            Db { inner: Arc::new(DbFile::new(db, Some(path.clone()))), path: Some(path.clone()), options };
         db.check_format(existed).map_err(|e| match e {
             FormatCheck::Redb(reason) => corrupted(reason),
             FormatCheck::Open(e) => e,
@@ -201,7 +202,8 @@ impl Db {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap_or_else(|e| panic!("invariant: an in-memory redb always opens ({e})"));
-        let db = Db { inner: Arc::new(db), path: None, options: StorageOptions::default() };
+        let db =
+            Db { inner: Arc::new(DbFile::new(db, None)), path: None, options: StorageOptions::default() };
         db.check_format(false)
             .unwrap_or_else(|_| panic!("invariant: a new in-memory database takes a format version"));
         db
@@ -215,6 +217,23 @@ impl Db {
     /// The storage options it was opened with.
     pub fn options(&self) -> StorageOptions {
         self.options
+    }
+
+    /// Runs `f`, which reads or writes the database, turning a panic inside
+    /// redb into [`DbError::Panicked`].
+    ///
+    /// redb checks what it reads, but a file damaged in the right place can
+    /// still open and then trip an assertion deep in a B-tree read (slice
+    /// bounds, a page header that points nowhere). A node restarting on
+    /// such a directory must report a corrupted file, not crash; every read
+    /// and write transaction of this crate runs inside this guard.
+    pub(crate) fn guarded<T>(&self, f: impl FnOnce() -> Result<T, DbError>) -> Result<T, DbError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            Err(DbError::Panicked {
+                path: self.path.clone().unwrap_or_default(),
+                message: panic_message(&panic),
+            })
+        })
     }
 
     fn check_format(&self, existed: bool) -> Result<(), FormatCheck> {
@@ -258,6 +277,51 @@ impl Db {
         let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
         let any = tx.list_tables().map_err(FormatCheck::redb)?.next().is_some();
         Ok(any)
+    }
+}
+
+/// The open redb database. Deref to [`Database`]; closing it (the last
+/// [`Db`] handle dropped) cannot panic the process: redb's `Drop` commits
+/// once more and, on some corrupted files, panics there; that panic is
+/// caught and logged.
+pub(crate) struct DbFile {
+    db: Option<Database>,
+    path: Option<PathBuf>,
+}
+
+impl DbFile {
+    fn new(db: Database, path: Option<PathBuf>) -> Self {
+        DbFile { db: Some(db), path }
+    }
+}
+
+impl std::ops::Deref for DbFile {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.db.as_ref().unwrap_or_else(|| unreachable!("invariant: the database is present until drop"))
+    }
+}
+
+impl Drop for DbFile {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else { return };
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))) {
+            tracing::error!(
+                path = %self.path.as_deref().unwrap_or(Path::new("(in memory)")).display(),
+                panic = %panic_message(&panic),
+                "closing the database panicked inside redb: the file is probably corrupted"
+            );
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_string(),
     }
 }
 
@@ -306,6 +370,14 @@ pub enum DbError {
     /// The application's storage failed during apply.
     #[error(transparent)]
     App(#[from] crate::app::StateError),
+    /// redb panicked reading or writing the file (see [`Db::guarded`]).
+    #[error("{path}: redb failed on the data file ({message}); the file is probably corrupted")]
+    Panicked {
+        /// The database file (empty in memory).
+        path: PathBuf,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 macro_rules! redb_into_db_error {
@@ -320,9 +392,11 @@ redb_into_db_error!(redb::StorageError, redb::TableError, redb::TransactionError
 impl Db {
     /// Makes every earlier commit durable (one empty durable transaction).
     pub fn flush(&self) -> Result<(), DbError> {
-        let mut tx = self.inner.begin_write()?;
-        tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
-        tx.commit()?;
-        Ok(())
+        self.guarded(|| {
+            let mut tx = self.inner.begin_write()?;
+            tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 }

@@ -196,12 +196,14 @@ impl RedbLogStore {
     pub fn read_committed_hint(&self) -> Result<Option<LogId>, DbError> {
         let db = &self.state().db;
         let saved = read_meta::<Option<LogId>>(db, "committed").map(Option::flatten)?;
-        let tx = db.inner.begin_read()?;
-        let applied: Option<LogId> = match tx.open_table(SM) {
-            Ok(sm) => get_value(&sm, "applied")?,
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let applied: Option<LogId> = db.guarded(|| {
+            let tx = db.inner.begin_read()?;
+            match tx.open_table(SM) {
+                Ok(sm) => get_value(&sm, "applied"),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })?;
         Ok(saved.max(applied).max(*lock(&self.state().committed)))
     }
 
@@ -218,12 +220,16 @@ impl RedbLogStore {
         };
         let mut out = Vec::new();
         if !empty_range(start, redb_end) {
-            let tx = self.state().db.inner.begin_read()?;
-            let table = tx.open_table(LOG)?;
-            for item in table.range::<u64>((start, redb_end))? {
-                let (_, v) = item?;
-                out.push(codec::decode::<Entry>(v.value())?);
-            }
+            let db = &self.state().db;
+            db.guarded(|| {
+                let tx = db.inner.begin_read()?;
+                let table = tx.open_table(LOG)?;
+                for item in table.range::<u64>((start, redb_end))? {
+                    let (_, v) = item?;
+                    out.push(codec::decode::<Entry>(v.value())?);
+                }
+                Ok(())
+            })?;
         }
         out.extend(pending);
         Ok(out)
@@ -231,18 +237,21 @@ impl RedbLogStore {
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, DbError> {
         let last_pending = lock(&self.state().pending).values().next_back().map(|e| e.log_id);
-        let tx = self.state().db.inner.begin_read()?;
-        let meta = tx.open_table(META)?;
-        let purged: Option<LogId> = get_value(&meta, "purged")?;
-        let log = tx.open_table(LOG)?;
-        let last = match last_pending {
-            Some(last) => Some(last),
-            None => match log.last()? {
-                Some((_, v)) => Some(codec::decode::<Entry>(v.value())?.log_id),
-                None => purged,
-            },
-        };
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        let db = &self.state().db;
+        db.guarded(|| {
+            let tx = db.inner.begin_read()?;
+            let meta = tx.open_table(META)?;
+            let purged: Option<LogId> = get_value(&meta, "purged")?;
+            let log = tx.open_table(LOG)?;
+            let last = match last_pending {
+                Some(last) => Some(last),
+                None => match log.last()? {
+                    Some((_, v)) => Some(codec::decode::<Entry>(v.value())?.log_id),
+                    None => purged,
+                },
+            };
+            Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        })
     }
 
     /// Queues `op` for the writer; fails if the writer stopped.
@@ -280,9 +289,11 @@ impl Drop for Shared {
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &str) -> Result<Option<T>, DbError> {
-    let tx = db.inner.begin_read()?;
-    let meta = tx.open_table(META)?;
-    get_value(&meta, key)
+    db.guarded(|| {
+        let tx = db.inner.begin_read()?;
+        let meta = tx.open_table(META)?;
+        get_value(&meta, key)
+    })
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
@@ -362,6 +373,10 @@ fn run_writer(state: &State, queue: &mpsc::Receiver<Op>) {
 /// every op is an append and the database acknowledges appends before fsync
 /// (`unsafe_no_fsync`).
 fn write_group(state: &State, ops: &[Op]) -> Result<(), DbError> {
+    state.db.guarded(|| write_group_unguarded(state, ops))
+}
+
+fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
     let only_appends = ops.iter().all(|op| matches!(op, Op::Append { .. }));
     let durability = if only_appends && state.db.options().unsafe_no_fsync {
         Durability::None

@@ -395,7 +395,18 @@ impl StateMachineStore {
         record_snapshot: bool,
         replace: bool,
     ) -> Result<(), DbError> {
-        let tx = self.inner.db.inner.begin_write()?;
+        let db = &self.inner.db;
+        db.guarded(|| Self::write_checkpoint_unguarded(db, changes, meta, record_snapshot, replace))
+    }
+
+    fn write_checkpoint_unguarded<'k>(
+        db: &Db,
+        changes: impl Iterator<Item = (&'k [u8], Option<&'k [u8]>)>,
+        meta: &SnapshotMeta,
+        record_snapshot: bool,
+        replace: bool,
+    ) -> Result<(), DbError> {
+        let tx = db.inner.begin_write()?;
         {
             if replace {
                 tx.delete_table(APP_TABLE)?;
@@ -457,6 +468,10 @@ impl StateMachineStore {
 
 /// Reads the last checkpoint.
 fn load(db: &Db) -> Result<Working, DbError> {
+    db.guarded(|| load_unguarded(db))
+}
+
+fn load_unguarded(db: &Db) -> Result<Working, DbError> {
     let tx = db.inner.begin_read()?;
     let sm = tx.open_table(SM)?;
     let mut data = StateMap::new();

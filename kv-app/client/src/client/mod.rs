@@ -69,6 +69,14 @@
 //! certainly were not carried out; an unknown outcome is returned at once as
 //! `Indeterminate`.
 //!
+//! # Authentication
+//!
+//! A cluster started with `--token-file` wants a bearer token on every
+//! request; give it with [`ClientOptions::with_token`]. A missing or
+//! unknown token is refused with 401 (`unauthenticated`), a token whose
+//! role does not allow the request with 403 (`forbidden`); both are
+//! definite answers (nothing changed) and are not retried.
+//!
 //! # Session token
 //!
 //! Every answer carries the log `index` it reflects. The client keeps the
@@ -145,6 +153,53 @@ pub struct ClientOptions {
     /// HTTPS: the CA to trust and the client certificate to present (see
     /// [`crate::tls`]). `None` (the default): plain HTTP.
     pub tls: Option<ClientTls>,
+    /// The bearer token sent with every request (`Authorization: Bearer
+    /// …`), for a cluster started with `--token-file`. None by default.
+    pub token: Option<BearerToken>,
+}
+
+impl ClientOptions {
+    /// These options, sending `token` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(BearerToken::new(token));
+        self
+    }
+}
+
+/// A bearer token. Its `Debug` form hides it, so that logging the options
+/// does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// A token, as `kv-server tokens add` printed it.
+    pub fn new(token: impl Into<String>) -> Self {
+        BearerToken(token.into())
+    }
+
+    /// The token as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `Authorization` header's value that carries it, marked
+    /// sensitive so that reqwest's and hyper's debug output hide it.
+    pub fn header_value(&self) -> Result<reqwest::header::HeaderValue, ClientError> {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0)).map_err(|_| {
+                ClientError::InvalidArgument {
+                    reason: "the bearer token holds characters an HTTP header cannot carry".into(),
+                }
+            })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(hidden)")
+    }
 }
 
 impl Default for ClientOptions {
@@ -158,6 +213,7 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
             tls: None,
+            token: None,
         }
     }
 }
@@ -209,7 +265,12 @@ impl Client {
                 reason: "https:// needs the CA to trust (ClientOptions::tls; kvctl --cacert)".into(),
             });
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.token {
+            headers.insert(reqwest::header::AUTHORIZATION, token.header_value()?);
+        }
         let http = http_client_builder(options.tls.as_ref())
+            .default_headers(headers)
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)

@@ -87,6 +87,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use kv_client::api::{Consistency, Durability};
+use kv_client::client::BearerToken;
 use kv_client::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
@@ -273,6 +274,9 @@ pub struct LoadConfig {
     /// HTTPS: what the generator trusts and presents (kvctl's `--cacert`,
     /// `--cert`, `--key`); endpoints without a scheme become `https://`.
     pub tls: Option<ClientTls>,
+    /// The bearer token sent with every request (kvctl's `--token`), for a
+    /// cluster with `--token-file`.
+    pub token: Option<BearerToken>,
 }
 
 impl LoadConfig {
@@ -299,6 +303,7 @@ impl LoadConfig {
             seed: 1,
             progress: false,
             tls: None,
+            token: None,
         }
     }
 }
@@ -349,6 +354,7 @@ impl BenchArgs {
             seed: self.seed,
             progress: true,
             tls: None,
+            token: None,
         })
     }
 }

@@ -48,7 +48,7 @@ pub(super) struct Schedule {
 /// Runs one load and returns what it measured. Needs a Tokio runtime with
 /// timers and I/O; a multi-threaded one lets the generator use every core.
 pub async fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
-    let http = http_client(cfg.request_timeout, cfg.tls.as_ref())?;
+    let http = http_client(cfg.request_timeout, cfg.token.as_ref(), cfg.tls.as_ref())?;
     let mut instant_server = None;
     let (protocol, endpoints) = match cfg.target {
         Target::Null => {
