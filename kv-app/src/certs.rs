@@ -52,7 +52,17 @@ pub fn client_files(name: &str) -> (String, String) {
 /// Makes a new CA in `dir` (created if missing). Returns the files written.
 pub fn init(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca = certs::new_ca("kv cluster CA").context("making the CA")?;
+    // A name of its own for each CA: a certificate from another cluster's
+    // CA is then reported as signed by an unknown CA (UnknownIssuer,
+    // curl's "unable to get local issuer certificate"), not as a bad
+    // signature by a CA of the same name. The name is not a secret and need
+    // not be unpredictable, only different.
+    let made_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let name = format!("kv cluster CA {:016x}", made_at ^ u64::from(std::process::id()));
+    let ca = certs::new_ca(&name).context("making the CA")?;
     write_pair(dir, CA_CERT, CA_KEY, &ca)
 }
 

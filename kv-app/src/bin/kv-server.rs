@@ -322,17 +322,10 @@ fn peer_tls(args: &Args) -> Result<Option<PeerTls>> {
         (Some(ca), Some(cert), Some(key)) => {
             Ok(Some(PeerTls::from_pem_files(ca, cert, key).context("loading peer TLS")?))
         }
-        (ca, cert, key) => {
-            let missing: Vec<&str> = [(ca, "--peer-ca"), (cert, "--peer-cert"), (key, "--peer-key")]
-                .into_iter()
-                .filter(|(v, _)| v.is_none())
-                .map(|(_, name)| name)
-                .collect();
-            bail!(
-                "peer TLS needs --peer-ca, --peer-cert and --peer-key together (or none of them); missing {}",
-                missing.join(", ")
-            )
-        }
+        (ca, cert, key) => bail!(
+            "peer TLS needs --peer-ca, --peer-cert and --peer-key together (or none of them); missing {}",
+            missing([(ca, "--peer-ca"), (cert, "--peer-cert"), (key, "--peer-key")])
+        ),
     }
 }
 
@@ -348,18 +341,18 @@ fn http_tls(args: &Args) -> Result<Option<HttpTls>> {
             HttpTls::from_pem_files(cert, key, ca, args.client_cert_auth)
                 .context("loading HTTPS (--tls-*)")?,
         )),
-        (cert, key, ca) => {
-            let missing: Vec<&str> = [(cert, "--tls-cert"), (key, "--tls-key"), (ca, "--tls-ca")]
-                .into_iter()
-                .filter(|(v, _)| v.is_none())
-                .map(|(_, name)| name)
-                .collect();
-            bail!(
-                "HTTPS needs --tls-cert, --tls-key and --tls-ca together (or none of them); missing {}",
-                missing.join(", ")
-            )
-        }
+        (cert, key, ca) => bail!(
+            "HTTPS needs --tls-cert, --tls-key and --tls-ca together (or none of them); missing {}",
+            missing([(cert, "--tls-cert"), (key, "--tls-key"), (ca, "--tls-ca")])
+        ),
     }
+}
+
+/// The names of the flags in a set that must go together which were not
+/// given, as "--a, --b".
+fn missing(flags: [(&Option<PathBuf>, &str); 3]) -> String {
+    let names: Vec<&str> = flags.iter().filter(|(v, _)| v.is_none()).map(|(_, name)| *name).collect();
+    names.join(", ")
 }
 
 /// Refuses to serve a port that other machines may reach without TLS on
