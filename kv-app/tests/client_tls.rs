@@ -3,7 +3,8 @@
 //! `--tls-cert`, `--tls-key`, `--tls-ca` (and `--client-cert-auth`), and the
 //! client library against them. Writes and linearizable reads are sent to a
 //! follower, so that forwarding to the leader and asking it for a read index
-//! go over HTTPS between the nodes.
+//! go over HTTPS between the nodes. With bearer tokens on too, the
+//! client's token and the cluster secret travel inside that TLS.
 //!
 //! Also each refusal: plain HTTP on the HTTPS port, a client that trusts
 //! another CA, a client without a certificate or with one from another CA;
@@ -28,8 +29,15 @@ const SERVER: &str = env!("CARGO_BIN_EXE_kv-server");
 
 /// Runs `kv-server ARGS` to completion; returns (success, stderr).
 fn run(args: &[&str]) -> (bool, String) {
+    let (ok, _, stderr) = run_out(args);
+    (ok, stderr)
+}
+
+/// Runs `kv-server ARGS` to completion; returns (success, stdout, stderr).
+fn run_out(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(SERVER).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 fn certs(dir: &Path, args: &[&str]) {
@@ -208,6 +216,39 @@ async fn with_client_cert_auth_only_clients_with_the_clusters_certificates_get_i
     // Nothing changed, and the cluster still serves.
     let r = client.get("k1", Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(r.value, b"v1");
+}
+
+#[tokio::test]
+async fn tokens_and_the_cluster_secret_work_over_https() {
+    let pki = tempfile::tempdir().unwrap();
+    make_certs(pki.path());
+    let dir = pki.path().to_path_buf();
+    let (tokens, secret) = (dir.join("tokens"), dir.join("cluster-secret"));
+    let (ok, _, stderr) = run_out(&["tokens", "secret", "--file", secret.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (ok, token, stderr) =
+        run_out(&["tokens", "add", "--file", tokens.to_str().unwrap(), "--role", "write", "--name", "app"]);
+    assert!(ok, "{stderr}");
+    let token = token.trim().to_string();
+    let auth = ["--token-file", tokens.to_str().unwrap(), "--cluster-secret-file", secret.to_str().unwrap()];
+    let tls = trust(&dir, Some("client-app"));
+    let c =
+        ProcCluster::start_full(3, &auth, |id| node_args(&dir, id, true), Some(&token), Some(tls.clone()))
+            .await;
+    let (leader, follower) = a_follower(&c).await;
+
+    // The follower forwards the writes with the client's token and asks
+    // the leader for read indexes with the cluster secret, all over HTTPS.
+    let options = ClientOptions { tls: Some(tls.clone()), ..ClientOptions::default() }.with_token(token);
+    let client = Client::with_options(vec![c.nodes[&follower].http.clone()], options).unwrap();
+    forwarded_writes_and_reads_work(&client, leader, follower).await;
+
+    // A client certificate alone is not a token.
+    let no_token = client_of(&c, follower, Some(tls));
+    match no_token.get("k1", Consistency::Linearizable).await {
+        Err(ClientError::Server { status: 401, .. }) => {}
+        other => panic!("expected 401 without a token, got {other:?}"),
+    }
 }
 
 #[test]
