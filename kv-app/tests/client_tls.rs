@@ -98,6 +98,19 @@ fn client_of(c: &ProcCluster, id: u64, tls: Option<ClientTls>) -> Client {
     Client::with_options(vec![c.nodes[&id].http.clone()], options).unwrap()
 }
 
+/// Asserts that a write was refused by TLS, for `why`, and certainly did
+/// not take effect.
+fn assert_tls_refusal<T: std::fmt::Debug>(result: Result<T, ClientError>, why: &str) {
+    match result {
+        Err(e @ ClientError::Tls { .. }) => {
+            assert!(e.to_string().contains(why), "{e}");
+            assert_eq!(e.took_effect(), Some(false), "{e}");
+            assert!(!e.is_retryable(), "{e}");
+        }
+        other => panic!("expected a TLS refusal ({why}), got {other:?}"),
+    }
+}
+
 async fn a_follower(c: &ProcCluster) -> (u64, u64) {
     let leader = c.leader().await;
     let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
@@ -163,12 +176,7 @@ async fn an_https_cluster_forwards_and_refuses_plain_http_and_unknown_cas() {
     let other = tempfile::tempdir().unwrap();
     certs(other.path(), &["init"]);
     let stranger = client_of(&c, follower, Some(trust(other.path(), None)));
-    match stranger.put("k1", b"x", None).await {
-        Err(ClientError::Tls { reason, .. }) => {
-            assert!(reason.contains("not signed by the CA this client trusts"), "{reason}")
-        }
-        other => panic!("expected a TLS refusal, got {other:?}"),
-    }
+    assert_tls_refusal(stranger.put("k1", b"x", None).await, "not signed by the CA this client trusts");
 
     // After all that, the node still serves, and nothing changed.
     let r = client.get("k1", Consistency::Linearizable).await.unwrap().unwrap();
@@ -191,13 +199,7 @@ async fn with_client_cert_auth_only_clients_with_the_clusters_certificates_get_i
 
     // No client certificate: refused, and the write certainly not done.
     let anonymous = client_of(&c, follower, Some(trust(&dir, None)));
-    match anonymous.put("k1", b"x", None).await {
-        Err(e @ ClientError::Tls { .. }) => {
-            assert!(e.to_string().contains("requires a client certificate"), "{e}");
-            assert_eq!(e.took_effect(), Some(false));
-        }
-        other => panic!("expected a TLS refusal, got {other:?}"),
-    }
+    assert_tls_refusal(anonymous.put("k1", b"x", None).await, "requires a client certificate");
 
     // A certificate from another CA (trusting the right one): refused.
     let other = tempfile::tempdir().unwrap();
@@ -206,12 +208,8 @@ async fn with_client_cert_auth_only_clients_with_the_clusters_certificates_get_i
     let ca = dir.join("ca.pem");
     let (cert, key) = (other.path().join("client-app.pem"), other.path().join("client-app.key"));
     let forged = ClientTls::from_pem_files(&ca, Some((&cert, &key))).unwrap();
-    match client_of(&c, follower, Some(forged)).put("k1", b"x", None).await {
-        Err(ClientError::Tls { reason, .. }) => {
-            assert!(reason.contains("refused this client's certificate"), "{reason}")
-        }
-        other => panic!("expected a TLS refusal, got {other:?}"),
-    }
+    let forged = client_of(&c, follower, Some(forged));
+    assert_tls_refusal(forged.put("k1", b"x", None).await, "refused this client's certificate");
 
     // Nothing changed, and the cluster still serves.
     let r = client.get("k1", Consistency::Linearizable).await.unwrap().unwrap();
