@@ -104,7 +104,9 @@ struct Answer {
 }
 
 async fn call(addr: &str, who: As<'_>, method: Method, path: &str, body: Option<&str>) -> Answer {
-    let mut req = reqwest::Client::new()
+    let mut req = kv_client::tls::http_client_builder(None)
+        .build()
+        .unwrap()
         .request(method, format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(20));
     req = match who {

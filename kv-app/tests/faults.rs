@@ -56,7 +56,7 @@ async fn unsafe_local_reads_serve_a_stale_linearizable_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restarted_with_its_whole_cluster_reads_its_acknowledged_writes() {
     let mut c = ProcCluster::start(3, &[]).await;
-    let http = reqwest::Client::new();
+    let http = kv_client::tls::http_client_builder(None).build().unwrap();
     let mut value = 0;
     for trial in 0..4 {
         let leader = c.leader().await;

@@ -50,7 +50,7 @@ impl Pki {
     }
 
     fn node(&self, id: NodeId) -> Pem {
-        certs::node_cert(&self.ca, CLUSTER, id, Validity::years_from_now(1)).unwrap()
+        certs::node_cert(&self.ca, CLUSTER, id, &[], Validity::years_from_now(1)).unwrap()
     }
 
     fn config(&self, name: &str, pem: &Pem) -> Config {
@@ -135,13 +135,13 @@ async fn tls_cluster_replicates_and_refuses_every_peer_that_cannot_prove_who_it_
     // the TLS handshake and tells the client with an alert. (Had the other
     // CA the same name, its signature would not verify: DecryptError.)
     let other = Pki::new("another CA");
-    let foreign = certs::node_cert(&other.ca, CLUSTER, 3, Validity::years_from_now(1)).unwrap();
+    let foreign = certs::node_cert(&other.ca, CLUSTER, 3, &[], Validity::years_from_now(1)).unwrap();
     let err = refused(&pki.config("foreign-3", &foreign), 3, 1, &addr(1)).await;
     assert_contains(&err, "TLS handshake with node 1");
     assert_contains(&err, "UnknownCA");
 
     // The same CA, but a certificate that expired long ago.
-    let expired = certs::node_cert(&pki.ca, CLUSTER, 3, Validity { from: 2000, until: 2001 }).unwrap();
+    let expired = certs::node_cert(&pki.ca, CLUSTER, 3, &[], Validity { from: 2000, until: 2001 }).unwrap();
     let err = refused(&pki.config("expired-3", &expired), 3, 1, &addr(1)).await;
     assert_contains(&err, "TLS handshake with node 1");
     assert_contains(&err, "CertificateExpired");

@@ -120,7 +120,7 @@ impl Http {
     /// # Errors
     /// If the HTTP client cannot be built.
     pub fn new(attempt_timeout: Duration) -> anyhow::Result<Http> {
-        let client = reqwest::Client::builder()
+        let client = kv_client::tls::http_client_builder(None)
             .connect_timeout(attempt_timeout.min(Duration::from_millis(500)))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;

@@ -7,9 +7,12 @@
 //!    shared with the server so that the two cannot drift apart.
 //! 2. [`client`]: the client library: leader discovery, retries, exactly-once
 //!    writes, and which errors leave a write's outcome unknown.
-//! 3. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
+//! 3. [`tls`]: HTTPS: the CA a client trusts and the certificate it
+//!    presents, and the one way to build a reqwest client in this workspace.
+//! 4. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
 //!    for local clusters and test harnesses.
 
 pub mod api;
 pub mod client;
 pub mod ports;
+pub mod tls;

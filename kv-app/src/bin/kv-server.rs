@@ -32,6 +32,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kv_app::inspect::{self, ReplayOptions};
 use kv_app::server::auth::AuthFiles;
+use kv_app::server::tls::{is_loopback, HttpTls};
 use kv_app::server::{self, Faults, ServerConfig};
 use kv_app::state_machine::KvStateMachine;
 use kv_app::tokens::{self, Role, SecretChange};
@@ -42,6 +43,7 @@ use raft_core::Node;
 /// The help heading of the flags that break guarantees on purpose.
 const FAULTS: &str = "Fault injection (testing only: these break the service's guarantees)";
 const PEER_TLS: &str = "Peer TLS (mutual TLS on the Raft port; all three or none)";
+const HTTPS: &str = "HTTPS (TLS on the HTTP API; --tls-cert, --tls-key and --tls-ca together)";
 const AUTH: &str = "Client authentication (bearer tokens with roles; both or neither)";
 
 #[derive(Parser, Debug)]
@@ -63,7 +65,8 @@ enum Command {
     /// committed log replayed. The node must be stopped.
     Inspect(InspectArgs),
     /// Make the certificates of peer TLS (--peer-ca, --peer-cert,
-    /// --peer-key). `kvctl certs` runs this.
+    /// --peer-key) and HTTPS (--tls-ca, --tls-cert, --tls-key, and client
+    /// certificates). `kvctl certs` runs this.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Make, list and remove the bearer tokens of --token-file, and make
@@ -127,7 +130,9 @@ enum CertsCommand {
         dir: PathBuf,
     },
     /// Make node ID's certificate, signed by DIR's CA: DIR/node-ID.pem and
-    /// DIR/node-ID.key, naming raft://CLUSTER_ID/node/ID.
+    /// DIR/node-ID.key, naming raft://CLUSTER_ID/node/ID (for the Raft
+    /// port) and each --host (for HTTPS). It serves as server and as
+    /// client certificate, so one certificate does for both ports.
     Node {
         /// The node's id.
         #[arg(long)]
@@ -135,6 +140,22 @@ enum CertsCommand {
         /// The cluster's name, as given to kv-server --cluster-id.
         #[arg(long, default_value = "kv")]
         cluster_id: String,
+        /// A DNS name or IP address that clients and the other nodes use
+        /// to reach this node's HTTP API. Repeat it for each name.
+        #[arg(long = "host", value_name = "HOST", default_values = kv_app::certs::DEFAULT_HOSTS)]
+        hosts: Vec<String>,
+        /// The directory holding the CA (from `certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make a client certificate, signed by DIR's CA: DIR/client-NAME.pem
+    /// and DIR/client-NAME.key, for clusters run with --client-cert-auth
+    /// (kvctl --cert and --key, curl --cert and --key).
+    Client {
+        /// The client's name (its certificate's common name): letters,
+        /// digits, '-', '_' and '.'.
+        #[arg(long)]
+        name: String,
         /// The directory holding the CA (from `certs init`).
         #[arg(long)]
         dir: PathBuf,
@@ -200,6 +221,29 @@ struct Args {
     /// Peer TLS: this node's private key (PEM).
     #[arg(long, help_heading = PEER_TLS)]
     peer_key: Option<PathBuf>,
+    /// HTTPS: this node's certificate (PEM), naming the hosts clients and
+    /// the other nodes reach it at (`kvctl certs node --host`). With it,
+    /// the HTTP API speaks HTTPS only, and this node calls the others with
+    /// https://. Give every node of a cluster HTTPS, or none.
+    #[arg(long, help_heading = HTTPS)]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: this node's private key (PEM).
+    #[arg(long, help_heading = HTTPS)]
+    tls_key: Option<PathBuf>,
+    /// HTTPS: the CA certificate (PEM) that signed the other nodes' HTTPS
+    /// certificates (trusted when this node calls them) and, with
+    /// --client-cert-auth, the clients' certificates.
+    #[arg(long, help_heading = HTTPS)]
+    tls_ca: Option<PathBuf>,
+    /// HTTPS: require every client to present a certificate signed by
+    /// --tls-ca (`kvctl certs client`). Nodes present their --tls-cert.
+    #[arg(long, help_heading = HTTPS)]
+    client_cert_auth: bool,
+    /// Serve on a non-loopback --http-addr without HTTPS, or a non-loopback
+    /// --raft-addr without peer TLS. Without it kv-server refuses to: anyone
+    /// who can reach such a port could read, write and change the cluster.
+    #[arg(long)]
+    insecure: bool,
     /// Require a bearer token on every HTTP request but /health: one token
     /// per line, as "ROLE NAME HASH" (make them with `kvctl tokens add`).
     /// Re-read on SIGHUP. Give every node the same file.
@@ -278,18 +322,67 @@ fn peer_tls(args: &Args) -> Result<Option<PeerTls>> {
         (Some(ca), Some(cert), Some(key)) => {
             Ok(Some(PeerTls::from_pem_files(ca, cert, key).context("loading peer TLS")?))
         }
-        (ca, cert, key) => {
-            let missing: Vec<&str> = [(ca, "--peer-ca"), (cert, "--peer-cert"), (key, "--peer-key")]
-                .into_iter()
-                .filter(|(v, _)| v.is_none())
-                .map(|(_, name)| name)
-                .collect();
-            bail!(
-                "peer TLS needs --peer-ca, --peer-cert and --peer-key together (or none of them); missing {}",
-                missing.join(", ")
-            )
-        }
+        (ca, cert, key) => bail!(
+            "peer TLS needs --peer-ca, --peer-cert and --peer-key together (or none of them); missing {}",
+            missing([(ca, "--peer-ca"), (cert, "--peer-cert"), (key, "--peer-key")])
+        ),
     }
+}
+
+/// The HTTPS of `--tls-cert`, `--tls-key` and `--tls-ca` (all three or
+/// none), and `--client-cert-auth` (which needs them).
+fn http_tls(args: &Args) -> Result<Option<HttpTls>> {
+    match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, None, None) if args.client_cert_auth => {
+            bail!("--client-cert-auth needs HTTPS: give --tls-cert, --tls-key and --tls-ca")
+        }
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(
+            HttpTls::from_pem_files(cert, key, ca, args.client_cert_auth)
+                .context("loading HTTPS (--tls-*)")?,
+        )),
+        (cert, key, ca) => bail!(
+            "HTTPS needs --tls-cert, --tls-key and --tls-ca together (or none of them); missing {}",
+            missing([(cert, "--tls-cert"), (key, "--tls-key"), (ca, "--tls-ca")])
+        ),
+    }
+}
+
+/// The names of the flags in a set that must go together which were not
+/// given, as "--a, --b".
+fn missing(flags: [(&Option<PathBuf>, &str); 3]) -> String {
+    let names: Vec<&str> = flags.iter().filter(|(v, _)| v.is_none()).map(|(_, name)| *name).collect();
+    names.join(", ")
+}
+
+/// Refuses to serve a port that other machines may reach without TLS on
+/// it, unless `--insecure` is given (then warns). Checked before binding.
+fn check_exposure(args: &Args, peer_tls: bool, https: bool) -> Result<()> {
+    let mut open = Vec::new();
+    if !https && !is_loopback(&args.http_addr) {
+        open.push(format!(
+            "--http-addr {} is not a loopback address, and the HTTP API has no TLS \
+             (give --tls-cert, --tls-key and --tls-ca)",
+            args.http_addr
+        ));
+    }
+    if !peer_tls && !is_loopback(&args.raft_addr) {
+        open.push(format!(
+            "--raft-addr {} is not a loopback address, and the Raft port has no TLS \
+             (give --peer-ca, --peer-cert and --peer-key)",
+            args.raft_addr
+        ));
+    }
+    if open.is_empty() {
+        return Ok(());
+    }
+    if args.insecure {
+        for port in &open {
+            tracing::warn!("{port}; serving it anyway (--insecure)");
+        }
+        return Ok(());
+    }
+    bail!("refusing to start: {}; or pass --insecure to serve without TLS anyway", open.join("; "))
 }
 
 fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
@@ -319,7 +412,10 @@ async fn main() -> Result<()> {
         Some(Command::Certs(command)) => {
             let written = match command {
                 CertsCommand::Init { dir } => kv_app::certs::init(&dir)?,
-                CertsCommand::Node { id, cluster_id, dir } => kv_app::certs::node(&dir, id, &cluster_id)?,
+                CertsCommand::Node { id, cluster_id, hosts, dir } => {
+                    kv_app::certs::node(&dir, id, &cluster_id, &hosts)?
+                }
+                CertsCommand::Client { name, dir } => kv_app::certs::client(&dir, &name)?,
             };
             for path in written {
                 println!("wrote {}", path.display());
@@ -340,6 +436,8 @@ async fn main() -> Result<()> {
         .context("--election-timeout-ms: expected MIN-MAX, e.g. 500-1000")?;
 
     let peer_tls = peer_tls(&args)?;
+    let http_tls = http_tls(&args)?;
+    check_exposure(&args, peer_tls.is_some(), http_tls.is_some())?;
 
     let http = tokio::net::TcpListener::bind(&args.http_addr)
         .await
@@ -351,6 +449,7 @@ async fn main() -> Result<()> {
     let mut config = ServerConfig::new(args.id, &args.data_dir);
     config.raft = raft_core::Config::new(args.cluster_id);
     config.raft.peer_tls = peer_tls;
+    config.http_tls = http_tls;
     config.raft.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.raft.election_timeout_min = Duration::from_millis(min);
     config.raft.election_timeout_max = Duration::from_millis(max);

@@ -79,7 +79,7 @@ pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>)
     let Some(addr) = info.as_ref().and_then(|l| l.api_addr.clone()) else {
         return ApiError::no_leader("no leader is known; retry shortly", info).into_response();
     };
-    let url = format!("http://{addr}{path_and_query}");
+    let url = ctx.node_url(&addr, path_and_query);
     let mut req =
         ctx.http.request(method, &url).timeout(timeout).header(FORWARDED_BY, ctx.id.to_string()).body(body);
     // The caller's credentials go along unchanged: the leader checks them

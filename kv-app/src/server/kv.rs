@@ -184,7 +184,7 @@ async fn read_index_from_leader(ctx: &Ctx) -> ApiResult<u64> {
     };
     let mut req = ctx
         .http
-        .post(format!("http://{addr}/v1/internal/read-index"))
+        .post(ctx.node_url(&addr, "/v1/internal/read-index"))
         .header(forward::FORWARDED_BY, ctx.id.to_string());
     if let Some(auth) = &ctx.auth {
         req = req.header(super::auth::CLUSTER_SECRET_HEADER, auth.secret_to_send());

@@ -11,7 +11,8 @@
 //! * [`metrics`]: `/metrics` for Prometheus;
 //! * [`auth`]: with `--token-file`, who may call which route (bearer
 //!   tokens with roles for clients, a cluster secret for nodes);
-//! * [`error`]: how failures map to status codes and error bodies.
+//! * [`error`]: how failures map to status codes and error bodies;
+//! * [`tls`]: HTTPS, and the listener that runs TLS handshakes for axum.
 //!
 //! [`start`] takes already-bound listeners, so tests can use port 0.
 
@@ -25,6 +26,7 @@ pub mod error;
 pub mod forward;
 pub mod kv;
 pub mod metrics;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,6 +73,9 @@ pub struct ServerConfig {
     /// Raft settings, including the storage faults
     /// ([`raft_core::Config::storage`]).
     pub raft: raft_core::Config,
+    /// HTTPS on the HTTP API, and for calls to the other nodes; `None`:
+    /// plain HTTP.
+    pub http_tls: Option<tls::HttpTls>,
     /// The service-level faults; all off by default.
     pub faults: Faults,
     /// Bearer tokens and the cluster secret (`--token-file`,
@@ -113,6 +118,7 @@ impl ServerConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             read_wait: Duration::from_secs(5),
             raft: raft_core::Config::new("kv"),
+            http_tls: None,
             faults: Faults::default(),
             auth: None,
         }
@@ -175,6 +181,11 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         }
         tracing::info!(node_id = config.id, "peer TLS on: Raft connections are mutual TLS");
     }
+    if let Some(tls) = &config.http_tls {
+        check_https_names(&config, tls, http_addr)?;
+        let client_cert_auth = tls.client_cert_auth();
+        tracing::info!(node_id = config.id, client_cert_auth, "HTTPS on: the HTTP API speaks TLS only");
+    }
     let auth = match &config.auth {
         None => None,
         Some(files) => {
@@ -191,7 +202,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     let ctx = Ctx {
         id: config.id,
         node: node.clone(),
-        http: reqwest::Client::builder()
+        http: tls::node_client_builder(config.http_tls.as_ref())
             .timeout(config.raft.request_timeout + Duration::from_secs(2))
             .build()
             .context("building the HTTP client")?,
@@ -202,14 +213,13 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let app = router(ctx.clone());
-    let http_task = tokio::spawn(async move {
-        let serve = axum::serve(http, app).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let stopped = async move {
+        let _ = shutdown_rx.wait_for(|stop| *stop).await;
+    };
+    let http_task = match &config.http_tls {
+        Some(tls) => tokio::spawn(serve(tls::TlsListener::new(http, tls, config.id), app, stopped)),
+        None => tokio::spawn(serve(http, app, stopped)),
+    };
     let watch_task = tokio::spawn(watch_leadership(ctx.clone()));
 
     let (fresh, learner) = {
@@ -278,6 +288,38 @@ impl Server {
     }
 }
 
+/// Serves `app` on `listener` until `stopped` completes.
+async fn serve<L>(listener: L, app: Router, stopped: impl std::future::Future<Output = ()> + Send + 'static)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// Refuses to start with an HTTPS certificate that does not name the host
+/// the other nodes reach this node at (its address in `--initial-members`,
+/// else the address it is bound to): forwarding to it would fail every
+/// time. Certificates made for peer TLS alone name no host at all.
+fn check_https_names(config: &ServerConfig, tls: &tls::HttpTls, bound: SocketAddr) -> anyhow::Result<()> {
+    let advertised = config.initial_members.get(&config.id).map(|m| m.api_addr.clone());
+    let addr = advertised.unwrap_or_else(|| bound.to_string());
+    let host = match addr.parse::<SocketAddr>() {
+        // Every address at once: the name peers use is not known here.
+        Ok(a) if a.ip().is_unspecified() => return Ok(()),
+        Ok(a) => a.ip().to_string(),
+        Err(_) => addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host).to_string(),
+    };
+    tls.check_names(&host).map_err(|e| {
+        anyhow::anyhow!(
+            "the HTTPS certificate (--tls-cert) does not name {host}, where this node is reached ({e}); \
+             make one that does: kv-server certs node --host {host} ..."
+        )
+    })
+}
+
 fn router(ctx: Ctx) -> Router {
     // A value may arrive base64-encoded (4/3 larger) inside a JSON body.
     let body_limit = ctx.config.max_value_bytes.saturating_mul(4) / 3 + 64 * 1024;
@@ -313,8 +355,10 @@ async fn join_cluster(
     http_addr: SocketAddr,
     already_learner: bool,
 ) -> anyhow::Result<()> {
-    let base = if via.starts_with("http") { via.to_string() } else { format!("http://{via}") };
-    let http = reqwest::Client::builder().timeout(ctx.config.raft.change_timeout).build()?;
+    let base = if via.contains("://") { via.to_string() } else { ctx.node_url(via, "") };
+    let http = tls::node_client_builder(ctx.config.http_tls.as_ref())
+        .timeout(ctx.config.raft.change_timeout)
+        .build()?;
     // Peers dial the address recorded here, so it must be the one they can
     // reach, which behind a proxy is not the one we listen on.
     let raft_addr = ctx.config.advertise_raft_addr.clone().unwrap_or_else(|| raft_addr.to_string());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kv_client::api::StatusResponse;
 use kv_client::client::{BearerToken, Client, ClientOptions};
+use kv_client::tls::ClientTls;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -31,6 +32,8 @@ pub struct ProcCluster {
     /// client), for a cluster started with `--token-file`.
     pub token: Option<String>,
     http: reqwest::Client,
+    /// HTTPS: what the test's clients trust and present; `None`: plain HTTP.
+    pub tls: Option<ClientTls>,
 }
 
 /// A free port on 127.0.0.1, released for the server. Not port 0: nodes are
@@ -63,12 +66,36 @@ impl ProcCluster {
         node_args: impl Fn(u64) -> Vec<String>,
         token: Option<&str>,
     ) -> ProcCluster {
+        Self::start_full(n, extra_args, node_args, token, None).await
+    }
+
+    /// Like [`ProcCluster::start_with`], for nodes that serve HTTPS: the
+    /// cluster's own requests (status, [`ProcCluster::client`]) use `tls`.
+    pub async fn start_with_tls(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        tls: Option<ClientTls>,
+    ) -> ProcCluster {
+        Self::start_full(n, extra_args, node_args, None, tls).await
+    }
+
+    /// [`ProcCluster::start_with`], with the helpers sending `token` and
+    /// speaking HTTPS with `tls`.
+    pub async fn start_full(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        token: Option<&str>,
+        tls: Option<ClientTls>,
+    ) -> ProcCluster {
         let mut c = ProcCluster {
             tmp: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             token: token.map(str::to_owned),
-            http: reqwest::Client::new(),
+            http: kv_client::tls::http_client_builder(tls.as_ref()).build().unwrap(),
+            tls,
         };
         for id in 1..=n {
             let dir = c.tmp.path().join(format!("node-{id}"));
@@ -131,8 +158,18 @@ impl ProcCluster {
     }
 
     pub fn client(&self) -> Client {
-        let options = ClientOptions { token: self.token.clone().map(BearerToken::new), ..Default::default() };
+        let options = ClientOptions {
+            token: self.token.clone().map(BearerToken::new),
+            tls: self.tls.clone(),
+            ..Default::default()
+        };
         Client::with_options(self.endpoints(), options).unwrap()
+    }
+
+    /// The URL of `path` on node `id`.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.nodes[&id].http)
     }
 
     /// `req` with the cluster's token, if it has one.
@@ -145,7 +182,7 @@ impl ProcCluster {
 
     /// A node's status, or None if it does not answer.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
-        let url = format!("http://{}/v1/cluster/status", self.nodes[&id].http);
+        let url = self.url(id, "/v1/cluster/status");
         let resp = self.authed(self.http.get(url)).timeout(Duration::from_secs(2)).send().await.ok()?;
         resp.json().await.ok()
     }
@@ -204,7 +241,7 @@ impl ProcCluster {
         path: &str,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
-        let url = format!("http://{}{}", self.nodes[&id].http, path);
+        let url = self.url(id, path);
         let mut req = self.authed(self.http.request(method, url)).timeout(Duration::from_secs(20));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_string());

@@ -25,6 +25,7 @@ use kv_client::api::{
     codes, ChangeResponse, Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse,
 };
 use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
+use kv_client::tls::ClientTls;
 use serde::Serialize;
 
 use crate::bench::{self, BenchArgs};
@@ -52,7 +53,9 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The cluster's HTTP endpoints, comma-separated (host:port or http://host:port).
+    /// The cluster's HTTP endpoints, comma-separated (host:port,
+    /// http://host:port or https://host:port; with --cacert, host:port
+    /// means https).
     #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:8080")]
     pub endpoints: Vec<String>,
     /// Read consistency: linearizable, session or stale.
@@ -72,6 +75,34 @@ pub struct GlobalArgs {
     /// a command line is visible to other users of the machine.
     #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// HTTPS: the CA certificate (PEM) to trust for the servers'
+    /// certificates (kv-server --tls-ca). With it, kvctl speaks HTTPS.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// HTTPS: this client's certificate (PEM), for servers run with
+    /// --client-cert-auth (`kvctl certs client`). Needs --key and --cacert.
+    #[arg(long = "cert", id = "tls_cert", global = true, value_name = "FILE", requires = "tls_key")]
+    pub cert: Option<PathBuf>,
+    /// HTTPS: the private key (PEM) of --cert.
+    // The ids differ from the field names: `key` is also the argument of
+    // `put`, `get` and others, and clap keeps one value per id.
+    #[arg(long = "key", id = "tls_key", global = true, value_name = "FILE", requires = "tls_cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The TLS of `--cacert`, `--cert` and `--key`, if any.
+    pub fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.cacert else {
+            if self.cert.is_some() {
+                bail!("--cert and --key need --cacert: the CA that signed the servers' certificates");
+            }
+            return Ok(None);
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let tls = ClientTls::from_pem_files(ca, identity).context("loading --cacert/--cert/--key")?;
+        Ok(Some(tls))
+    }
 }
 
 /// The commands.
@@ -156,10 +187,11 @@ pub enum Command {
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Make the certificates of peer TLS (kv-server --peer-ca, --peer-cert,
-    /// --peer-key) by running `kv-server certs ARGS`: `certs init --dir D`
-    /// makes a CA, `certs node --id N --cluster-id C --dir D` a node's
-    /// certificate; `kvctl certs help` says more.
+    /// Make the certificates of peer TLS and HTTPS by running `kv-server
+    /// certs ARGS`: `certs init --dir D` makes a CA, `certs node --id N
+    /// --cluster-id C [--host H]... --dir D` a node's certificate (for
+    /// --peer-cert and --tls-cert), `certs client --name NAME --dir D` a
+    /// client's (for --cert); `kvctl certs help` says more.
     #[command(disable_help_flag = true)]
     Certs {
         /// The kv-server binary (default: the one next to kvctl). Give it
@@ -345,21 +377,27 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     let deadline = Duration::from_secs_f64(g.timeout);
+    match cli.command {
+        Command::Cluster(command) => return cluster(command, g.json).await,
+        Command::Certs { args, bin } => return server_tool("certs", &args, bin),
+        Command::Tokens { args, bin } => return server_tool("tokens", &args, bin),
+        _ => {}
+    }
+    let tls = g.tls()?;
     let options = ClientOptions {
         deadline,
         request_timeout: ClientOptions::default().request_timeout.min(deadline),
         consistency: g.consistency,
         durability: g.durability,
         token: g.token.clone().map(BearerToken::new),
+        tls: tls.clone(),
         ..ClientOptions::default()
     };
     match cli.command {
-        Command::Cluster(command) => return cluster(command, g.json).await,
-        Command::Certs { args, bin } => return server_tool("certs", &args, bin),
-        Command::Tokens { args, bin } => return server_tool("tokens", &args, bin),
         Command::Bench(args) => {
             let mut config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             config.token = options.token.clone();
+            config.tls = tls;
             return run_bench(&config, g.json).await;
         }
         Command::InstantServer { listen, value_size } => return instant_server(&listen, value_size).await,
@@ -710,5 +748,20 @@ mod tests {
         assert_eq!(cli.global.timeout, 0.5);
         assert!(Cli::try_parse_from(["kvctl", "--timeout", "0", "get", "k"]).is_err());
         assert!(Cli::try_parse_from(["kvctl", "--durability", "some", "put", "k", "v"]).is_err());
+    }
+
+    #[test]
+    fn tls_options_parse_beside_a_key_argument() {
+        let cli = Cli::try_parse_from([
+            "kvctl", "put", "k", "v", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "c.key",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Put { ref key, .. } if key == "k"));
+        assert_eq!(cli.global.key.as_deref(), Some(std::path::Path::new("c.key")));
+        assert_eq!(cli.global.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(Cli::try_parse_from(["kvctl", "--cert", "c.pem", "get", "k"]).is_err(), "--cert needs --key");
+        let no_ca = Cli::try_parse_from(["kvctl", "--cert", "c.pem", "--key", "c.key", "get", "k"]).unwrap();
+        let err = no_ca.global.tls().unwrap_err();
+        assert!(err.to_string().contains("need --cacert"), "{err}");
     }
 }

@@ -370,7 +370,7 @@ pub enum DbError {
     /// The application's storage failed during apply.
     #[error(transparent)]
     App(#[from] crate::app::StateError),
-    /// redb panicked reading or writing the file (see [`Db::guarded`]).
+    /// redb panicked reading or writing the file (see `Db::guarded`).
     #[error("{path}: redb failed on the data file ({message}); the file is probably corrupted")]
     Panicked {
         /// The database file (empty in memory).

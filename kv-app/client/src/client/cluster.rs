@@ -7,7 +7,7 @@
 use reqwest::Method;
 use serde::Serialize;
 
-use super::leader::{normalize_endpoint, Target};
+use super::leader::Target;
 use super::retry::{decode, Call, Kind};
 use super::{Client, ClientError};
 use crate::api::{AddLearnerRequest, ChangeResponse, MembersResponse, StatusResponse};
@@ -17,7 +17,7 @@ impl Client {
     /// of the first endpoint that answers (each tried once, in order).
     pub async fn status(&self, endpoint: Option<&str>) -> Result<StatusResponse, ClientError> {
         let endpoints = match endpoint {
-            Some(e) => vec![normalize_endpoint(e)?],
+            Some(e) => vec![self.normalize(e)?],
             None => self.inner.endpoints.clone(),
         };
         let mut failures = Vec::new();
@@ -80,13 +80,13 @@ impl Client {
 
     /// Asks the node at `endpoint` to take a snapshot now (one attempt).
     pub async fn snapshot(&self, endpoint: &str) -> Result<ChangeResponse, ClientError> {
-        let endpoint = normalize_endpoint(endpoint)?;
+        let endpoint = self.normalize(endpoint)?;
         self.change(Method::POST, "/v1/cluster/snapshot".into(), None, Target::Node(&endpoint)).await
     }
 
     /// Asks the node at `endpoint` to start an election now (one attempt).
     pub async fn campaign(&self, endpoint: &str) -> Result<ChangeResponse, ClientError> {
-        let endpoint = normalize_endpoint(endpoint)?;
+        let endpoint = self.normalize(endpoint)?;
         self.change(Method::POST, "/v1/cluster/campaign".into(), None, Target::Node(&endpoint)).await
     }
 

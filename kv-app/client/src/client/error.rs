@@ -76,13 +76,27 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
-    /// An endpoint address could not be used (the client speaks plain HTTP
-    /// only, to `host:port` or `http://host:port`).
+    /// An endpoint address could not be used: not `host:port`,
+    /// `http://host:port` or `https://host:port`, or `https://` without
+    /// [`ClientOptions::tls`](super::ClientOptions::tls).
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
         /// The address as given.
         endpoint: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// TLS with `endpoint` failed, so nothing was sent or carried out: the
+    /// server's certificate is not signed by the CA the client trusts,
+    /// names another host, or has expired; or the server wants a client
+    /// certificate and got none, or one it does not trust. `reason` says
+    /// which ([`crate::tls::describe`]). Retrying does not help; the
+    /// certificates or the client's TLS options must change.
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong, and what to change.
         reason: String,
     },
     /// An argument cannot be sent (an empty key, say); nothing was sent.
@@ -107,6 +121,7 @@ impl ClientError {
             | ClientError::StaleSequence { .. }
             | ClientError::Decode { .. }
             | ClientError::InvalidEndpoint { .. }
+            | ClientError::Tls { .. }
             | ClientError::InvalidArgument { .. } => false,
         }
     }
@@ -126,6 +141,7 @@ impl ClientError {
         match self {
             ClientError::Unavailable { .. }
             | ClientError::InvalidEndpoint { .. }
+            | ClientError::Tls { .. }
             | ClientError::InvalidArgument { .. } => Some(false),
             // 4xx: the server looked at the request and refused it. 503: it
             // did not carry it out. 500 and anything else: unknown.
@@ -182,6 +198,7 @@ mod tests {
             (ClientError::NotFullyReplicated { index: Some(3), message: "m".into() }, false, Some(true)),
             (ClientError::StaleSequence { client_id: 1, seq: 2, message: "m".into() }, false, None),
             (ClientError::Decode { endpoint: "e".into(), reason: "r".into() }, false, None),
+            (ClientError::Tls { endpoint: "e".into(), reason: "unknown CA".into() }, false, Some(false)),
         ];
         for (error, retryable, took_effect) in cases {
             assert_eq!(error.is_retryable(), retryable, "{error}");

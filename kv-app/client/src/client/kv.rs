@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 
-use super::leader::{normalize_endpoint, Target};
+use super::leader::Target;
 use super::retry::{decode, Call, Kind, Reply};
 use super::session::SessionLease;
 use super::{Client, ClientError};
@@ -142,7 +142,7 @@ impl Client {
         key: &str,
         consistency: impl Into<Option<Consistency>>,
     ) -> Result<Option<Read>, ClientError> {
-        let endpoint = normalize_endpoint(endpoint)?;
+        let endpoint = self.normalize(endpoint)?;
         self.get_via(Target::Node(&endpoint), key, consistency.into()).await
     }
 

@@ -2,7 +2,8 @@
 //! to the leader as last hinted, or else to the last endpoint that answered,
 //! and moves on to the next endpoint when one fails ("Finding the leader" in
 //! `mod.rs`). Endpoints and hints are normalized to one form,
-//! `http://host:port`, so that a hint compares equal to the endpoint it names.
+//! `scheme://host:port`, so that a hint compares equal to the endpoint it
+//! names.
 
 use super::{lock, Client, ClientError};
 
@@ -66,19 +67,28 @@ impl Client {
     }
 }
 
-/// Turns an address into a base URL `http://host:port`.
-///
-/// Accepts `host:port` and `http://host:port` (a trailing `/` is fine);
-/// refuses `https` (this client is built without TLS) and addresses with a
-/// path.
+/// Turns an address into a base URL `http://host:port`, as
+/// [`normalize_endpoint_for`] does without TLS.
 pub fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
+    normalize_endpoint_for(endpoint, false)
+}
+
+/// Turns an address into a base URL `scheme://host:port`.
+///
+/// Accepts `host:port`, which becomes `https://host:port` if `https` is set
+/// and `http://host:port` if not, and `http://host:port` and
+/// `https://host:port` as they are (a trailing `/` is fine); refuses other
+/// schemes and addresses with a path.
+pub fn normalize_endpoint_for(endpoint: &str, https: bool) -> Result<String, ClientError> {
     let invalid =
         |reason: &str| ClientError::InvalidEndpoint { endpoint: endpoint.to_owned(), reason: reason.into() };
     let trimmed = endpoint.trim();
-    let with_scheme = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    let scheme = if https { "https" } else { "http" };
+    let with_scheme =
+        if trimmed.contains("://") { trimmed.to_owned() } else { format!("{scheme}://{trimmed}") };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(invalid("only http:// is supported"));
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid("only http:// and https:// are supported"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
@@ -104,12 +114,24 @@ mod tests {
         ] {
             assert_eq!(normalize_endpoint(given).unwrap(), want, "{given:?}");
         }
-        for bad in ["https://127.0.0.1:8080", "127.0.0.1:8080/v1", "http://", "", "ftp://x:1"] {
+        for (given, want) in [
+            ("127.0.0.1:8080", "https://127.0.0.1:8080"),
+            ("https://localhost:8080/", "https://localhost:8080"),
+            // A scheme given explicitly wins.
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ] {
+            assert_eq!(normalize_endpoint_for(given, true).unwrap(), want, "{given:?}");
+        }
+        assert_eq!(normalize_endpoint("https://h:1").unwrap(), "https://h:1");
+        for bad in ["127.0.0.1:8080/v1", "http://", "", "ftp://x:1"] {
             assert!(
                 matches!(normalize_endpoint(bad), Err(ClientError::InvalidEndpoint { .. })),
                 "{bad:?} should be refused"
             );
         }
         assert!(Client::new(vec![]).is_err());
+        // HTTPS without a CA to trust cannot work; say so up front.
+        let err = Client::new(vec!["https://127.0.0.1:1".into()]).unwrap_err();
+        assert!(err.to_string().contains("--cacert"), "{err}");
     }
 }

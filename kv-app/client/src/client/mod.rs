@@ -94,12 +94,23 @@
 //! request until it succeeds, fails definitely or runs out of time; and
 //! `error.rs` holds [`ClientError`] and how to classify it. The tests in
 //! `tests/fake_server.rs` run the client against a scripted fake server.
+//!
+//! # HTTPS
+//!
+//! With [`ClientOptions::tls`] set, the client speaks HTTPS: endpoints
+//! given as `host:port` become `https://host:port`, and so do the leader
+//! hints servers send. A TLS failure (a certificate the client does not
+//! trust, or a server that refuses the client's) is a configuration
+//! error, reported at once as [`ClientError::Tls`] without trying other
+//! nodes: every node of a cluster shares one CA, so another node would
+//! fail the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{Consistency, Durability};
+use crate::tls::{http_client_builder, ClientTls};
 
 mod cluster;
 mod error;
@@ -110,8 +121,8 @@ mod session;
 
 pub use error::ClientError;
 pub use kv::{encode_key, kv_path, CasOutcome, KeyValue, Listing, Read};
-pub use leader::normalize_endpoint;
 use leader::Routing;
+pub use leader::{normalize_endpoint, normalize_endpoint_for};
 use session::WriteSession;
 
 /// How the client behaves; [`ClientOptions::default`] suits a local cluster.
@@ -139,6 +150,9 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// The longest pause between rounds (1 s by default).
     pub max_backoff: Duration,
+    /// HTTPS: the CA to trust and the client certificate to present (see
+    /// [`crate::tls`]). `None` (the default): plain HTTP.
+    pub tls: Option<ClientTls>,
     /// The bearer token sent with every request (`Authorization: Bearer
     /// …`), for a cluster started with `--token-file`. None by default.
     pub token: Option<BearerToken>,
@@ -198,6 +212,7 @@ impl Default for ClientOptions {
             durability: Durability::default(),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
+            tls: None,
             token: None,
         }
     }
@@ -215,7 +230,7 @@ struct Inner {
     /// reqwest pools connections per host and keeps them alive, so a busy
     /// client does not pay a TCP handshake per request.
     http: reqwest::Client,
-    /// Base URLs, normalized to `http://host:port`.
+    /// Base URLs, normalized to `http://host:port` (`https://` with TLS).
     endpoints: Vec<String>,
     options: ClientOptions,
     routing: Mutex<Routing>,
@@ -227,7 +242,8 @@ struct Inner {
 
 impl Client {
     /// A client for the cluster reachable at `endpoints` (`host:port` or
-    /// `http://host:port`), with [`ClientOptions::default`].
+    /// `http://host:port`; `https://host:port` needs [`ClientOptions::tls`]),
+    /// with [`ClientOptions::default`].
     pub fn new(endpoints: Vec<String>) -> Result<Client, ClientError> {
         Client::with_options(endpoints, ClientOptions::default())
     }
@@ -240,12 +256,20 @@ impl Client {
                 reason: "give at least one endpoint".into(),
             });
         }
-        let endpoints = endpoints.iter().map(|e| normalize_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+        let https = options.tls.is_some();
+        let endpoints =
+            endpoints.iter().map(|e| normalize_endpoint_for(e, https)).collect::<Result<Vec<_>, _>>()?;
+        if let (Some(e), false) = (endpoints.iter().find(|e| e.starts_with("https://")), https) {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: e.clone(),
+                reason: "https:// needs the CA to trust (ClientOptions::tls; kvctl --cacert)".into(),
+            });
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &options.token {
             headers.insert(reqwest::header::AUTHORIZATION, token.header_value()?);
         }
-        let http = reqwest::Client::builder()
+        let http = http_client_builder(options.tls.as_ref())
             .default_headers(headers)
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -272,7 +296,7 @@ impl Client {
         })
     }
 
-    /// The endpoints, normalized to `http://host:port`.
+    /// The endpoints, normalized to `http://host:port` (`https://` with TLS).
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
     }
@@ -299,6 +323,12 @@ impl Client {
     /// leader, or the last endpoint that answered), if any.
     pub fn preferred_endpoint(&self) -> Option<String> {
         lock(&self.inner.routing).preferred.clone()
+    }
+
+    /// `endpoint` as a base URL, `https://` by default when the client has
+    /// TLS.
+    fn normalize(&self, endpoint: &str) -> Result<String, ClientError> {
+        normalize_endpoint_for(endpoint, self.inner.options.tls.is_some())
     }
 
     /// Raises the session token to `index`.

@@ -12,9 +12,10 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::leader::{normalize_endpoint, Target};
+use super::leader::{normalize_endpoint_for, Target};
 use super::{lock, Client, ClientError};
 use crate::api::{codes, ErrorBody};
+use crate::tls::{describe, tls_error};
 
 /// The least time left before the deadline for which another attempt is
 /// started.
@@ -204,23 +205,32 @@ impl Client {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            // The connection was never established, so nothing was sent.
-            Err(e) if e.is_connect() => {
-                return Attempt::NotDone {
-                    reason: format!("cannot connect to {endpoint}: {}", root_cause(&e)),
-                    leader_hint: None,
-                    error: None,
-                }
-            }
-            Err(e) => return Attempt::Unknown { reason: describe_transport_error(endpoint, &e) },
+            Err(e) => return failed_exchange(endpoint, &e),
         };
         let status = response.status();
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
-            Err(e) => return Attempt::Unknown { reason: describe_transport_error(endpoint, &e) },
+            Err(e) => return failed_exchange(endpoint, &e),
         };
         classify_reply(Reply { status, body, endpoint: endpoint.to_owned() }, call.accept)
     }
+}
+
+/// Sorts a failed exchange (no answer, or a broken one) into the outcomes
+/// the retry loop distinguishes.
+fn failed_exchange(endpoint: &str, e: &reqwest::Error) -> Attempt {
+    if let Some(reason) = tls_refusal(e) {
+        return Attempt::Failed(ClientError::Tls { endpoint: endpoint.to_owned(), reason });
+    }
+    if e.is_connect() {
+        // The connection was never established, so nothing was sent.
+        return Attempt::NotDone {
+            reason: format!("cannot connect to {endpoint}: {}", root_cause(e)),
+            leader_hint: None,
+            error: None,
+        };
+    }
+    Attempt::Unknown { reason: describe_transport_error(endpoint, e) }
 }
 
 /// Sorts an HTTP answer into the outcomes the retry loop distinguishes.
@@ -250,8 +260,14 @@ fn classify_reply(reply: Reply, accept: &[StatusCode]) -> Attempt {
         }
     };
     let reason = format!("{endpoint} answered {status} {}: {}", body.error, body.message);
-    let leader_hint =
-        body.leader.as_ref().and_then(|l| l.api_addr.as_deref()).and_then(|a| normalize_endpoint(a).ok());
+    // The hint is `host:port`; the leader speaks the scheme of the node
+    // that sent it, since a cluster speaks HTTPS on every node or on none.
+    let https = endpoint.starts_with("https://");
+    let leader_hint = body
+        .leader
+        .as_ref()
+        .and_then(|l| l.api_addr.as_deref())
+        .and_then(|a| normalize_endpoint_for(a, https).ok());
     if status == StatusCode::GATEWAY_TIMEOUT {
         if body.error == codes::NOT_FULLY_REPLICATED {
             return Attempt::Failed(ClientError::NotFullyReplicated {
@@ -280,6 +296,32 @@ fn give_up(kind: Kind, unknown: Option<String>, last_failure: String) -> ClientE
         },
         _ => ClientError::Unavailable { reason: format!("deadline passed; last attempt: {last_failure}") },
     }
+}
+
+/// Why TLS refused the exchange, if it did before any request was carried
+/// out: any TLS failure while connecting, or a certificate alert (sent
+/// only during a handshake) from a server that refused the client's
+/// certificate. In TLS 1.3 the client finishes its half of the handshake
+/// before the server checks its certificate, so that refusal arrives when
+/// the client reads the answer; the server never saw the request.
+fn tls_refusal(e: &reqwest::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let tls = tls_error(e)?;
+    let handshake_alert = matches!(
+        tls,
+        rustls::Error::AlertReceived(
+            A::CertificateRequired
+                | A::UnknownCA
+                | A::BadCertificate
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::UnsupportedCertificate
+                | A::AccessDenied
+                | A::DecryptError
+                | A::HandshakeFailure
+        )
+    );
+    (e.is_connect() || handshake_alert).then(|| describe(tls))
 }
 
 /// "timed out" or the underlying cause, for messages.

@@ -88,6 +88,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use kv_client::api::{Consistency, Durability};
 use kv_client::client::BearerToken;
+use kv_client::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
 pub use instant::{instant_router, serve_instant};
@@ -143,8 +144,8 @@ pub enum Pool {
 }
 
 /// `kvctl bench`'s own options. The endpoints, `--consistency`,
-/// `--durability`, `--timeout` (per request here) and `--json` are
-/// kvctl's global options.
+/// `--durability`, `--timeout` (per request here), `--json` and the TLS
+/// options (`--cacert`, `--cert`, `--key`) are kvctl's global options.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// What to load: kv (a kv-server cluster), etcd (its JSON gateway at
@@ -270,6 +271,9 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Draw a progress bar on stderr (only ever when it is a terminal).
     pub progress: bool,
+    /// HTTPS: what the generator trusts and presents (kvctl's `--cacert`,
+    /// `--cert`, `--key`); endpoints without a scheme become `https://`.
+    pub tls: Option<ClientTls>,
     /// The bearer token sent with every request (kvctl's `--token`), for a
     /// cluster with `--token-file`.
     pub token: Option<BearerToken>,
@@ -298,6 +302,7 @@ impl LoadConfig {
             server_pids: Vec::new(),
             seed: 1,
             progress: false,
+            tls: None,
             token: None,
         }
     }
@@ -348,6 +353,7 @@ impl BenchArgs {
             server_pids: self.server_pids.clone(),
             seed: self.seed,
             progress: true,
+            tls: None,
             token: None,
         })
     }

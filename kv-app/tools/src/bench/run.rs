@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kv_client::client::normalize_endpoint;
+use kv_client::client::normalize_endpoint_for;
 
 use super::instant::serve_instant;
 use super::report::{report, thousands, Report, Tally};
@@ -48,7 +48,7 @@ pub(super) struct Schedule {
 /// Runs one load and returns what it measured. Needs a Tokio runtime with
 /// timers and I/O; a multi-threaded one lets the generator use every core.
 pub async fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
-    let http = http_client(cfg.request_timeout, cfg.token.as_ref())?;
+    let http = http_client(cfg.request_timeout, cfg.token.as_ref(), cfg.tls.as_ref())?;
     let mut instant_server = None;
     let (protocol, endpoints) = match cfg.target {
         Target::Null => {
@@ -63,7 +63,7 @@ pub async fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
             let endpoints = cfg
                 .endpoints
                 .iter()
-                .map(|e| normalize_endpoint(e))
+                .map(|e| normalize_endpoint_for(e, cfg.tls.is_some()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("bad --endpoints")?;
             if endpoints.is_empty() {

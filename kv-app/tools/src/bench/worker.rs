@@ -24,6 +24,7 @@ use axum::http::header::CONTENT_TYPE;
 use base64::Engine as _;
 use kv_client::api::{codes, Consistency, Durability, JsonValue, PutRequest};
 use kv_client::client::BearerToken;
+use kv_client::tls::ClientTls;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Deserialize;
@@ -134,7 +135,7 @@ pub(super) fn workers(
         .map(|i| {
             let http = match cfg.pool {
                 Pool::Shared => http.clone(),
-                Pool::PerClient => http_client(cfg.request_timeout, cfg.token.as_ref())?,
+                Pool::PerClient => http_client(cfg.request_timeout, cfg.token.as_ref(), cfg.tls.as_ref())?,
             };
             Ok(Worker {
                 http,
@@ -376,13 +377,17 @@ async fn is_leader(http: &reqwest::Client, protocol: Protocol, base: &str) -> an
 }
 
 /// An HTTP client for the load, sending `token` (if any) as a bearer token
-/// with every request.
-pub(super) fn http_client(timeout: Duration, token: Option<&BearerToken>) -> anyhow::Result<reqwest::Client> {
+/// with every request, and speaking HTTPS with `tls` (if any).
+pub(super) fn http_client(
+    timeout: Duration,
+    token: Option<&BearerToken>,
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         headers.insert(reqwest::header::AUTHORIZATION, token.header_value()?);
     }
-    reqwest::Client::builder()
+    kv_client::tls::http_client_builder(tls)
         .default_headers(headers)
         .no_proxy()
         .tcp_nodelay(true)
