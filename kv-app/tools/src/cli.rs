@@ -250,6 +250,12 @@ pub enum ClusterCommand {
         /// The kv-server binary (default: the one next to kvctl).
         #[arg(long)]
         bin: Option<PathBuf>,
+        /// Make a CA, node certificates, an admin token and a cluster
+        /// secret in DIR/secrets, and run the nodes with peer TLS, HTTPS
+        /// and tokens (see docs/security.md). A restart keeps what the
+        /// cluster was created with.
+        #[arg(long)]
+        tls: bool,
     },
     /// Stop the nodes listed in DIR/cluster.json (their data stays).
     Down {
@@ -389,7 +395,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         request_timeout: ClientOptions::default().request_timeout.min(deadline),
         consistency: g.consistency,
         durability: g.durability,
-        token: g.token.clone().map(BearerToken::new),
+        // An empty KV_TOKEN (`KV_TOKEN= kvctl ...`) means no token.
+        token: g.token.clone().filter(|t| !t.is_empty()).map(BearerToken::new),
         tls: tls.clone(),
         ..ClientOptions::default()
     };
@@ -553,13 +560,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn cluster(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
-        ClusterCommand::Up { nodes, dir, base_port, bin } => {
+        ClusterCommand::Up { nodes, dir, base_port, bin, tls } => {
             let bin = match bin {
                 Some(bin) => bin,
                 None => local_cluster::default_server_binary()?,
             };
             let mut config = ClusterConfig::new(nodes, &dir, bin);
             config.base_port = base_port;
+            config.secure = tls;
             let cluster = LocalCluster::up(config)
                 .await
                 .with_context(|| format!("starting a cluster in {}", dir.display()))?;
@@ -581,9 +589,31 @@ async fn cluster(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
                         n.data_dir.join(local_cluster::LOG_FILE).display()
                     );
                 }
-                let endpoints: Vec<&str> = file.nodes.iter().map(|n| n.http_addr.as_str()).collect();
-                println!("endpoints: {}", endpoints.join(","));
-                println!("try: kvctl --endpoints {} put greeting hello", endpoints.join(","));
+                match &file.security {
+                    None => {
+                        let endpoints = file.endpoints().join(",");
+                        println!("endpoints: {endpoints}");
+                        println!("try: kvctl --endpoints {endpoints} put greeting hello");
+                    }
+                    Some(security) => {
+                        let endpoints: Vec<String> =
+                            file.nodes.iter().map(|n| format!("https://{}", n.http_addr)).collect();
+                        let endpoints = endpoints.join(",");
+                        println!("endpoints: {endpoints} (peer TLS, HTTPS and tokens on)");
+                        println!("CA certificate: {}", security.ca.display());
+                        println!("admin token: in {} (mode 0600)", security.admin_token_file.display());
+                        println!("try: export KV_TOKEN=$(cat {})", security.admin_token_file.display());
+                        println!(
+                            "     kvctl --cacert {} --endpoints {endpoints} put greeting hello",
+                            security.ca.display()
+                        );
+                        println!(
+                            "more tokens: kvctl tokens add --file {} --role read --name NAME, then \
+                             kill -HUP each node's pid",
+                            security.token_file.display()
+                        );
+                    }
+                }
                 println!("stop: kvctl cluster down --dir {}", dir.display());
             }
         }

@@ -19,6 +19,14 @@
 //! [`down`] later stops them using the pids in `cluster.json`: SIGTERM, a
 //! grace period, then SIGKILL.
 //!
+//! With [`ClusterConfig::secure`] (`kvctl cluster up --tls`) the cluster
+//! runs with every protection `kv-server` has: before the first start, `up`
+//! makes a CA and a certificate per node, a token file holding one `admin`
+//! token and a cluster secret in `DIR/secrets` (by running `kv-server certs`
+//! and `kv-server tokens`), then starts every node with peer TLS, HTTPS and
+//! tokens; `cluster.json` records where those files are ([`Security`]), and
+//! [`LocalCluster::client`] trusts the CA and sends the admin token.
+//!
 //! The data directories outlive the processes. `up` on a directory whose
 //! `cluster.json` lists no running process restarts that cluster on the same
 //! addresses (Raft remembers its members by address); `up` on a directory
@@ -40,8 +48,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_client::client::{Client, ClientError, ClientOptions};
+use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::ports::bind_restartable_port;
+use kv_client::tls::ClientTls;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
@@ -147,6 +156,10 @@ pub struct ClusterConfig {
     pub extra_args: Vec<String>,
     /// How long to wait for the nodes to agree on a leader.
     pub startup_timeout: Duration,
+    /// Make certificates, an admin token and a cluster secret, and run the
+    /// nodes with peer TLS, HTTPS and tokens (see the module docs). A
+    /// restart keeps what the directory's cluster was created with.
+    pub secure: bool,
 }
 
 impl ClusterConfig {
@@ -159,6 +172,7 @@ impl ClusterConfig {
             bin: bin.into(),
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(30),
+            secure: false,
         }
     }
 }
@@ -183,6 +197,132 @@ pub struct NodeInfo {
 pub struct ClusterFile {
     /// The nodes, by id.
     pub nodes: Vec<NodeInfo>,
+    /// Where a secure cluster's certificates and tokens are; absent for a
+    /// plaintext cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
+}
+
+/// The files of a secure local cluster, all in `DIR/secrets`. The CA's
+/// key stays there too: this is a cluster for trying things out on one
+/// machine, where its owner holds every key anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The directory holding them.
+    pub dir: PathBuf,
+    /// The CA certificate clients trust (`kvctl --cacert`).
+    pub ca: PathBuf,
+    /// A file holding the admin token (mode 0600), for `KV_TOKEN`.
+    pub admin_token_file: PathBuf,
+    /// The token file every node is started with (hashes only).
+    pub token_file: PathBuf,
+    /// The cluster secret file every node is started with.
+    pub cluster_secret_file: PathBuf,
+}
+
+impl Security {
+    fn in_dir(dir: PathBuf) -> Security {
+        Security {
+            ca: dir.join("ca.pem"),
+            admin_token_file: dir.join("admin.token"),
+            token_file: dir.join("tokens"),
+            cluster_secret_file: dir.join("cluster-secret"),
+            dir,
+        }
+    }
+
+    fn node_cert(&self, id: u64) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("node-{id}.pem")), self.dir.join(format!("node-{id}.key")))
+    }
+
+    /// The node flags for peer TLS, HTTPS and tokens.
+    fn server_args(&self, id: u64) -> Vec<std::ffi::OsString> {
+        let (cert, key) = self.node_cert(id);
+        let mut args = Vec::new();
+        for (flag, path) in [
+            ("--peer-ca", &self.ca),
+            ("--peer-cert", &cert),
+            ("--peer-key", &key),
+            ("--tls-ca", &self.ca),
+            ("--tls-cert", &cert),
+            ("--tls-key", &key),
+            ("--token-file", &self.token_file),
+            ("--cluster-secret-file", &self.cluster_secret_file),
+        ] {
+            args.push(flag.into());
+            args.push(path.clone().into_os_string());
+        }
+        args
+    }
+
+    /// Client options that trust the CA and send the admin token.
+    pub fn client_options(&self, mut options: ClientOptions) -> Result<ClientOptions, LocalClusterError> {
+        let tls = ClientTls::from_pem_files(&self.ca, None).map_err(|e| {
+            LocalClusterError::Invalid(format!("reading the cluster's CA {}: {e}", self.ca.display()))
+        })?;
+        let token = fs::read_to_string(&self.admin_token_file)
+            .map_err(|source| io(format!("reading {}", self.admin_token_file.display()), source))?;
+        options.tls = Some(tls);
+        options.token = Some(BearerToken::new(token.trim()));
+        Ok(options)
+    }
+
+    /// Makes every file, by running `bin`'s `certs` and `tokens` commands.
+    fn create(dir: PathBuf, bin: &Path, ids: &[u64]) -> Result<Security, LocalClusterError> {
+        let security = Security::in_dir(dir);
+        let d = security.dir.clone().into_os_string();
+        let run = |args: &[&std::ffi::OsStr]| -> Result<String, LocalClusterError> {
+            let out = Command::new(bin)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| io(format!("running {}", bin.display()), source))?;
+            if !out.status.success() {
+                let words: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+                return Err(LocalClusterError::Invalid(format!(
+                    "{} {} failed ({}): {}",
+                    bin.display(),
+                    words.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        run(&["certs".as_ref(), "init".as_ref(), "--dir".as_ref(), &d])?;
+        for id in ids {
+            let id = id.to_string();
+            run(&["certs".as_ref(), "node".as_ref(), "--id".as_ref(), id.as_ref(), "--dir".as_ref(), &d])?;
+        }
+        let tokens = security.token_file.clone().into_os_string();
+        let token = run(&[
+            "tokens".as_ref(),
+            "add".as_ref(),
+            "--file".as_ref(),
+            &tokens,
+            "--role".as_ref(),
+            "admin".as_ref(),
+            "--name".as_ref(),
+            "admin".as_ref(),
+        ])?;
+        write_private(&security.admin_token_file, token.trim())?;
+        let secret = security.cluster_secret_file.clone().into_os_string();
+        run(&["tokens".as_ref(), "secret".as_ref(), "--file".as_ref(), &secret])?;
+        Ok(security)
+    }
+}
+
+/// Writes `text` and a newline to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<(), LocalClusterError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| io(format!("creating {}", path.display()), source))?;
+    writeln!(file, "{text}").map_err(|source| io(format!("writing {}", path.display()), source))
 }
 
 impl ClusterFile {
@@ -239,7 +379,7 @@ impl LocalCluster {
         }
         let dir = &config.dir;
         fs::create_dir_all(dir).map_err(|source| io(format!("creating {}", dir.display()), source))?;
-        let (nodes, restarted) = match ClusterFile::load(dir)? {
+        let (file, restarted) = match ClusterFile::load(dir)? {
             Some(existing) => {
                 let running: Vec<u32> =
                     existing.nodes.iter().filter(|n| is_running(n)).map(|n| n.pid).collect();
@@ -256,17 +396,27 @@ impl LocalCluster {
                         requested: config.nodes,
                     });
                 }
-                (existing.nodes, true)
+                if config.secure && existing.security.is_none() {
+                    return Err(LocalClusterError::Invalid(format!(
+                        "{} holds a plaintext cluster; start it without --tls, or use another --dir",
+                        dir.display()
+                    )));
+                }
+                (existing, true)
             }
-            None => (plan_nodes(&config)?, false),
+            None => {
+                let nodes = plan_nodes(&config)?;
+                let security = match config.secure {
+                    true => {
+                        let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+                        Some(Security::create(dir.join("secrets"), &config.bin, &ids)?)
+                    }
+                    false => None,
+                };
+                (ClusterFile { nodes, security }, false)
+            }
         };
-        let mut cluster = LocalCluster {
-            config,
-            file: ClusterFile { nodes },
-            children: BTreeMap::new(),
-            leader: 0,
-            restarted,
-        };
+        let mut cluster = LocalCluster { config, file, children: BTreeMap::new(), leader: 0, restarted };
         let ids: Vec<u64> = cluster.file.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             // On error, dropping `cluster` kills the nodes already started.
@@ -303,14 +453,25 @@ impl LocalCluster {
         self.restarted
     }
 
-    /// A client for all nodes, with default options.
-    pub fn client(&self) -> Result<Client, ClientError> {
-        Client::new(self.endpoints())
+    /// Where a secure cluster's certificates and tokens are.
+    pub fn security(&self) -> Option<&Security> {
+        self.file.security.as_ref()
     }
 
-    /// A client with the given options.
-    pub fn client_with(&self, options: ClientOptions) -> Result<Client, ClientError> {
-        Client::with_options(self.endpoints(), options)
+    /// A client for all nodes, with default options (and, for a secure
+    /// cluster, trusting its CA and sending its admin token).
+    pub fn client(&self) -> Result<Client, LocalClusterError> {
+        self.client_with(ClientOptions::default())
+    }
+
+    /// A client with the given options (plus a secure cluster's CA and
+    /// admin token).
+    pub fn client_with(&self, options: ClientOptions) -> Result<Client, LocalClusterError> {
+        let options = match &self.file.security {
+            Some(security) => security.client_options(options)?,
+            None => options,
+        };
+        Ok(Client::with_options(self.endpoints(), options)?)
     }
 
     /// Starts node `id` (again), with the same arguments as before; its data
@@ -325,7 +486,8 @@ impl LocalCluster {
         let members = initial_members(&self.file.nodes);
         let node =
             self.file.nodes.iter_mut().find(|n| n.id == id).ok_or(LocalClusterError::UnknownNode(id))?;
-        let child = spawn_node(&self.config, node, &members)?;
+        let security = self.file.security.as_ref().map(|s| s.server_args(id)).unwrap_or_default();
+        let child = spawn_node(&self.config, node, &members, &security)?;
         node.pid = child.id();
         self.children.insert(id, child);
         self.file.save(&self.config.dir)
@@ -360,7 +522,7 @@ impl LocalCluster {
             deadline: Duration::from_millis(500),
             ..ClientOptions::default()
         };
-        let client = Client::with_options(self.endpoints(), probe)?;
+        let client = self.client_with(probe)?;
         let started = Instant::now();
         loop {
             self.check_children()?;
@@ -567,7 +729,12 @@ fn initial_members(nodes: &[NodeInfo]) -> String {
 
 /// Starts one node in the background, in its own process group, with its
 /// output going to its log.
-fn spawn_node(config: &ClusterConfig, node: &NodeInfo, members: &str) -> Result<Child, LocalClusterError> {
+fn spawn_node(
+    config: &ClusterConfig,
+    node: &NodeInfo,
+    members: &str,
+    security: &[std::ffi::OsString],
+) -> Result<Child, LocalClusterError> {
     fs::create_dir_all(&node.data_dir)
         .map_err(|source| io(format!("creating {}", node.data_dir.display()), source))?;
     let log_path = node.data_dir.join(LOG_FILE);
@@ -589,6 +756,7 @@ fn spawn_node(config: &ClusterConfig, node: &NodeInfo, members: &str) -> Result<
         .arg(&node.raft_addr)
         .arg("--initial-members")
         .arg(members)
+        .args(security)
         .args(&config.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_too))
@@ -740,7 +908,7 @@ mod tests {
         // A pid that is not a node: pid 1 is init, whose command line does
         // not name our data directory.
         let impostor = NodeInfo { id: 2, pid: 1, data_dir: dir.path().join("node-2"), ..running.clone() };
-        let file = ClusterFile { nodes: vec![running.clone(), impostor.clone()] };
+        let file = ClusterFile { nodes: vec![running.clone(), impostor.clone()], security: None };
         file.save(dir.path()).unwrap();
         assert_eq!(ClusterFile::load(dir.path()).unwrap(), Some(file));
         assert!(is_running(&running));

@@ -94,3 +94,83 @@ fn kvctl_speaks_https_with_a_client_certificate() {
     // Nothing changed.
     assert_eq!(text(&with(&["get", "greeting"]).stdout).trim(), "hello");
 }
+
+/// Runs `kvctl cluster down` when dropped, so a failing assertion does not
+/// leave detached servers behind.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = kvctl(&["cluster", "down", "--dir", &self.0]);
+    }
+}
+
+/// `kvctl cluster up --tls`: a 3-node cluster with peer TLS, HTTPS and
+/// tokens, usable with the files and the command it prints; it refuses
+/// plaintext and requests without the token, and a restart keeps it secure.
+#[test]
+fn cluster_up_tls_starts_a_cluster_with_every_protection_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let c = cluster.to_str().unwrap().to_string();
+    let bin = common::kv_server();
+    let bin = bin.to_str().unwrap();
+    let out = kvctl(&["cluster", "up", "--tls", "--nodes", "3", "--dir", &c, "--bin", bin]);
+    let _down = Down(c.clone());
+    assert!(out.status.success(), "cluster up --tls: {}", text(&out.stderr));
+    let printed = text(&out.stdout);
+
+    let secrets = cluster.join("secrets");
+    let ca = secrets.join("ca.pem");
+    let token = std::fs::read_to_string(secrets.join("admin.token")).unwrap();
+    let token = token.trim();
+    assert!(printed.contains(ca.to_str().unwrap()), "names the CA to trust: {printed}");
+    assert!(printed.contains("admin.token"), "names the admin token's file: {printed}");
+    assert!(!printed.contains(token), "never prints the token itself: {printed}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(secrets.join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the admin token file is private: {mode:o}");
+
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.join("cluster.json")).unwrap()).unwrap();
+    let http: Vec<String> =
+        file["nodes"].as_array().unwrap().iter().map(|n| n["http_addr"].as_str().unwrap().into()).collect();
+    let https: Vec<String> = http.iter().map(|a| format!("https://{a}")).collect();
+    let https = https.join(",");
+    let ca = ca.to_str().unwrap();
+    let secure = |args: &[&str]| {
+        kvctl(&[&["--cacert", ca, "--token", token, "--endpoints", https.as_str()][..], args].concat())
+    };
+
+    let out = secure(&["put", "greeting", "hello"]);
+    assert!(out.status.success(), "put with the CA and the admin token: {}", text(&out.stderr));
+    let out = secure(&["--consistency", "linearizable", "get", "greeting"]);
+    assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+
+    // Each protection is on: no token, no CA, plaintext HTTP.
+    let out = kvctl(&["--cacert", ca, "--endpoints", https.as_str(), "get", "greeting"]);
+    assert_eq!(out.status.code(), Some(2), "without a token: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    let out = kvctl(&["--token", token, "--endpoints", https.as_str(), "get", "greeting"]);
+    assert!(!out.status.success(), "without the CA the server's certificate is not trusted");
+    let plain = http.join(",");
+    let out = kvctl(&["--token", token, "--endpoints", plain.as_str(), "get", "greeting"]);
+    assert!(!out.status.success(), "plaintext HTTP is refused: {}", text(&out.stdout));
+    // Peer TLS is on: every node's log says so.
+    for n in file["nodes"].as_array().unwrap() {
+        let log = std::path::Path::new(n["data_dir"].as_str().unwrap()).join("server.log");
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(log.contains("peer TLS on"), "{}: {log}", n["id"]);
+    }
+
+    // Down and up again without --tls: the cluster keeps its protections
+    // and its data.
+    let out = kvctl(&["cluster", "down", "--dir", &c]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kvctl(&["cluster", "up", "--dir", &c, "--nodes", "3", "--bin", bin]);
+    assert!(out.status.success(), "restart: {}", text(&out.stderr));
+    let out = secure(&["get", "greeting"]);
+    assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+    let out = kvctl(&["--cacert", ca, "--endpoints", https.as_str(), "get", "greeting"]);
+    assert_eq!(out.status.code(), Some(2), "still refuses a request without a token");
+}
