@@ -279,3 +279,39 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (s, b) = c.request(1, Method::GET, "/v1/kv/existing", None).await;
     assert_eq!((s, b["value"].as_str()), (200, Some("v")), "the server still serves");
 }
+
+/// How many `POST /v1/internal/read-index` requests node `id` has served
+/// (from its `/metrics`).
+async fn read_index_requests(c: &ProcCluster, id: u64) -> u64 {
+    let (status, body) = c.request(id, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("kv_http_requests_total{") && l.contains(r#"route="/v1/internal/read-index""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_concurrent_linearizable_reads_share_read_index_questions() {
+    let c = ProcCluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let w = c.client().put("x", b"1", None).await.unwrap();
+    let before = read_index_requests(&c, leader).await;
+
+    let reads = 64;
+    let path = "/v1/kv/x?consistency=linearizable";
+    let answers =
+        futures::future::join_all((0..reads).map(|_| c.request(follower, Method::GET, path, None))).await;
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["value"], "1", "{body}");
+        assert!(body["index"].as_u64().unwrap() >= w.index, "{body}");
+    }
+    let asked = read_index_requests(&c, leader).await - before;
+    assert!(asked >= 1, "the follower never asked the leader");
+    assert!(asked < reads, "{reads} concurrent reads asked the leader {asked} times: no batching");
+}

@@ -14,7 +14,7 @@ use kv_client::api::{codes, ErrorBody, LeaderInfo};
 use raft_core::{ChangeError, LeaderHint, ReadError, WriteError};
 
 /// An error response.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,

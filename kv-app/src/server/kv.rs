@@ -170,17 +170,22 @@ async fn prepare_read(ctx: &Ctx, consistency: Consistency, token: Option<u64>) -
     ctx.node.view().map_err(|e| reject(e.into()))
 }
 
-/// A follower's half of a linearizable read: the leader's read index.
+/// A follower's half of a linearizable read: the leader's read index,
+/// shared with the follower's other linearizable reads
+/// ([`super::follower_reads`]).
 async fn read_index_from_leader(ctx: &Ctx) -> ApiResult<u64> {
+    ctx.follower_reads.read_index(ctx).await.map_err(reject)
+}
+
+/// Asks the leader for its read index: one `POST /v1/internal/read-index`.
+pub(super) async fn ask_leader_for_read_index(ctx: &Ctx) -> Result<u64, ApiError> {
     let hint = ctx.node.leader_hint();
     let info = leader_info(hint.as_ref());
     let Some(addr) = info.as_ref().and_then(|l| l.api_addr.clone()) else {
-        return Err(reject(ApiError::no_leader("no leader is known; retry shortly", info)));
+        return Err(ApiError::no_leader("no leader is known; retry shortly", info));
     };
     let unavailable = |m: String| {
-        reject(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, m).with_leader(info.clone()),
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, m).with_leader(info.clone())
     };
     let mut req = ctx
         .http

@@ -8,6 +8,8 @@
 //!   the consistency level the client asks for;
 //! * [`cluster`]: status, membership changes, snapshots, elections;
 //! * [`forward`]: passing requests only the leader can serve to the leader;
+//! * [`follower_reads`]: a follower's linearizable reads sharing one read
+//!   index question to the leader;
 //! * [`metrics`]: `/metrics` for Prometheus;
 //! * [`auth`]: with `--token-file`, who may call which route (bearer
 //!   tokens with roles for clients, a cluster secret for nodes);
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod error;
+pub mod follower_reads;
 pub mod forward;
 pub mod kv;
 pub mod metrics;
@@ -140,6 +143,8 @@ pub struct Ctx {
     pub config: Arc<ServerConfig>,
     /// The tokens and cluster secrets in force; `None` when auth is off.
     pub auth: Option<Arc<auth::Auth>>,
+    /// The linearizable reads waiting for the leader's read index.
+    pub follower_reads: Arc<follower_reads::FollowerReads>,
 }
 
 /// A running server.
@@ -209,6 +214,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         metrics: Arc::new(metrics::Metrics::new()),
         config: Arc::new(config.clone()),
         auth,
+        follower_reads: Arc::default(),
     };
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
