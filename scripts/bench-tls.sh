@@ -5,8 +5,8 @@
 # in one run, alternating which goes first.
 #
 # Loads: puts and linearizable gets, at 1 and 64 clients; 65,536 keys,
-# 256-byte values. Prints one table: throughput, p50 and p99 of each, and
-# the secure/plain ratios.
+# 256-byte values. Prints one table: throughput, p50, p99 and server CPU per
+# operation of each, and the secure/plain ratios.
 #
 # Usage: scripts/bench-tls.sh [--quick] [--seconds N] [--warmup N]
 #                             [--markdown FILE] [--wrk] [--keep]
@@ -21,6 +21,8 @@
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench-tables.sh
+source scripts/lib/bench-tables.sh
 
 seconds=10
 warmup=2
@@ -124,38 +126,10 @@ done
 jq -s 'sort_by(.n, .cluster)' "$tmp"/results/*.json >"$tmp/all.json"
 machine="$(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -sr), kv $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 settings="3 nodes each on 127.0.0.1; 65,536 keys, 256-byte values; ${seconds} s per load after ${warmup} s warm-up; $(date -u +%Y-%m-%dT%H:%MZ)"
-rows="$(jq -r '
-  def f2: (. * 100 | round) as $c | "\($c / 100 | floor).\($c % 100 | if . < 10 then "0\(.)" else "\(.)" end)";
-  def r(a; b): if (a // 0) > 0 and (b // 0) > 0 then "\(a / b | f2)×" else "–" end;
-  def k(x): if x == null then "–" else (x | round | tostring) end;
-  def ms(x): if x == null then "–" else (x / 1000 | f2) end;
-  def err(x): if x.failed then "failed" elif (x.errors // 0) > 0 then " (\(x.errors) errors)" else "" end;
-  group_by(.n)[] | (map(select(.cluster == "plain"))[0]) as $p | (map(select(.cluster == "tls"))[0]) as $t |
-  [ $p.load,
-    "\(k($p.ops_per_sec))\(err($p))", "\(k($t.ops_per_sec))\(err($t))", r($t.ops_per_sec; $p.ops_per_sec),
-    ms($p.latency_us.p50), ms($t.latency_us.p50), r($t.latency_us.p50; $p.latency_us.p50),
-    ms($p.latency_us.p99), ms($t.latency_us.p99), r($t.latency_us.p99; $p.latency_us.p99),
-    k($p.server_cpu_us_per_op), k($t.server_cpu_us_per_op), r($t.server_cpu_us_per_op; $p.server_cpu_us_per_op)
-  ] | @tsv' "$tmp/all.json")"
-header=$'load\tplain ops/s\tsecure ops/s\tsecure/plain\tplain p50 ms\tsecure p50 ms\tsecure/plain\tplain p99 ms\tsecure p99 ms\tsecure/plain\tplain CPU µs/op\tsecure CPU µs/op\tsecure/plain'
-generator="$(jq -r '[.[] | select(.client_cpu_cores != null)] | if length > 0 then
-  (max_by(.client_cpu_cores)) as $m |
-  "generator CPU: at most \($m.client_cpu_cores * 100 | round / 100) cores (\($m.cluster), \($m.load): \($m.client_cpu_us_per_op | round) µs/op)"
-  else "" end' "$tmp/all.json")"
-
-printf '\n%s\n%s\n\n' "$machine" "$settings"
-printf '%s\n%s\n' "$header" "$rows" | column -t -s $'\t'
-printf '\n%s\n' "$generator"
-if [[ -n "$markdown_out" ]]; then
-  {
-    printf '%s\n\n%s\n\n' "$machine" "$settings"
-    printf '| %s |\n' "${header//$'\t'/ | }"
-    printf '|---|%s\n' "$(printf -- '---:|%.0s' $(seq 12))"
-    while IFS= read -r row; do printf '| %s |\n' "${row//$'\t'/ | }"; done <<<"$rows"
-    printf '\n%s\n' "$generator"
-  } >"$markdown_out"
-  echo "table written to $markdown_out" >&2
-fi
+rows="$(side_by_side_rows "$tmp/all.json" cluster tls plain)"
+header="$(side_by_side_header secure plain)"
+generator="$(generator_note "$tmp/all.json" cluster)"
+print_table "$machine" "$settings" "$header" "$rows" "$generator" "$markdown_out"
 
 if [[ "$use_wrk" -eq 1 ]]; then
   leader_of() { # cluster -> its leader's address
@@ -168,39 +142,22 @@ if [[ "$use_wrk" -eq 1 ]]; then
       fi | jq -e '.role == "leader"' >/dev/null && { echo "$ep"; return; }
     done
   }
-  to_ms() { # wrk's "1.23ms", "850.00us" or "1.02s" -> milliseconds
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-  }
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
   wrk_rows=""
   for conns in 1 64; do
-    threads=$(( conns < 2 ? 1 : 2 ))
-    declare -A rps p50 p99
-    for c in plain tls; do
-      if [[ "$c" == tls ]]; then url="https://$(leader_of tls)"; export KV_TOKEN="$token"
-      else url="http://$(leader_of plain)"; export KV_TOKEN=""; fi
-      log "wrk: $c, puts over $conns connection(s)"
-      wrk -t"$threads" -c"$conns" -d"${warmup}s" -s scripts/wrk/kv-put.lua "$url" >/dev/null
-      out="$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -s scripts/wrk/kv-put.lua "$url")"
-      echo "$out" >"$tmp/results/wrk-$c-$conns.txt"
-      if grep -q "Non-2xx" <<<"$out"; then echo "wrk: $c answered errors: $(grep Non-2xx <<<"$out")" >&2; exit 1; fi
-      rps[$c]="$(awk '/^Requests\/sec/ { printf "%d", $2 }' <<<"$out")"
-      p50[$c]="$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
-      p99[$c]="$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
-    done
-    wrk_rows+="put, $conns connection(s)"$'\t'"${rps[plain]}"$'\t'"${rps[tls]}"$'\t'"$(ratio "${rps[tls]}" "${rps[plain]}")"
-    wrk_rows+=$'\t'"${p50[plain]}"$'\t'"${p50[tls]}"$'\t'"$(ratio "${p50[tls]}" "${p50[plain]}")"
-    wrk_rows+=$'\t'"${p99[plain]}"$'\t'"${p99[tls]}"$'\t'"$(ratio "${p99[tls]}" "${p99[plain]}")"$'\n'
+    log "wrk: secure and plain, puts over $conns connection(s)"
+    secure="$(KV_TOKEN="$token" wrk_puts "https://$(leader_of tls)" "$conns" scripts/wrk/kv-put.lua \
+      "$warmup" "$seconds" "$tmp/results/wrk-tls-$conns.txt")"
+    plain="$(KV_TOKEN="" wrk_puts "http://$(leader_of plain)" "$conns" scripts/wrk/kv-put.lua \
+      "$warmup" "$seconds" "$tmp/results/wrk-plain-$conns.txt")"
+    wrk_rows+="$(wrk_row "put, $conns connection(s)" "$secure" "$plain")"$'\n'
   done
   wrk_rows="${wrk_rows%$'\n'}"
-  wrk_header=$'wrk load\tplain req/s\tsecure req/s\tsecure/plain\tplain p50 ms\tsecure p50 ms\tsecure/plain\tplain p99 ms\tsecure p99 ms\tsecure/plain'
+  wrk_header=$'wrk load\tsecure req/s\tplain req/s\tsecure/plain\tsecure p50 ms\tplain p50 ms\tsecure/plain\tsecure p99 ms\tplain p99 ms\tsecure/plain'
   printf '\n%s\n%s\n' "$wrk_header" "$wrk_rows" | column -t -s $'\t'
   if [[ -n "$markdown_out" ]]; then
     {
       printf '\nThe same puts with wrk (%s), to each leader:\n\n' "$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
-      printf '| %s |\n' "${wrk_header//$'\t'/ | }"
-      printf '|---|%s\n' "$(printf -- '---:|%.0s' $(seq 9))"
-      while IFS= read -r row; do printf '| %s |\n' "${row//$'\t'/ | }"; done <<<"$wrk_rows"
+      markdown_rows "$wrk_header" "$wrk_rows" 9
     } >>"$markdown_out"
   fi
 fi

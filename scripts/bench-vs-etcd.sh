@@ -37,6 +37,8 @@
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench-tables.sh
+source scripts/lib/bench-tables.sh
 
 seconds=10
 warmup=2
@@ -195,40 +197,12 @@ etcd $(etcd --version | sed -n 's/^etcd Version: //p'), kv $(git rev-parse --sho
 settings="3 members each on 127.0.0.1; 65,536 keys, 256-byte values; ${seconds} s per load after ${warmup} s warm-up; $(date -u +%Y-%m-%dT%H:%MZ)"
 
 # One row per load: TSV, cells already formatted.
-rows="$(jq -r '
-  def f2: (. * 100 | round) as $c | "\($c / 100 | floor).\($c % 100 | if . < 10 then "0\(.)" else "\(.)" end)";
-  def r(a; b): if (a // 0) > 0 and (b // 0) > 0 then "\(a / b | f2)×" else "–" end;
-  def k(x): if x == null then "–" else (x | round | tostring) end;
-  def ms(x): if x == null then "–" else (x / 1000 | f2) end;
-  def err(x): if x.failed then "failed" elif (x.errors // 0) > 0 then " (\(x.errors) errors)" else "" end;
-  group_by(.n)[] | (map(select(.system == "kv"))[0]) as $kv | (map(select(.system == "etcd"))[0]) as $e |
-  [ $kv.load,
-    "\(k($kv.ops_per_sec))\(err($kv))", "\(k($e.ops_per_sec))\(err($e))", r($kv.ops_per_sec; $e.ops_per_sec),
-    ms($kv.latency_us.p50), ms($e.latency_us.p50), r($kv.latency_us.p50; $e.latency_us.p50),
-    ms($kv.latency_us.p99), ms($e.latency_us.p99), r($kv.latency_us.p99; $e.latency_us.p99),
-    k($kv.server_cpu_us_per_op), k($e.server_cpu_us_per_op), r($kv.server_cpu_us_per_op; $e.server_cpu_us_per_op)
-  ] | @tsv' "$tmp/all.json")"
-header=$'load\tkv ops/s\tetcd ops/s\tkv/etcd\tkv p50 ms\tetcd p50 ms\tkv/etcd\tkv p99 ms\tetcd p99 ms\tkv/etcd\tkv CPU µs/op\tetcd CPU µs/op\tkv/etcd'
+rows="$(side_by_side_rows "$tmp/all.json" system kv etcd)"
+header="$(side_by_side_header kv etcd)"
 # The generator shares the machine: say how much of it it took.
-generator="$(jq -r '[.[] | select(.client_cpu_cores != null)] | if length > 0 then
-  (max_by(.client_cpu_cores)) as $m |
-  "generator CPU: at most \($m.client_cpu_cores * 100 | round / 100) cores (\($m.system), \($m.load): \($m.client_cpu_us_per_op | round) µs/op)"
-  else "" end' "$tmp/all.json")"
+generator="$(generator_note "$tmp/all.json" system)"
 
-printf '\n%s\n%s\n\n' "$machine" "$settings"
-printf '%s\n%s\n' "$header" "$rows" | column -t -s $'\t'
-printf '\n%s\n' "$generator"
-
-if [[ -n "$markdown_out" ]]; then
-  {
-    printf '%s\n\n%s\n\n' "$machine" "$settings"
-    printf '| %s |\n' "${header//$'\t'/ | }"
-    printf '|---|%s\n' "$(printf -- '---:|%.0s' $(seq 12))"
-    while IFS= read -r row; do printf '| %s |\n' "${row//$'\t'/ | }"; done <<<"$rows"
-    printf '\n%s\n' "$generator"
-  } >"$markdown_out"
-  echo "table written to $markdown_out" >&2
-fi
+print_table "$machine" "$settings" "$header" "$rows" "$generator" "$markdown_out"
 
 # --- The same puts with wrk --------------------------------------------------
 
@@ -240,28 +214,12 @@ if [[ "$use_wrk" -eq 1 ]]; then
   done
   etcd_leader="$(etcdctl --endpoints="$etcd_endpoints" endpoint status -w json |
     jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')"
-  to_ms() { # wrk's "1.23ms", "850.00us" or "1.02s" -> milliseconds
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-  }
   wrk_rows=""
   for conns in 1 64; do
-    threads=$(( conns < 2 ? 1 : 2 ))
-    declare -A rps p50 p99
-    for system in kv etcd; do
-      if [[ "$system" == kv ]]; then url="http://$kv_leader"; script=scripts/wrk/kv-put.lua
-      else url="$etcd_leader"; script=scripts/wrk/etcd-put.lua; fi
-      log "wrk: $system, puts over $conns connection(s)"
-      wrk -t"$threads" -c"$conns" -d"${warmup}s" -s "$script" "$url" >/dev/null
-      out="$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency -s "$script" "$url")"
-      echo "$out" >"$tmp/results/wrk-$system-$conns.txt"
-      rps[$system]="$(awk '/^Requests\/sec/ { printf "%d", $2 }' <<<"$out")"
-      p50[$system]="$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")"
-      p99[$system]="$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
-    done
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }'; }
-    wrk_rows+="put, $conns connection(s)"$'\t'"${rps[kv]}"$'\t'"${rps[etcd]}"$'\t'"$(ratio "${rps[kv]}" "${rps[etcd]}")"
-    wrk_rows+=$'\t'"${p50[kv]}"$'\t'"${p50[etcd]}"$'\t'"$(ratio "${p50[kv]}" "${p50[etcd]}")"
-    wrk_rows+=$'\t'"${p99[kv]}"$'\t'"${p99[etcd]}"$'\t'"$(ratio "${p99[kv]}" "${p99[etcd]}")"$'\n'
+    log "wrk: kv and etcd, puts over $conns connection(s)"
+    kv="$(wrk_puts "http://$kv_leader" "$conns" scripts/wrk/kv-put.lua "$warmup" "$seconds" "$tmp/results/wrk-kv-$conns.txt")"
+    etcd="$(wrk_puts "$etcd_leader" "$conns" scripts/wrk/etcd-put.lua "$warmup" "$seconds" "$tmp/results/wrk-etcd-$conns.txt")"
+    wrk_rows+="$(wrk_row "put, $conns connection(s)" "$kv" "$etcd")"$'\n'
   done
   wrk_rows="${wrk_rows%$'\n'}"
   wrk_header=$'wrk load\tkv req/s\tetcd req/s\tkv/etcd\tkv p50 ms\tetcd p50 ms\tkv/etcd\tkv p99 ms\tetcd p99 ms\tkv/etcd'
@@ -269,9 +227,7 @@ if [[ "$use_wrk" -eq 1 ]]; then
   if [[ -n "$markdown_out" ]]; then
     {
       printf '\nThe same puts with wrk (%s), to each leader:\n\n' "$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
-      printf '| %s |\n' "${wrk_header//$'\t'/ | }"
-      printf '|---|%s\n' "$(printf -- '---:|%.0s' $(seq 9))"
-      while IFS= read -r row; do printf '| %s |\n' "${row//$'\t'/ | }"; done <<<"$wrk_rows"
+      markdown_rows "$wrk_header" "$wrk_rows" 9
     } >>"$markdown_out"
   fi
 fi
