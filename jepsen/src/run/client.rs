@@ -257,10 +257,21 @@ impl Http {
 
 /// What a failed connection says: for a TLS handshake that failed, what
 /// is wrong with the certificates (a misconfigured `--tls` run fails every
-/// request this way), else reqwest's words.
+/// request this way); else reqwest's words and the innermost cause
+/// (refused, timed out, closed during the handshake), which reqwest's
+/// words leave out.
 fn connect_error(e: &reqwest::Error) -> String {
-    match kv_client::tls::tls_error(e) {
-        Some(tls) => format!("connect: TLS: {}", kv_client::tls::describe(tls)),
+    if let Some(tls) = kv_client::tls::tls_error(e) {
+        return format!("connect: TLS: {}", kv_client::tls::describe(tls));
+    }
+    let mut innermost = None;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        innermost = Some(c);
+        cause = c.source();
+    }
+    match innermost {
+        Some(c) => format!("connect: {e}: {c}"),
         None => format!("connect: {e}"),
     }
 }
@@ -349,6 +360,17 @@ mod tests {
             index: None,
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_definite_failure_that_says_why() {
+        // A port nobody listens on: bound, then closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let http = Http::new(Duration::from_secs(1), None).unwrap();
+        let failure = http.status(&addr).await.unwrap_err();
+        assert!(failure.definite, "{failure:?}");
+        assert!(failure.error.starts_with("connect: "), "{failure:?}");
+        assert!(failure.error.to_lowercase().contains("refused"), "the cause is left out: {failure:?}");
     }
 
     #[test]

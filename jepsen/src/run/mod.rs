@@ -154,12 +154,12 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         args.push("--fault-lose-unsynced-writes".into());
     }
     args.extend(opts.server_args.iter().cloned());
-    let tls = match opts.tls {
-        true => Some(
-            Credentials::create(&opts.server_bin, &dir.join("tls"), opts.nodes)
-                .context("making the run's certificates and tokens (--tls)")?,
-        ),
-        false => None,
+    let tls = if opts.tls {
+        let made = Credentials::create(&opts.server_bin, &dir.join("tls"), opts.nodes)
+            .context("making the run's certificates and tokens (--tls)")?;
+        Some(made)
+    } else {
+        None
     };
     let spec = ClusterSpec {
         nodes: opts.nodes,
