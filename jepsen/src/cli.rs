@@ -144,6 +144,13 @@ pub struct TestArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run every security layer: make a CA, node certificates, a client
+    /// certificate, an admin token and a cluster secret in the run's
+    /// `tls/` directory (with kv-server's `certs` and `tokens`), start
+    /// every node with peer TLS, HTTPS with --client-cert-auth and
+    /// --token-file, and talk to it over HTTPS with the token.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The faults chosen with `--nemesis`.
@@ -220,12 +227,13 @@ fn run(cli: Cli) -> anyhow::Result<Verdict> {
 fn test(args: TestArgs) -> anyhow::Result<Verdict> {
     let opts = test_options(args)?;
     eprintln!(
-        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}",
+        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}{}",
         opts.workload.name(),
         opts.nodes,
         opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
         opts.time_limit,
-        opts.seed
+        opts.seed,
+        if opts.tls { ", over TLS" } else { "" }
     );
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -282,6 +290,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         server_args,
         check_budget: args.check_budget,
         progress: !args.no_progress,
+        tls: args.tls,
     })
 }
 

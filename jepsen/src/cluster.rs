@@ -8,6 +8,9 @@
 //! Clients reach each node's HTTP API directly. The harness can also kill a
 //! node (SIGKILL), restart it on its data directory, and pause and resume it
 //! (SIGSTOP/SIGCONT), as the process nemeses need.
+//!
+//! With [`ClusterSpec::tls`], every node runs with peer TLS, HTTPS and
+//! tokens ([`crate::tls`]), including a node that rejoins with fresh data.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 
 use crate::net::Net;
+use crate::tls::Credentials;
 
 /// How to start the cluster.
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct ClusterSpec {
     pub bin: PathBuf,
     /// Extra arguments for every node.
     pub extra_args: Vec<String>,
+    /// Peer TLS, HTTPS and tokens for every node; `None`: plaintext, open
+    /// to anyone on 127.0.0.1.
+    pub tls: Option<Credentials>,
 }
 
 /// One node's addresses and process.
@@ -187,6 +194,9 @@ impl Cluster {
             Some(via) => cmd.args(["--join", via, "--advertise-raft-addr", &node.proxy_addr]),
             None => cmd.args(["--initial-members", &members]),
         };
+        if let Some(tls) = &self.spec.tls {
+            cmd.args(tls.node_args(id));
+        }
         let child = cmd
             .args(&self.spec.extra_args)
             .stdout(Stdio::null())

@@ -15,9 +15,12 @@
 //!    to make network partitions without root rights.
 //! 3. [`cluster`]: real `kv-server` processes behind those proxies, which
 //!    the harness can kill, restart, pause and resume.
-//! 4. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
+//! 4. [`tls`]: `jepsen test --tls`: the certificates, token and cluster
+//!    secret of a run with every security layer on, made with the server's
+//!    own tools.
+//! 5. [`run`]: `jepsen test`: the workloads, the nemesis, the final phase
 //!    and the report of one run, kept where [`jepsen_checker::store`] says.
-//! 5. [`replay`]: the final log the session checker's consistent-prefix
+//! 6. [`replay`]: the final log the session checker's consistent-prefix
 //!    check needs, asked of a stopped node with `kv-server inspect`.
 //!
 //! The format and how to read a counterexample are described in
@@ -28,3 +31,4 @@ pub mod cluster;
 pub mod net;
 pub mod replay;
 pub mod run;
+pub mod tls;

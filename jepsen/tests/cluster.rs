@@ -2,12 +2,18 @@
 //! through the partition proxy. Cutting the leader off makes the majority
 //! elect a new leader; the old one can no longer serve a linearizable read
 //! (clients still reach it directly); healing lets everything converge.
+//! With the credentials of `jepsen test --tls`, the same cluster runs every
+//! security layer, its peer TLS passes the proxies, and it serves the
+//! harness's client while refusing any client short of its credentials.
 
 use std::time::{Duration, Instant};
 
 use jepsen::cluster::{Cluster, ClusterSpec, SETTLE};
+use jepsen::run::client::{write_with_retries, Http, Write, WriteOutcome};
+use jepsen::tls::Credentials;
 use kv_client::api::{Consistency, StatusResponse};
 use kv_client::client::{Client, ClientError, ClientOptions};
+use kv_client::tls::ClientTls;
 
 mod common;
 use common::kv_server;
@@ -44,7 +50,13 @@ async fn leader_among(c: &Cluster, ids: &[u64], above: u64) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolating_the_leader_through_the_proxy_elects_another_and_heal_converges() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = ClusterSpec { nodes: 3, dir: dir.path().to_path_buf(), bin: kv_server(), extra_args: vec![] };
+    let spec = ClusterSpec {
+        nodes: 3,
+        dir: dir.path().to_path_buf(),
+        bin: kv_server(),
+        extra_args: vec![],
+        tls: None,
+    };
     let c = Cluster::start(spec).await.unwrap();
     let ids = c.ids();
     let (old, term) = leader_among(&c, &ids, 0).await;
@@ -96,4 +108,61 @@ async fn isolating_the_leader_through_the_proxy_elects_another_and_heal_converge
     let r = lonely.get_from(&old_addr, "k", Consistency::Stale).await.unwrap().unwrap();
     assert_eq!(r.value, b"after", "the old leader caught up with the new leader's write");
     assert!(c.logs().values().all(|l| !l.contains("panicked at")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_the_harness_through_the_proxies_and_refuses_clients_without_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = Credentials::create(&kv_server(), &dir.path().join("tls"), 3).unwrap();
+    let spec = ClusterSpec {
+        nodes: 3,
+        dir: dir.path().join("nodes"),
+        bin: kv_server(),
+        extra_args: vec![],
+        tls: Some(tls.clone()),
+    };
+    let c = Cluster::start(spec).await.unwrap();
+    let endpoints = c.endpoints();
+
+    // Every Raft link runs through a proxy, so a committed write proves
+    // that peer TLS passes the proxies; the harness's client, over HTTPS
+    // with its certificate and token, got it acknowledged.
+    let harness = Http::new(Duration::from_secs(2), Some(&tls)).unwrap();
+    let write = Write::Put { key: "k".into(), value: "v".into() };
+    let deadline = Instant::now() + SETTLE;
+    match write_with_retries(&harness, &endpoints, 0, &write, (7, 1), deadline, false).await {
+        WriteOutcome::Ok(_) => {}
+        other => panic!("the harness could not write over TLS: {other:?}"),
+    }
+    let status = harness.status(&endpoints[0]).await.unwrap();
+    assert_eq!(status.id, 1);
+
+    // Plain HTTP to the HTTPS port: answered 400, nothing served.
+    let plain = Http::new(Duration::from_secs(2), None).unwrap();
+    let refused = plain.status(&endpoints[0]).await.unwrap_err();
+    assert_eq!(refused.error, kv_client::api::codes::BAD_REQUEST, "{refused:?}");
+
+    // HTTPS with the client certificate but no token: 401.
+    let https_only = ClientOptions { tls: Some(tls.client_tls().clone()), ..quick() };
+    let no_token = Client::with_options(endpoints.clone(), https_only).unwrap();
+    match no_token.get("k", None).await {
+        Err(ClientError::Server { status: 401, .. }) => {}
+        other => panic!("a client without a token was not refused with 401: {other:?}"),
+    }
+
+    // The token without a client certificate: the TLS handshake fails.
+    let ca_only = ClientTls::from_pem_files(&tls.dir().join("ca.pem"), None).unwrap();
+    let no_cert = ClientOptions { tls: Some(ca_only), ..quick() }.with_token(tls.token().as_str());
+    let no_cert = Client::with_options(endpoints.clone(), no_cert).unwrap();
+    match no_cert.get("k", None).await {
+        Err(ClientError::Tls { reason, .. }) => assert!(reason.contains("client certificate"), "{reason}"),
+        other => panic!("a client without a certificate was not refused in the handshake: {other:?}"),
+    }
+
+    for (id, log) in c.logs() {
+        for line in ["peer TLS on", "HTTPS on", "auth on: loaded 1 tokens"] {
+            assert!(log.contains(line), "node {id}'s log does not say {line:?}:\n{log}");
+        }
+        assert!(!log.contains("panicked at"), "node {id} panicked:\n{log}");
+    }
 }

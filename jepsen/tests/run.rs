@@ -15,6 +15,9 @@
 //! * `--unsafe-no-fsync` with the lose-unsynced-writes crash of every node:
 //!   acknowledged elements vanish (the set checker).
 //!
+//! One more run does the same with `--tls`: every security layer of the
+//! server on, and the harness as an authenticated HTTPS client.
+//!
 //! The runs are serialised: several clusters at once on a two-core machine
 //! would mostly measure the machine.
 
@@ -52,6 +55,7 @@ fn options(store: &std::path::Path, workload: Kind, faults: &[Fault], secs: u64)
         server_args: Vec::new(),
         check_budget: Duration::from_secs(60),
         progress: false,
+        tls: false,
     }
 }
 
@@ -238,4 +242,53 @@ async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledge
     assert!(acknowledged(&outcome, "add") > 0, "no element was acknowledged: {summary}");
     let before = outcome.results["stats"]["phases"]["before"]["by_f"]["add"]["ok"].as_u64().unwrap_or(0);
     assert!(before > 0, "no element was acknowledged before the first crash: {summary}");
+}
+
+/// `--tls`: the same harness against a cluster with every security layer
+/// on (peer TLS through the partition proxies, HTTPS with client
+/// certificates, bearer tokens and the cluster secret), under a partition
+/// and a membership change, whose node rejoins over HTTPS with the cluster
+/// secret. The run must be valid, and the nodes must really have run
+/// with TLS: a run that silently fell back to plaintext would prove
+/// nothing about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Partition, Fault::Membership], 15);
+    opts.interval = Duration::from_secs(3);
+    opts.tls = true;
+    let outcome = run_one(opts).await;
+    if outcome.verdict != Verdict::Valid {
+        panic!("the TLS run is not valid:\n{}", explain(&outcome));
+    }
+    let summary = jepsen::run::report::summary(&outcome);
+    assert!(summary.contains("over TLS"), "{summary}");
+    for fault in ["partition", "membership"] {
+        assert!(fault_count(&outcome, fault) >= 1, "no {fault} started: {summary}");
+    }
+    let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
+    assert!(writes > 0, "no write or compare-and-set was acknowledged: {summary}");
+    assert_eq!(outcome.results["options"]["tls"]["client_cert_auth"], true, "{summary}");
+
+    // The history says so on its first line, and re-checks to the same
+    // verdict.
+    let history = outcome.dir.join("history.jsonl");
+    let first = std::fs::read_to_string(&history).unwrap().lines().next().unwrap().to_string();
+    let setup: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(setup["f"], "setup", "{first}");
+    assert_eq!(setup["value"]["tls"]["peer_tls"], true, "{first}");
+    let again = jepsen_checker::check_file(&history, Duration::from_secs(60)).unwrap();
+    assert_eq!(again.valid, Verdict::Valid);
+
+    // Each node says what it ran with; the node the membership fault
+    // re-added says it joined.
+    let mut joined = 0;
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(outcome.dir.join(format!("nodes/node-{id}/server.log"))).unwrap();
+        for line in ["peer TLS on", "HTTPS on", "auth on: loaded 1 tokens"] {
+            assert!(log.contains(line), "node {id}'s log does not say {line:?}");
+        }
+        joined += usize::from(log.contains("joined: promoting to voter done"));
+    }
+    assert!(joined >= 1, "no re-added node joined: {summary}");
 }

@@ -33,6 +33,8 @@ use kv_client::api::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tls::Credentials;
+
 /// Why an attempt did not succeed, and whether its effect is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -112,19 +114,35 @@ pub enum Write {
 pub struct Http {
     client: reqwest::Client,
     attempt_timeout: Duration,
+    /// `http`, or `https` for a cluster run with [`Credentials`].
+    scheme: &'static str,
 }
 
 impl Http {
-    /// A client whose every attempt gives up after `attempt_timeout`.
+    /// A client whose every attempt gives up after `attempt_timeout`. With
+    /// `tls`, it speaks HTTPS, trusting only the run's CA and presenting
+    /// the harness's client certificate, and sends the harness's token
+    /// with every request.
     ///
     /// # Errors
-    /// If the HTTP client cannot be built.
-    pub fn new(attempt_timeout: Duration) -> anyhow::Result<Http> {
-        let client = kv_client::tls::http_client_builder(None)
+    /// If the HTTP client cannot be built, or the token cannot be carried
+    /// in a header.
+    pub fn new(attempt_timeout: Duration, tls: Option<&Credentials>) -> anyhow::Result<Http> {
+        let mut builder = kv_client::tls::http_client_builder(tls.map(Credentials::client_tls))
             .connect_timeout(attempt_timeout.min(Duration::from_millis(500)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Http { client, attempt_timeout })
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, tls.token().header_value()?);
+            builder = builder.default_headers(headers);
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Ok(Http { client: builder.build()?, attempt_timeout, scheme })
+    }
+
+    /// The URL of `path` on `node` (`host:port`).
+    fn url(&self, node: &str, path: &str) -> String {
+        format!("{}://{node}{path}", self.scheme)
     }
 
     /// Sends a request and decodes a 2xx body as `T`; every other ending is
@@ -133,7 +151,7 @@ impl Http {
         let resp = match req.timeout(self.attempt_timeout).send().await {
             Ok(resp) => resp,
             // Connecting failed: the request was never sent.
-            Err(e) if e.is_connect() => return Err((0, Failure::definite(format!("connect: {e}")))),
+            Err(e) if e.is_connect() => return Err((0, Failure::definite(connect_error(&e)))),
             Err(e) if e.is_timeout() => return Err((0, Failure::unknown("timeout"))),
             Err(e) => return Err((0, Failure::unknown(format!("request: {e}")))),
         };
@@ -163,7 +181,7 @@ impl Http {
         if let Some(t) = token {
             query.push(("token", t.to_string()));
         }
-        let req = self.client.get(format!("http://{node}/v1/kv/{key}")).query(&query);
+        let req = self.client.get(self.url(node, &format!("/v1/kv/{key}"))).query(&query);
         match self.send::<ReadResponse>(req).await {
             Ok(r) => Ok(Some(r)),
             Err((404, f)) if f.error == codes::KEY_NOT_FOUND => Ok(None),
@@ -174,7 +192,7 @@ impl Http {
     /// `GET /v1/kv?prefix=...`, linearizable, up to `limit` keys.
     pub async fn list(&self, node: &str, prefix: &str, limit: usize) -> Result<ListResponse, Failure> {
         let query = [("prefix", prefix.to_string()), ("limit", limit.to_string())];
-        let req = self.client.get(format!("http://{node}/v1/kv")).query(&query);
+        let req = self.client.get(self.url(node, "/v1/kv")).query(&query);
         self.send(req).await.map_err(|(_, f)| Failure { definite: true, ..f })
     }
 
@@ -184,8 +202,11 @@ impl Http {
             Write::Put { key, value } => {
                 let body =
                     PutRequest { value: json_value(value), client_id: Some(client_id), seq: Some(seq) };
-                self.send_json::<WriteResponse>(self.client.put(format!("http://{node}/v1/kv/{key}")), &body)
-                    .await
+                self.send_json::<WriteResponse>(
+                    self.client.put(self.url(node, &format!("/v1/kv/{key}"))),
+                    &body,
+                )
+                .await
             }
             Write::Cas { key, expected, value } => {
                 let body = CasRequest {
@@ -197,7 +218,7 @@ impl Http {
                     seq: Some(seq),
                 };
                 self.send_json::<WriteResponse>(
-                    self.client.post(format!("http://{node}/v1/cas/{key}")),
+                    self.client.post(self.url(node, &format!("/v1/cas/{key}"))),
                     &body,
                 )
                 .await
@@ -223,19 +244,41 @@ impl Http {
 
     /// `GET /v1/cluster/status`.
     pub async fn status(&self, node: &str) -> Result<StatusResponse, Failure> {
-        let req = self.client.get(format!("http://{node}/v1/cluster/status"));
+        let req = self.client.get(self.url(node, "/v1/cluster/status"));
         self.send(req).await.map_err(|(_, f)| f)
     }
 
     /// `DELETE /v1/cluster/members/{id}`, through any node.
     pub async fn remove_member(&self, node: &str, id: u64) -> Result<(), Failure> {
-        let req = self.client.delete(format!("http://{node}/v1/cluster/members/{id}"));
+        let req = self.client.delete(self.url(node, &format!("/v1/cluster/members/{id}")));
         self.send::<serde_json::Value>(req).await.map(|_| ()).map_err(|(_, f)| f)
     }
 }
 
+/// What a failed connection says: for a TLS handshake that failed, what
+/// is wrong with the certificates (a misconfigured `--tls` run fails every
+/// request this way); else reqwest's words and the innermost cause
+/// (refused, timed out, closed during the handshake), which reqwest's
+/// words leave out.
+fn connect_error(e: &reqwest::Error) -> String {
+    if let Some(tls) = kv_client::tls::tls_error(e) {
+        return format!("connect: TLS: {}", kv_client::tls::describe(tls));
+    }
+    let mut innermost = None;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        innermost = Some(c);
+        cause = c.source();
+    }
+    match innermost {
+        Some(c) => format!("connect: {e}: {c}"),
+        None => format!("connect: {e}"),
+    }
+}
+
 /// What an error answer proves: `retryable` errors and refusals of the
-/// request itself were certainly not applied; everything else may have been.
+/// request itself (a refused token, too: the node did nothing) were
+/// certainly not applied; everything else may have been.
 fn classify(status: u16, body: &[u8]) -> Failure {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => {
@@ -249,6 +292,8 @@ fn classify(status: u16, body: &[u8]) -> Failure {
                         | codes::STALE_SEQUENCE
                         | codes::UNKNOWN_NODE
                         | codes::CONFLICT
+                        | codes::UNAUTHENTICATED
+                        | codes::FORBIDDEN
                 );
             Failure { definite, error: e.error }
         }
@@ -317,11 +362,25 @@ mod tests {
         .unwrap()
     }
 
+    #[tokio::test]
+    async fn a_refused_connection_is_a_definite_failure_that_says_why() {
+        // A port nobody listens on: bound, then closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let http = Http::new(Duration::from_secs(1), None).unwrap();
+        let failure = http.status(&addr).await.unwrap_err();
+        assert!(failure.definite, "{failure:?}");
+        assert!(failure.error.starts_with("connect: "), "{failure:?}");
+        assert!(failure.error.to_lowercase().contains("refused"), "the cause is left out: {failure:?}");
+    }
+
     #[test]
     fn errors_are_definite_only_when_they_prove_nothing_happened() {
         assert!(classify(503, &body(codes::NO_LEADER, true)).definite);
         assert!(classify(412, &body(codes::CAS_MISMATCH, false)).definite);
         assert!(classify(400, &body(codes::BAD_REQUEST, false)).definite);
+        // A refused token: no handler ran, nothing was forwarded.
+        assert!(classify(401, &body(codes::UNAUTHENTICATED, false)).definite);
+        assert!(classify(403, &body(codes::FORBIDDEN, false)).definite);
         assert!(!classify(504, &body(codes::INDETERMINATE, false)).definite);
         assert!(!classify(504, &body(codes::NOT_FULLY_REPLICATED, false)).definite);
         assert!(!classify(500, &body(codes::INTERNAL, false)).definite);

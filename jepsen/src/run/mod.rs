@@ -3,6 +3,11 @@
 //! 1. **Set up.** Start `nodes` `kv-server` processes on 127.0.0.1, each in
 //!    its own data directory under the run's directory, with every Raft link
 //!    behind the harness's proxy ([`crate::cluster`]), and wait for a leader.
+//!    With `--tls`, first make the run's certificates, token and cluster
+//!    secret ([`crate::tls`]): the nodes run with peer TLS, HTTPS and
+//!    tokens, and every request of the harness carries them. The history's
+//!    first event (`setup`, from the nemesis process, which the checkers
+//!    skip) and the report's options say which.
 //! 2. **Run.** For `time_limit`, the workers ([`workload`]) send operations
 //!    and record each invocation and outcome in the history; the nemesis
 //!    ([`nemesis`]) injects faults on its schedule; the poller ([`poll`])
@@ -33,14 +38,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use jepsen_checker::checker::Verdict;
-use jepsen_checker::history::Recorder;
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
 
 use self::client::{Http, Session};
 use self::nemesis::{Fault, LeaderView, Nemesis, Target};
 use self::workload::{Kind, Shared, Worker, WorkloadOptions};
 use crate::cluster::{Cluster, ClusterSpec};
+use crate::tls::Credentials;
 
 /// The cluster's timing: long enough election timeouts that two cores
 /// running five nodes, the clients and the checker do not cause elections
@@ -95,6 +102,10 @@ pub struct TestOptions {
     pub check_budget: Duration,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Run the cluster with peer TLS, HTTPS with client certificates and
+    /// bearer tokens, and talk to it over HTTPS with a token
+    /// ([`crate::tls`]).
+    pub tls: bool,
 }
 
 /// What a run produced.
@@ -143,24 +154,39 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         args.push("--fault-lose-unsynced-writes".into());
     }
     args.extend(opts.server_args.iter().cloned());
+    let tls = if opts.tls {
+        let made = Credentials::create(&opts.server_bin, &dir.join("tls"), opts.nodes)
+            .context("making the run's certificates and tokens (--tls)")?;
+        Some(made)
+    } else {
+        None
+    };
     let spec = ClusterSpec {
         nodes: opts.nodes,
         dir: dir.join("nodes"),
         bin: opts.server_bin.clone(),
         extra_args: args,
+        tls: tls.clone(),
     };
     let cluster = Cluster::start(spec).await.context("starting the cluster")?;
     let nodes = cluster.endpoints();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
 
-    let http = Http::new(opts.attempt_timeout)?;
-    let poll_http = Http::new(Duration::from_millis(500))?;
+    let http = Http::new(opts.attempt_timeout, tls.as_ref())?;
+    let poll_http = Http::new(Duration::from_millis(500), tls.as_ref())?;
     wait_for_leader(&poll_http, &nodes, Duration::from_secs(60))
         .await
         .context("waiting for the first leader")?;
 
     let start = Instant::now();
     let rec = Recorder::new(start);
+    // What the cluster runs with, first in the history, so that a history
+    // read on its own says whether it was taken over TLS.
+    let setup = json!({
+        "nodes": opts.nodes,
+        "tls": tls.as_ref().map_or(Value::Bool(false), Credentials::describe),
+    });
+    rec.record(Process::Nemesis, EventType::Info, Function::Other("setup".into()), Value::Null, setup);
     let leader = Arc::new(LeaderView::default());
     let stop_poll = Arc::new(tokio::sync::Notify::new());
     let poller = tokio::spawn(poll::poll(
@@ -258,6 +284,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
 
     let inputs = report::Inputs {
         opts: &opts,
+        tls: tls.as_ref(),
         dir: &dir,
         events: &events,
         samples: &samples,
@@ -269,19 +296,25 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     report::write(inputs)
 }
 
-/// Waits until some node says it leads.
+/// Waits until some node says it leads. The error names the last failed
+/// answer: a cluster that never answers (a TLS setup that does not work,
+/// say) says why.
 async fn wait_for_leader(http: &Http, nodes: &[String], within: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + within;
+    let mut last_error = None;
     loop {
         for addr in nodes {
-            if let Ok(s) = http.status(addr).await {
-                if s.role == "leader" {
-                    return Ok(s.id);
-                }
+            match http.status(addr).await {
+                Ok(s) if s.role == "leader" => return Ok(s.id),
+                Ok(_) => {}
+                Err(e) => last_error = Some(format!("{addr}: {}", e.error)),
             }
         }
         if Instant::now() >= deadline {
-            bail!("no leader within {within:?}");
+            match last_error {
+                Some(e) => bail!("no leader within {within:?}; last failure {e}"),
+                None => bail!("no leader within {within:?}"),
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -29,11 +29,14 @@ use jepsen_checker::history::{Event, EventType, Process, Recorder};
 use serde_json::{json, Value};
 
 use super::{RunOutcome, TestOptions};
+use crate::tls::Credentials;
 
 /// What the report is made from.
 pub struct Inputs<'a> {
     /// The run's options.
     pub opts: &'a TestOptions,
+    /// The run's credentials, for a `--tls` run.
+    pub tls: Option<&'a Credentials>,
     /// The run's directory.
     pub dir: &'a Path,
     /// The history.
@@ -55,7 +58,7 @@ pub struct Inputs<'a> {
 /// # Errors
 /// If a file cannot be written, or the history cannot be judged at all.
 pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
-    let Inputs { opts, dir, events, samples, finals, logs, exits, final_log } = inputs;
+    let Inputs { opts, tls, dir, events, samples, finals, logs, exits, final_log } = inputs;
     jepsen_checker::history::write_history(dir.join("history.jsonl"), events)
         .context("writing history.jsonl")?;
     write_lines(&dir.join("statuses.jsonl"), samples)?;
@@ -100,7 +103,7 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     let results = json!({
         "valid": verdict,
         "workload": opts.workload,
-        "options": options_json(opts),
+        "options": options_json(opts, tls),
         "checkers": checkers,
         "stats": stats,
         "final_statuses": finals,
@@ -118,8 +121,9 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     Ok(RunOutcome { verdict, dir: dir.to_path_buf(), results })
 }
 
-fn options_json(o: &TestOptions) -> Value {
+fn options_json(o: &TestOptions, tls: Option<&Credentials>) -> Value {
     json!({
+        "tls": tls.map_or(Value::Bool(false), Credentials::describe),
         "workload": o.workload,
         "nodes": o.nodes,
         "nemesis": o.faults,
@@ -176,6 +180,9 @@ pub fn summary(outcome: &RunOutcome) -> String {
         s.push('\n');
     };
     line(&mut s, format!("run: {}", outcome.dir.display()));
+    if r["options"]["tls"].is_object() {
+        line(&mut s, "over TLS: peer TLS, HTTPS with client certificates, bearer token".into());
+    }
     let o = &r["stats"]["outcomes"]["all"];
     line(&mut s, format!("operations: {} ok, {} fail, {} info", o["ok"], o["fail"], o["info"]));
     if let Some(by_f) = r["stats"]["outcomes"]["by_f"].as_object() {
