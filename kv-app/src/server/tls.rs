@@ -258,6 +258,13 @@ async fn handshake(
         }
         match acceptor.accept(stream).into_fallible().await {
             Ok(tls) => Some((tls, client)),
+            Err((e, stream)) if peer_left(&e) => {
+                // A client that went away halfway (a killed process, a
+                // dropped connection) was refused nothing.
+                tracing::debug!(node_id, %client, error = %e, "connection closed during the TLS handshake");
+                close_gently(stream).await;
+                None
+            }
             Err((e, stream)) => {
                 tracing::warn!(node_id, %client, error = %e, "TLS handshake refused");
                 close_gently(stream).await;
@@ -272,6 +279,13 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Whether a TLS handshake failed because the client went away (end of
+/// stream, reset), not because anything it sent was refused.
+fn peer_left(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Answers a plain HTTP request on the HTTPS port with a 400 and the usual

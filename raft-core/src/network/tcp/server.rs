@@ -190,6 +190,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCo
 
     let (mut stream, from) = match accept_handshake(stream, &ctx).await {
         Ok(accepted) => accepted,
+        // A peer that left halfway through the handshake (a link cut by a
+        // partition, a paused or killed node) was refused nothing.
+        Err(ServeError::Tls { source, .. }) if left_early(&source) => {
+            tracing::debug!(node_id, %peer, error = %source, "Raft connection closed during the TLS handshake");
+            return;
+        }
         Err(e) => {
             tracing::warn!(node_id, %peer, reason = %e, "refused Raft connection");
             return;
@@ -203,6 +209,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCo
             tracing::warn!(node_id, %peer, from, error = %e, "closing Raft connection")
         }
     }
+}
+
+/// Whether a TLS handshake failed because the peer went away (end of
+/// stream, reset), not because anything it sent was refused.
+fn left_early(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// Reads and checks the handshake, runs the TLS handshake if the server
