@@ -1,4 +1,5 @@
-//! Cluster endpoints: status, membership changes, snapshots and elections.
+//! Cluster endpoints: status, membership changes, snapshots, elections and
+//! leadership transfer.
 //!
 //! Membership changes are log entries like any write, so only the leader
 //! can make them; a follower forwards them. A new node joins in two steps:
@@ -14,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kv_client::api::{
     codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
-use raft_core::{ChangeError, Node, NodeMetrics};
+use raft_core::{ChangeError, Node, NodeMetrics, TransferError};
 use serde_json::json;
 
 use super::error::ApiError;
@@ -240,6 +242,49 @@ pub async fn snapshot(State(ctx): State<Ctx>) -> Response {
 pub async fn campaign(State(ctx): State<Ctx>) -> Response {
     match ctx.node.campaign().await {
         Ok(()) => Json(ChangeResponse { index: 0, node: ctx.id }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `POST /v1/cluster/transfer-leader` `{"to": N}`: the leader hands its
+/// leadership to voter N, or (no `to`, or an empty body) to the voter that
+/// answers and holds the most of the log, and answers once a new leader
+/// leads (see [`raft_core::handoff`]). A follower passes it on to the leader.
+pub async fn transfer_leader(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Ok(body) = body else { return ApiError::bad_request("cannot read the request body").into_response() };
+    let req: TransferLeaderRequest = if body.is_empty() {
+        TransferLeaderRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
+        }
+    };
+    if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, body.clone()).await {
+        return forwarded;
+    }
+    if let Some(to) = req.to {
+        let m = ctx.node.metrics().await;
+        if let Err(r) = id_of(&ctx, &to.to_string(), &m) {
+            return r;
+        }
+    }
+    match ctx.node.transfer_leadership(req.to).await {
+        Ok(leader) => {
+            let term = ctx.node.metrics().await.term;
+            Json(TransferLeaderResponse { leader, term, node: ctx.id }).into_response()
+        }
+        // Leadership moved before the handoff began: pass it on.
+        Err(TransferError::NotLeader { leader }) => {
+            let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+            forward::to_leader(&ctx, leader.as_ref(), change_forward(&ctx, &headers, Method::POST, pq, body))
+                .await
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -148,6 +148,15 @@ pub enum Command {
         /// The node's HTTP address.
         endpoint: Option<String>,
     },
+    /// Ask the leader to hand leadership to another voter, and wait until
+    /// that one leads (at most about an election timeout). Writes pause
+    /// meanwhile; none is lost.
+    TransferLeader {
+        /// The voter to hand leadership to [default: the voter that answers
+        /// and holds the most of the log].
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -292,7 +301,8 @@ impl Command {
             | Command::Promote { .. }
             | Command::Remove { .. }
             | Command::Snapshot { .. }
-            | Command::Campaign { .. } => true,
+            | Command::Campaign { .. }
+            | Command::TransferLeader { .. } => true,
             Command::Get { .. }
             | Command::List { .. }
             | Command::Status { .. }
@@ -462,6 +472,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let endpoint = endpoint.unwrap_or(first_endpoint);
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
+        }
+        Command::TransferLeader { to } => {
+            let r = client.transfer_leader(to).await.context("transfer leadership")?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!("OK (node {} leads term {}; handed over by node {})", r.leader, r.term, r.node);
+            }
         }
         Command::Cluster(_) | Command::Certs { .. } | Command::Bench(_) | Command::InstantServer { .. } => {
             unreachable!("invariant: commands that need no client are handled above")
