@@ -27,7 +27,7 @@ use kv_client::api::{
 use kv_client::client::{Client, ClientError, ClientOptions};
 use serde::Serialize;
 
-use crate::bench::{self, BenchArgs};
+use crate::bench::{self, BenchArgs, FailoverArgs};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
 
 /// Exit code: a definite negative answer (missing key, CAS mismatch).
@@ -175,8 +175,9 @@ pub enum Command {
         args: Vec<String>,
     },
     /// Load a kv or etcd cluster with N closed-loop clients and report
-    /// throughput and latency percentiles (see `docs/benchmarks.md`).
-    Bench(BenchArgs),
+    /// throughput and latency percentiles; `bench failover` measures how
+    /// long writes stop when the leader stops (see `docs/benchmarks.md`).
+    Bench(BenchCommand),
     /// Answer kv and etcd requests at once, with prepared bodies: a server
     /// to measure `kvctl bench` itself against.
     InstantServer {
@@ -187,6 +188,27 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+}
+
+/// `kvctl bench [OPTIONS]` (a load) or `kvctl bench failover [OPTIONS]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    /// A measurement other than a load.
+    #[command(subcommand)]
+    pub scenario: Option<BenchScenario>,
+    /// The load's options.
+    #[command(flatten)]
+    pub load: BenchArgs,
+}
+
+/// The measurements `kvctl bench` makes besides a load.
+#[derive(Debug, Subcommand)]
+pub enum BenchScenario {
+    /// Start a 3-node kv (or etcd) cluster, stop its leader --rounds times
+    /// (SIGTERM or SIGKILL), and report the time from the signal to the
+    /// first successful put through a survivor: p50, p90, min, max.
+    Failover(FailoverArgs),
 }
 
 /// `kvctl cluster ...`.
@@ -249,7 +271,7 @@ pub fn main(cli: Cli) -> ExitCode {
     // One request at a time needs one thread; a load generator or a server
     // wants every core.
     let mut builder = match &cli.command {
-        Command::Bench(BenchArgs { threads, .. }) => {
+        Command::Bench(BenchCommand { load: BenchArgs { threads, .. }, .. }) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = threads {
                 b.worker_threads((*n).max(1));
@@ -330,8 +352,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
         Command::Certs { args, bin } => return certs(&args, bin),
-        Command::Bench(args) => {
-            let config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
+        Command::Bench(BenchCommand { scenario: Some(BenchScenario::Failover(args)), .. }) => {
+            return run_failover(&args, g.json).await;
+        }
+        Command::Bench(BenchCommand { scenario: None, load }) => {
+            let config = load.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             return run_bench(&config, g.json).await;
         }
         Command::InstantServer { listen, value_size } => return instant_server(&listen, value_size).await,
@@ -551,6 +576,23 @@ async fn run_bench(config: &bench::LoadConfig, json: bool) -> anyhow::Result<Exi
     }
     if report.ops == 0 {
         eprintln!("kvctl: bench: no operation succeeded");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl bench failover`: runs the rounds, prints the table; exits 2 if a
+/// round saw no put succeed.
+async fn run_failover(args: &FailoverArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let report = bench::run_failover(args).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.human());
+    }
+    let failed: u32 = report.systems.iter().map(|s| s.failed_rounds).sum();
+    if failed > 0 {
+        eprintln!("kvctl: bench failover: {failed} rounds saw no put succeed in time");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     Ok(ExitCode::SUCCESS)

@@ -351,6 +351,35 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Sends `signal` to node `id` and returns at once; the node stays ours
+    /// until [`LocalCluster::wait_exit`] reaps it (for measuring what
+    /// happens while it stops).
+    pub fn signal(&self, id: u64, sig: Signal) -> Result<(), LocalClusterError> {
+        self.node(id)?;
+        let child = self.children.get(&id).ok_or_else(|| {
+            LocalClusterError::Invalid(format!(
+                "node {id} is not running (it was not started by this cluster)"
+            ))
+        })?;
+        signal(child.id(), Some(sig)).map_err(|e| io(format!("sending {sig} to node {id}"), e.into()))
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit, and reaps it;
+    /// SIGKILL if it is still running then. Returns whether it exited by
+    /// itself.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Result<bool, LocalClusterError> {
+        self.node(id)?;
+        let Some(mut child) = self.children.remove(&id) else { return Ok(true) };
+        let deadline = Instant::now() + within;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let exited = !matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(exited)
+    }
+
     /// Waits until every running node answers and all name the same leader,
     /// which also says it is the leader. Returns its id.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64, LocalClusterError> {
