@@ -118,10 +118,9 @@ pub async fn add_learner(
     uri: Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Ok(body) = body else { return ApiError::bad_request("cannot read the request body").into_response() };
-    let req: AddLearnerRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
+    let (body, req) = match json_body::<AddLearnerRequest>(body, None) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     if req.raft_addr.is_empty() || req.api_addr.is_empty() {
         return ApiError::bad_request("raft_addr and api_addr are required").into_response();
@@ -131,6 +130,24 @@ pub async fn add_learner(
     }
     let result = ctx.node.add_learner(req.id, Node::new(req.raft_addr, req.api_addr)).await;
     change(&ctx, &headers, Method::POST, &uri, body, result).await
+}
+
+/// The request body, and the JSON value it holds; `if_empty` stands for an
+/// empty body (`None`: a body is required). A 400 otherwise.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    if_empty: Option<T>,
+) -> Result<(Bytes, T), Response> {
+    let Ok(body) = body else {
+        return Err(ApiError::bad_request("cannot read the request body").into_response());
+    };
+    if let (true, Some(value)) = (body.is_empty(), if_empty) {
+        return Ok((body, value));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(value) => Ok((body, value)),
+        Err(e) => Err(ApiError::bad_request(format!("invalid JSON body: {e}")).into_response()),
+    }
 }
 
 /// A membership change to pass on: it may wait for a learner to catch up.
@@ -256,14 +273,9 @@ pub async fn transfer_leader(
     uri: Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Ok(body) = body else { return ApiError::bad_request("cannot read the request body").into_response() };
-    let req: TransferLeaderRequest = if body.is_empty() {
-        TransferLeaderRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
-        }
+    let (body, req) = match json_body(body, Some(TransferLeaderRequest::default())) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, body.clone()).await {
         return forwarded;

@@ -369,15 +369,10 @@ impl LocalCluster {
     /// itself.
     pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Result<bool, LocalClusterError> {
         self.node(id)?;
-        let Some(mut child) = self.children.remove(&id) else { return Ok(true) };
-        let deadline = Instant::now() + within;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match self.children.remove(&id) {
+            Some(child) => Ok(reap(child, within).await),
+            None => Ok(true),
         }
-        let exited = !matches!(child.try_wait(), Ok(None));
-        let _ = child.kill();
-        let _ = child.wait();
-        Ok(exited)
     }
 
     /// Waits until every running node answers and all name the same leader,
@@ -630,6 +625,20 @@ fn spawn_node(config: &ClusterConfig, node: &NodeInfo, members: &str) -> Result<
         .map_err(|source| io(format!("starting {} for node {}", config.bin.display(), node.id), source))?;
     tracing::info!(node_id = node.id, pid = child.id(), http = %node.http_addr, raft = %node.raft_addr, "started kv-server");
     Ok(child)
+}
+
+/// Waits up to `within` (polling every 10 ms) for `child` to exit, then
+/// kills it if it has not, and reaps it. Returns whether it exited by
+/// itself.
+pub(crate) async fn reap(mut child: Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let exited = !matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    exited
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the child.

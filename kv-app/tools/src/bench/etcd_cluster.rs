@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use kv_client::ports::bind_restartable_port;
+
+use crate::local_cluster::reap;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -121,15 +123,10 @@ impl EtcdCluster {
     /// Waits up to `within` for member `id` to exit, and reaps it (SIGKILL
     /// if it is still running then). Returns whether it exited by itself.
     pub async fn wait_exit(&mut self, id: u64, within: Duration) -> bool {
-        let Some(mut child) = self.children.remove(&id) else { return true };
-        let deadline = Instant::now() + within;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        match self.children.remove(&id) {
+            Some(child) => reap(child, within).await,
+            None => true,
         }
-        let exited = !matches!(child.try_wait(), Ok(None));
-        let _ = child.kill();
-        let _ = child.wait();
-        exited
     }
 
     /// Waits until every member answers `GET /health` with
