@@ -248,6 +248,7 @@ pub async fn run_failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport>
     if args.target.is_empty() {
         bail!("--target names no system");
     }
+    let load_average = load_average();
     let workdir = WorkDir::new(args.dir.clone())?;
     let mut systems = Vec::new();
     for target in dedup(&args.target) {
@@ -264,7 +265,7 @@ pub async fn run_failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport>
         rounds: args.rounds,
         probe_interval_ms: args.probe_interval_ms,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average: load_average(),
+        load_average,
         systems,
     })
 }
