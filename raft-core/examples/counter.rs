@@ -99,8 +99,10 @@ async fn main() -> Result<()> {
         println!("  node {id}: matched {matched:?}, leader's last index {}", m.last_log_index);
     }
 
-    println!("\nStopping the leader, node {leader}");
-    nodes.remove(&leader).unwrap().shutdown().await;
+    // `shutdown` would first hand leadership to a follower; stopping
+    // without a handoff is what a crash looks like to the others.
+    println!("\nStopping the leader, node {leader}, as a crash would (no handoff)");
+    nodes.remove(&leader).unwrap().shutdown_without_handoff().await;
     let t = Instant::now();
     let survivor = *nodes.keys().next().unwrap();
     let new_leader = loop {

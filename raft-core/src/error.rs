@@ -131,6 +131,69 @@ impl ReadError {
     }
 }
 
+/// Why [`crate::RaftNode::transfer_leadership`] did not hand leadership
+/// over. Only [`TransferError::NotConfirmed`] leaves the outcome open; after
+/// every other variant this node's role is what it was.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// This node is not the leader: ask the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<LeaderHint>,
+    },
+    /// The node named as the successor is not a voter of the current
+    /// membership (a learner cannot lead).
+    #[error("node {0} is not a voter")]
+    NotAVoter(NodeId),
+    /// No other voter has answered this leader within an election timeout:
+    /// there is nobody to hand leadership to.
+    #[error("no other voter is answering; nobody to hand leadership to")]
+    NoCandidate,
+    /// Another handoff is under way on this node.
+    #[error("a leadership transfer is already under way")]
+    InProgress,
+    /// The successor did not catch up with the leader's log in time.
+    /// Nothing was handed over: this node still leads and takes writes again.
+    #[error("node {to} did not catch up within {within:?}; this node still leads")]
+    NotCaughtUp {
+        /// The chosen successor.
+        to: NodeId,
+        /// How long the handoff waited.
+        within: std::time::Duration,
+    },
+    /// The successor was told to campaign, but no new leader appeared in
+    /// time. Leadership may still move to it; if not, this node (which
+    /// stopped sending heartbeats) is replaced by an election within an
+    /// election timeout.
+    #[error("node {to} was told to take over, but no new leader appeared within {within:?}")]
+    NotConfirmed {
+        /// The chosen successor.
+        to: NodeId,
+        /// How long the handoff waited.
+        within: std::time::Duration,
+    },
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl TransferError {
+    /// Whether trying again later may succeed with nothing changed by the
+    /// caller (the successor was slow, another transfer was running, or no
+    /// leader was at hand).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TransferError::NotLeader { .. }
+                | TransferError::NoCandidate
+                | TransferError::InProgress
+                | TransferError::NotCaughtUp { .. }
+        )
+    }
+}
+
 /// Why a membership change or initialization failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

@@ -19,7 +19,8 @@
 //!    Writes go through the [`proposer`], which commits concurrent commands
 //!    together (group commit); linearizable reads go through
 //!    [`read_index`], which confirms leadership once for many concurrent
-//!    reads.
+//!    reads; a leader that stops hands its office to a caught-up voter
+//!    first ([`handoff`]).
 //! 6. [`config`] and [`error`]: the knobs with their defaults, and what each
 //!    call can fail with.
 //! 7. [`codec`]: the one binary encoding used on disk and on the wire.
@@ -30,6 +31,7 @@ pub mod app;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod handoff;
 pub mod network;
 pub mod node;
 pub mod proposer;
@@ -39,7 +41,7 @@ pub mod types;
 
 pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
 pub use config::Config;
-pub use error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
+pub use error::{ChangeError, LeaderHint, ReadError, StartError, TransferError, WriteError};
 pub use node::{NodeMetrics, RaftNode, Role, Storage, TermWatch, Written};
 pub use storage::SnapshotData;
 pub use types::{LogId, Node, NodeId};

@@ -33,6 +33,15 @@
 //!
 //! Clients learn where the leader is from errors that carry a
 //! [`crate::error::LeaderHint`].
+//!
+//! # Stopping
+//!
+//! [`RaftNode::shutdown`] is a graceful stop: a leader first hands its
+//! office to a caught-up voter ([`RaftNode::transfer_leadership`], see
+//! [`crate::handoff`]), so that the others elect its successor at once
+//! instead of after an election timeout, and only then stops. Call it on
+//! SIGTERM. [`RaftNode::shutdown_without_handoff`] stops at once, leaving the
+//! others to notice the silence, as a crash would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -47,7 +56,8 @@ use tokio::net::TcpListener;
 use crate::app::{AppView, StateMachine};
 use crate::codec;
 use crate::config::Config;
-use crate::error::{ChangeError, LeaderHint, ReadError, StartError, WriteError};
+use crate::error::{ChangeError, LeaderHint, ReadError, StartError, TransferError, WriteError};
+use crate::handoff::{self, Gate};
 use crate::network::local::LocalRouter;
 use crate::network::tcp::{TcpServer, TcpTransport};
 use crate::network::{Network, Transport};
@@ -206,6 +216,9 @@ pub struct RaftNode<A: StateMachine> {
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
+    /// Closed while this node hands its leadership off: new writes and
+    /// read-index requests wait until the handoff is over.
+    gate: Gate,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -300,9 +313,10 @@ impl<A: StateMachine> RaftNode<A> {
             applied_index = sm.view().map_or(0, |v| v.applied_index()),
             "raft node started"
         );
-        let proposer = Proposer::spawn(raft.clone(), &config);
+        let gate = Gate::new();
+        let proposer = Proposer::spawn(raft.clone(), &config, gate.clone());
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
-        Ok(RaftNode { id, config, raft, app, sm, server: None, proposer, reads })
+        Ok(RaftNode { id, config, raft, app, sm, server: None, proposer, reads, gate })
     }
 
     /// This node's id.
@@ -369,7 +383,14 @@ impl<A: StateMachine> RaftNode<A> {
     /// that entry may yet be committed by the next leader (treating that
     /// answer as a definite failure is how Redis-Raft once acknowledged a
     /// failure for a write that had committed).
+    ///
+    /// While this node hands its leadership off
+    /// ([`RaftNode::transfer_leadership`]), a write waits until the handoff
+    /// is over (at most an election timeout), and is then refused with
+    /// `NotLeader` naming the new leader, or proposed here if the handoff
+    /// failed.
     pub async fn write(&self, command: &A::Command) -> Result<Written<A::Response>, WriteError> {
+        self.gate.wait_open().await;
         {
             let metrics = self.raft.metrics();
             let m = metrics.borrow_watched();
@@ -423,6 +444,9 @@ impl<A: StateMachine> RaftNode<A> {
     /// each call joins the next round to start, so under load one round of
     /// heartbeats serves many reads.
     pub async fn read_index(&self) -> Result<u64, ReadError> {
+        // During a handoff, wait for its end: a leader that has sent
+        // `TimeoutNow` refuses reads, and its successor is about to serve them.
+        self.gate.wait_open().await;
         self.reads.read_index().await
     }
 
@@ -524,6 +548,28 @@ impl<A: StateMachine> RaftNode<A> {
         self.raft.trigger().elect(false).await.map_err(|_| ChangeError::ShuttingDown)
     }
 
+    /// Hands this node's leadership to the voter `to`, or, with `None`, to
+    /// the voter that holds the most of the log of those that acknowledged
+    /// one of the last [`handoff::ANSWERED_WITHIN_HEARTBEATS`] heartbeats;
+    /// returns the new leader. Only the leader can do this.
+    ///
+    /// New writes and linearizable reads on this node wait meanwhile, and
+    /// are then redirected to the new leader ([`WriteError::NotLeader`]);
+    /// writes proposed before are committed and answered first. The
+    /// successor is brought fully up to date, then told to campaign at once,
+    /// and wins the next term without an election timeout's wait. The whole
+    /// handoff takes at most [`Config::election_timeout_max`]; see
+    /// [`crate::handoff`] for the steps and what each failure leaves behind.
+    /// `to` naming this node succeeds at once.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let bounds = handoff::Bounds {
+            within: self.config.election_timeout_max,
+            answered_within: (self.config.heartbeat_interval * handoff::ANSWERED_WITHIN_HEARTBEATS)
+                .min(self.config.election_timeout_min),
+        };
+        handoff::hand_off(&self.raft, &self.gate, to, bounds).await
+    }
+
     /// Takes a snapshot now (and lets the log behind it be purged).
     pub async fn snapshot(&self) -> Result<(), ChangeError> {
         self.raft.trigger().snapshot().await.map_err(|_| ChangeError::ShuttingDown)
@@ -576,10 +622,25 @@ impl<A: StateMachine> RaftNode<A> {
         m.current_leader
     }
 
-    /// Stops the node: the transport stops accepting connections, openraft
-    /// stops, and the applied state is checkpointed (made durable, with
-    /// everything before it).
-    pub async fn shutdown(mut self) {
+    /// Stops the node gracefully. A leader first hands its leadership to a
+    /// caught-up voter ([`RaftNode::transfer_leadership`]; at most an election
+    /// timeout, and it stops anyway if that fails), then the node stops as
+    /// [`RaftNode::shutdown_without_handoff`] does.
+    pub async fn shutdown(self) {
+        if self.is_leader() {
+            match self.transfer_leadership(None).await {
+                Ok(leader) => tracing::debug!(node_id = self.id, leader, "handed off before stopping"),
+                Err(e) => tracing::info!(node_id = self.id, reason = %e, "stopping without a handoff"),
+            }
+        }
+        self.shutdown_without_handoff().await;
+    }
+
+    /// Stops the node at once, leader or not: the transport stops accepting
+    /// connections, openraft stops, and the applied state is checkpointed
+    /// (made durable, with everything before it). If it led, the others
+    /// elect a new leader after an election timeout, as after a crash.
+    pub async fn shutdown_without_handoff(mut self) {
         self.proposer.shutdown();
         if let Some(server) = self.server.take() {
             server.shutdown().await;

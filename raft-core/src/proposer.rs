@@ -12,7 +12,8 @@
 //! during an fsync shares the next one, see [`crate::storage::log_store`].)
 //!
 //! At most `max_inflight_batches` batches (default 1) are being committed at
-//! once; the next batch accumulates while they are.
+//! once; the next batch accumulates while they are. While the leader hands
+//! its office off ([`crate::handoff`]), nothing new is proposed.
 //!
 //! # What the caller learns
 //!
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{LeaderHint, WriteError};
+use crate::handoff::Gate;
 use crate::types::{Batch, CallbackResponder, CommittedLeaderId, LogId, Raft, RaftMetrics, TypeConfig};
 
 /// The outcome of one proposed command: where it was committed and its
@@ -54,14 +56,14 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
-    pub(crate) fn spawn(raft: Raft, config: &Config) -> Self {
+    pub(crate) fn spawn(raft: Raft, config: &Config, gate: Gate) -> Self {
         let (tx, rx) = mpsc::channel(config.max_batch_commands.max(1) * 4);
         let limits = Limits {
             commands: config.max_batch_commands.max(1),
             bytes: config.max_batch_bytes.max(1),
             inflight: config.max_inflight_batches.max(1),
         };
-        Proposer { tx, task: tokio::spawn(run(raft, rx, limits)) }
+        Proposer { tx, task: tokio::spawn(run(raft, rx, limits, gate)) }
     }
 
     /// Queues an encoded command; the receiver yields its outcome.
@@ -82,7 +84,7 @@ struct Limits {
     inflight: usize,
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits, gate: Gate) {
     let inflight = Arc::new(Semaphore::new(limits.inflight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
@@ -99,6 +101,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits) {
                 Err(_) => break,
             }
         }
+        // A handoff holds new proposals until it is over (a batch that
+        // queued up before it closed the gate included): the successor must
+        // catch up with a log that has stopped growing.
+        gate.wait_open().await;
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
             continue;

@@ -64,8 +64,15 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
+    /// A graceful stop: a leader hands its office off first.
     async fn stop(&mut self, id: NodeId) {
         self.nodes.remove(&id).unwrap().shutdown().await;
+    }
+
+    /// A stop without a handoff: the others find out as after a crash, by
+    /// an election timeout without heartbeats.
+    async fn crash(&mut self, id: NodeId) {
+        self.nodes.remove(&id).unwrap().shutdown_without_handoff().await;
     }
 
     /// Waits until one running node leads and every running voter agrees.
@@ -179,7 +186,7 @@ async fn leader_failover_loses_no_acknowledged_write_and_old_leader_catches_up()
     }
     let old = c.leader().await;
     let old_term = c.nodes[&old].metrics().await.term;
-    c.stop(old).await;
+    c.crash(old).await;
 
     let new = c.leader().await;
     assert_ne!(new, old);
@@ -254,9 +261,9 @@ async fn five_nodes_keep_serving_with_two_down() {
         last = c.write(&format!("k{i}"), "v").await;
     }
     c.converge(last).await;
-    // Stopping the leader too leaves 2 of 5: no majority, no writes.
+    // Losing the leader too leaves 2 of 5: no majority, no writes.
     let leader = c.leader().await;
-    c.stop(leader).await;
+    c.crash(leader).await;
     let survivor = *c.nodes.keys().next().unwrap();
     let err = c.nodes[&survivor].write(&Set { key: "x".into(), value: "y".into() }).await.unwrap_err();
     assert!(matches!(err, WriteError::NotLeader { .. } | WriteError::Indeterminate { .. }), "{err:?}");

@@ -381,6 +381,29 @@ pub struct ChangeResponse {
     pub node: u64,
 }
 
+/// The body of `POST /v1/cluster/transfer-leader` (an empty body means
+/// `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The voter to hand leadership to; `None`: the one that answers and
+    /// holds the most of the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
+/// The answer to `POST /v1/cluster/transfer-leader`, once leadership has
+/// moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderResponse {
+    /// The new leader.
+    pub leader: u64,
+    /// The term it leads, as the old leader saw it right after the handoff.
+    pub term: u64,
+    /// The node that handed leadership over (the old leader).
+    pub node: u64,
+}
+
 /// `POST /v1/internal/read-index`: the leader's answer to a follower that
 /// wants to serve a linearizable read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

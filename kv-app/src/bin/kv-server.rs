@@ -503,6 +503,8 @@ async fn main() -> Result<()> {
             }
         }
     }
+    // A graceful stop: a leader hands its leadership to a caught-up voter
+    // first, so the others need not wait out an election timeout.
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())

@@ -1,4 +1,5 @@
-//! Cluster endpoints: status, membership changes, snapshots and elections.
+//! Cluster endpoints: status, membership changes, snapshots, elections and
+//! leadership transfer.
 //!
 //! Membership changes are log entries like any write, so only the leader
 //! can make them; a follower forwards them. A new node joins in two steps:
@@ -14,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kv_client::api::{
     codes, AddLearnerRequest, ChangeResponse, FollowerStatus, Member, MembersResponse, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
-use raft_core::{ChangeError, Node, NodeMetrics};
+use raft_core::{ChangeError, Node, NodeMetrics, TransferError};
 use serde_json::json;
 
 use super::error::ApiError;
@@ -116,10 +118,9 @@ pub async fn add_learner(
     uri: Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Ok(body) = body else { return ApiError::bad_request("cannot read the request body").into_response() };
-    let req: AddLearnerRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return ApiError::bad_request(format!("invalid JSON body: {e}")).into_response(),
+    let (body, req) = match json_body::<AddLearnerRequest>(body, None) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
     };
     if req.raft_addr.is_empty() || req.api_addr.is_empty() {
         return ApiError::bad_request("raft_addr and api_addr are required").into_response();
@@ -129,6 +130,24 @@ pub async fn add_learner(
     }
     let result = ctx.node.add_learner(req.id, Node::new(req.raft_addr, req.api_addr)).await;
     change(&ctx, &headers, Method::POST, &uri, body, result).await
+}
+
+/// The request body, and the JSON value it holds; `if_empty` stands for an
+/// empty body (`None`: a body is required). A 400 otherwise.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    if_empty: Option<T>,
+) -> Result<(Bytes, T), Response> {
+    let Ok(body) = body else {
+        return Err(ApiError::bad_request("cannot read the request body").into_response());
+    };
+    if let (true, Some(value)) = (body.is_empty(), if_empty) {
+        return Ok((body, value));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(value) => Ok((body, value)),
+        Err(e) => Err(ApiError::bad_request(format!("invalid JSON body: {e}")).into_response()),
+    }
 }
 
 /// A membership change to pass on: it may wait for a learner to catch up.
@@ -240,6 +259,44 @@ pub async fn snapshot(State(ctx): State<Ctx>) -> Response {
 pub async fn campaign(State(ctx): State<Ctx>) -> Response {
     match ctx.node.campaign().await {
         Ok(()) => Json(ChangeResponse { index: 0, node: ctx.id }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `POST /v1/cluster/transfer-leader` `{"to": N}`: the leader hands its
+/// leadership to voter N, or (no `to`, or an empty body) to the voter that
+/// answers and holds the most of the log, and answers once a new leader
+/// leads (see [`raft_core::handoff`]). A follower passes it on to the leader.
+pub async fn transfer_leader(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let (body, req) = match json_body(body, Some(TransferLeaderRequest::default())) {
+        Ok(parsed) => parsed,
+        Err(r) => return r,
+    };
+    if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, body.clone()).await {
+        return forwarded;
+    }
+    if let Some(to) = req.to {
+        let m = ctx.node.metrics().await;
+        if let Err(r) = id_of(&ctx, &to.to_string(), &m) {
+            return r;
+        }
+    }
+    match ctx.node.transfer_leadership(req.to).await {
+        Ok(leader) => {
+            let term = ctx.node.metrics().await.term;
+            Json(TransferLeaderResponse { leader, term, node: ctx.id }).into_response()
+        }
+        // Leadership moved before the handoff began: pass it on.
+        Err(TransferError::NotLeader { leader }) => {
+            let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+            forward::to_leader(&ctx, leader.as_ref(), change_forward(&ctx, &headers, Method::POST, pq, body))
+                .await
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kv_client::api::{codes, ErrorBody, LeaderInfo};
-use raft_core::{ChangeError, LeaderHint, ReadError, WriteError};
+use raft_core::{ChangeError, LeaderHint, ReadError, TransferError, WriteError};
 
 /// An error response.
 #[derive(Debug, Clone)]
@@ -128,6 +128,29 @@ impl From<ChangeError> for ApiError {
             }
             ChangeError::Indeterminate(_) => ApiError::indeterminate(e.to_string(), None),
             ChangeError::ShuttingDown => ApiError::no_leader(e.to_string(), None),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TransferError> for ApiError {
+    fn from(e: TransferError) -> Self {
+        let unavailable = |e: &TransferError| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, e.to_string())
+        };
+        match &e {
+            TransferError::NotLeader { leader } => {
+                ApiError::no_leader(e.to_string(), leader_info(leader.as_ref()))
+            }
+            TransferError::NotAVoter(_) => {
+                ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, e.to_string())
+            }
+            // Nothing moved; later, or with another successor, it may work.
+            TransferError::NoCandidate | TransferError::InProgress | TransferError::NotCaughtUp { .. } => {
+                unavailable(&e)
+            }
+            TransferError::NotConfirmed { .. } => ApiError::indeterminate(e.to_string(), None),
+            TransferError::ShuttingDown => ApiError::no_leader(e.to_string(), None),
             _ => ApiError::internal(e.to_string()),
         }
     }

@@ -3,10 +3,15 @@
 //! linearizable read) is forwarded to the leader's HTTP address, and the
 //! leader's answer is passed back unchanged.
 //!
-//! Forwarding happens at most once (the `x-kv-forwarded-by` header marks a
-//! forwarded request; a node that receives one and is not the leader answers
-//! 503 instead of forwarding again), so two nodes with stale ideas of who
-//! leads cannot bounce a request between them.
+//! A forwarded request carries the forwarding node's id and current term
+//! (`x-kv-forwarded-by`, `x-kv-forwarded-term`). A node that receives one and
+//! is not the leader forwards it again only to a leader of a *later* term,
+//! and answers 503 otherwise, so two nodes with stale ideas of who leads
+//! cannot bounce a request between them: along any chain of forwards the
+//! term grows at every hop. The second hop is what a leader that has just
+//! handed its office over does with the forwarded writes it held during the
+//! handoff (see `raft_core::handoff`): it sends them on to its successor,
+//! and the client gets its answer instead of a 503.
 //!
 //! The caller's credentials (its `Authorization` header, or a node's
 //! cluster secret) go along unchanged, and the leader checks them again;
@@ -33,9 +38,24 @@ pub const FORWARD_SLACK: std::time::Duration = std::time::Duration::from_secs(2)
 /// The header that marks a forwarded request, with the forwarding node's id.
 pub const FORWARDED_BY: &str = "x-kv-forwarded-by";
 
+/// The header with the forwarding node's term when it forwarded.
+pub const FORWARDED_TERM: &str = "x-kv-forwarded-term";
+
 /// Whether this request was already forwarded once.
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED_BY)
+}
+
+/// Whether a request may be forwarded by a node whose current term is
+/// `term`: if nobody forwarded it yet, or the last forwarder did so in an
+/// earlier term (a request without a readable term counts as forwarded in
+/// the latest term, and goes no further).
+fn may_forward(headers: &HeaderMap, term: u64) -> bool {
+    if !was_forwarded(headers) {
+        return true;
+    }
+    let forwarded_in = headers.get(FORWARDED_TERM).and_then(|t| t.to_str().ok()?.parse::<u64>().ok());
+    forwarded_in.is_some_and(|t| t < term)
 }
 
 /// Whether a failed forward may have carried out the request.
@@ -69,9 +89,10 @@ pub struct Forward<'a> {
 pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>) -> Response {
     let Forward { headers, method, path_and_query, body, kind, timeout } = req;
     let info = leader_info(leader);
-    if was_forwarded(headers) {
+    let (term, _) = ctx.node.watch_term().current();
+    if !may_forward(headers, term) {
         return ApiError::no_leader(
-            format!("node {} is not the leader and does not forward a forwarded request", ctx.id),
+            format!("node {} is not the leader and does not forward a forwarded request again", ctx.id),
             info,
         )
         .into_response();
@@ -80,8 +101,13 @@ pub async fn to_leader(ctx: &Ctx, leader: Option<&LeaderHint>, req: Forward<'_>)
         return ApiError::no_leader("no leader is known; retry shortly", info).into_response();
     };
     let url = ctx.node_url(&addr, path_and_query);
-    let mut req =
-        ctx.http.request(method, &url).timeout(timeout).header(FORWARDED_BY, ctx.id.to_string()).body(body);
+    let mut req = ctx
+        .http
+        .request(method, &url)
+        .timeout(timeout)
+        .header(FORWARDED_BY, ctx.id.to_string())
+        .header(FORWARDED_TERM, term.to_string())
+        .body(body);
     // The caller's credentials go along unchanged: the leader checks them
     // again against its own token file (see `auth.rs`).
     let passed_on = [
@@ -125,5 +151,29 @@ fn failed(kind: Kind, message: String, info: Option<LeaderInfo>) -> Response {
             .with_leader(info)
             .into_response(),
         Kind::Write => ApiError::indeterminate(message, info).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(term: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(FORWARDED_BY, "1".parse().unwrap());
+        if let Some(t) = term {
+            h.insert(FORWARDED_TERM, t.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_request_goes_on_only_to_a_leader_of_a_later_term() {
+        assert!(may_forward(&HeaderMap::new(), 1), "a request from a client");
+        assert!(may_forward(&forwarded(Some("4")), 5), "forwarded before a handoff to term 5");
+        assert!(!may_forward(&forwarded(Some("5")), 5), "two stale views of term 5 would bounce");
+        assert!(!may_forward(&forwarded(Some("6")), 5));
+        assert!(!may_forward(&forwarded(None), 5), "no term: goes no further");
+        assert!(!may_forward(&forwarded(Some("x")), 5));
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! * [`kv`]: keys: get, put, delete, compare-and-swap, list, each read at
 //!   the consistency level the client asks for;
-//! * [`cluster`]: status, membership changes, snapshots, elections;
+//! * [`cluster`]: status, membership changes, snapshots, elections,
+//!   leadership transfer;
 //! * [`forward`]: passing requests only the leader can serve to the leader;
 //! * [`follower_reads`]: a follower's linearizable reads sharing one read
 //!   index question to the leader;
@@ -277,15 +278,28 @@ impl Server {
         }
     }
 
-    /// Stops serving HTTP, then stops the node and flushes its database.
+    /// Stops the server gracefully: a leader first hands its leadership to
+    /// a caught-up voter while HTTP still serves (requests that arrive
+    /// meanwhile wait, then are forwarded to the new leader; see
+    /// [`RaftNode::transfer_leadership`]), then HTTP stops taking requests
+    /// and finishes those in flight, and the node stops and flushes its
+    /// database.
     pub async fn shutdown(self) {
+        let node = &self.ctx.node;
+        if node.is_leader() {
+            match node.transfer_leadership(None).await {
+                Ok(leader) => tracing::info!(node_id = self.ctx.id, leader, "handed leadership off"),
+                Err(e) => tracing::warn!(node_id = self.ctx.id, reason = %e, "stopping without a handoff"),
+            }
+        }
         let _ = self.shutdown_tx.send(true);
         self.watch_task.abort();
         let _ = self.watch_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
         let Ctx { node, .. } = self.ctx;
         match Arc::try_unwrap(node) {
-            Ok(node) => node.shutdown().await,
+            // The handoff is done (or failed) already.
+            Ok(node) => node.shutdown_without_handoff().await,
             Err(node) => {
                 // A handler still holds the node (a stuck request); stop Raft anyway.
                 let _ = node.raft().shutdown().await;
@@ -342,6 +356,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
         .route("/v1/cluster/snapshot", post(cluster::snapshot))
         .route("/v1/cluster/campaign", post(cluster::campaign))
+        .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader))
         .route("/v1/internal/read-index", post(kv::read_index))
         .fallback(cluster::not_found)
         .method_not_allowed_fallback(cluster::method_not_allowed)

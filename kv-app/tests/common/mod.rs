@@ -153,6 +153,27 @@ impl ProcCluster {
         }
     }
 
+    /// SIGTERM, a graceful stop (a leader hands off first), and waits until
+    /// the process has exited; SIGKILL if it has not within [`WAIT`].
+    pub async fn terminate(&mut self, id: u64) {
+        let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(exited, "node {id} did not stop within {WAIT:?} of SIGTERM");
+    }
+
+    /// The node's log (its stderr), as written so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.nodes[&id].dir.join("server.log")).unwrap_or_default()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.http.clone()).collect()
     }
@@ -251,6 +272,26 @@ impl ProcCluster {
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
+}
+
+/// `text` without the terminal colour codes (`ESC [ ... m`) the server's
+/// log may hold.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the escape sequence, a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for ProcCluster {

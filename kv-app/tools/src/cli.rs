@@ -28,7 +28,7 @@ use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::tls::ClientTls;
 use serde::Serialize;
 
-use crate::bench::{self, BenchArgs};
+use crate::bench::{self, BenchArgs, FailoverArgs};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
 
 /// Exit code: a definite negative answer (missing key, CAS mismatch).
@@ -184,6 +184,15 @@ pub enum Command {
         /// The node's HTTP address.
         endpoint: Option<String>,
     },
+    /// Ask the leader to hand leadership to another voter, and wait until
+    /// that one leads (at most about an election timeout). Writes pause
+    /// meanwhile; none is lost.
+    TransferLeader {
+        /// The voter to hand leadership to [default: the voter that answers
+        /// and holds the most of the log].
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Run a cluster of kv-server processes on this machine.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -218,8 +227,9 @@ pub enum Command {
         args: Vec<String>,
     },
     /// Load a kv or etcd cluster with N closed-loop clients and report
-    /// throughput and latency percentiles (see `docs/benchmarks.md`).
-    Bench(BenchArgs),
+    /// throughput and latency percentiles; `bench failover` measures how
+    /// long writes stop when the leader stops (see `docs/benchmarks.md`).
+    Bench(BenchCommand),
     /// Answer kv and etcd requests at once, with prepared bodies: a server
     /// to measure `kvctl bench` itself against.
     InstantServer {
@@ -230,6 +240,27 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+}
+
+/// `kvctl bench [OPTIONS]` (a load) or `kvctl bench failover [OPTIONS]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    /// A measurement other than a load.
+    #[command(subcommand)]
+    pub scenario: Option<BenchScenario>,
+    /// The load's options.
+    #[command(flatten)]
+    pub load: BenchArgs,
+}
+
+/// The measurements `kvctl bench` makes besides a load.
+#[derive(Debug, Subcommand)]
+pub enum BenchScenario {
+    /// Start a 3-node kv (or etcd) cluster, stop its leader --rounds times
+    /// (SIGTERM or SIGKILL), and report the time from the signal to the
+    /// first successful put through a survivor: p50, p90, min, max.
+    Failover(FailoverArgs),
 }
 
 /// `kvctl cluster ...`.
@@ -299,7 +330,7 @@ pub fn main(cli: Cli) -> ExitCode {
     // One request at a time needs one thread; a load generator or a server
     // wants every core.
     let mut builder = match &cli.command {
-        Command::Bench(BenchArgs { threads, .. }) => {
+        Command::Bench(BenchCommand { load: BenchArgs { threads, .. }, .. }) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = threads {
                 b.worker_threads((*n).max(1));
@@ -364,7 +395,8 @@ impl Command {
             | Command::Promote { .. }
             | Command::Remove { .. }
             | Command::Snapshot { .. }
-            | Command::Campaign { .. } => true,
+            | Command::Campaign { .. }
+            | Command::TransferLeader { .. } => true,
             Command::Get { .. }
             | Command::List { .. }
             | Command::Status { .. }
@@ -401,8 +433,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ..ClientOptions::default()
     };
     match cli.command {
-        Command::Bench(args) => {
-            let mut config = args.config(&g.endpoints, g.consistency, g.durability, deadline)?;
+        Command::Bench(BenchCommand { scenario: Some(BenchScenario::Failover(args)), .. }) => {
+            return run_failover(&args, g.json).await;
+        }
+        Command::Bench(BenchCommand { scenario: None, load }) => {
+            let mut config = load.config(&g.endpoints, g.consistency, g.durability, deadline)?;
             config.token = options.token.clone();
             config.tls = tls;
             return run_bench(&config, g.json).await;
@@ -547,6 +582,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.campaign(&endpoint).await.with_context(|| format!("campaign on {endpoint}"))?;
             print_change(g.json, &r)?;
         }
+        Command::TransferLeader { to } => {
+            let r = client.transfer_leader(to).await.context("transfer leadership")?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!("OK (node {} leads term {}; handed over by node {})", r.leader, r.term, r.node);
+            }
+        }
         Command::Cluster(_)
         | Command::Certs { .. }
         | Command::Tokens { .. }
@@ -644,6 +687,23 @@ async fn run_bench(config: &bench::LoadConfig, json: bool) -> anyhow::Result<Exi
     }
     if report.ops == 0 {
         eprintln!("kvctl: bench: no operation succeeded");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl bench failover`: runs the rounds, prints the table; exits 2 if a
+/// round saw no put succeed.
+async fn run_failover(args: &FailoverArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let report = bench::run_failover(args).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.human());
+    }
+    let failed: u32 = report.systems.iter().map(|s| s.failed_rounds).sum();
+    if failed > 0 {
+        eprintln!("kvctl: bench failover: {failed} rounds saw no put succeed in time");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     Ok(ExitCode::SUCCESS)

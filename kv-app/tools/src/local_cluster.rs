@@ -513,6 +513,30 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Sends `signal` to node `id` and returns at once; the node stays ours
+    /// until [`LocalCluster::wait_exit`] reaps it (for measuring what
+    /// happens while it stops).
+    pub fn signal(&self, id: u64, sig: Signal) -> Result<(), LocalClusterError> {
+        self.node(id)?;
+        let child = self.children.get(&id).ok_or_else(|| {
+            LocalClusterError::Invalid(format!(
+                "node {id} is not running (it was not started by this cluster)"
+            ))
+        })?;
+        signal(child.id(), Some(sig)).map_err(|e| io(format!("sending {sig} to node {id}"), e.into()))
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit, and reaps it;
+    /// SIGKILL if it is still running then. Returns whether it exited by
+    /// itself.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Result<bool, LocalClusterError> {
+        self.node(id)?;
+        match self.children.remove(&id) {
+            Some(child) => Ok(reap(child, within).await),
+            None => Ok(true),
+        }
+    }
+
     /// Waits until every running node answers and all name the same leader,
     /// which also says it is the leader. Returns its id.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64, LocalClusterError> {
@@ -769,6 +793,20 @@ fn spawn_node(
         .map_err(|source| io(format!("starting {} for node {}", config.bin.display(), node.id), source))?;
     tracing::info!(node_id = node.id, pid = child.id(), http = %node.http_addr, raft = %node.raft_addr, "started kv-server");
     Ok(child)
+}
+
+/// Waits up to `within` (polling every 10 ms) for `child` to exit, then
+/// kills it if it has not, and reaps it. Returns whether it exited by
+/// itself.
+pub(crate) async fn reap(mut child: Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let exited = !matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    exited
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the child.

@@ -2,8 +2,9 @@
 //! server (through the binary, checking its `--json` report, and through
 //! the library in both protocols, leader discovery included) and against a
 //! real single-node kv-server, a local cluster of one. Each run must complete
-//! operations with no errors and report sensible numbers. Speed is not
-//! asserted: that belongs in `docs/benchmarks.md`, not in a test.
+//! operations with no errors and report sensible numbers. `kvctl bench
+//! failover` runs one round on a cluster of three. Speed is not asserted:
+//! that belongs in `docs/benchmarks.md`, not in a test.
 
 use std::process::Command;
 use std::time::Duration;
@@ -98,4 +99,36 @@ async fn a_mixed_load_on_a_real_kv_server_completes_without_errors() {
     let cpu = r.client_cpu_us_per_op;
     assert!(cfg!(not(target_os = "linux")) || cpu.is_some_and(|c| c > 0.0), "{cpu:?}");
     drop(cluster);
+}
+
+/// `kvctl bench failover` starts its own 3-node cluster, stops the leader
+/// (once here, with SIGTERM), restarts it, and reports the round. How long
+/// the round took is not asserted.
+#[test]
+fn kvctl_bench_failover_measures_a_round_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["bench", "failover", "--rounds", "1", "--json", "--bin"])
+        .arg(common::kv_server())
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let report: bench::FailoverReport =
+        serde_json::from_str(stdout.trim()).expect("one JSON report on stdout");
+    let [kv] = &report.systems[..] else { panic!("one system measured: {report:?}") };
+    assert_eq!((kv.target, kv.failed_rounds, kv.samples_ms.len()), (bench::System::Kv, 0, 1), "{report:?}");
+    assert!(kv.p50_ms.is_some_and(|p| p > 0.0), "{report:?}");
+    assert!(stderr.contains("kv round 1/1: leader node"), "{stderr}");
+    // Every node it started (cluster.json has the latest pids) has stopped.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("kv/cluster.json")).unwrap()).unwrap();
+    for n in file["nodes"].as_array().unwrap() {
+        let pid = n["pid"].as_u64().unwrap();
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!cmdline.contains("kv-server"), "node pid {pid} still running");
+    }
 }

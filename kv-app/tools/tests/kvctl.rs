@@ -1,7 +1,7 @@
 //! `kvctl` end to end, as a user runs it: `cluster up` starts real
 //! `kv-server` processes and writes `cluster.json`; the key commands print
-//! values and use exit codes; `status --json` names the leader; `cluster
-//! down` stops everything.
+//! values and use exit codes; `status --json` names the leader;
+//! `transfer-leader --to N` makes N leader; `cluster down` stops everything.
 
 use std::process::{Command, Output};
 
@@ -26,7 +26,7 @@ impl Drop for Down<'_> {
 }
 
 #[test]
-fn cluster_up_put_get_cas_status_and_down() {
+fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::kv_server();
     let cluster_dir = dir.path().join("cluster");
@@ -71,6 +71,34 @@ fn cluster_up_put_get_cas_status_and_down() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(status["leader"].as_u64().is_some_and(|l| (1..=3).contains(&l)), "{status}");
+
+        // transfer-leader --to N makes N leader, in the next term.
+        let old = status["leader"].as_u64().unwrap();
+        let old_term = status["term"].as_u64().unwrap();
+        let to = if old == 3 { 2 } else { 3 };
+        let out = with(&["--json", "transfer-leader", "--to", &to.to_string()]);
+        assert!(out.status.success(), "transfer-leader: {}", text(&out.stderr));
+        let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((moved["leader"].as_u64(), moved["node"].as_u64()), (Some(to), Some(old)), "{moved}");
+        let out = with(&["--json", "status", "--all"]);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let leaders: Vec<(u64, u64)> = all
+            .iter()
+            .filter(|s| s["role"] == "leader")
+            .map(|s| (s["id"].as_u64().unwrap(), s["term"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(leaders, [(to, old_term + 1)], "{all:?}");
+        let out = with(&["put", "after-transfer", "v"]);
+        assert!(out.status.success(), "put after the transfer: {}", text(&out.stderr));
+        // A node that is not a member is refused with a clear error.
+        let out = with(&["transfer-leader", "--to", "9"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("node 9 is not a member"), "{}", text(&out.stderr));
+        // campaign still asks a node to stand (it may lose to the lease).
+        let old_node = nodes.iter().find(|n| n["id"].as_u64() == Some(old)).unwrap();
+        let old_endpoint = old_node["http_addr"].as_str().unwrap();
+        let out = with(&["campaign", old_endpoint]);
+        assert!(out.status.success(), "campaign: {}", text(&out.stderr));
     }
     std::mem::forget(guard);
     let out = kvctl(&["cluster", "down", "--dir", cluster_dir]);

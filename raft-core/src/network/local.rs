@@ -5,7 +5,9 @@
 //! measure Raft rather than the network. A test can cut a node off
 //! ([`LocalRouter::isolate`]) or a single direction of a link
 //! ([`LocalRouter::block`]) to simulate partitions: the caller then sees the
-//! peer as unreachable, exactly as a dropped TCP connection would look.
+//! peer as unreachable, exactly as a dropped TCP connection would look. It
+//! can also let a follower fall behind while it keeps answering heartbeats
+//! ([`LocalRouter::stall_replication`]), as one with a slow disk would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +22,7 @@ struct Routes {
     nodes: BTreeMap<NodeId, Arc<Inbox>>,
     isolated: BTreeSet<NodeId>,
     blocked: BTreeSet<(NodeId, NodeId)>,
+    stalled: BTreeSet<(NodeId, NodeId)>,
 }
 
 /// Connects the nodes of one process. Cheap to clone: clones share routes.
@@ -58,11 +61,19 @@ impl LocalRouter {
         self.lock().blocked.insert((from, to));
     }
 
+    /// Drops the AppendEntries requests from `from` to `to` that carry log
+    /// entries, and lets everything else through, heartbeats (AppendEntries
+    /// without entries) included: `to` keeps answering but falls behind.
+    pub fn stall_replication(&self, from: NodeId, to: NodeId) {
+        self.lock().stalled.insert((from, to));
+    }
+
     /// Restores all links.
     pub fn heal(&self) {
         let mut r = self.lock();
         r.isolated.clear();
         r.blocked.clear();
+        r.stalled.clear();
     }
 
     /// The transport of node `from`.
@@ -70,9 +81,14 @@ impl LocalRouter {
         LocalTransport { router: self.clone(), from }
     }
 
-    fn route(&self, from: NodeId, to: NodeId) -> Result<Arc<Inbox>, LinkError> {
+    fn route(&self, from: NodeId, to: NodeId, request: Option<&RpcRequest>) -> Result<Arc<Inbox>, LinkError> {
         let r = self.lock();
-        let cut = r.isolated.contains(&from) || r.isolated.contains(&to) || r.blocked.contains(&(from, to));
+        let stalled = r.stalled.contains(&(from, to))
+            && matches!(request, Some(RpcRequest::AppendEntries(req)) if !req.entries.is_empty());
+        let cut = stalled
+            || r.isolated.contains(&from)
+            || r.isolated.contains(&to)
+            || r.blocked.contains(&(from, to));
         match r.nodes.get(&to) {
             Some(inbox) if !cut => Ok(inbox.clone()),
             _ => Err(LinkError::Unreachable(format!("node {to} is not reachable from node {from}").into())),
@@ -103,13 +119,13 @@ pub struct LocalLink {
 
 impl Link for LocalLink {
     async fn call(&mut self, request: &RpcRequest, timeout: Duration) -> Result<RpcResponse, LinkError> {
-        let peer = self.router.route(self.from, self.target)?;
+        let peer = self.router.route(self.from, self.target, Some(request))?;
         let answer = tokio::time::timeout(timeout, peer.serve(self.from, request.clone()))
             .await
             .map_err(|_| LinkError::Timeout(timeout))?;
         // The reply crosses the same link back: a one-way block towards us
         // loses it, as it would on a real network.
-        self.router.route(self.target, self.from)?;
+        self.router.route(self.target, self.from, None)?;
         Ok(answer)
     }
 }

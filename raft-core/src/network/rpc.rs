@@ -147,15 +147,29 @@ impl std::fmt::Debug for Inbox {
     }
 }
 
-/// Whether the entries follow `prev_log_id` without a gap, as every correct
-/// leader sends them; openraft asserts this (and stops the node in a debug
-/// build), so a malformed request from a peer is refused here instead.
+/// Whether the entries follow `prev_log_id` without a gap and with terms
+/// that never go down and never exceed the sender's term, as every correct
+/// leader sends them. openraft asserts these (and stops the node), so a
+/// malformed request from a peer is refused here instead.
 fn check_contiguous(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
     let first = req.prev_log_id.map_or(0, |l| l.index + 1);
+    let leader_term = req.vote.leader_id().term;
+    let mut term = req.prev_log_id.map_or(0, |l| l.leader_id.term);
+    if term > leader_term {
+        return Err(format!("AppendEntries from term {leader_term} with a previous entry of term {term}"));
+    }
     for (due, e) in (first..).zip(&req.entries) {
         if e.log_id.index != due {
             return Err(format!("AppendEntries entry at index {} where index {due} was due", e.log_id.index));
         }
+        let t = e.log_id.leader_id.term;
+        if t < term || t > leader_term {
+            return Err(format!(
+                "AppendEntries from term {leader_term}: entry {} of term {t} follows one of term {term}",
+                e.log_id.index
+            ));
+        }
+        term = t;
     }
     Ok(())
 }
@@ -255,5 +269,37 @@ impl Inbox {
         let data = SnapshotData::decode(&complete).map_err(|e| format!("snapshot from node {from}: {e}"))?;
         let snapshot = Snapshot { meta: chunk.meta, snapshot: data };
         self.install(chunk.vote, snapshot).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::types::{log_id, Entry, LogId};
+
+    fn append(term: u64, prev: Option<LogId>, entries: &[(u64, u64)]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = entries
+            .iter()
+            .map(|&(t, i)| Entry { log_id: log_id(t, i), payload: EntryPayload::Blank })
+            .collect();
+        AppendEntriesRequest { vote: Vote::new_committed(term, 1), prev_log_id: prev, leader_commit: None, entries }
+    }
+
+    #[test]
+    fn what_a_correct_leader_sends_passes() {
+        assert_eq!(check_contiguous(&append(3, None, &[])), Ok(()));
+        assert_eq!(check_contiguous(&append(3, Some(log_id(1, 4)), &[(1, 5), (2, 6), (3, 7)])), Ok(()));
+    }
+
+    #[test]
+    fn gaps_falling_terms_and_terms_above_the_leaders_are_refused() {
+        let refused = |req| check_contiguous(&req).unwrap_err();
+        assert!(refused(append(3, Some(log_id(1, 4)), &[(1, 6)])).contains("index 5 was due"));
+        assert!(refused(append(3, Some(log_id(2, 4)), &[(1, 5)])).contains("of term 1 follows one of term 2"));
+        assert!(refused(append(3, None, &[(2, 0), (1, 1)])).contains("of term 1 follows one of term 2"));
+        assert!(refused(append(3, None, &[(4, 0)])).contains("from term 3: entry 0 of term 4"));
+        assert!(refused(append(3, Some(log_id(5, 1)), &[])).contains("previous entry of term 5"));
     }
 }

@@ -1,8 +1,9 @@
 //! The cluster operations: a node's status, the members, membership changes
-//! (add a learner, promote it, remove a node), and asking one node to take a
-//! snapshot or start an election. Status and members are reads; the others
-//! carry no session, so the retry loop resends them only when they certainly
-//! were not carried out.
+//! (add a learner, promote it, remove a node), asking one node to take a
+//! snapshot or start an election, and asking the leader to hand leadership
+//! to another voter. Status and members are reads; the others carry no
+//! session, so the retry loop resends them only when they certainly were not
+//! carried out.
 
 use reqwest::Method;
 use serde::Serialize;
@@ -10,7 +11,10 @@ use serde::Serialize;
 use super::leader::Target;
 use super::retry::{decode, Call, Kind};
 use super::{Client, ClientError};
-use crate::api::{AddLearnerRequest, ChangeResponse, MembersResponse, StatusResponse};
+use crate::api::{
+    AddLearnerRequest, ChangeResponse, MembersResponse, StatusResponse, TransferLeaderRequest,
+    TransferLeaderResponse,
+};
 
 impl Client {
     /// The status of the node at `endpoint` (one attempt), or, with `None`,
@@ -88,6 +92,24 @@ impl Client {
     pub async fn campaign(&self, endpoint: &str) -> Result<ChangeResponse, ClientError> {
         let endpoint = self.normalize(endpoint)?;
         self.change(Method::POST, "/v1/cluster/campaign".into(), None, Target::Node(&endpoint)).await
+    }
+
+    /// Asks the leader to hand leadership to voter `to`, or with `None` to
+    /// the voter that answers and holds the most of the log; returns once a
+    /// new leader leads (within about an election timeout). Any node passes
+    /// the request on to the leader.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<TransferLeaderResponse, ClientError> {
+        let call = Call {
+            method: Method::POST,
+            path: "/v1/cluster/transfer-leader".into(),
+            query: Vec::new(),
+            body: Some(json(&TransferLeaderRequest { to })?),
+            accept: &[],
+            kind: Kind::Change,
+            target: Target::Cluster,
+            once: false,
+        };
+        decode(&self.execute(&call).await?)
     }
 
     async fn change(

@@ -1,5 +1,7 @@
 //! `kvctl bench`: a closed-loop load generator for the KV service, which can
-//! drive etcd too, so that both systems are measured by the same code.
+//! drive etcd too, so that both systems are measured by the same code; and
+//! `kvctl bench failover`, which measures how long writes stop when a
+//! leader stops, on both (see `failover.rs`).
 //!
 //! # How it measures
 //!
@@ -76,7 +78,13 @@
 //!    the counters end up in, for humans or as JSON.
 //! 5. `instant.rs`: the [instant server](instant_router) that measures
 //!    the generator's own cost.
+//! 6. `failover.rs`: `kvctl bench failover`, a different measurement: how
+//!    long writes stop when a leader stops ([`run_failover`]), on clusters
+//!    it starts itself, kv's with [`crate::local_cluster`] and etcd's with
+//!    `etcd_cluster.rs` ([`EtcdCluster`]).
 
+mod etcd_cluster;
+mod failover;
 mod instant;
 mod report;
 mod run;
@@ -91,6 +99,8 @@ use kv_client::client::BearerToken;
 use kv_client::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
+pub use etcd_cluster::EtcdCluster;
+pub use failover::{run_failover, FailoverArgs, FailoverReport, StopWith, System, SystemResult};
 pub use instant::{instant_router, serve_instant};
 pub use report::{Latency, Report};
 pub use run::run_load;

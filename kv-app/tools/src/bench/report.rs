@@ -220,14 +220,14 @@ pub(super) struct Tally {
 }
 
 /// A histogram of microseconds that grows to whatever latencies arrive.
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("invariant: 3 significant digits is a valid precision")
 }
 
 /// Records `latency` in microseconds. `record` grows an auto-resizing
 /// histogram; `saturating_record` would instead clamp to its current
 /// range, which starts at about 2 ms.
-fn record(h: &mut Histogram<u64>, latency: Duration) {
+pub(super) fn record(h: &mut Histogram<u64>, latency: Duration) {
     let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
     if h.record(micros).is_err() {
         h.saturating_record(micros);
