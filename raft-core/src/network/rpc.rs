@@ -284,7 +284,12 @@ mod tests {
             .iter()
             .map(|&(t, i)| Entry { log_id: log_id(t, i), payload: EntryPayload::Blank })
             .collect();
-        AppendEntriesRequest { vote: Vote::new_committed(term, 1), prev_log_id: prev, leader_commit: None, entries }
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: prev,
+            leader_commit: None,
+            entries,
+        }
     }
 
     #[test]
