@@ -11,8 +11,11 @@
 //!    presents, and the one way to build a reqwest client in this workspace.
 //! 4. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
 //!    for local clusters and test harnesses.
+//! 5. [`backup`]: the backup file format, which the server writes and
+//!    clients keep and check.
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod ports;
 pub mod tls;

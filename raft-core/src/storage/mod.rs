@@ -18,6 +18,7 @@ pub mod fault;
 pub mod log_store;
 pub mod mem_log;
 pub mod options;
+pub mod recovery;
 pub mod state_machine;
 
 pub use db::{Db, OpenError};
