@@ -16,6 +16,8 @@
 //! 6. [`tokens`]: `kv-server tokens`, the bearer tokens of the HTTP API
 //!    and the cluster secret, and their files, which
 //!    [`server::auth`] checks requests against.
+//! 7. [`restore`]: `kv-server restore` and `--force-new-cluster`, the ways
+//!    back from losing a cluster.
 //!
 //! Two crates nested here hold the rest, and neither depends on this one:
 //!
@@ -32,6 +34,7 @@
 pub mod certs;
 pub mod command;
 pub mod inspect;
+pub mod restore;
 pub mod server;
 pub mod state_machine;
 pub mod tokens;

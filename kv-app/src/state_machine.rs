@@ -422,10 +422,19 @@ pub fn digest(view: &AppView) -> Result<String, StateError> {
 
 /// How many client sessions are remembered (for metrics and tests).
 pub fn session_count(view: &AppView) -> Result<usize, StateError> {
+    count_prefix(view, SESSION_PREFIX)
+}
+
+/// How many keys hold data (what `GET /v1/kv` would list, all pages).
+pub fn key_count(view: &AppView) -> Result<usize, StateError> {
+    count_prefix(view, DATA_PREFIX)
+}
+
+fn count_prefix(view: &AppView, prefix: &[u8]) -> Result<usize, StateError> {
     let mut count = 0;
     for_each_with_prefix(
-        |start, limit| view.scan_prefix(SESSION_PREFIX, start, limit),
-        SESSION_PREFIX,
+        |start, limit| view.scan_prefix(prefix, start, limit),
+        prefix,
         |_, _| {
             count += 1;
             Ok(())

@@ -87,6 +87,9 @@ pub struct BackupHeader {
     pub server_version: String,
 }
 
+/// One entry of a backup: a key of the state machine's map and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Why bytes are not a usable backup.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -286,7 +289,7 @@ impl<R: Read> Reader<R> {
 
     /// The next entry, or `None` after the last one once the end marker and
     /// the checksum have been checked and nothing follows them.
-    pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackupError> {
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, BackupError> {
         if self.done {
             return Ok(None);
         }
@@ -416,7 +419,7 @@ mod tests {
     const ENTRIES: &[(&[u8], &[u8])] =
         &[(b"d/a", b"1"), (b"d/b", b""), (b"m/meta", &[0, 255]), (b"s/x", b"r")];
 
-    fn read_all(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackupError> {
+    fn read_all(bytes: &[u8]) -> Result<Vec<Entry>, BackupError> {
         let mut r = Reader::open(bytes)?;
         let mut out = Vec::new();
         while let Some(e) = r.next_entry()? {

@@ -73,6 +73,38 @@ enum Command {
     /// the --cluster-secret-file. `kvctl tokens` runs this.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Make the data directory of a node of a new cluster from a backup
+    /// (`kvctl snapshot save`). Run it for every node of the new cluster,
+    /// with the same backup and --initial-members, then start the nodes
+    /// with the same --initial-members.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to make: it must not exist or be empty.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// This node's id in the new cluster.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// The new cluster's members, every one a voter, as
+    /// "ID=RAFT_ADDR/HTTP_ADDR,..." (as for starting). Default: a
+    /// single-node cluster of this node at --raft-addr and --http-addr.
+    #[arg(long)]
+    initial_members: Option<String>,
+    /// With no --initial-members: the Raft address this node will listen on.
+    #[arg(long, default_value = "127.0.0.1:9080", conflicts_with = "initial_members")]
+    raft_addr: String,
+    /// With no --initial-members: the HTTP address this node will listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", conflicts_with = "initial_members")]
+    http_addr: String,
+    /// The cluster's name: the backup must be of a cluster of this name.
+    #[arg(long, default_value = "kv")]
+    cluster_id: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,6 +295,13 @@ struct Args {
     /// forming one. Ignored when the data directory already holds a cluster.
     #[arg(long, conflicts_with = "initial_members")]
     join: Option<String>,
+    /// Disaster recovery, when a majority of the voters is lost for good:
+    /// before starting, make this node the only voter of its cluster,
+    /// keeping everything in its log; then add members back (--join). Never
+    /// start the old members again with their old data. Harmless while this
+    /// node is still the only voter; remove it once members are back.
+    #[arg(long, conflicts_with_all = ["join", "initial_members"])]
+    force_new_cluster: bool,
     /// The largest value accepted, in bytes.
     #[arg(long, default_value_t = kv_app::command::DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
@@ -385,6 +424,54 @@ fn check_exposure(args: &Args, peer_tls: bool, https: bool) -> Result<()> {
     bail!("refusing to start: {}; or pass --insecure to serve without TLS anyway", open.join("; "))
 }
 
+/// `kv-server restore`.
+fn run_restore(args: RestoreArgs) -> Result<()> {
+    let members = match &args.initial_members {
+        Some(s) => parse_members(s)?,
+        None => BTreeMap::from([(args.id, Node::new(&args.raft_addr, &args.http_addr))]),
+    };
+    let restored = kv_app::restore::restore(&args.from, &args.data_dir, args.id, &members, &args.cluster_id)?;
+    let h = &restored.header;
+    println!(
+        "restored node {} in {} from {}: {} keys and {} sessions at index {} (term {}), data digest {}, \
+         taken from node {} of cluster {:?}; members {}",
+        args.id,
+        args.data_dir.display(),
+        args.from.display(),
+        h.keys,
+        h.sessions,
+        h.index,
+        h.term,
+        h.digest,
+        h.node_id,
+        h.cluster_id,
+        members.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(", "),
+    );
+    Ok(())
+}
+
+/// `--force-new-cluster`: makes this node the only voter before it starts.
+fn force_new_cluster(data_dir: &std::path::Path, id: u64) -> Result<()> {
+    let forced =
+        raft_core::storage::recovery::force_new_cluster(data_dir, id).context("--force-new-cluster")?;
+    match forced.membership_entry {
+        Some(entry) => tracing::warn!(
+            node_id = id,
+            previous_voters = ?forced.previous_voters,
+            entries_kept = forced.last_index,
+            membership_index = entry.index,
+            "--force-new-cluster: this node is now the only voter; add members back with --join, \
+             and remove the flag"
+        ),
+        None => tracing::info!(
+            node_id = id,
+            "--force-new-cluster: this node already is the only voter; nothing to do (remove the flag \
+             before adding members back)"
+        ),
+    }
+    Ok(())
+}
+
 fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
     let mut members = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -423,6 +510,7 @@ async fn main() -> Result<()> {
             return Ok(());
         }
         Some(Command::Tokens(command)) => return run_tokens(command),
+        Some(Command::Restore(restore)) => return run_restore(restore),
         None => {}
     }
     let args = cli.args;
@@ -438,6 +526,9 @@ async fn main() -> Result<()> {
     let peer_tls = peer_tls(&args)?;
     let http_tls = http_tls(&args)?;
     check_exposure(&args, peer_tls.is_some(), http_tls.is_some())?;
+    if args.force_new_cluster {
+        force_new_cluster(&args.data_dir, args.id)?;
+    }
 
     let http = tokio::net::TcpListener::bind(&args.http_addr)
         .await

@@ -138,7 +138,11 @@ fn body_of(body: BodyResult) -> ApiResult<Bytes> {
 
 /// Makes the local state fresh enough for `consistency`, and returns a view
 /// of it.
-async fn prepare_read(ctx: &Ctx, consistency: Consistency, token: Option<u64>) -> ApiResult<AppView> {
+pub(super) async fn prepare_read(
+    ctx: &Ctx,
+    consistency: Consistency,
+    token: Option<u64>,
+) -> ApiResult<AppView> {
     match consistency {
         Consistency::Stale => {}
         // Fault injection (`--unsafe-local-reads`): a linearizable read

@@ -8,6 +8,7 @@
 //!   the consistency level the client asks for;
 //! * [`cluster`]: status, membership changes, snapshots, elections,
 //!   leadership transfer;
+//! * [`backup`]: a consistent copy of the applied state, streamed;
 //! * [`forward`]: passing requests only the leader can serve to the leader;
 //! * [`follower_reads`]: a follower's linearizable reads sharing one read
 //!   index question to the leader;
@@ -24,6 +25,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod follower_reads;
@@ -355,6 +357,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/cluster/members/{id}/promote", post(cluster::promote))
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
         .route("/v1/cluster/snapshot", post(cluster::snapshot))
+        .route("/v1/cluster/backup", get(backup::backup))
         .route("/v1/cluster/campaign", post(cluster::campaign))
         .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader))
         .route("/v1/internal/read-index", post(kv::read_index))

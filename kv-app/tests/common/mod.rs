@@ -89,6 +89,45 @@ impl ProcCluster {
         token: Option<&str>,
         tls: Option<ClientTls>,
     ) -> ProcCluster {
+        let mut c = Self::plan(n, extra_args, node_args, token, tls);
+        c.spawn_all().await;
+        c
+    }
+
+    /// A cluster of `n` nodes whose data directories `kv-server restore`
+    /// made from `backup`, started, with a leader.
+    pub async fn start_restored(n: u64, backup: &std::path::Path) -> ProcCluster {
+        let mut c = Self::plan(n, &[], |_| Vec::new(), None, None);
+        let members = c.members();
+        for node in c.nodes.values() {
+            let out = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+                .arg("restore")
+                .arg("--from")
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&node.dir)
+                .args(["--id", &node.id.to_string(), "--initial-members", &members])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "restore node {}: {}",
+                node.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        c.spawn_all().await;
+        c
+    }
+
+    /// The nodes' addresses and directories, none started.
+    fn plan(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        token: Option<&str>,
+        tls: Option<ClientTls>,
+    ) -> ProcCluster {
         let mut c = ProcCluster {
             tmp: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
@@ -102,14 +141,24 @@ impl ProcCluster {
             let args = node_args(id);
             c.nodes.insert(id, NodeProc { id, http: free_addr(), raft: free_addr(), dir, child: None, args });
         }
-        let members: Vec<String> =
-            c.nodes.values().map(|n| format!("{}={}/{}", n.id, n.raft, n.http)).collect();
-        let members = members.join(",");
-        for id in 1..=n {
-            c.spawn(id, &["--initial-members", &members]);
-        }
-        c.leader().await;
         c
+    }
+
+    /// `--initial-members` for the planned nodes.
+    pub fn members(&self) -> String {
+        let members: Vec<String> =
+            self.nodes.values().map(|n| format!("{}={}/{}", n.id, n.raft, n.http)).collect();
+        members.join(",")
+    }
+
+    /// Starts every planned node with `--initial-members` and waits for a leader.
+    async fn spawn_all(&mut self) {
+        let members = self.members();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.spawn(id, &["--initial-members", &members]);
+        }
+        self.leader().await;
     }
 
     /// Starts (or restarts) node `id` with its usual addresses and directory.

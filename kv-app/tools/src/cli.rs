@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::bench::{self, BenchArgs, FailoverArgs};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
+use crate::snapshot;
 
 /// Exit code: a definite negative answer (missing key, CAS mismatch).
 pub const EXIT_NO: u8 = 1;
@@ -174,11 +175,17 @@ pub enum Command {
         /// The node id.
         id: u64,
     },
-    /// Ask a node to take a snapshot (default: the first endpoint).
-    Snapshot {
+    /// Ask a node to compact its log now: checkpoint its applied state as
+    /// a Raft snapshot and purge the log behind it (default: the first
+    /// endpoint). Not a backup: see `kvctl snapshot save`.
+    Compact {
         /// The node's HTTP address.
         endpoint: Option<String>,
     },
+    /// Back up a running cluster (`save`), check a backup (`status`), or
+    /// make a new cluster's data directories from one (`restore`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Ask a node to start an election (default: the first endpoint).
     Campaign {
         /// The node's HTTP address.
@@ -261,6 +268,43 @@ pub enum BenchScenario {
     /// (SIGTERM or SIGKILL), and report the time from the signal to the
     /// first successful put through a survivor: p50, p90, min, max.
     Failover(FailoverArgs),
+}
+
+/// `kvctl snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent copy of the cluster's data (with client sessions,
+    /// its log index and term, and a checksum) to FILE, taken at a
+    /// linearizable point: every write acknowledged before the save began
+    /// is in it. The cluster keeps serving meanwhile. Needs an admin token
+    /// on a cluster with tokens.
+    Save {
+        /// Where to write it; must not exist (it is written as FILE.part
+        /// and renamed once complete and checked).
+        file: PathBuf,
+        /// The node to take it from [default: the first endpoint that
+        /// answers]. A follower spares the leader the work.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Print a backup's metadata after checking it whole (checksum, order,
+    /// length); exit 2 if it is damaged.
+    Status {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Make the data directory of a node of a new cluster from a backup by
+    /// running `kv-server restore ARGS` (`--from FILE --data-dir D --id N
+    /// --initial-members ...`); `kvctl snapshot restore --help` says more.
+    Restore {
+        /// The kv-server binary (default: the one next to kvctl). Give it
+        /// before ARGS.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// The arguments of `kv-server restore`, passed on as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `kvctl cluster ...`.
@@ -394,13 +438,14 @@ impl Command {
             | Command::AddLearner { .. }
             | Command::Promote { .. }
             | Command::Remove { .. }
-            | Command::Snapshot { .. }
+            | Command::Compact { .. }
             | Command::Campaign { .. }
             | Command::TransferLeader { .. } => true,
             Command::Get { .. }
             | Command::List { .. }
             | Command::Status { .. }
             | Command::Members
+            | Command::Snapshot(_)
             | Command::Cluster(_)
             | Command::Certs { .. }
             | Command::Tokens { .. }
@@ -418,6 +463,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Cluster(command) => return cluster(command, g.json).await,
         Command::Certs { args, bin } => return server_tool("certs", &args, bin),
+        Command::Snapshot(SnapshotCommand::Restore { args, bin }) => {
+            return server_tool("restore", &args, bin)
+        }
+        Command::Snapshot(SnapshotCommand::Status { file }) => {
+            let r = snapshot::status(&file)?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!("{}", snapshot::describe(&r));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Tokens { args, bin } => return server_tool("tokens", &args, bin),
         _ => {}
     }
@@ -572,10 +629,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = client.remove(id).await.with_context(|| format!("remove {id}"))?;
             print_change(g.json, &r)?;
         }
-        Command::Snapshot { endpoint } => {
+        Command::Compact { endpoint } => {
             let endpoint = endpoint.unwrap_or(first_endpoint);
-            let r = client.snapshot(&endpoint).await.with_context(|| format!("snapshot on {endpoint}"))?;
+            let r = client.snapshot(&endpoint).await.with_context(|| format!("compact on {endpoint}"))?;
             print_change(g.json, &r)?;
+        }
+        Command::Snapshot(SnapshotCommand::Save { file, endpoint }) => {
+            let r = snapshot::save(&client, endpoint.as_deref(), &file, g.json).await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!("{}", snapshot::describe(&r));
+            }
         }
         Command::Campaign { endpoint } => {
             let endpoint = endpoint.unwrap_or(first_endpoint);
@@ -590,7 +655,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("OK (node {} leads term {}; handed over by node {})", r.leader, r.term, r.node);
             }
         }
-        Command::Cluster(_)
+        Command::Snapshot(SnapshotCommand::Status { .. } | SnapshotCommand::Restore { .. })
+        | Command::Cluster(_)
         | Command::Certs { .. }
         | Command::Tokens { .. }
         | Command::Bench(_)

@@ -236,4 +236,38 @@ fn kvctl_sends_its_token_and_explains_a_refusal() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ops"], 0, "{report}");
     assert!(report["error_kinds"]["401 unauthenticated"].as_u64() > Some(0), "{report}");
+
+    // A backup is an admin operation, as compaction is.
+    let backup = dir.path().join("backup.kvb");
+    let path = backup.to_str().unwrap();
+    let out = run(&["snapshot", "save", path], Some(&reader));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("403 forbidden"), "{}", text(&out.stderr));
+    assert!(
+        !backup.exists() && !dir.path().join("backup.kvb.part").exists(),
+        "a refused save leaves no file"
+    );
+    let out = run(&["snapshot", "save", path], Some(&admin));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("(verified)"), "{}", text(&out.stdout));
+    let out = run(&["snapshot", "save", path], Some(&admin));
+    assert!(
+        text(&out.stderr).contains("exists; remove it"),
+        "a save never overwrites: {}",
+        text(&out.stderr)
+    );
+    let out = kvctl(&["--json", "snapshot", "status", path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["header"]["cluster_id"], "kv", "{status}");
+    assert!(status["header"]["keys"].as_u64() >= Some(1), "{status}");
+    let mut bytes = std::fs::read(&backup).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&backup, &bytes).unwrap();
+    let out = kvctl(&["snapshot", "status", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("the backup is corrupt"), "{}", text(&out.stderr));
+    let out = run(&["compact"], Some(&admin));
+    assert!(out.status.success(), "compact: {}", text(&out.stderr));
 }

@@ -112,6 +112,7 @@ use std::time::Duration;
 use crate::api::{Consistency, Durability};
 use crate::tls::{http_client_builder, ClientTls};
 
+mod backup;
 mod cluster;
 mod error;
 mod kv;
@@ -119,6 +120,7 @@ mod leader;
 mod retry;
 mod session;
 
+pub use backup::BackupDownload;
 pub use error::ClientError;
 pub use kv::{encode_key, kv_path, CasOutcome, KeyValue, Listing, Read};
 use leader::Routing;

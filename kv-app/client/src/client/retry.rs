@@ -233,6 +233,28 @@ fn failed_exchange(endpoint: &str, e: &reqwest::Error) -> Attempt {
     Attempt::Unknown { reason: describe_transport_error(endpoint, e) }
 }
 
+/// The error an answer other than 2xx stands for, for a caller that makes
+/// one attempt and handles the answer itself (a streamed backup).
+pub(super) fn refusal(reply: Reply) -> ClientError {
+    as_error(classify_reply(reply, &[]))
+}
+
+/// The error a failed exchange stands for, for such a caller.
+pub(super) fn transport_error(endpoint: &str, e: &reqwest::Error) -> ClientError {
+    as_error(failed_exchange(endpoint, e))
+}
+
+fn as_error(attempt: Attempt) -> ClientError {
+    match attempt {
+        Attempt::Failed(e) | Attempt::NotDone { error: Some(e), .. } => e,
+        Attempt::NotDone { reason, .. } | Attempt::Unknown { reason } => ClientError::Unavailable { reason },
+        Attempt::Done(reply) => ClientError::Decode {
+            endpoint: reply.endpoint,
+            reason: format!("status {} is not a refusal", reply.status),
+        },
+    }
+}
+
 /// Sorts an HTTP answer into the outcomes the retry loop distinguishes.
 fn classify_reply(reply: Reply, accept: &[StatusCode]) -> Attempt {
     let status = reply.status;
