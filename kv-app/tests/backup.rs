@@ -228,12 +228,18 @@ async fn force_new_cluster_on_one_survivor_keeps_every_committed_write() {
     }
     let after = client.put("after", b"yes", None).await.unwrap().index;
 
-    // Members join it as they would any cluster.
-    cluster.add_node(4);
+    // Members join it as they would any cluster, two at once: the second
+    // waits while the first's change is in progress.
     let join = cluster.nodes[&survivor].http.clone();
-    cluster.spawn(4, &["--join", &join]);
+    for id in [4, 5] {
+        cluster.add_node(id);
+        cluster.spawn(id, &["--join", &join]);
+    }
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while cluster.status(survivor).await.unwrap().voters != vec![survivor, 4, 5] {
+        assert!(std::time::Instant::now() < deadline, "nodes 4 and 5 did not both join: {}", cluster.log(5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.converge(after).await;
-    let status = cluster.status(4).await.unwrap();
-    assert_eq!(status.voters, vec![survivor, 4]);
     assert!(cluster.log(survivor).contains("this node is now the only voter"));
 }

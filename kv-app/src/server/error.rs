@@ -123,9 +123,14 @@ impl From<ChangeError> for ApiError {
             ChangeError::NotLeader { leader } => {
                 ApiError::no_leader(e.to_string(), leader_info(leader.as_ref()))
             }
-            ChangeError::InProgress(_) | ChangeError::Invalid(_) => {
-                ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, e.to_string())
+            // Refused before anything was proposed, and over once the
+            // change in progress is: nodes joining at once retry.
+            ChangeError::InProgress(_) => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, e.to_string());
+                err.body.retryable = true;
+                err
             }
+            ChangeError::Invalid(_) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, e.to_string()),
             ChangeError::Indeterminate(_) => ApiError::indeterminate(e.to_string(), None),
             ChangeError::ShuttingDown => ApiError::no_leader(e.to_string(), None),
             _ => ApiError::internal(e.to_string()),
@@ -159,5 +164,18 @@ impl From<TransferError> for ApiError {
 impl From<raft_core::StateError> for ApiError {
     fn from(e: raft_core::StateError) -> Self {
         ApiError::internal(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_refused_because_another_is_in_progress_is_worth_retrying_and_an_invalid_one_is_not() {
+        let busy = ApiError::from(ChangeError::InProgress("a learner is catching up".into()));
+        assert_eq!((busy.status, busy.body.retryable), (StatusCode::CONFLICT, true));
+        let invalid = ApiError::from(ChangeError::Invalid("node 9 is not a learner".into()));
+        assert_eq!((invalid.status, invalid.body.retryable), (StatusCode::CONFLICT, false));
     }
 }

@@ -372,6 +372,10 @@ fn router(ctx: Ctx) -> Router {
 
 /// Asks a running cluster to add this node as a learner (which waits until
 /// it has caught up) and then to promote it to voter.
+/// How many times a join step answered "retryable" is tried, 500 ms apart:
+/// long enough for another node's join, with its catch-up, to finish.
+const JOIN_RETRYABLE_ATTEMPTS: u32 = 240;
+
 async fn join_cluster(
     ctx: &Ctx,
     via: &str,
@@ -417,7 +421,14 @@ async fn join_cluster(
                 Ok(resp) => {
                     let status = resp.status();
                     let text = resp.text().await.unwrap_or_default();
-                    bail!("joining via {base}: {what} failed: {status} {text}");
+                    // Another node's change in progress (nodes joining at
+                    // once): wait for it, for as long as a change may take.
+                    let retryable =
+                        serde_json::from_str::<kv_client::api::ErrorBody>(&text).is_ok_and(|b| b.retryable);
+                    if !(retryable && attempt < JOIN_RETRYABLE_ATTEMPTS) {
+                        bail!("joining via {base}: {what} failed: {status} {text}");
+                    }
+                    tracing::info!(node_id = ctx.id, "joining via {base}: {what}: {text}; retrying");
                 }
                 Err(e) if attempt < 30 => tracing::warn!(error = %e, "joining via {base}: {what}; retrying"),
                 Err(e) => bail!("joining via {base}: {what}: {e}"),
