@@ -8,6 +8,12 @@
 //! directory holds, and `--writes` its committed log replayed, one JSON line
 //! per key each entry wrote (see `kv_app::inspect`).
 //!
+//! `kv-server restore --from BACKUP --data-dir D` makes the data directory
+//! of a node of a new cluster from a backup (`kvctl snapshot save`), and
+//! `--force-new-cluster` makes a stopped survivor the only voter of its
+//! cluster before it starts (see `kv_app::restore` and
+//! `docs/operations.md`).
+//!
 //! `kv-server tokens` makes and edits the token file of `--token-file` and
 //! the cluster secret file of `--cluster-secret-file` (see
 //! `kv_app::tokens`). A running server reads both again on SIGHUP.
