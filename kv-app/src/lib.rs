@@ -16,6 +16,8 @@
 //! 6. [`tokens`]: `kv-server tokens`, the bearer tokens of the HTTP API
 //!    and the cluster secret, and their files, which
 //!    [`server::auth`] checks requests against.
+//! 7. [`config_file`]: `kv-server --config FILE` and the `KV_*` variables,
+//!    the other two places a flag can be set.
 //!
 //! Two crates nested here hold the rest, and neither depends on this one:
 //!
@@ -31,6 +33,7 @@
 
 pub mod certs;
 pub mod command;
+pub mod config_file;
 pub mod inspect;
 pub mod server;
 pub mod state_machine;

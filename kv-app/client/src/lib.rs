@@ -11,8 +11,11 @@
 //!    presents, and the one way to build a reqwest client in this workspace.
 //! 4. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
 //!    for local clusters and test harnesses.
+//! 5. [`server_env`]: keeping the `KV_*` variables of a user's shell away
+//!    from the kv-server processes such a program starts.
 
 pub mod api;
 pub mod client;
 pub mod ports;
+pub mod server_env;
 pub mod tls;
