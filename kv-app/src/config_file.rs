@@ -107,6 +107,15 @@ pub fn with_env(command: Command) -> Command {
     })
 }
 
+/// Whether `args` run one of `command`'s subcommands. The variables and the
+/// file are for the top-level flags: a caller should give a subcommand's
+/// run `command` without [`with_env`], so that a variable meant for a
+/// server (or a bad one) does not stop an offline tool.
+pub fn names_subcommand(command: &Command, args: &[OsString]) -> bool {
+    let matches = command.clone().ignore_errors(true).try_get_matches_from(args);
+    matches.is_ok_and(|m| m.subcommand_name().is_some())
+}
+
 /// The long name of a flag that a variable or the file may set.
 fn settable(arg: &Arg) -> Option<&str> {
     match arg.get_action() {
@@ -360,6 +369,15 @@ mod tests {
             merge(&command(), ["kv-server", "--config", "/no/such/file.toml"].map(OsString::from).to_vec())
                 .unwrap_err();
         assert!(err.to_string().starts_with("reading the config file /no/such/file.toml: "), "{err}");
+    }
+
+    #[test]
+    fn a_subcommand_is_told_apart_from_a_run_with_flags() {
+        let command = command().subcommand(Command::new("inspect").arg(Arg::new("dir").long("dir")));
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(names_subcommand(&command, &args(&["kv-server", "inspect", "--dir", "d"])));
+        assert!(!names_subcommand(&command, &args(&["kv-server", "--data-dir", "inspect"])));
+        assert!(!names_subcommand(&command, &args(&["kv-server"])));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   the same error as on the command line.
 //! * `--log-format json` writes one JSON object per line on stderr, and
 //!   text logs written to a file hold no colour codes.
+//! * `kv-server inspect` reads no variable and no file.
 
 mod common;
 
@@ -131,6 +132,13 @@ async fn the_file_sets_the_node_up_and_variables_and_flags_override_it() {
         .collect();
     assert!(events.iter().any(|e| e["message"] == LOCAL_READS_WARNING && e["level"] == "WARN"), "{log}");
     assert!(events.iter().all(|e| e["timestamp"].is_string() && e["target"].is_string()), "{log}");
+
+    // The offline commands take neither variables nor the file: ones meant
+    // for a server, even bad ones, do not stop them.
+    let env = [("KV_ID", "not-a-number"), ("KV_CONFIG", "/no/such/file.toml")];
+    let out =
+        server(&["inspect", "--json", "--data-dir", file_data.to_str().unwrap()], &env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A variable overrides the file, for a path and for a boolean; a flag
     // overrides a variable and the file.

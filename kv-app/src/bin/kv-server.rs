@@ -450,10 +450,16 @@ fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
 
 /// The command line, with a variable for every flag and the config file's
 /// settings merged in; exits with clap's message on a bad argument or after
-/// `--help`.
+/// `--help`. The subcommands (`inspect`, `certs`, `tokens`) take their own
+/// flags only: no variable, no file.
 fn parse() -> Result<(Cli, ArgMatches, Merged)> {
-    let command = config_file::with_env(Cli::command());
-    let merged = config_file::merge(&command, std::env::args_os().collect())?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = if config_file::names_subcommand(&Cli::command(), &args) {
+        Cli::command()
+    } else {
+        config_file::with_env(Cli::command())
+    };
+    let merged = config_file::merge(&command, args)?;
     let matches = match command.try_get_matches_from(&merged.args) {
         Ok(matches) => matches,
         Err(e) => {

@@ -281,6 +281,9 @@ pub fn health(answers: &[Answer]) -> HealthReport {
         _ if leaderless > 0 => {
             (false, None, format!("unhealthy: {leaderless} of {total} endpoints know no leader"))
         }
+        [(leader, _)] if total == 1 => {
+            (true, Some(*leader), format!("healthy: the endpoint names leader {leader}"))
+        }
         [(leader, _)] => {
             (true, Some(*leader), format!("healthy: all {total} endpoints name leader {leader}"))
         }
@@ -383,6 +386,7 @@ ENDPOINT        ID  ROLE      TERM  LEADER  APPLIED  COMMITTED  LAG  DB SIZE  VE
         let report = health(&[ok("a", Some(2)), ok("b", Some(2))]);
         assert_eq!((report.healthy, report.leader), (true, Some(2)));
         assert_eq!(report.endpoints[0].line(), "a is healthy: leader 2, took 3.1 ms");
+        assert_eq!(health(&[ok("a", Some(2))]).summary, "healthy: the endpoint names leader 2");
 
         let report = health(&[ok("a", Some(2)), ok("b", Some(3))]);
         assert_eq!((report.healthy, report.unreachable), (false, 0));

@@ -27,20 +27,27 @@ impl Drop for Down<'_> {
     }
 }
 
+/// Runs `kvctl cluster up` of 3 nodes in `dir`/cluster, and returns that
+/// directory and its cluster.json. The caller stops the cluster ([`Down`]).
+fn cluster_up(dir: &std::path::Path) -> (String, serde_json::Value) {
+    let server = common::kv_server();
+    let cluster_dir = dir.join("cluster").to_str().unwrap().to_owned();
+    let out =
+        kvctl(&["cluster", "up", "--nodes", "3", "--dir", &cluster_dir, "--bin", server.to_str().unwrap()]);
+    let guard = Down(&cluster_dir);
+    assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
+    std::mem::forget(guard);
+    let file = std::fs::read_to_string(dir.join("cluster/cluster.json")).unwrap();
+    (cluster_dir, serde_json::from_str(&file).unwrap())
+}
+
 #[test]
 fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::kv_server();
-    let cluster_dir = dir.path().join("cluster");
-    let cluster_dir = cluster_dir.to_str().unwrap();
-    let out =
-        kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server.to_str().unwrap()]);
+    let (cluster_dir, file) = cluster_up(dir.path());
+    let cluster_dir = cluster_dir.as_str();
     let guard = Down(cluster_dir);
-    assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
     {
-        let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster/cluster.json")).unwrap())
-                .unwrap();
         let nodes = file["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 3);
         for n in nodes {
@@ -252,16 +259,8 @@ fn gone(pid: u64) -> bool {
 #[test]
 fn endpoint_status_and_health_show_every_node_then_the_stopped_one() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::kv_server();
-    let cluster_dir = dir.path().join("cluster");
-    let cluster_dir = cluster_dir.to_str().unwrap();
-    let out =
-        kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server.to_str().unwrap()]);
-    let _down = Down(cluster_dir);
-    assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster/cluster.json")).unwrap())
-            .unwrap();
+    let (cluster_dir, file) = cluster_up(dir.path());
+    let _down = Down(&cluster_dir);
     let nodes = file["nodes"].as_array().unwrap();
     let endpoints: Vec<&str> = nodes.iter().map(|n| n["http_addr"].as_str().unwrap()).collect();
     let joined = endpoints.join(",");
