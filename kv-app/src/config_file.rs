@@ -21,7 +21,10 @@
 //! wherever it came from: its type and range, and the flags that need or
 //! exclude each other, so a file that sets `token-file` without
 //! `cluster-secret-file` is refused just as the command line would be
-//! ([`Merged::note`] then says which flags came from the file).
+//! ([`Merged::note`] then says which flags came from the file or from
+//! variables). Subcommands (kv-server's offline `inspect`, `certs`,
+//! `tokens`) take neither: [`names_subcommand`] lets the caller leave the
+//! variables out for them.
 //!
 //! A key that names no flag is refused, naming the key and the file: a
 //! misspelt setting that were silently ignored could leave a node without

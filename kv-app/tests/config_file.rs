@@ -12,6 +12,7 @@
 //!   the same error as on the command line.
 //! * `--log-format json` writes one JSON object per line on stderr, and
 //!   text logs written to a file hold no colour codes.
+//! * A log level that is no level is refused, naming where it came from.
 //! * `kv-server inspect` reads no variable and no file.
 
 mod common;
@@ -222,4 +223,12 @@ fn a_bad_file_is_refused_naming_the_file_and_the_key() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("set by the config file {half}: --token-file")), "{stderr}");
+}
+
+#[test]
+fn a_log_level_that_is_no_level_is_refused_naming_where_it_came_from() {
+    let stderr = refused(&["--log-level", "verbose"], &[]);
+    assert!(stderr.contains("--log-level: \"verbose\" is not a level"), "{stderr}");
+    let stderr = refused(&[], &[("KV_LOG_LEVEL", "warn,kv_app=loud")]);
+    assert!(stderr.contains("KV_LOG_LEVEL: \"warn,kv_app=loud\" is not a log filter"), "{stderr}");
 }

@@ -488,32 +488,57 @@ fn install_tracing(args: &Args, matches: &ArgMatches, merged: &Merged) -> Result
     Ok(())
 }
 
+/// Where the log filter came from: named in the error that refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FilterFrom {
+    /// `--log-level`, or its default.
+    Flag,
+    /// `KV_LOG_LEVEL`.
+    Variable,
+    /// `RUST_LOG`, read as tracing reads it (a bare word is a module name).
+    RustLog,
+    /// `log-level` in the config file.
+    File,
+}
+
+impl std::fmt::Display for FilterFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FilterFrom::Flag => "--log-level",
+            FilterFrom::Variable => "KV_LOG_LEVEL",
+            FilterFrom::RustLog => "RUST_LOG",
+            FilterFrom::File => "log-level in the config file",
+        })
+    }
+}
+
 /// The log filter, and where it came from: `--log-level` on the command
 /// line, then `KV_LOG_LEVEL`, then `RUST_LOG`, then `log-level` in the
 /// config file, then [`DEFAULT_LOG_LEVEL`]. RUST_LOG ranks as the
 /// environment variable it is, over the file, so that `RUST_LOG=debug` can
 /// debug a node whatever its file says.
-fn log_filter(args: &Args, matches: &ArgMatches, merged: &Merged) -> (String, &'static str) {
+fn log_filter(args: &Args, matches: &ArgMatches, merged: &Merged) -> (String, FilterFrom) {
     let from_file = merged.from_file.iter().any(|f| f == "log-level");
     match matches.value_source("log_level") {
-        Some(ValueSource::CommandLine) if !from_file => (args.log_level.clone(), "--log-level"),
-        Some(ValueSource::EnvVariable) => (args.log_level.clone(), "KV_LOG_LEVEL"),
+        Some(ValueSource::CommandLine) if !from_file => (args.log_level.clone(), FilterFrom::Flag),
+        Some(ValueSource::EnvVariable) => (args.log_level.clone(), FilterFrom::Variable),
         _ => match std::env::var("RUST_LOG") {
-            Ok(rust_log) if !rust_log.trim().is_empty() => (rust_log, "RUST_LOG"),
-            _ if from_file => (args.log_level.clone(), "log-level in the config file"),
-            _ => (args.log_level.clone(), "--log-level"),
+            Ok(rust_log) if !rust_log.trim().is_empty() => (rust_log, FilterFrom::RustLog),
+            _ if from_file => (args.log_level.clone(), FilterFrom::File),
+            _ => (args.log_level.clone(), FilterFrom::Flag),
         },
     }
 }
 
-/// A level or a filter, as [`install_tracing`] takes it. A single word must
-/// be a level: tracing would read any other word as the name of a module to
-/// log everything of, so a typo (`--log-level verbose`) would silently log
-/// nothing of kv-server.
-fn parse_filter(filter: &str, from: &str) -> Result<tracing_subscriber::EnvFilter> {
+/// A level or a filter, as [`install_tracing`] takes it. But for RUST_LOG,
+/// a single word must be a level: tracing would read any other word as the
+/// name of a module to log everything of, so a typo (`--log-level
+/// verbose`) would silently log nothing of kv-server.
+fn parse_filter(filter: &str, from: FilterFrom) -> Result<tracing_subscriber::EnvFilter> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     let single_word = !filter.contains(['=', ',', '[', ':']);
-    if from != "RUST_LOG" && single_word && !LEVELS.contains(&filter.trim().to_lowercase().as_str()) {
+    if from != FilterFrom::RustLog && single_word && !LEVELS.contains(&filter.trim().to_lowercase().as_str())
+    {
         bail!(
             "{from}: {filter:?} is not a level ({}) nor a filter such as \"info,kv_app=debug\"",
             LEVELS.join(", ")
