@@ -183,6 +183,9 @@ impl Cluster {
             .open(&log)
             .map_err(io(format!("opening {}", log.display())))?;
         let mut cmd = Command::new(&self.spec.bin);
+        // The node runs with the flags below, not with KV_* variables of the
+        // user's shell (a KV_UNSAFE_* one would break the run's guarantees).
+        kv_client::server_env::clear(&mut cmd);
         cmd.args(["--id", &id.to_string(), "--data-dir"]).arg(&node.data_dir).args([
             "--http-addr",
             &node.http_addr,

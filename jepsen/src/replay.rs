@@ -55,7 +55,7 @@ pub struct ReplayOptions {
 /// missing), or prints something that is not a write with a UTF-8 value.
 pub fn final_log(server_bin: &Path, data_dir: &Path, options: ReplayOptions) -> anyhow::Result<FinalLog> {
     let mut cmd = Command::new(server_bin);
-    cmd.arg("inspect").arg("--writes").arg("--data-dir").arg(data_dir);
+    kv_client::server_env::clear(&mut cmd).arg("inspect").arg("--writes").arg("--data-dir").arg(data_dir);
     if let Some(committed) = options.committed {
         cmd.args(["--committed", &committed.to_string()]);
     }

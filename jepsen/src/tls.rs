@@ -74,7 +74,7 @@ impl Credentials {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let run = |args: &[&str], files: &[(&str, &Path)]| -> anyhow::Result<String> {
             let mut cmd = Command::new(server_bin);
-            cmd.args(args);
+            kv_client::server_env::clear(&mut cmd).args(args);
             for (flag, path) in files {
                 cmd.arg(flag).arg(path);
             }

@@ -18,6 +18,8 @@
 //!    [`server::auth`] checks requests against.
 //! 7. [`restore`]: `kv-server restore` and `--force-new-cluster`, the ways
 //!    back from losing a cluster.
+//! 8. [`config_file`]: `kv-server --config FILE` and the `KV_*` variables,
+//!    the other two places a flag can be set.
 //!
 //! Two crates nested here hold the rest, and neither depends on this one:
 //!
@@ -33,6 +35,7 @@
 
 pub mod certs;
 pub mod command;
+pub mod config_file;
 pub mod inspect;
 pub mod restore;
 pub mod server;

@@ -44,7 +44,7 @@
 //! others to notice the silence, as a crash would.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,6 +213,8 @@ pub struct RaftNode<A: StateMachine> {
     raft: Raft,
     app: Arc<A>,
     sm: StateMachineStore,
+    /// The database file, or `None` in memory.
+    db_path: Option<PathBuf>,
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
@@ -316,7 +318,8 @@ impl<A: StateMachine> RaftNode<A> {
         let gate = Gate::new();
         let proposer = Proposer::spawn(raft.clone(), &config, gate.clone());
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
-        Ok(RaftNode { id, config, raft, app, sm, server: None, proposer, reads, gate })
+        let db_path = db.path().map(Path::to_path_buf);
+        Ok(RaftNode { id, config, raft, app, sm, db_path, server: None, proposer, reads, gate })
     }
 
     /// This node's id.
@@ -327,6 +330,13 @@ impl<A: StateMachine> RaftNode<A> {
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The file that holds everything this node keeps on disk (its log, its
+    /// vote and its checkpointed state; see [`crate::storage::db`]), or
+    /// `None` for a node in memory.
+    pub fn db_path(&self) -> Option<&Path> {
+        self.db_path.as_deref()
     }
 
     /// The address the TCP transport listens on, if this node uses it.

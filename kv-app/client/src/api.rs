@@ -336,6 +336,16 @@ pub struct StatusResponse {
     pub followers: Vec<FollowerStatus>,
     /// A digest of the applied data, equal on replicas with equal data.
     pub state_digest: String,
+    /// The version of the kv-server that answered. `None` from a server
+    /// older than this field.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The size of the node's database file (`raft.redb` in its data
+    /// directory), in bytes: its log, vote and checkpointed state, free
+    /// pages inside the file included. `None` from a server older than this
+    /// field, or one that could not read the file's size.
+    #[serde(default)]
+    pub db_size_bytes: Option<u64>,
 }
 
 /// A member of the cluster.

@@ -13,9 +13,12 @@
 //!    for local clusters and test harnesses.
 //! 5. [`backup`]: the backup file format, which the server writes and
 //!    clients keep and check.
+//! 6. [`server_env`]: keeping the `KV_*` variables of a user's shell away
+//!    from the kv-server processes such a program starts.
 
 pub mod api;
 pub mod backup;
 pub mod client;
 pub mod ports;
+pub mod server_env;
 pub mod tls;

@@ -18,6 +18,11 @@
 //! the cluster secret file of `--cluster-secret-file` (see
 //! `kv_app::tokens`). A running server reads both again on SIGHUP.
 //!
+//! Every flag of a node can also come from an environment variable
+//! (`KV_DATA_DIR` for `--data-dir`) or from the TOML file of `--config`;
+//! `kv_app::config_file` says how and in which order. Logs go to stderr, as
+//! text or (`--log-format json`) one JSON object per line.
+//!
 //! The flags under "Fault injection" exist for the Jepsen harness: each
 //! breaks one guarantee on purpose, so that the harness can show its
 //! checkers catch the breakage (see "Fault-injection flags" in
@@ -31,11 +36,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use kv_app::config_file::{self, Merged};
 use kv_app::inspect::{self, ReplayOptions};
 use kv_app::server::auth::AuthFiles;
 use kv_app::server::tls::{is_loopback, HttpTls};
@@ -51,12 +59,26 @@ const FAULTS: &str = "Fault injection (testing only: these break the service's g
 const PEER_TLS: &str = "Peer TLS (mutual TLS on the Raft port; all three or none)";
 const HTTPS: &str = "HTTPS (TLS on the HTTP API; --tls-cert, --tls-key and --tls-ca together)";
 const AUTH: &str = "Client authentication (bearer tokens with roles; both or neither)";
+const LOGS: &str = "Logs (on stderr)";
+
+/// The end of `--help`: where else flags can be set.
+const SETTINGS: &str = "\
+Every flag can also be set by an environment variable, KV_ and the flag's
+name in capitals with '_' for '-' (KV_DATA_DIR=/var/lib/kv), or in the TOML
+file of --config, keyed by the flag's name (data-dir = \"/var/lib/kv\",
+insecure = true). The command line wins over a variable, a variable over the
+file, the file over the default.";
+
+/// The filter of the logs when nothing sets one: openraft's own info lines
+/// (one per vote, per replication stream) would drown kv-server's.
+const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn";
 
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "A node of the replicated key-value service (Raft on openraft + redb)",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = SETTINGS
 )]
 struct Cli {
     #[command(flatten)]
@@ -225,8 +247,34 @@ struct InspectArgs {
     unsafe_no_dedup: bool,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// A line per event, for people (in colour on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A node's flags. `main` gives each an environment variable and lets the
+/// file of `--config` set it too (`kv_app::config_file`): a new flag needs
+/// nothing more.
 #[derive(clap::Args, Debug)]
 struct Args {
+    /// Read settings from this TOML file, one per flag, keyed by its name:
+    /// data-dir = "/var/lib/kv", insecure = true. Flags and KV_* variables
+    /// override it; an unknown key is refused.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The log format. json's objects hold "timestamp", "level", "target",
+    /// "message" and the event's fields.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = LOGS)]
+    log_format: LogFormat,
+    /// What to log: a level (error, warn, info, debug, trace, off) or a
+    /// filter as RUST_LOG takes it ("info,kv_app=debug"). RUST_LOG counts as
+    /// a variable for this flag, after KV_LOG_LEVEL.
+    #[arg(long, value_name = "LEVEL_OR_FILTER", default_value = DEFAULT_LOG_LEVEL, help_heading = LOGS)]
+    log_level: String,
     /// This node's id: a positive integer, unique in the cluster, never reused.
     #[arg(long, default_value_t = 1)]
     id: u64,
@@ -493,13 +541,118 @@ fn parse_members(s: &str) -> Result<BTreeMap<u64, Node>> {
     Ok(members)
 }
 
+/// The command line, with a variable for every flag and the config file's
+/// settings merged in; exits with clap's message on a bad argument or after
+/// `--help`. The subcommands (`inspect`, `certs`, `tokens`) take their own
+/// flags only: no variable, no file.
+fn parse() -> Result<(Cli, ArgMatches, Merged)> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = if config_file::names_subcommand(&Cli::command(), &args) {
+        Cli::command()
+    } else {
+        config_file::with_env(Cli::command())
+    };
+    let merged = config_file::merge(&command, args)?;
+    let matches = match command.try_get_matches_from(&merged.args) {
+        Ok(matches) => matches,
+        Err(e) => {
+            let _ = e.print();
+            if let (true, Some(note)) = (e.use_stderr(), merged.note()) {
+                eprintln!("\n{note}");
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    Ok((cli, matches, merged))
+}
+
+/// Installs the log subscriber: `--log-format`, and the filter of
+/// [`log_filter`]. Colour codes only when stderr is a terminal, so that a
+/// log redirected to a file holds plain text.
+fn install_tracing(args: &Args, matches: &ArgMatches, merged: &Merged) -> Result<()> {
+    let (filter, from) = log_filter(args, matches, merged);
+    let filter = parse_filter(&filter, from)?;
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
+    Ok(())
+}
+
+/// Where the log filter came from: named in the error that refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FilterFrom {
+    /// `--log-level`, or its default.
+    Flag,
+    /// `KV_LOG_LEVEL`.
+    Variable,
+    /// `RUST_LOG`, read as tracing reads it (a bare word is a module name).
+    RustLog,
+    /// `log-level` in the config file.
+    File,
+}
+
+impl std::fmt::Display for FilterFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FilterFrom::Flag => "--log-level",
+            FilterFrom::Variable => "KV_LOG_LEVEL",
+            FilterFrom::RustLog => "RUST_LOG",
+            FilterFrom::File => "log-level in the config file",
+        })
+    }
+}
+
+/// The log filter, and where it came from: `--log-level` on the command
+/// line, then `KV_LOG_LEVEL`, then `RUST_LOG`, then `log-level` in the
+/// config file, then [`DEFAULT_LOG_LEVEL`]. RUST_LOG ranks as the
+/// environment variable it is, over the file, so that `RUST_LOG=debug` can
+/// debug a node whatever its file says.
+fn log_filter(args: &Args, matches: &ArgMatches, merged: &Merged) -> (String, FilterFrom) {
+    let from_file = merged.from_file.iter().any(|f| f == "log-level");
+    match matches.value_source("log_level") {
+        Some(ValueSource::CommandLine) if !from_file => (args.log_level.clone(), FilterFrom::Flag),
+        Some(ValueSource::EnvVariable) => (args.log_level.clone(), FilterFrom::Variable),
+        _ => match std::env::var("RUST_LOG") {
+            Ok(rust_log) if !rust_log.trim().is_empty() => (rust_log, FilterFrom::RustLog),
+            _ if from_file => (args.log_level.clone(), FilterFrom::File),
+            _ => (args.log_level.clone(), FilterFrom::Flag),
+        },
+    }
+}
+
+/// A level or a filter, as [`install_tracing`] takes it. But for RUST_LOG,
+/// a single word must be a level: tracing would read any other word as the
+/// name of a module to log everything of, so a typo (`--log-level
+/// verbose`) would silently log nothing of kv-server.
+fn parse_filter(filter: &str, from: FilterFrom) -> Result<tracing_subscriber::EnvFilter> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let single_word = !filter.contains(['=', ',', '[', ':']);
+    if from != FilterFrom::RustLog && single_word && !LEVELS.contains(&filter.trim().to_lowercase().as_str())
+    {
+        bail!(
+            "{from}: {filter:?} is not a level ({}) nor a filter such as \"info,kv_app=debug\"",
+            LEVELS.join(", ")
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("{from}: {filter:?} is not a log filter"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
-        .init();
-    let cli = Cli::parse();
+    let (cli, matches, merged) = parse()?;
+    install_tracing(&cli.args, &matches, &merged)?;
+    if let Some(file) = &merged.file {
+        tracing::info!(
+            file = %file.display(),
+            set = %merged.from_file.join(" "),
+            overridden = %merged.overridden.join(" "),
+            "settings read from the config file"
+        );
+    }
     match cli.command {
         Some(Command::Inspect(inspect)) => return run_inspect(inspect).await,
         Some(Command::Certs(command)) => {

@@ -71,8 +71,25 @@ pub async fn status(State(ctx): State<Ctx>) -> Response {
         learners: m.learners.iter().copied().collect(),
         followers,
         state_digest: digest,
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        db_size_bytes: db_size_bytes(&ctx).await,
     })
     .into_response()
+}
+
+/// The size of the node's database file, read from its metadata on a
+/// blocking-pool thread (`tokio::fs`), so that a slow disk does not stall
+/// the runtime; `None` for a node in memory, or when the file cannot be
+/// read (a status answer is more use without the size than not at all).
+async fn db_size_bytes(ctx: &Ctx) -> Option<u64> {
+    let path = ctx.node.db_path()?;
+    match tokio::fs::metadata(path).await {
+        Ok(metadata) => Some(metadata.len()),
+        Err(e) => {
+            tracing::debug!(node_id = ctx.id, path = %path.display(), error = %e, "reading the database's size");
+            None
+        }
+    }
 }
 
 /// `GET /v1/cluster/members`.

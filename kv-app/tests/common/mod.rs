@@ -167,7 +167,7 @@ impl ProcCluster {
         std::fs::create_dir_all(&node.dir).unwrap();
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        let child = kv_client::server_env::clear(&mut Command::new(env!("CARGO_BIN_EXE_kv-server")))
             .args(["--id", &id.to_string(), "--data-dir"])
             .arg(&node.dir)
             .args(["--http-addr", &node.http, "--raft-addr", &node.raft])

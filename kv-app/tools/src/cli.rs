@@ -7,8 +7,8 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | done |
-//! | 1 | a definite "no": `get` of a missing key, a `cas` whose expected value did not match |
-//! | 2 | an error: bad arguments, an unreachable cluster, a refused request (a write that certainly did not take effect), a failed read |
+//! | 1 | a definite "no": `get` of a missing key, a `cas` whose expected value did not match, an `endpoint health` whose endpoints all answered but know no leader or name different ones |
+//! | 2 | an error: bad arguments, an unreachable cluster, a refused request (a write that certainly did not take effect), a failed read, an `endpoint status` or `endpoint health` with an endpoint that did not answer |
 //! | 3 | a write's (or membership change's) outcome is unknown: it timed out, and may or may not take effect |
 //!
 //! Errors are one line on stderr. With `--json`, answers are the server's
@@ -29,6 +29,7 @@ use kv_client::tls::ClientTls;
 use serde::Serialize;
 
 use crate::bench::{self, BenchArgs, FailoverArgs};
+use crate::endpoint;
 use crate::local_cluster::{self, ClusterConfig, LocalCluster};
 use crate::snapshot;
 
@@ -154,6 +155,10 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Ask every endpoint of --endpoints at once: `endpoint status` (a
+    /// table), `endpoint health`.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// List the members and the leader.
     Members,
     /// Add a node as a learner (returns once it has caught up).
@@ -247,6 +252,31 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+}
+
+/// `kvctl endpoint ...`: every endpoint asked at once, once each, within
+/// --timeout (see [`crate::endpoint`]).
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// A table of every endpoint's node: role, term, leader, indexes, lag,
+    /// size on disk, version.
+    ///
+    /// One row per endpoint: its node's id, role, term, the leader it knows
+    /// of, its applied and committed index, its lag, the size of its
+    /// database file and its kv-server version; an endpoint that does not
+    /// answer gets a row with its error. LAG is how many entries of the
+    /// leader's log the node has not applied yet (the leader's last log
+    /// index minus the node's applied index), blank when no endpoint that
+    /// answered leads. --json prints an array of objects with the same
+    /// fields. Exits 0 if every endpoint answered, 2 if not.
+    Status,
+    /// Whether every endpoint answers and all name the same leader.
+    ///
+    /// Prints a line per endpoint and a summary (--json: one object).
+    /// Exits 0 when healthy, 1 when every endpoint answered but they know
+    /// no leader or name different ones, 2 when an endpoint did not
+    /// answer.
+    Health,
 }
 
 /// `kvctl bench [OPTIONS]` (a load) or `kvctl bench failover [OPTIONS]`.
@@ -444,6 +474,7 @@ impl Command {
             Command::Get { .. }
             | Command::List { .. }
             | Command::Status { .. }
+            | Command::Endpoint(_)
             | Command::Members
             | Command::Snapshot(_)
             | Command::Cluster(_)
@@ -599,6 +630,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Endpoint(command) => {
+            return run_endpoint(command, &client, &g.endpoints, deadline, g.json).await
+        }
         Command::Members => {
             let m = client.members().await.context("members")?;
             if g.json {
@@ -736,6 +770,51 @@ async fn cluster(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
                     println!("node {} (pid {}): {how}", node.id, node.pid);
                 }
                 println!("data kept in {}; `kvctl cluster up --dir {0}` restarts it", dir.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl endpoint status` and `kvctl endpoint health`: ask every endpoint,
+/// print the table or the verdict, and pick the exit code (see
+/// [`EndpointCommand`]).
+async fn run_endpoint(
+    command: EndpointCommand,
+    client: &Client,
+    endpoints: &[String],
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let answers = endpoint::ask_all(client, endpoints, timeout).await;
+    let failed = endpoint::failures(&answers);
+    match command {
+        EndpointCommand::Status => {
+            let rows = endpoint::status_rows(&answers);
+            if json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", endpoint::status_table(&rows));
+            }
+            if failed > 0 {
+                eprintln!("kvctl: endpoint status: {failed} of {} endpoints did not answer", answers.len());
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        }
+        EndpointCommand::Health => {
+            let report = endpoint::health(&answers);
+            if json {
+                print_json(&report)?;
+            } else {
+                for e in &report.endpoints {
+                    println!("{}", e.line());
+                }
+                println!("{}", report.summary);
+            }
+            match (report.healthy, report.unreachable) {
+                (true, _) => {}
+                (false, 0) => return Ok(ExitCode::from(EXIT_NO)),
+                (false, _) => return Ok(ExitCode::from(EXIT_ERROR)),
             }
         }
     }

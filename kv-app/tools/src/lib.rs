@@ -8,10 +8,13 @@
 //!
 //! 1. [`cli`] and [`local_cluster`]: `kvctl`, and running a cluster of
 //!    kv-server processes on one machine.
-//! 2. [`snapshot`]: `kvctl snapshot save` and `status`, online backups.
-//! 3. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
+//! 2. [`endpoint`]: `kvctl endpoint status` and `kvctl endpoint health`,
+//!    every endpoint's view of the cluster side by side.
+//! 3. [`snapshot`]: `kvctl snapshot save` and `status`, online backups.
+//! 4. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
 
 pub mod bench;
 pub mod cli;
+pub mod endpoint;
 pub mod local_cluster;
 pub mod snapshot;

@@ -272,7 +272,7 @@ impl Security {
         let security = Security::in_dir(dir);
         let d = security.dir.clone().into_os_string();
         let run = |args: &[&std::ffi::OsStr]| -> Result<String, LocalClusterError> {
-            let out = Command::new(bin)
+            let out = kv_client::server_env::clear(&mut Command::new(bin))
                 .args(args)
                 .stdin(Stdio::null())
                 .output()
@@ -769,7 +769,9 @@ fn spawn_node(
         .map_err(|source| io(format!("opening {}", log_path.display()), source))?;
     let log_too = log.try_clone().map_err(|source| io(format!("opening {}", log_path.display()), source))?;
     let mut command = Command::new(&config.bin);
-    command
+    // The node runs with the flags below, not with KV_* variables of the
+    // user's shell.
+    kv_client::server_env::clear(&mut command)
         .arg("--id")
         .arg(node.id.to_string())
         .arg("--data-dir")

@@ -1,7 +1,9 @@
 //! `kvctl` end to end, as a user runs it: `cluster up` starts real
 //! `kv-server` processes and writes `cluster.json`; the key commands print
 //! values and use exit codes; `status --json` names the leader;
-//! `transfer-leader --to N` makes N leader; `cluster down` stops everything.
+//! `transfer-leader --to N` makes N leader; `endpoint status` and `endpoint
+//! health` show every node, and a stopped one; `cluster down` stops
+//! everything.
 
 use std::process::{Command, Output};
 
@@ -25,20 +27,27 @@ impl Drop for Down<'_> {
     }
 }
 
+/// Runs `kvctl cluster up` of 3 nodes in `dir`/cluster, and returns that
+/// directory and its cluster.json. The caller stops the cluster ([`Down`]).
+fn cluster_up(dir: &std::path::Path) -> (String, serde_json::Value) {
+    let server = common::kv_server();
+    let cluster_dir = dir.join("cluster").to_str().unwrap().to_owned();
+    let out =
+        kvctl(&["cluster", "up", "--nodes", "3", "--dir", &cluster_dir, "--bin", server.to_str().unwrap()]);
+    let guard = Down(&cluster_dir);
+    assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
+    std::mem::forget(guard);
+    let file = std::fs::read_to_string(dir.join("cluster/cluster.json")).unwrap();
+    (cluster_dir, serde_json::from_str(&file).unwrap())
+}
+
 #[test]
 fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::kv_server();
-    let cluster_dir = dir.path().join("cluster");
-    let cluster_dir = cluster_dir.to_str().unwrap();
-    let out =
-        kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server.to_str().unwrap()]);
+    let (cluster_dir, file) = cluster_up(dir.path());
+    let cluster_dir = cluster_dir.as_str();
     let guard = Down(cluster_dir);
-    assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
     {
-        let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster/cluster.json")).unwrap())
-                .unwrap();
         let nodes = file["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 3);
         for n in nodes {
@@ -270,4 +279,84 @@ fn kvctl_sends_its_token_and_explains_a_refusal() {
     assert!(text(&out.stderr).contains("the backup is corrupt"), "{}", text(&out.stderr));
     let out = run(&["compact"], Some(&admin));
     assert!(out.status.success(), "compact: {}", text(&out.stderr));
+}
+
+/// Whether process `pid` is gone (or a zombie, dead but not yet reaped).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn endpoint_status_and_health_show_every_node_then_the_stopped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster_dir, file) = cluster_up(dir.path());
+    let _down = Down(&cluster_dir);
+    let nodes = file["nodes"].as_array().unwrap();
+    let endpoints: Vec<&str> = nodes.iter().map(|n| n["http_addr"].as_str().unwrap()).collect();
+    let joined = endpoints.join(",");
+    let with = |args: &[&str]| kvctl(&[&["--endpoints", joined.as_str()][..], args].concat());
+
+    // `cluster up` returns once every node names the same leader.
+    let out = with(&["--json", "endpoint", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let shown: Vec<&str> = rows.iter().map(|r| r["endpoint"].as_str().unwrap()).collect();
+    assert_eq!(shown, endpoints, "one row per endpoint, in order");
+    let leaders: Vec<&serde_json::Value> = rows.iter().filter(|r| r["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{rows:?}");
+    let leader = leaders[0]["id"].as_u64().unwrap();
+    for row in &rows {
+        assert_eq!(row["term"], leaders[0]["term"], "{rows:?}");
+        assert_eq!(row["leader"].as_u64(), Some(leader), "{rows:?}");
+        assert!(row["error"].is_null() && row["lag"].is_u64(), "{row}");
+        assert!(row["db_size_bytes"].as_u64() > Some(0), "{row}");
+        assert!(row["version"].as_str().is_some_and(|v| !v.is_empty()), "{row}");
+    }
+    let out = with(&["endpoint", "status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert_eq!(table.lines().count(), 4, "a header and a row per endpoint:\n{table}");
+    assert!(table.starts_with("ENDPOINT") && table.contains(" leader "), "{table}");
+
+    let out = with(&["endpoint", "health"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    assert_eq!(report.matches(&format!("is healthy: leader {leader}, took ")).count(), 3, "{report}");
+    assert!(report.contains(&format!("healthy: all 3 endpoints name leader {leader}")), "{report}");
+
+    // Stop a follower: its row carries the error, and both commands fail.
+    let stopped = nodes.iter().find(|n| n["id"].as_u64() != Some(leader)).unwrap();
+    let pid = stopped["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    while !gone(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stopped = stopped["http_addr"].as_str().unwrap();
+
+    let out = with(&["--timeout", "5", "endpoint", "status"]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", text(&out.stdout), text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with(stopped)).unwrap();
+    assert!(row.contains("unavailable"), "the stopped node's row shows its error:\n{table}");
+    assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1, "{table}");
+    assert!(text(&out.stderr).contains("1 of 3 endpoints did not answer"), "{}", text(&out.stderr));
+    let out = with(&["--json", "--timeout", "5", "endpoint", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.iter().find(|r| r["endpoint"] == stopped).unwrap();
+    assert!(row["error"].is_string() && row["id"].is_null() && row["term"].is_null(), "{row}");
+
+    let out = with(&["--json", "--timeout", "5", "endpoint", "health"]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&report["healthy"], &report["unreachable"]), (&false.into(), &1.into()), "{report}");
+    let out = with(&["--timeout", "5", "endpoint", "health"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).contains(&format!("{stopped} is unhealthy: ")), "{}", text(&out.stdout));
 }

@@ -8,6 +8,7 @@
 //! Exit code 0 valid, 1 invalid, 2 unknown or a harness error. See
 //! `maelstrom::runner` and `docs/maelstrom.md`.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -30,7 +31,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: not in a redirected log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let Command::Test(opts) = Cli::parse().command;
     let outcome = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

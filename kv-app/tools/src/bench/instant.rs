@@ -45,6 +45,8 @@ impl InstantAnswers {
             learners: Vec::new(),
             followers: Vec::new(),
             state_digest: String::new(),
+            version: None,
+            db_size_bytes: None,
         };
         let read = kv_client::api::ReadResponse {
             key: key_name(0),

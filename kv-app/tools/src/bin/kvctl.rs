@@ -2,6 +2,7 @@
 //! run one locally (`kvctl cluster up`). Everything but argument parsing
 //! and logging setup lives in [`kv_tools::cli`].
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -14,6 +15,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: not in a redirected log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     kv_tools::cli::main(cli)
 }
