@@ -75,6 +75,7 @@ const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn";
 
 #[derive(Parser, Debug)]
 #[command(
+    name = "kv-server",
     version,
     about = "A node of the replicated key-value service (Raft on openraft + redb)",
     args_conflicts_with_subcommands = true,
