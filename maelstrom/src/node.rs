@@ -166,7 +166,7 @@ impl LinKvNode {
                     }
                 }
                 tracing::info!(node_id = me, name = node_id, members = members.len(), "node initialized");
-                let inbox = raft_core::network::Inbox::new(raft.raft().clone());
+                let inbox = raft.inbox();
                 Ok(Arc::new(Running { me, name: node_id.to_string(), raft, inbox }))
             })
             .await?;

@@ -141,11 +141,23 @@ impl Config {
     #[allow(clippy::result_large_err)] // openraft's own error type
     pub fn to_openraft(&self) -> Result<openraft::Config, openraft::ConfigError> {
         let ms = |d: Duration| d.as_millis().max(1) as u64;
+        // Checked here: openraft sees only the lease derived from them.
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(openraft::ConfigError::ElectionTimeout {
+                min: ms(self.election_timeout_min),
+                max: ms(self.election_timeout_max),
+            });
+        }
+        if self.election_timeout_min <= self.heartbeat_interval {
+            return Err(openraft::ConfigError::ElectionTimeoutLTHeartBeat {
+                election_timeout_min: ms(self.election_timeout_min),
+                heartbeat_interval: ms(self.heartbeat_interval),
+            });
+        }
+        let lease = crate::election::lease(self);
         openraft::Config {
             cluster_name: self.cluster_id.clone(),
             heartbeat_interval: ms(self.heartbeat_interval),
-            election_timeout_min: ms(self.election_timeout_min),
-            election_timeout_max: ms(self.election_timeout_max),
             install_snapshot_timeout: ms(self.install_snapshot_timeout),
             max_payload_entries: self.max_entries_per_append,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
@@ -153,6 +165,14 @@ impl Config {
             purge_batch_size: self.purge_batch,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             enable_leader_restore: Some(false),
+            // raft-core runs its own election timer ([`crate::election`]):
+            // openraft's would wait out the leader lease before the timeout.
+            // openraft's timeouts then only set the lease, which is
+            // `election_timeout_max`; its minimum must lie below it.
+            enable_elect: false,
+            enable_pre_vote: Some(true),
+            election_timeout_max: ms(lease),
+            election_timeout_min: ms(lease).saturating_sub(1),
             ..Default::default()
         }
         .validate()
@@ -170,10 +190,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_for_openraft() {
+    fn defaults_are_valid_for_openraft_which_times_no_election_itself() {
         let c = Config::default().to_openraft().unwrap();
         assert_eq!(c.heartbeat_interval, 100);
-        assert!(c.election_timeout_min > 3 * c.heartbeat_interval);
+        assert!(!c.enable_elect, "raft-core's election timer runs instead");
+        assert_eq!(c.enable_pre_vote, Some(true));
+        // openraft's timeouts set only the lease: 300 ms, three heartbeats.
+        assert_eq!(c.election_timeout_max, 300);
     }
 
     #[test]

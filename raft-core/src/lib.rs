@@ -30,6 +30,7 @@
 pub mod app;
 pub mod codec;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod handoff;
 pub mod network;

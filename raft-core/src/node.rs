@@ -56,11 +56,12 @@ use tokio::net::TcpListener;
 use crate::app::{AppView, StateMachine};
 use crate::codec;
 use crate::config::Config;
+use crate::election::{self, Contact};
 use crate::error::{ChangeError, LeaderHint, ReadError, StartError, TransferError, WriteError};
 use crate::handoff::{self, Gate};
 use crate::network::local::LocalRouter;
 use crate::network::tcp::{TcpServer, TcpTransport};
-use crate::network::{Network, Transport};
+use crate::network::{Inbox, Network, Transport};
 use crate::proposer::{forward_hint, leader_hint, Proposer};
 use crate::read_index::ReadBatcher;
 use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
@@ -221,6 +222,10 @@ pub struct RaftNode<A: StateMachine> {
     /// Closed while this node hands its leadership off: new writes and
     /// read-index requests wait until the handoff is over.
     gate: Gate,
+    /// When a leader was last heard from, for the election timer.
+    contact: Contact,
+    /// The election timer ([`crate::election`]).
+    elections: tokio::task::JoinHandle<()>,
 }
 
 impl<A: StateMachine> RaftNode<A> {
@@ -240,7 +245,7 @@ impl<A: StateMachine> RaftNode<A> {
         let transport = TcpTransport::new(id, &config);
         let mut node =
             Self::start(id, config, Storage::Durable(data_dir.to_path_buf()), app, transport).await?;
-        node.server = Some(TcpServer::spawn(raft_listener, node.raft.clone(), id, &node.config));
+        node.server = Some(TcpServer::spawn(raft_listener, node.inbox(), id, &node.config));
         Ok(node)
     }
 
@@ -254,13 +259,13 @@ impl<A: StateMachine> RaftNode<A> {
         router: &LocalRouter,
     ) -> Result<Self, StartError> {
         let node = Self::start(id, config, storage, app, router.transport(id)).await?;
-        router.register(id, node.raft.clone());
+        router.register(id, node.inbox());
         Ok(node)
     }
 
     /// Starts a node from parts: any storage, any transport. The caller is
-    /// responsible for delivering incoming RPCs to the node, through an
-    /// [`crate::network::Inbox`] on [`RaftNode::raft`].
+    /// responsible for delivering incoming RPCs to the node, through its
+    /// [`RaftNode::inbox`].
     pub async fn start<T: Transport>(
         id: NodeId,
         config: Config,
@@ -319,7 +324,31 @@ impl<A: StateMachine> RaftNode<A> {
         let proposer = Proposer::spawn(raft.clone(), &config, gate.clone());
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
         let db_path = db.path().map(Path::to_path_buf);
-        Ok(RaftNode { id, config, raft, app, sm, db_path, server: None, proposer, reads, gate })
+        let contact = Contact::new();
+        let elections = tokio::spawn(election::run(raft.clone(), id, config.clone(), contact.clone()));
+        Ok(RaftNode {
+            id,
+            config,
+            raft,
+            app,
+            sm,
+            db_path,
+            server: None,
+            proposer,
+            reads,
+            gate,
+            contact,
+            elections,
+        })
+    }
+
+    /// Where this node's transport delivers the RPCs that peers send it:
+    /// every transport needs one (the TCP and in-process transports make
+    /// their own). Its election timer learns from it when a leader was
+    /// last heard from, so RPCs delivered any other way would make the
+    /// node campaign against a healthy leader (which the others refuse).
+    pub fn inbox(&self) -> Inbox {
+        Inbox::new(self.raft.clone(), self.contact.clone())
     }
 
     /// This node's id.
@@ -651,6 +680,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// (made durable, with everything before it). If it led, the others
     /// elect a new leader after an election timeout, as after a crash.
     pub async fn shutdown_without_handoff(mut self) {
+        self.elections.abort();
         self.proposer.shutdown();
         if let Some(server) = self.server.take() {
             server.shutdown().await;

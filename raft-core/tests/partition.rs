@@ -79,3 +79,91 @@ async fn isolated_leader_cannot_commit_or_read_and_steps_down_on_heal() {
         n.shutdown().await;
     }
 }
+
+/// A follower cut off from everyone times out again and again, but each
+/// time it only asks, with a pre-vote, whether it could win; nobody answers,
+/// so it never raises its term. When it comes back, the leader it left is
+/// still the leader, in the same term: a node that cannot win an election
+/// cannot disturb a healthy cluster either (the Raft thesis §9.6). Without
+/// the pre-vote, it would come back with a term raised once per timeout,
+/// and the leader would step down on seeing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_neither_raises_its_term_nor_deposes_the_leader() {
+    let router = LocalRouter::new();
+    let mut config = Config::new("rejoin-test");
+    config.heartbeat_interval = Duration::from_millis(20);
+    config.election_timeout_min = Duration::from_millis(100);
+    config.election_timeout_max = Duration::from_millis(200);
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let node =
+            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
+        nodes.insert(id, node);
+    }
+    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
+    nodes[&1].initialize(members).await.unwrap();
+    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let set = Set { key: "k".into(), value: "v".into() };
+    nodes[&leader].write(&set).await.unwrap();
+    let term = nodes[&leader].metrics().await.term;
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+
+    router.isolate(cut);
+    // Ten election timeouts and more, alone.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let alone = nodes[&cut].metrics().await;
+    assert_eq!(alone.term, term, "a node that could not win a pre-vote kept its term");
+    assert_ne!(alone.role, Role::Leader);
+
+    router.heal();
+    wait_for("the cut-off follower to catch up", || async {
+        nodes[&cut].metrics().await.leader == Some(leader)
+            && nodes[&cut].metrics().await.applied_index >= nodes[&leader].metrics().await.applied_index
+    })
+    .await;
+    // Long enough for a disruption to show: several election timeouts.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let m = nodes[&leader].metrics().await;
+    assert_eq!((m.role, m.term), (Role::Leader, term), "the leader stayed, in its term");
+    nodes[&leader].write(&set).await.unwrap();
+
+    for (_, n) in nodes {
+        n.shutdown_without_handoff().await;
+    }
+}
+
+/// When the leader dies, a follower stands for election once its timeout
+/// passes without word from it, and wins: the pre-vote succeeds because the
+/// others' leader lease, shorter than any timeout, has run out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_dies_a_follower_wins_the_next_election() {
+    let router = LocalRouter::new();
+    let mut config = Config::new("failover-test");
+    config.heartbeat_interval = Duration::from_millis(20);
+    config.election_timeout_min = Duration::from_millis(100);
+    config.election_timeout_max = Duration::from_millis(200);
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let node =
+            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
+        nodes.insert(id, node);
+    }
+    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
+    nodes[&1].initialize(members).await.unwrap();
+    let old = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let old_term = nodes[&old].metrics().await.term;
+    router.unregister(old);
+    nodes.remove(&old).unwrap().shutdown_without_handoff().await;
+
+    let survivor = *nodes.keys().next().unwrap();
+    wait_for("a new leader", || async {
+        let m = nodes[&survivor].metrics().await;
+        m.leader.is_some_and(|l| l != old) && m.term > old_term
+    })
+    .await;
+    let new = nodes[&survivor].metrics().await.leader.unwrap();
+    nodes[&new].write(&Set { key: "k".into(), value: "after".into() }).await.unwrap();
+    for (_, n) in nodes {
+        n.shutdown_without_handoff().await;
+    }
+}

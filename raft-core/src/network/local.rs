@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::rpc::{Inbox, RpcRequest, RpcResponse};
 use super::transport::{Link, LinkError, Transport};
-use crate::types::{Node, NodeId, Raft};
+use crate::types::{Node, NodeId};
 
 #[derive(Default)]
 struct Routes {
@@ -41,9 +41,9 @@ impl LocalRouter {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `raft` reachable as node `id`.
-    pub fn register(&self, id: NodeId, raft: Raft) {
-        self.lock().nodes.insert(id, Arc::new(Inbox::new(raft)));
+    /// Makes the node whose inbox is `inbox` reachable as node `id`.
+    pub fn register(&self, id: NodeId, inbox: Inbox) {
+        self.lock().nodes.insert(id, Arc::new(inbox));
     }
 
     /// Makes node `id` unreachable, as if its process had died.

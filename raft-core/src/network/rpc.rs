@@ -27,6 +27,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::election::Contact;
 use crate::storage::SnapshotData;
 use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -137,6 +138,8 @@ struct Partial {
 /// with the local Raft, and assembles snapshots sent in pieces.
 pub struct Inbox {
     raft: Raft,
+    /// Touched whenever a leader is heard from (see [`crate::election`]).
+    contact: Contact,
     /// Unfinished snapshot transfers, one per sender at most.
     partial: Mutex<HashMap<NodeId, Partial>>,
 }
@@ -179,9 +182,11 @@ fn fatal(e: Fatal<TypeConfig>) -> String {
 }
 
 impl Inbox {
-    /// The inbox of the node whose Raft is `raft`.
-    pub fn new(raft: Raft) -> Self {
-        Inbox { raft, partial: Mutex::new(HashMap::new()) }
+    /// The inbox of the node whose Raft is `raft` and whose election timer
+    /// watches `contact`. [`crate::RaftNode::inbox`] makes one of these
+    /// for a node.
+    pub fn new(raft: Raft, contact: Contact) -> Self {
+        Inbox { raft, contact, partial: Mutex::new(HashMap::new()) }
     }
 
     fn partial(&self) -> MutexGuard<'_, HashMap<NodeId, Partial>> {
@@ -198,9 +203,21 @@ impl Inbox {
                     tracing::warn!(from, %reason, "refused a malformed AppendEntries");
                     return RpcResponse::AppendEntries(Err(reason));
                 }
-                RpcResponse::AppendEntries(self.raft.append_entries(req).await.map_err(|e| e.to_string()))
+                let resp = self.raft.append_entries(req).await;
+                // Anything but "your term is behind mine" means this node
+                // accepts the sender as its leader.
+                if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    self.contact.touch();
+                }
+                RpcResponse::AppendEntries(resp.map_err(|e| e.to_string()))
             }
-            RpcRequest::Vote(req) => RpcResponse::Vote(self.raft.vote(req).await.map_err(|e| e.to_string())),
+            RpcRequest::Vote(req) => {
+                let resp = self.raft.vote(req).await;
+                if matches!(&resp, Ok(r) if r.vote_granted) {
+                    self.contact.touch();
+                }
+                RpcResponse::Vote(resp.map_err(|e| e.to_string()))
+            }
             RpcRequest::PreVote(req) => {
                 RpcResponse::PreVote(self.raft.pre_vote(req).await.map_err(|e| e.to_string()))
             }
@@ -230,7 +247,9 @@ impl Inbox {
                 vote.leader_id().term
             ));
         }
-        self.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)
+        let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(fatal)?;
+        self.contact.touch();
+        Ok(resp)
     }
 
     async fn receive_chunk(

@@ -131,7 +131,8 @@ mod tests {
         )
         .await
         .unwrap();
-        let server = TcpServer::spawn(listener, raft.clone(), node_id, &config);
+        let inbox = crate::network::Inbox::new(raft.clone(), crate::election::Contact::new());
+        let server = TcpServer::spawn(listener, inbox, node_id, &config);
         (server, raft)
     }
 

@@ -20,7 +20,7 @@ use crate::network::frame::{
 use crate::network::rpc::Inbox;
 use crate::network::tcp::stream::PeerStream;
 use crate::network::tls::{peer_identity, NodeIdentity, PeerTls};
-use crate::types::{NodeId, Raft};
+use crate::types::NodeId;
 
 /// How long the server waits for a new connection's handshake (5 s). Long
 /// enough for a loaded peer; short enough that half-open connections do not
@@ -88,12 +88,12 @@ impl TcpServer {
     ///
     /// The listener is already bound, so the caller picks the address (tests
     /// bind `127.0.0.1:0`). Must be called from within a tokio runtime.
-    pub fn spawn(listener: TcpListener, raft: Raft, node_id: NodeId, config: &Config) -> TcpServer {
+    pub fn spawn(listener: TcpListener, inbox: Inbox, node_id: NodeId, config: &Config) -> TcpServer {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("invariant: a bound TcpListener has a local address ({e})"));
         let ctx = Arc::new(ServerContext {
-            inbox: Inbox::new(raft),
+            inbox,
             node_id,
             accepted: Default::default(),
             cluster_id: config.cluster_id.clone(),
