@@ -40,6 +40,8 @@ struct Member {
 #[derive(Debug)]
 pub struct EtcdCluster {
     bin: PathBuf,
+    /// Passed to every member after the flags above (timeouts, say).
+    extra_args: Vec<String>,
     members: BTreeMap<u64, Member>,
     initial_cluster: String,
     children: BTreeMap<u64, Child>,
@@ -49,6 +51,17 @@ impl EtcdCluster {
     /// Starts `n` members in `dir` and waits until every one reports itself
     /// healthy (which needs a leader). On failure, kills what it started.
     pub async fn up(bin: &Path, dir: &Path, n: u64, within: Duration) -> anyhow::Result<EtcdCluster> {
+        Self::up_with(bin, dir, n, within, Vec::new()).await
+    }
+
+    /// Like [`EtcdCluster::up`], with `extra_args` given to every member.
+    pub async fn up_with(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        within: Duration,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<EtcdCluster> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let listeners = (0..2 * n)
             .map(|_| bind_restartable_port())
@@ -72,7 +85,7 @@ impl EtcdCluster {
         let initial_cluster =
             members.values().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
         let mut cluster =
-            EtcdCluster { bin: bin.to_path_buf(), members, initial_cluster, children: BTreeMap::new() };
+            EtcdCluster { bin: bin.to_path_buf(), extra_args, members, initial_cluster, children: BTreeMap::new() };
         for id in 1..=n {
             cluster.start(id)?;
         }
@@ -102,6 +115,7 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "kvctl-bench"])
             .args(["--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

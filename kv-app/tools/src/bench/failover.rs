@@ -130,6 +130,16 @@ pub struct FailoverArgs {
     /// the signal.
     #[arg(long, default_value_t = 10)]
     pub round_timeout_s: u64,
+    /// Both systems' heartbeat interval in milliseconds [default: each
+    /// system's own, 100 ms for both]. Needs --election-timeout-ms.
+    #[arg(long, requires = "election_timeout_ms", value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: Option<u64>,
+    /// Both systems' election timeout T in milliseconds, as each system
+    /// reads it: etcd waits a random time in [T, 2T), so kv is given
+    /// `--election-timeout-ms T-2T` [default: each system's own: etcd 1000,
+    /// kv 500-1000]. Needs --heartbeat-ms.
+    #[arg(long, requires = "heartbeat_ms", value_parser = clap::value_parser!(u64).range(1..))]
+    pub election_timeout_ms: Option<u64>,
     /// The kv-server binary [default: the one next to kvctl].
     #[arg(long)]
     pub bin: Option<PathBuf>,
@@ -176,6 +186,10 @@ pub struct FailoverReport {
     /// The 1-minute load average when the run started (Linux), a hint of
     /// what else the machine was doing.
     pub load_average: Option<f64>,
+    /// Heartbeat and election timeout given to both systems, in
+    /// milliseconds; `None`: each system's defaults.
+    #[serde(default)]
+    pub timeouts_ms: Option<(u64, u64)>,
     /// One entry per system, in the order measured.
     pub systems: Vec<SystemResult>,
 }
@@ -188,9 +202,17 @@ impl FailoverReport {
             StopWith::Kill => "SIGKILL",
         };
         let load = self.load_average.map_or(String::new(), |l| format!(", load average {l:.2} at the start"));
+        let timeouts = match self.timeouts_ms {
+            Some((h, e)) => format!(
+                "heartbeat {h} ms, election timeout {e} ms (etcd: random in [{e}, {}), kv: --election-timeout-ms {e}-{})",
+                2 * e,
+                2 * e
+            ),
+            None => "each system's default timeouts".to_string(),
+        };
         let mut out = format!(
-            "{signal} to the leader of a 3-node cluster, {} rounds per system; time from the signal to the \
-             first successful put through a survivor (probes every {} ms to each); {} CPUs{load}\n\n",
+            "{signal} to the leader of a 3-node cluster, {} rounds per system, {timeouts}; time from the \
+             signal to the first successful put through a survivor (probes every {} ms to each); {} CPUs{load}\n\n",
             self.rounds, self.probe_interval_ms, self.cpus
         );
         out += &format!(
@@ -264,6 +286,7 @@ pub async fn run_failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport>
         stop: args.stop,
         rounds: args.rounds,
         probe_interval_ms: args.probe_interval_ms,
+        timeouts_ms: args.heartbeat_ms.zip(args.election_timeout_ms),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average,
         systems,
@@ -467,13 +490,31 @@ impl Cluster {
                     Some(bin) => bin.clone(),
                     None => local_cluster::default_server_binary()?,
                 };
-                let cluster = LocalCluster::up(ClusterConfig::new(3, dir, bin))
+                let mut config = ClusterConfig::new(3, dir, bin);
+                if let (Some(h), Some(e)) = (args.heartbeat_ms, args.election_timeout_ms) {
+                    config.extra_args = vec![
+                        "--heartbeat-ms".into(),
+                        h.to_string(),
+                        "--election-timeout-ms".into(),
+                        format!("{e}-{}", 2 * e),
+                    ];
+                }
+                let cluster = LocalCluster::up(config)
                     .await
                     .with_context(|| format!("starting a kv cluster in {}", dir.display()))?;
                 Nodes::Kv(cluster)
             }
             System::Etcd => {
-                let cluster = EtcdCluster::up(&args.etcd_bin, dir, 3, SETTLE_TIMEOUT)
+                let timeouts = match (args.heartbeat_ms, args.election_timeout_ms) {
+                    (Some(h), Some(e)) => vec![
+                        "--heartbeat-interval".into(),
+                        h.to_string(),
+                        "--election-timeout".into(),
+                        e.to_string(),
+                    ],
+                    _ => Vec::new(),
+                };
+                let cluster = EtcdCluster::up_with(&args.etcd_bin, dir, 3, SETTLE_TIMEOUT, timeouts)
                     .await
                     .with_context(|| format!("starting an etcd cluster in {}", dir.display()))?;
                 Nodes::Etcd(cluster)
