@@ -42,7 +42,9 @@ pub struct Config {
     /// How often the leader sends heartbeats; also openraft's timeout for
     /// one AppendEntries RPC. Default 100 ms.
     pub heartbeat_interval: Duration,
-    /// Lower bound of the randomized election timeout. Default 500 ms.
+    /// Lower bound of the randomized election timeout: how long a follower
+    /// waits without word from a leader before it stands for election
+    /// ([`crate::election`]). Default 500 ms.
     pub election_timeout_min: Duration,
     /// Upper bound (exclusive) of the randomized election timeout.
     /// Default 1000 ms.

@@ -18,8 +18,9 @@
 //! # Leader failure
 //!
 //! Only the leader accepts writes. When it fails, followers stop hearing
-//! heartbeats, and after an election timeout one of them becomes a
-//! candidate, increments the *term*, and asks for votes. A voter grants at
+//! heartbeats, and after an election timeout (see [`crate::election`]: a
+//! pre-vote first, so that a node that cannot win changes nothing) one of
+//! them becomes a candidate, increments the *term*, and asks for votes. A voter grants at
 //! most one vote per term, durably, and only to a candidate whose log is at
 //! least as up-to-date as its own (§5.4.1); a candidate needs a majority.
 //! Two majorities always share a node, so at most one leader wins each term

@@ -84,8 +84,13 @@ impl EtcdCluster {
         drop(listeners);
         let initial_cluster =
             members.values().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut cluster =
-            EtcdCluster { bin: bin.to_path_buf(), extra_args, members, initial_cluster, children: BTreeMap::new() };
+        let mut cluster = EtcdCluster {
+            bin: bin.to_path_buf(),
+            extra_args,
+            members,
+            initial_cluster,
+            children: BTreeMap::new(),
+        };
         for id in 1..=n {
             cluster.start(id)?;
         }
