@@ -11,8 +11,12 @@
 //!    presents, and the one way to build a reqwest client in this workspace.
 //! 4. [`ports`]: a port on 127.0.0.1 for a kv-server that is restarted on it,
 //!    for local clusters and test harnesses.
+//! 5. [`rolling`]: a rolling restart's order (followers first, the leader
+//!    last) and when a restarted node is back, for whoever restarts the
+//!    nodes.
 
 pub mod api;
 pub mod client;
 pub mod ports;
+pub mod rolling;
 pub mod tls;
