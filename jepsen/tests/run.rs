@@ -16,7 +16,10 @@
 //!   acknowledged elements vanish (the set checker).
 //!
 //! One more run does the same with `--tls`: every security layer of the
-//! server on, and the harness as an authenticated HTTPS client.
+//! server on, and the harness as an authenticated HTTPS client. Two runs
+//! stop nodes gracefully (SIGTERM): one node at a time, the leader among
+//! them, must be as valid as any fault; a rolling restart of every node
+//! must cost the clients not a single write.
 //!
 //! The runs are serialised: several clusters at once on a two-core machine
 //! would mostly measure the machine.
@@ -291,4 +294,75 @@ async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
         joined += usize::from(log.contains("joined: promoting to voter done"));
     }
     assert!(joined >= 1, "no re-added node joined: {summary}");
+}
+
+/// A rolling restart under a closed-loop write load: every node is stopped
+/// with SIGTERM and started again in turn, the leader last, while the
+/// clients add elements. The graceful stops must cost the clients nothing:
+/// every add invoked during the restart is acknowledged (none failed, none
+/// unknown after the client's retries within its deadline), and the set
+/// checker finds none lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_fails_no_write_and_loses_none() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Set, &[Fault::RollingRestart], 10);
+    opts.interval = Duration::from_secs(4);
+    let outcome = run_one(opts).await;
+    if outcome.verdict != Verdict::Valid {
+        panic!("the rolling-restart run is not valid:\n{}", explain(&outcome));
+    }
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(verdict_of(&outcome, "set"), "valid", "{summary}");
+    assert!(fault_count(&outcome, "rolling-restart") >= 1, "no rolling restart: {summary}");
+    let writes = &outcome.results["stats"]["fault_writes"]["rolling-restart"]["outcomes"]["all"];
+    assert!(writes["ok"].as_u64() > Some(0), "no add during the restart: {summary}");
+    assert_eq!((writes["fail"].as_u64(), writes["info"].as_u64()), (Some(0), Some(0)), "{summary}");
+    assert!(summary.contains("writes during rolling-restart"), "{summary}");
+
+    // The first restart took every node, the leader last.
+    let history = std::fs::read_to_string(outcome.dir.join("history.jsonl")).unwrap();
+    let nemesis: Vec<Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["process"] == "nemesis")
+        .collect();
+    let first: Vec<&Value> = nemesis
+        .iter()
+        .skip_while(|e| e["f"] != "start-rolling-restart")
+        .take_while(|e| e["f"] != "stop-rolling-restart")
+        .filter(|e| e["f"] == "restarted-node")
+        .map(|e| &e["value"])
+        .collect();
+    let mut nodes: Vec<u64> = first.iter().map(|v| v["node"].as_u64().unwrap()).collect();
+    let leader_flags: Vec<bool> = first.iter().map(|v| v["was_leader"] == true).collect();
+    assert_eq!(leader_flags, [false, false, true], "followers first, the leader last: {first:?}");
+    assert!(first.iter().all(|v| v["stop"]["exited"] == true), "each stopped on SIGTERM: {first:?}");
+    nodes.sort();
+    assert_eq!(nodes, [1, 2, 3], "{first:?}");
+}
+
+/// `--nemesis restart`: graceful stops (SIGTERM) of the leader or of
+/// another node, each started again after the fault's span. Linearizable
+/// registers through them must stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_run_with_graceful_stops_is_valid() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Restart], 12);
+    opts.interval = Duration::from_secs(3);
+    let outcome = run_one(opts).await;
+    if outcome.verdict != Verdict::Valid {
+        panic!("the restart run is not valid:\n{}", explain(&outcome));
+    }
+    let summary = jepsen::run::report::summary(&outcome);
+    assert!(fault_count(&outcome, "restart") >= 1, "no restart: {summary}");
+    let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
+    assert!(writes > 0, "no write or compare-and-set was acknowledged: {summary}");
+    for fault in outcome.results["stats"]["faults"].as_array().unwrap() {
+        let stop = &fault["start_value"]["stop"];
+        assert_eq!(stop["exited"], true, "stopped on SIGTERM, not killed: {fault}");
+        assert!(
+            ["leader", "other", "any"].contains(&fault["start_value"]["target"].as_str().unwrap()),
+            "{fault}"
+        );
+    }
 }
