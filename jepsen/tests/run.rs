@@ -114,6 +114,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// The run's summary; panics with the evidence unless the run is valid.
+fn valid_summary(outcome: &RunOutcome, what: &str) -> String {
+    if outcome.verdict != Verdict::Valid {
+        panic!("the {what} is not valid:\n{}", explain(outcome));
+    }
+    jepsen::run::report::summary(outcome)
+}
+
 fn verdict_of(outcome: &RunOutcome, checker: &str) -> String {
     outcome.results["checkers"][checker]["verdict"].as_str().unwrap_or("absent").to_string()
 }
@@ -137,10 +145,7 @@ fn acknowledged(outcome: &RunOutcome, f: &str) -> u64 {
 async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
     let store = tempfile::tempdir().unwrap();
     let outcome = run_one(options(store.path(), Kind::Register, &[Fault::Partition, Fault::Kill], 25)).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the short run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "short run");
     // A valid run proves something only if the faults happened and
     // writes were acknowledged through them.
     for fault in ["partition", "kill"] {
@@ -169,9 +174,7 @@ async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
 async fn session_run_checks_consistent_prefix_against_the_log_kv_server_replays() {
     let store = tempfile::tempdir().unwrap();
     let outcome = run_one(options(store.path(), Kind::Session, &[Fault::Kill], 12)).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the session run is not valid:\n{}", explain(&outcome));
-    }
+    valid_summary(&outcome, "session run");
     let session = &outcome.results["checkers"]["session"];
     assert_eq!(session["consistent_prefix_checked"], true, "{session}");
     assert_eq!(verdict_of(&outcome, "final_log"), "absent", "the final log was read: {}", explain(&outcome));
@@ -235,10 +238,7 @@ async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledge
     opts.interval = Duration::from_secs(3);
     opts.kill_targets = vec![Target::All];
     let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the crash run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "crash run");
     assert!(fault_count(&outcome, "lose-unsynced") >= 1, "no crash losing unsynced writes: {summary}");
     // "Nothing acknowledged was lost" means something only if elements
     // were acknowledged before a crash: those invoked before the first one.
@@ -261,10 +261,7 @@ async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
     opts.interval = Duration::from_secs(3);
     opts.tls = true;
     let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the TLS run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "TLS run");
     assert!(summary.contains("over TLS"), "{summary}");
     for fault in ["partition", "membership"] {
         assert!(fault_count(&outcome, fault) >= 1, "no {fault} started: {summary}");
@@ -305,13 +302,9 @@ async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_fails_no_write_and_loses_none() {
     let store = tempfile::tempdir().unwrap();
-    let mut opts = options(store.path(), Kind::Set, &[Fault::RollingRestart], 10);
-    opts.interval = Duration::from_secs(4);
-    let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the rolling-restart run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    // Gaps of 2 to 6 s: one restart, perhaps two, in 10 s.
+    let outcome = run_one(options(store.path(), Kind::Set, &[Fault::RollingRestart], 10)).await;
+    let summary = valid_summary(&outcome, "rolling-restart run");
     assert_eq!(verdict_of(&outcome, "set"), "valid", "{summary}");
     assert!(fault_count(&outcome, "rolling-restart") >= 1, "no rolling restart: {summary}");
     let writes = &outcome.results["stats"]["fault_writes"]["rolling-restart"]["outcomes"]["all"];
@@ -350,10 +343,7 @@ async fn restart_run_with_graceful_stops_is_valid() {
     let mut opts = options(store.path(), Kind::Register, &[Fault::Restart], 12);
     opts.interval = Duration::from_secs(3);
     let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the restart run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "restart run");
     assert!(fault_count(&outcome, "restart") >= 1, "no restart: {summary}");
     let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
     assert!(writes > 0, "no write or compare-and-set was acknowledged: {summary}");

@@ -721,8 +721,7 @@ async fn restart(
         Some(bin) => bin,
         None => local_cluster::default_server_binary()?,
     };
-    let mut cluster = LocalCluster::open(dir, bin)
-        .with_context(|| format!("restarting the cluster in {}", dir.display()))?;
+    let mut cluster = LocalCluster::open(dir, bin).context("cluster restart")?;
     if !json {
         println!(
             "restarting the {} nodes in {} one at a time, followers first, the leader last",

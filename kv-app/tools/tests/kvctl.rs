@@ -27,16 +27,23 @@ impl Drop for Down<'_> {
     }
 }
 
-#[test]
-fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
-    let dir = tempfile::tempdir().unwrap();
+/// `kvctl cluster up --nodes 3 --dir DIR`, asserting that it worked: its
+/// output, and a guard that runs `cluster down` when dropped.
+fn cluster_up(cluster_dir: &str) -> (Output, Down<'_>) {
     let server = common::kv_server();
-    let cluster_dir = dir.path().join("cluster");
-    let cluster_dir = cluster_dir.to_str().unwrap();
     let out =
         kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server.to_str().unwrap()]);
     let guard = Down(cluster_dir);
     assert!(out.status.success(), "cluster up: {}{}", text(&out.stdout), text(&out.stderr));
+    (out, guard)
+}
+
+#[test]
+fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    let cluster_dir = cluster_dir.to_str().unwrap();
+    let (_, guard) = cluster_up(cluster_dir);
     {
         let file: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster/cluster.json")).unwrap())
@@ -82,14 +89,7 @@ fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
         assert!(out.status.success(), "transfer-leader: {}", text(&out.stderr));
         let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!((moved["leader"].as_u64(), moved["node"].as_u64()), (Some(to), Some(old)), "{moved}");
-        let out = with(&["--json", "status", "--all"]);
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        let leaders: Vec<(u64, u64)> = all
-            .iter()
-            .filter(|s| s["role"] == "leader")
-            .map(|s| (s["id"].as_u64().unwrap(), s["term"].as_u64().unwrap()))
-            .collect();
-        assert_eq!(leaders, [(to, old_term + 1)], "{all:?}");
+        assert_eq!(leader_and_term(&with), (to, old_term + 1));
         let out = with(&["put", "after-transfer", "v"]);
         assert!(out.status.success(), "put after the transfer: {}", text(&out.stderr));
         // A node that is not a member is refused with a clear error.
@@ -155,13 +155,11 @@ fn leader_and_term(with: &dyn Fn(&[&str]) -> Output) -> (u64, u64) {
 #[test]
 fn cluster_restart_rolling_restarts_the_leader_last_and_stops_at_a_node_that_does_not_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::kv_server();
-    let server = server.to_str().unwrap();
     let cluster_dir = dir.path().join("cluster");
     let cluster_dir = cluster_dir.to_str().unwrap();
-    let out = kvctl(&["cluster", "up", "--nodes", "3", "--dir", cluster_dir, "--bin", server]);
-    let _down = Down(cluster_dir);
-    assert!(out.status.success(), "cluster up: {}", text(&out.stderr));
+    let _down = cluster_up(cluster_dir);
+    let server = common::kv_server();
+    let server = server.to_str().unwrap();
     let before = nodes_in(cluster_dir);
     let endpoints: Vec<&str> = before.iter().map(|(_, _, e)| e.as_str()).collect();
     let endpoints = endpoints.join(",");
