@@ -11,15 +11,23 @@
 //!   thesis §3.10). A follower that comes back while another node leads
 //!   does not take leadership back, so the leader's stop is the only
 //!   handoff, and the term rises by one over the whole restart.
-//! * **Wait until the restarted node has caught up** ([`wait_caught_up`])
-//!   before stopping the next one. A node that is still replaying or
-//!   fetching the log is up but not yet a useful replica: stopping another
-//!   node then would leave fewer than a majority able to commit (in a
-//!   cluster of three, one down and one still behind). A node is back when
-//!   it answers, names a leader, and has applied everything that leader
-//!   had committed when the node first named it. The bar is fixed at that
-//!   moment: chasing the commit index of a cluster under write load would
-//!   never end.
+//! * **Wait until the restarted node is back** ([`wait_caught_up`]) before
+//!   stopping the next one. A node that is still replaying or fetching the
+//!   log is up but not yet a useful replica: stopping another node then
+//!   would leave fewer than a majority able to commit (in a cluster of
+//!   three, one down and one still behind). A node is back when
+//!   1. it answers and names a leader, which confirms that it leads;
+//!   2. it has applied everything that leader had committed when the node
+//!      first named it. The bar is fixed at that moment: chasing the commit
+//!      index of a cluster under write load would never end;
+//!   3. that leader has heard from it since the restart (the leader's
+//!      `answered_ms_ago` for it is shorter than the wait so far). A node
+//!      comes back knowing its last leader and its applied state from its
+//!      own disk, so in an idle cluster the first two hold at once, before
+//!      the leader has reconnected (it backs off from a peer that refused
+//!      it, for up to a second). Stopping the leader then would hand
+//!      leadership to a node it cannot reach yet, and the handoff would
+//!      stall until an election timeout.
 //!
 //! This module only decides and asks; whoever runs the processes stops and
 //! starts them (`kvctl cluster restart --rolling` in kv-tools, the Jepsen
@@ -64,10 +72,14 @@ pub struct NotCaughtUp {
     pub last: String,
 }
 
-/// Waits up to `within` until node `node` answers, names a leader, and
-/// has applied that leader's commit index as of the first answer that
-/// named it. `status(id)` asks node `id` for its status (one attempt); it
-/// is called for `node`, and for the leader `node` names.
+/// Waits up to `within` until node `node` is back after a restart: it
+/// answers and names a leader that confirms it leads, has applied that
+/// leader's commit index as of the first such answer, and the leader has
+/// heard from it during this wait (see the module docs). Call it right
+/// after starting the node, once its old process has exited: an
+/// acknowledgement younger than the wait then came from the new process.
+/// `status(id)` asks node `id` for its status (one attempt); it is called
+/// for `node`, and for the leader `node` names.
 ///
 /// # Errors
 /// [`NotCaughtUp`] after `within`, saying what was missing.
@@ -81,46 +93,70 @@ where
     Fut: Future<Output = Result<StatusResponse, E>>,
     E: Display,
 {
-    let deadline = Instant::now() + within;
-    // The leader it named first, and that leader's commit index then.
+    let began = Instant::now();
+    // The leader it named first (that confirmed it leads), and that
+    // leader's commit index then.
     let mut bar: Option<CaughtUp> = None;
     loop {
-        let last = match status(node).await {
-            Err(e) => format!("it does not answer: {e}"),
-            Ok(s) => match (bar, s.leader) {
-                (Some(bar), _) if s.applied_index >= bar.index => return Ok(bar),
-                (Some(bar), _) => {
-                    format!(
-                        "it has applied index {} of {} (node {}'s commit index)",
-                        s.applied_index, bar.index, bar.leader
-                    )
-                }
-                (None, None) => format!("it answers as {} in term {}, but knows no leader", s.role, s.term),
-                (None, Some(leader)) => {
-                    let committed = if leader == node {
-                        Ok(s.committed_index)
-                    } else {
-                        status(leader).await.map(|l| l.committed_index)
-                    };
-                    match committed {
-                        Ok(index) if s.applied_index >= index => return Ok(CaughtUp { leader, index }),
-                        Ok(index) => {
-                            bar = Some(CaughtUp { leader, index });
-                            format!(
-                                "it has applied index {} of {index} (node {leader}'s commit index)",
-                                s.applied_index
-                            )
-                        }
-                        Err(e) => format!("it names node {leader} as leader, which does not answer: {e}"),
-                    }
-                }
-            },
+        let last = match check(node, began, &mut bar, &status).await {
+            Ok(caught_up) => return Ok(caught_up),
+            Err(why) => why,
         };
-        if Instant::now() >= deadline {
+        if began.elapsed() >= within {
             return Err(NotCaughtUp { node, within, last });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// One look at `node` and its leader for [`wait_caught_up`]: `Ok` when it
+/// is back, else what is missing.
+async fn check<F, Fut, E>(
+    node: u64,
+    began: Instant,
+    bar: &mut Option<CaughtUp>,
+    status: &F,
+) -> Result<CaughtUp, String>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<StatusResponse, E>>,
+    E: Display,
+{
+    let s = status(node).await.map_err(|e| format!("it does not answer: {e}"))?;
+    let named = s.leader;
+    let leader = bar
+        .map(|b| b.leader)
+        .or(named)
+        .ok_or_else(|| format!("it answers as {} in term {}, but knows no leader", s.role, s.term))?;
+    // Measured before asking the leader, so that an acknowledgement it
+    // reports as younger than this is younger than the wait.
+    let waited = began.elapsed().as_millis() as u64;
+    let l = match leader == node {
+        true => s.clone(),
+        false => status(leader)
+            .await
+            .map_err(|e| format!("it names node {leader} as leader, which does not answer: {e}"))?,
+    };
+    if l.role != "leader" {
+        // Leadership moved: fix the bar again with the next leader named.
+        *bar = None;
+        return Err(format!("it names node {leader} as leader, which is {} in term {}", l.role, l.term));
+    }
+    let caught_up = *bar.get_or_insert(CaughtUp { leader, index: l.committed_index });
+    if s.applied_index < caught_up.index {
+        return Err(format!(
+            "it has applied index {} of {} (node {leader}'s commit index)",
+            s.applied_index, caught_up.index
+        ));
+    }
+    if leader != node {
+        let ago = l.followers.iter().find(|f| f.id == node).and_then(|f| f.answered_ms_ago);
+        if ago.is_none_or(|ago| ago >= waited) {
+            let ago = ago.map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
+            return Err(format!("node {leader} has not heard from it since its restart (last: {ago})"));
+        }
+    }
+    Ok(caught_up)
 }
 
 #[cfg(test)]
@@ -129,6 +165,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::api::FollowerStatus;
 
     #[test]
     fn followers_go_first_and_the_leader_last() {
@@ -160,29 +197,45 @@ mod tests {
         }
     }
 
-    /// Answers for node 2 (restarted) and node 1 (the leader), in turn.
+    /// Node 1's status as the leader, which last heard from node 2
+    /// `answered_ms_ago` ago.
+    fn leader(committed: u64, answered_ms_ago: Option<u64>) -> StatusResponse {
+        let follower = FollowerStatus { id: 2, matched_index: Some(committed), lag: 0, answered_ms_ago };
+        StatusResponse { followers: vec![follower], ..status(1, Some(1), committed, committed) }
+    }
+
+    /// Answers for node 2 (restarted) and node 1 (the leader), each in
+    /// turn; the last answer of each repeats.
     struct Script {
         node: Mutex<VecDeque<Result<StatusResponse, String>>>,
         leader: Mutex<VecDeque<StatusResponse>>,
     }
 
     impl Script {
+        fn new(node: Vec<Result<StatusResponse, String>>, leader: Vec<StatusResponse>) -> Script {
+            Script { node: Mutex::new(node.into()), leader: Mutex::new(leader.into()) }
+        }
+
         async fn status(&self, id: u64) -> Result<StatusResponse, String> {
-            if id == 1 {
-                let mut leader = self.leader.lock().unwrap();
-                let s = if leader.len() > 1 { leader.pop_front() } else { leader.front().cloned() };
-                return s.ok_or_else(|| "no answer".into());
+            fn next<T: Clone>(q: &Mutex<VecDeque<T>>) -> Option<T> {
+                let mut q = q.lock().unwrap();
+                if q.len() > 1 {
+                    q.pop_front()
+                } else {
+                    q.front().cloned()
+                }
             }
-            let mut node = self.node.lock().unwrap();
-            let s = if node.len() > 1 { node.pop_front() } else { node.front().cloned() };
-            s.unwrap_or_else(|| Err("no answer".into()))
+            match id {
+                1 => next(&self.leader).ok_or_else(|| "no answer".into()),
+                _ => next(&self.node).unwrap_or_else(|| Err("no answer".into())),
+            }
         }
     }
 
     #[tokio::test]
     async fn the_bar_is_the_leaders_commit_index_when_the_node_first_names_it() {
-        let script = Script {
-            node: Mutex::new(VecDeque::from([
+        let script = Script::new(
+            vec![
                 Err("connection refused".into()),
                 Ok(status(2, None, 0, 90)),
                 Ok(status(2, Some(1), 100, 95)),
@@ -190,24 +243,49 @@ mod tests {
                 // Applied 120, the leader's commit index when node 2 first
                 // named it; the leader has moved on to 150 by now.
                 Ok(status(2, Some(1), 150, 120)),
-            ])),
-            leader: Mutex::new(VecDeque::from([status(1, Some(1), 120, 120), status(1, Some(1), 150, 150)])),
-        };
+            ],
+            vec![leader(120, Some(0)), leader(150, Some(0))],
+        );
         let caught = wait_caught_up(2, Duration::from_secs(30), |id| script.status(id)).await.unwrap();
         assert_eq!(caught, CaughtUp { leader: 1, index: 120 });
     }
 
     #[tokio::test]
+    async fn a_node_the_leader_has_not_heard_from_since_its_restart_is_not_back() {
+        // Node 2 comes back with everything applied and its last leader
+        // remembered, but node 1 last heard from it (its old process) long
+        // before the wait began, then never again.
+        let script = Script::new(vec![Ok(status(2, Some(1), 100, 100))], vec![leader(100, Some(60_000))]);
+        let err = wait_caught_up(2, Duration::from_millis(100), |id| script.status(id)).await.unwrap_err();
+        assert_eq!(err.last, "node 1 has not heard from it since its restart (last: 60000 ms ago)");
+        let script = Script::new(vec![Ok(status(2, Some(1), 100, 100))], vec![leader(100, None)]);
+        let err = wait_caught_up(2, Duration::from_millis(100), |id| script.status(id)).await.unwrap_err();
+        assert_eq!(err.last, "node 1 has not heard from it since its restart (last: never)");
+        // Once node 1 hears from it, it is back.
+        let script = Script::new(
+            vec![Ok(status(2, Some(1), 100, 100))],
+            vec![leader(100, None), leader(100, Some(0))],
+        );
+        let caught = wait_caught_up(2, Duration::from_secs(30), |id| script.status(id)).await.unwrap();
+        assert_eq!(caught, CaughtUp { leader: 1, index: 100 });
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_no_longer_leads_does_not_set_the_bar() {
+        let deposed = StatusResponse { role: "follower".into(), leader: Some(3), ..leader(100, Some(0)) };
+        let script = Script::new(vec![Ok(status(2, Some(1), 100, 100))], vec![deposed]);
+        let err = wait_caught_up(2, Duration::from_millis(50), |id| script.status(id)).await.unwrap_err();
+        assert_eq!(err.last, "it names node 1 as leader, which is follower in term 4");
+    }
+
+    #[tokio::test]
     async fn a_node_that_stays_behind_is_reported_with_what_it_lacks() {
-        let script = Script {
-            node: Mutex::new(VecDeque::from([Ok(status(2, Some(1), 100, 40))])),
-            leader: Mutex::new(VecDeque::from([status(1, Some(1), 100, 100)])),
-        };
+        let script = Script::new(vec![Ok(status(2, Some(1), 100, 40))], vec![leader(100, Some(0))]);
         let err = wait_caught_up(2, Duration::from_millis(100), |id| script.status(id)).await.unwrap_err();
         assert_eq!(err.node, 2);
         assert_eq!(err.last, "it has applied index 40 of 100 (node 1's commit index)");
 
-        let silent = Script { node: Mutex::new(VecDeque::new()), leader: Mutex::new(VecDeque::new()) };
+        let silent = Script::new(vec![], vec![]);
         let err = wait_caught_up(2, Duration::from_millis(50), |id| silent.status(id)).await.unwrap_err();
         assert_eq!(err.last, "it does not answer: no answer");
         assert!(err.to_string().starts_with("node 2 did not catch up within"), "{err}");

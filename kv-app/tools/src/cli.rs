@@ -874,7 +874,9 @@ fn print_status(s: &StatusResponse) {
     println!("voters:          {:?}", s.voters);
     println!("learners:        {:?}", s.learners);
     for f in &s.followers {
-        println!("follower {}:      matched {} lag {}", f.id, opt(f.matched_index), f.lag);
+        let answered =
+            f.answered_ms_ago.map_or("never answered".to_owned(), |ms| format!("answered {ms} ms ago"));
+        println!("follower {}:      matched {} lag {} {answered}", f.id, opt(f.matched_index), f.lag);
     }
     println!("state digest:    {}", s.state_digest);
 }
