@@ -72,7 +72,10 @@ pub struct TestArgs {
     /// and restart of the leader, a minority or all nodes), pause (SIGSTOP
     /// of the leader past the election timeout), lose-unsynced (kill with
     /// loss of every write not yet fsynced), membership (remove a node and
-    /// add it back with fresh data); `all` for every one, `none` for none.
+    /// add it back with fresh data), restart (SIGTERM, a graceful stop, of
+    /// the leader or another node, and start), rolling-restart (every node
+    /// in turn, the leader last, each caught up before the next stops);
+    /// `all` for every one but rolling-restart, `none` for none.
     #[arg(long, default_value = "partition,kill,pause", value_parser = parse_faults)]
     pub nemesis: NemesisList,
     /// Whom kill and lose-unsynced choose from, comma-separated: leader,
@@ -175,7 +178,8 @@ fn parse_faults(text: &str) -> Result<NemesisList, String> {
 }
 
 fn fault_names() -> String {
-    Fault::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+    let faults = <Fault as clap::ValueEnum>::value_variants();
+    faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Arguments of `jepsen check`.
@@ -341,7 +345,10 @@ mod tests {
         assert!(parse("none").unwrap().is_empty());
         assert_eq!(parse("kill, partition,kill").unwrap(), vec![Fault::Partition, Fault::Kill]);
         assert_eq!(parse("lose-unsynced").unwrap(), vec![Fault::LoseUnsynced]);
-        assert!(parse("meteor").unwrap_err().contains("unknown fault"));
+        assert!(!parse("all").unwrap().contains(&Fault::RollingRestart));
+        assert_eq!(parse("all,rolling-restart").unwrap().last(), Some(&Fault::RollingRestart));
+        let unknown = parse("meteor").unwrap_err();
+        assert!(unknown.contains("unknown fault") && unknown.contains("rolling-restart"), "{unknown}");
     }
 
     #[test]

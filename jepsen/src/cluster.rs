@@ -6,8 +6,9 @@
 //! cluster is formed with names its *proxy's* address, so every Raft byte
 //! between nodes crosses a proxy that the harness can cut per direction.
 //! Clients reach each node's HTTP API directly. The harness can also kill a
-//! node (SIGKILL), restart it on its data directory, and pause and resume it
-//! (SIGSTOP/SIGCONT), as the process nemeses need.
+//! node (SIGKILL), stop it gracefully (SIGTERM), restart it on its data
+//! directory, and pause and resume it (SIGSTOP/SIGCONT), as the process
+//! nemeses need.
 //!
 //! With [`ClusterSpec::tls`], every node runs with peer TLS, HTTPS and
 //! tokens ([`crate::tls`]), including a node that rejoins with fresh data.
@@ -59,6 +60,17 @@ pub struct NodeProc {
     join: Option<String>,
     child: Option<Child>,
     paused: bool,
+}
+
+/// How a graceful [stop](Cluster::stop) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// Whether the node exited by itself within the grace period; if not,
+    /// it was killed.
+    pub exited: bool,
+    /// Its exit status, as the OS words it (`exit status: 0`,
+    /// `signal: 9 (SIGKILL)`).
+    pub status: String,
 }
 
 /// A running cluster. Dropping it kills every node and stops the proxies.
@@ -220,6 +232,43 @@ impl Cluster {
         }
         node.paused = false;
         Ok(())
+    }
+
+    /// SIGTERM: a graceful stop, in which a leader first hands its
+    /// leadership to a caught-up voter. Waits up to `grace` for the process
+    /// to exit, and kills it (SIGKILL) if it has not by then. `None` if it
+    /// was not running.
+    ///
+    /// An exit by itself with a failure status is a crash all the same: it
+    /// is remembered with the exits [`Cluster::reap`] notices.
+    pub async fn stop(&mut self, id: u64, grace: Duration) -> Result<Option<Stop>, ClusterError> {
+        let node = self.nodes.get_mut(&id).ok_or(ClusterError::UnknownNode(id))?;
+        let Some(mut child) = node.child.take() else { return Ok(None) };
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        if node.paused {
+            // A stopped process handles SIGTERM only once it runs again.
+            let _ = kill(pid, Signal::SIGCONT);
+            node.paused = false;
+        }
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        let mut status = child.try_wait();
+        while matches!(status, Ok(None)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            status = child.try_wait();
+        }
+        let exited = !matches!(status, Ok(None));
+        if !exited {
+            let _ = child.kill();
+        }
+        let (status, success) = match child.wait() {
+            Ok(s) => (s.to_string(), s.success()),
+            Err(e) => (format!("unknown ({e})"), false),
+        };
+        if exited && !success {
+            self.exits.push((id, format!("{status} after SIGTERM")));
+        }
+        Ok(Some(Stop { exited, status }))
     }
 
     /// SIGSTOP (`pause = true`) or SIGCONT: a paused node neither sends nor

@@ -16,7 +16,10 @@
 //!   acknowledged elements vanish (the set checker).
 //!
 //! One more run does the same with `--tls`: every security layer of the
-//! server on, and the harness as an authenticated HTTPS client.
+//! server on, and the harness as an authenticated HTTPS client. Two runs
+//! stop nodes gracefully (SIGTERM): one node at a time, the leader among
+//! them, must be as valid as any fault; a rolling restart of every node
+//! must cost the clients not a single write.
 //!
 //! The runs are serialised: several clusters at once on a two-core machine
 //! would mostly measure the machine.
@@ -111,6 +114,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// The run's summary; panics with the evidence unless the run is valid.
+fn valid_summary(outcome: &RunOutcome, what: &str) -> String {
+    if outcome.verdict != Verdict::Valid {
+        panic!("the {what} is not valid:\n{}", explain(outcome));
+    }
+    jepsen::run::report::summary(outcome)
+}
+
 fn verdict_of(outcome: &RunOutcome, checker: &str) -> String {
     outcome.results["checkers"][checker]["verdict"].as_str().unwrap_or("absent").to_string()
 }
@@ -134,10 +145,7 @@ fn acknowledged(outcome: &RunOutcome, f: &str) -> u64 {
 async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
     let store = tempfile::tempdir().unwrap();
     let outcome = run_one(options(store.path(), Kind::Register, &[Fault::Partition, Fault::Kill], 25)).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the short run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "short run");
     // A valid run proves something only if the faults happened and
     // writes were acknowledged through them.
     for fault in ["partition", "kill"] {
@@ -166,9 +174,7 @@ async fn short_run_with_partitions_and_kills_is_valid_and_writes_a_report() {
 async fn session_run_checks_consistent_prefix_against_the_log_kv_server_replays() {
     let store = tempfile::tempdir().unwrap();
     let outcome = run_one(options(store.path(), Kind::Session, &[Fault::Kill], 12)).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the session run is not valid:\n{}", explain(&outcome));
-    }
+    valid_summary(&outcome, "session run");
     let session = &outcome.results["checkers"]["session"];
     assert_eq!(session["consistent_prefix_checked"], true, "{session}");
     assert_eq!(verdict_of(&outcome, "final_log"), "absent", "the final log was read: {}", explain(&outcome));
@@ -232,10 +238,7 @@ async fn crashing_every_node_with_unsynced_writes_lost_loses_nothing_acknowledge
     opts.interval = Duration::from_secs(3);
     opts.kill_targets = vec![Target::All];
     let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the crash run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "crash run");
     assert!(fault_count(&outcome, "lose-unsynced") >= 1, "no crash losing unsynced writes: {summary}");
     // "Nothing acknowledged was lost" means something only if elements
     // were acknowledged before a crash: those invoked before the first one.
@@ -258,10 +261,7 @@ async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
     opts.interval = Duration::from_secs(3);
     opts.tls = true;
     let outcome = run_one(opts).await;
-    if outcome.verdict != Verdict::Valid {
-        panic!("the TLS run is not valid:\n{}", explain(&outcome));
-    }
-    let summary = jepsen::run::report::summary(&outcome);
+    let summary = valid_summary(&outcome, "TLS run");
     assert!(summary.contains("over TLS"), "{summary}");
     for fault in ["partition", "membership"] {
         assert!(fault_count(&outcome, fault) >= 1, "no {fault} started: {summary}");
@@ -291,4 +291,68 @@ async fn tls_run_with_a_partition_and_a_membership_change_is_valid() {
         joined += usize::from(log.contains("joined: promoting to voter done"));
     }
     assert!(joined >= 1, "no re-added node joined: {summary}");
+}
+
+/// A rolling restart under a closed-loop write load: every node is stopped
+/// with SIGTERM and started again in turn, the leader last, while the
+/// clients add elements. The graceful stops must cost the clients nothing:
+/// every add invoked during the restart is acknowledged (none failed, none
+/// unknown after the client's retries within its deadline), and the set
+/// checker finds none lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_fails_no_write_and_loses_none() {
+    let store = tempfile::tempdir().unwrap();
+    // Gaps of 2 to 6 s: one restart, perhaps two, in 10 s.
+    let outcome = run_one(options(store.path(), Kind::Set, &[Fault::RollingRestart], 10)).await;
+    let summary = valid_summary(&outcome, "rolling-restart run");
+    assert_eq!(verdict_of(&outcome, "set"), "valid", "{summary}");
+    assert!(fault_count(&outcome, "rolling-restart") >= 1, "no rolling restart: {summary}");
+    let writes = &outcome.results["stats"]["fault_writes"]["rolling-restart"]["outcomes"]["all"];
+    assert!(writes["ok"].as_u64() > Some(0), "no add during the restart: {summary}");
+    assert_eq!((writes["fail"].as_u64(), writes["info"].as_u64()), (Some(0), Some(0)), "{summary}");
+    assert!(summary.contains("writes during rolling-restart"), "{summary}");
+
+    // The first restart took every node, the leader last.
+    let history = std::fs::read_to_string(outcome.dir.join("history.jsonl")).unwrap();
+    let nemesis: Vec<Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["process"] == "nemesis")
+        .collect();
+    let first: Vec<&Value> = nemesis
+        .iter()
+        .skip_while(|e| e["f"] != "start-rolling-restart")
+        .take_while(|e| e["f"] != "stop-rolling-restart")
+        .filter(|e| e["f"] == "restarted-node")
+        .map(|e| &e["value"])
+        .collect();
+    let mut nodes: Vec<u64> = first.iter().map(|v| v["node"].as_u64().unwrap()).collect();
+    let leader_flags: Vec<bool> = first.iter().map(|v| v["was_leader"] == true).collect();
+    assert_eq!(leader_flags, [false, false, true], "followers first, the leader last: {first:?}");
+    assert!(first.iter().all(|v| v["stop"]["exited"] == true), "each stopped on SIGTERM: {first:?}");
+    nodes.sort();
+    assert_eq!(nodes, [1, 2, 3], "{first:?}");
+}
+
+/// `--nemesis restart`: graceful stops (SIGTERM) of the leader or of
+/// another node, each started again after the fault's span. Linearizable
+/// registers through them must stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_run_with_graceful_stops_is_valid() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Restart], 12);
+    opts.interval = Duration::from_secs(3);
+    let outcome = run_one(opts).await;
+    let summary = valid_summary(&outcome, "restart run");
+    assert!(fault_count(&outcome, "restart") >= 1, "no restart: {summary}");
+    let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
+    assert!(writes > 0, "no write or compare-and-set was acknowledged: {summary}");
+    for fault in outcome.results["stats"]["faults"].as_array().unwrap() {
+        let stop = &fault["start_value"]["stop"];
+        assert_eq!(stop["exited"], true, "stopped on SIGTERM, not killed: {fault}");
+        assert!(
+            ["leader", "other", "any"].contains(&fault["start_value"]["target"].as_str().unwrap()),
+            "{fault}"
+        );
+    }
 }

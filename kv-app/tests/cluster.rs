@@ -115,13 +115,16 @@ async fn session_linearizable_and_stale_reads_on_a_follower() {
     assert_eq!(r.node, follower);
     assert!(r.committed_index >= r.index, "lag = committed_index - index is never negative: {r:?}");
 
-    // The leader reports each follower's matched index and lag (polled: a
-    // leader elected a moment ago has not heard from every follower yet).
+    // The leader reports each follower's matched index, lag, and how long
+    // ago it last answered (polled: a leader elected a moment ago has not
+    // heard from every follower yet).
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {
         let s = c.status(c.leader().await).await.unwrap();
         if s.followers.len() == 2 && s.followers.iter().all(|f| f.matched_index.is_some()) {
             assert!(s.followers.iter().all(|f| f.lag <= s.last_log_index), "{s:?}");
+            // Both answer every heartbeat: well within ten seconds.
+            assert!(s.followers.iter().all(|f| f.answered_ms_ago.is_some_and(|ms| ms < 10_000)), "{s:?}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the leader never reported both followers: {s:?}");

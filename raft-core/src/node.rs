@@ -142,6 +142,11 @@ pub struct NodeMetrics {
     pub matched: BTreeMap<NodeId, Option<u64>>,
     /// On the leader only: how long ago a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// On the leader only: for each other member, how long ago (in
+    /// milliseconds) it last acknowledged a heartbeat or an append (`None`:
+    /// not yet, to this leader). A follower that restarted has answered
+    /// the leader once this is shorter than the time since its restart.
+    pub millis_since_ack: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl NodeMetrics {
@@ -169,6 +174,16 @@ impl NodeMetrics {
                 })
                 .unwrap_or_default(),
             millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|at| at.elapsed().as_millis() as u64),
+            millis_since_ack: m
+                .heartbeat
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .filter(|(id, _)| **id != m.id)
+                        .map(|(id, at)| (*id, at.as_ref().map(|at| at.elapsed().as_millis() as u64)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

@@ -35,6 +35,13 @@
 //!   the end of the history; with no such write, recovery is `None`.
 //! * [`latencies`]: latency percentiles of the `ok` operations per
 //!   function, from an HDR histogram (3 significant digits).
+//! * [`fault_writes`]: per fault, the writes (`write`, `cas`, `add`)
+//!   invoked while it was open: how they ended, and the longest one that
+//!   ended `ok`. This is what a client writing through the fault saw: for a
+//!   graceful fault such as a rolling restart, the promise is no failed and
+//!   no unknown write, and a bounded longest wait. (A `cas` whose expected
+//!   value did not match is a `fail` too; the set workload's adds have no
+//!   such outcome.)
 //!
 //! [`summarize`] computes all of them into one [`Stats`], the `stats` object
 //! of `results.json`.
@@ -54,7 +61,7 @@
 //! latencies. Counts, phases and the fault timeline's order depend only on
 //! positions, so they are the same with or without times.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -432,6 +439,45 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// The writes invoked while one kind of fault was open.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultWrites {
+    /// How many times the fault started.
+    pub windows: u64,
+    /// The writes (`write`, `cas`, `add`) invoked while it was open, by
+    /// outcome; an invocation never completed counts as `info`.
+    pub outcomes: OutcomeCounts,
+    /// The longest of them that ended `ok`, from invocation to completion;
+    /// `None` if none ended `ok`, or none has both times.
+    pub longest_ok_ms: Option<f64>,
+}
+
+/// Per fault name, the writes invoked while a fault of that name was open
+/// (see the [module docs](self)); every fault in `intervals` has an entry,
+/// with no writes if none was invoked. A write invoked while two faults
+/// were open counts for both. `intervals` and `ops` must come from the
+/// same history.
+pub fn fault_writes(intervals: &[FaultInterval], ops: &[Op]) -> BTreeMap<String, FaultWrites> {
+    let mut by_fault: BTreeMap<String, FaultWrites> = BTreeMap::new();
+    for (name, count) in fault_counts(intervals) {
+        let writes = FaultWrites { windows: count, outcomes: OutcomeCounts::default(), longest_ok_ms: None };
+        by_fault.insert(name, writes);
+    }
+    for op in ops.iter().filter(|op| WRITE_FUNCTIONS.contains(&op.f.as_str())) {
+        let open: BTreeSet<&str> =
+            intervals.iter().filter(|i| i.contains(op.invoke_index)).map(|i| i.name.as_str()).collect();
+        for name in open {
+            let Some(writes) = by_fault.get_mut(name) else { continue };
+            writes.outcomes.add(op);
+            if let (Outcome::Ok, Some(invoked), Some(done)) = (op.outcome, op.invoke_time, op.complete_time) {
+                let took = ms(done.saturating_sub(invoked));
+                writes.longest_ok_ms = Some(writes.longest_ok_ms.map_or(took, |longest| longest.max(took)));
+            }
+        }
+    }
+    by_fault
+}
+
 /// Everything above, the `stats` object of `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
@@ -447,6 +493,8 @@ pub struct Stats {
     pub recovery: Recovery,
     /// Latency percentiles of `ok` operations per function.
     pub latency: BTreeMap<String, Latency>,
+    /// Per fault, the writes invoked while it was open.
+    pub fault_writes: BTreeMap<String, FaultWrites>,
 }
 
 /// Computes every statistic of a history.
@@ -460,6 +508,7 @@ pub fn summarize(events: &[Event]) -> Result<Stats, HistoryError> {
         outcomes: outcome_counts(&ops),
         phases: phase_counts(events, &ops),
         fault_counts: fault_counts(&faults),
+        fault_writes: fault_writes(&faults, &ops),
         faults,
         recovery: recovery(events, &ops),
         latency: latencies(&ops),
@@ -758,6 +807,43 @@ mod tests {
     }
 
     #[test]
+    fn writes_invoked_during_a_fault_are_counted_with_the_longest_ok() {
+        let h = events(&[
+            c(0, "invoke", "add", 0), // before the fault: not counted
+            n("start-rolling-restart", json!(null), 10),
+            c(0, "ok", "add", 20),
+            c(1, "invoke", "add", 30),
+            c(2, "invoke", "read", 35), // a read: not counted
+            c(2, "fail", "read", 36),
+            c(3, "invoke", "write", 40),
+            c(1, "ok", "add", 75), // 45 ms
+            c(3, "info", "write", 90),
+            c(4, "invoke", "cas", 100),
+            n("stop-rolling-restart", json!(null), 110),
+            c(4, "fail", "cas", 120),   // invoked during the fault: counted
+            c(5, "invoke", "add", 130), // after it
+            c(5, "ok", "add", 330),
+            n("start-rolling-restart", json!(null), 400),
+            c(6, "invoke", "add", 410),
+            c(6, "ok", "add", 420), // 10 ms
+            n("stop-rolling-restart", json!(null), 430),
+            n("start-partition", json!(null), 500),
+            n("stop-partition", json!(null), 600),
+        ]);
+        let writes = fault_writes(&fault_intervals(&h), &history::pair(&h).unwrap());
+        let rolling = &writes["rolling-restart"];
+        assert_eq!(rolling.windows, 2);
+        assert_eq!(rolling.outcomes.all, Counts { ok: 2, fail: 1, info: 1 });
+        assert_eq!(rolling.outcomes.by_f.keys().collect::<Vec<_>>(), ["add", "cas", "write"]);
+        assert_eq!(rolling.longest_ok_ms, Some(45.0));
+        let partition = &writes["partition"];
+        assert_eq!(
+            (partition.windows, partition.outcomes.all.total(), partition.longest_ok_ms),
+            (1, 0, None)
+        );
+    }
+
+    #[test]
     fn summarize_serializes_to_the_documented_shape() {
         let h = events(&[
             c(0, "invoke", "write", 1),
@@ -774,5 +860,7 @@ mod tests {
         assert_eq!(json["recovery"]["summary"]["heals"], 0);
         assert_eq!(json["latency"]["write"]["count"], 1);
         assert!(json["latency"]["write"]["p99_ms"].is_f64());
+        assert_eq!(json["fault_writes"]["partition"]["windows"], 1);
+        assert_eq!(json["fault_writes"]["partition"]["longest_ok_ms"], Value::Null);
     }
 }

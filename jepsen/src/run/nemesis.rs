@@ -14,6 +14,19 @@
 //! | `pause` | SIGSTOP the leader, for longer than an election timeout | SIGCONT |
 //! | `lose-unsynced` | as `kill`, on nodes whose storage keeps unsynced writes in memory only (`--fault-lose-unsynced-writes`), so the kill loses what a power failure would | restart them |
 //! | `membership` | remove a random node from the membership and kill it | wipe its data and add it back as a new node (`--join`) |
+//! | `restart` | SIGTERM (a graceful stop) of the leader half the time, else of another node (of any node while no leader is known); SIGKILL if it has not exited within [`STOP_GRACE`] | start it again |
+//! | `rolling-restart` | a whole rolling restart (below), recorded as it goes | recorded when the last node is back |
+//!
+//! A rolling restart stops and starts every node in turn, followers first
+//! and the leader last, each with SIGTERM and started again on its data,
+//! and waits until the restarted node has caught up before the next one
+//! stops ([`kv_client::rolling`]). Unlike the other faults it is a process,
+//! not a state: the fault lasts as long as the restart takes, and no hold
+//! follows it. Each node's restart is a `restarted-node` nemesis event
+//! (which node, whether it led, how it stopped, the index it caught up to,
+//! how long it took). A graceful stop must cost no client anything:
+//! writes through a rolling restart should all succeed, some a little
+//! later ([`jepsen_checker::stats::fault_writes`] counts them).
 //!
 //! With a majorities ring each node hears a majority, but no two hear the
 //! same one; with a bridge, two halves are cut from each other and one node
@@ -25,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jepsen_checker::history::{EventType, Function, Process, Recorder};
+use kv_client::rolling;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -47,12 +61,18 @@ pub enum Fault {
     LoseUnsynced,
     /// Remove a node, then add it back with fresh data.
     Membership,
+    /// SIGTERM (a graceful stop) and start of the leader or another node.
+    Restart,
+    /// SIGTERM and start of every node in turn, the leader last.
+    RollingRestart,
 }
 
 impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 5] =
-        [Fault::Partition, Fault::Kill, Fault::Pause, Fault::LoseUnsynced, Fault::Membership];
+    /// The faults of `--nemesis all`: every one but `rolling-restart`,
+    /// which is an operation to measure on its own (its writes should all
+    /// succeed; see the module docs), not a fault to mix with crashes.
+    pub const ALL: [Fault; 6] =
+        [Fault::Partition, Fault::Kill, Fault::Pause, Fault::LoseUnsynced, Fault::Membership, Fault::Restart];
 
     /// Its name in the history (`start-<name>`).
     pub fn name(self) -> &'static str {
@@ -62,9 +82,17 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::LoseUnsynced => "lose-unsynced",
             Fault::Membership => "membership",
+            Fault::Restart => "restart",
+            Fault::RollingRestart => "rolling-restart",
         }
     }
 }
+
+/// How long a graceful stop may take before SIGKILL: a leader's handoff
+/// takes at most the longest election timeout (2 s with
+/// [`super::SERVER_TIMING`]), and the HTTP server then has 5 s to finish
+/// the requests in flight.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Whom `kill` and `lose-unsynced` kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -129,6 +157,9 @@ pub enum Active {
     Paused(Vec<u64>),
     /// This node was removed from the membership and killed.
     Removed(u64),
+    /// A rolling restart ended, as the value says (the order, and an
+    /// error if a node did not come back).
+    Rolled(Value),
 }
 
 impl Active {
@@ -138,6 +169,7 @@ impl Active {
             Active::Killed(f, _) => *f,
             Active::Paused(_) => Fault::Pause,
             Active::Removed(_) => Fault::Membership,
+            Active::Rolled(_) => Fault::RollingRestart,
         }
     }
 }
@@ -194,8 +226,11 @@ impl Nemesis {
             let fault = *self.faults.choose(&mut self.rng).expect("faults is not empty");
             let Some(active) = self.start(fault).await else { continue };
             let mut hold = self.span();
-            if fault == Fault::Pause {
-                hold = hold.max(self.min_pause);
+            match fault {
+                Fault::Pause => hold = hold.max(self.min_pause),
+                // The restart has happened; its stop only records the end.
+                Fault::RollingRestart => hold = Duration::ZERO,
+                _ => {}
             }
             if Instant::now() + hold >= stop {
                 tokio::time::sleep_until(stop.into()).await;
@@ -290,6 +325,37 @@ impl Nemesis {
                 }
                 (Active::Killed(fault, victims.clone()), json!({"target": target.name(), "nodes": victims}))
             }
+            Fault::Restart => {
+                // The leader half the time: its stop is the one that hands
+                // leadership over.
+                let others: Vec<u64> = ids.iter().copied().filter(|&i| Some(i) != leader).collect();
+                let other = others.choose(&mut self.rng).copied();
+                let (target, victim) = match (leader, other) {
+                    (Some(_), Some(other)) if self.rng.gen_bool(0.5) => ("other", other),
+                    (Some(leader), _) => ("leader", leader),
+                    // No leader known: any node, which may be the leader.
+                    (None, Some(any)) => ("any", any),
+                    (None, None) => return None,
+                };
+                let mut cluster = self.cluster.lock().await;
+                let stop = match cluster.stop(victim, STOP_GRACE).await {
+                    Ok(stop) => stop,
+                    Err(e) => {
+                        drop(cluster);
+                        let value = json!({"fault": fault.name(), "node": victim, "error": e.to_string()});
+                        self.record("fault-failed".into(), value);
+                        return None;
+                    }
+                };
+                let how = stop.map(|s| json!({"exited": s.exited, "status": s.status}));
+                let value = json!({"target": target, "nodes": [victim], "stop": how});
+                (Active::Killed(fault, vec![victim]), value)
+            }
+            Fault::RollingRestart => {
+                self.record(format!("start-{}", fault.name()), json!({"leader": leader}));
+                let outcome = self.rolling_restart().await;
+                return Some(Active::Rolled(outcome));
+            }
             Fault::Pause => {
                 let victim = self.leader_or_any();
                 let mut cluster = self.cluster.lock().await;
@@ -362,6 +428,7 @@ impl Nemesis {
                 }
                 value = json!({"nodes": ids});
             }
+            Active::Rolled(outcome) => value = outcome.clone(),
             Active::Removed(id) => {
                 let via =
                     self.nodes.iter().enumerate().find(|(i, _)| *i as u64 + 1 != *id).map(|(_, a)| a.clone());
@@ -374,8 +441,94 @@ impl Nemesis {
             }
         }
         drop(cluster);
-        value["leader"] = json!(self.leader.leader());
+        if value.get("leader").is_none() {
+            value["leader"] = json!(self.leader.leader());
+        }
         self.record(format!("stop-{}", fault.name()), value);
+    }
+
+    /// Restarts every node in turn, followers first (in random order) and
+    /// the leader last, each caught up before the next stops; records a
+    /// `restarted-node` event per node. Returns the stop event's value:
+    /// the order, and if a node did not come back, why and which nodes
+    /// were left alone.
+    async fn rolling_restart(&mut self) -> Value {
+        let mut pending = self.ids();
+        pending.shuffle(&mut self.rng);
+        let mut order = Vec::new();
+        // The leader the last restarted node caught up with: the poller's
+        // view may not have seen the handoff yet.
+        let mut last_leader = None;
+        loop {
+            let leader = self.ask_leader().await;
+            let Some(id) = rolling::next_to_restart(&pending, leader) else { break };
+            pending.retain(|&p| p != id);
+            order.push(id);
+            let began = Instant::now();
+            let mut cluster = self.cluster.lock().await;
+            cluster.reap();
+            let stopped = cluster.stop(id, STOP_GRACE).await;
+            let started = cluster.restart(id);
+            drop(cluster);
+            let stop = match (stopped, started) {
+                (Ok(stop), Ok(())) => stop,
+                (Err(e), _) | (_, Err(e)) => {
+                    return json!({"nodes": order, "error": e.to_string(), "untouched": pending});
+                }
+            };
+            let (http, nodes) = (self.http.clone(), self.nodes.clone());
+            let status = |n: u64| {
+                let (http, addr) = (http.clone(), nodes.get((n as usize).wrapping_sub(1)).cloned());
+                async move {
+                    match addr {
+                        Some(addr) => http.status(&addr).await.map_err(|f| f.error),
+                        None => Err(format!("there is no node {n}")),
+                    }
+                }
+            };
+            let caught_up = rolling::wait_caught_up(id, crate::cluster::SETTLE, status).await;
+            let mut value = json!({
+                "node": id,
+                "was_leader": leader == Some(id),
+                "stop": stop.map(|s| json!({"exited": s.exited, "status": s.status})),
+                "ms": (began.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            });
+            match caught_up {
+                Ok(c) => {
+                    last_leader = Some(c.leader);
+                    value["leader"] = json!(c.leader);
+                    value["caught_up_to"] = json!(c.index);
+                    self.record("restarted-node".into(), value);
+                }
+                Err(e) => {
+                    value["error"] = json!(e.to_string());
+                    self.record("restarted-node".into(), value);
+                    return json!({"nodes": order, "error": e.to_string(), "untouched": pending});
+                }
+            }
+        }
+        json!({"nodes": order, "leader": last_leader})
+    }
+
+    /// The node that says it leads, in the highest term, asking every node
+    /// now (the poller's view may be a moment old); waits up to an election
+    /// timeout or two for one. `None` if no node says so.
+    async fn ask_leader(&self) -> Option<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut leader: Option<(u64, u64)> = None;
+            for addr in &self.nodes {
+                if let Ok(s) = self.http.status(addr).await {
+                    if s.role == "leader" && leader.is_none_or(|(term, _)| s.term > term) {
+                        leader = Some((s.term, s.id));
+                    }
+                }
+            }
+            if leader.is_some() || Instant::now() >= deadline {
+                return leader.map(|(_, id)| id);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The final phase's first step: heals every link, resumes and restarts

@@ -206,6 +206,22 @@ pub fn summary(outcome: &RunOutcome) -> String {
             format!("faults: {}", if faults.is_empty() { "none".into() } else { faults.join(", ") }),
         );
     }
+    if let Some(by_fault) = r["stats"]["fault_writes"].as_object() {
+        for (fault, w) in by_fault {
+            let c = &w["outcomes"]["all"];
+            let longest = match w["longest_ok_ms"].as_f64() {
+                Some(ms) => format!("; longest ok write {ms:.1} ms"),
+                None => String::new(),
+            };
+            line(
+                &mut s,
+                format!(
+                    "  writes during {fault} ×{}: {} ok, {} fail, {} info{longest}",
+                    w["windows"], c["ok"], c["fail"], c["info"]
+                ),
+            );
+        }
+    }
     let rec = &r["stats"]["recovery"]["summary"];
     if rec["heals"].as_u64().unwrap_or(0) > 0 {
         line(

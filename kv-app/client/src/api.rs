@@ -301,6 +301,12 @@ pub struct FollowerStatus {
     pub matched_index: Option<u64>,
     /// `last_log_index - matched_index`: its replication lag in entries.
     pub lag: u64,
+    /// How many milliseconds ago it last acknowledged a heartbeat or an
+    /// append (`None`: not yet, to this leader). A node that restarted is
+    /// in touch with the leader again once this is shorter than the time
+    /// since its restart.
+    #[serde(default)]
+    pub answered_ms_ago: Option<u64>,
 }
 
 /// `GET /v1/cluster/status`.

@@ -15,10 +15,14 @@
 //!    clients keep and check.
 //! 6. [`server_env`]: keeping the `KV_*` variables of a user's shell away
 //!    from the kv-server processes such a program starts.
+//! 7. [`rolling`]: a rolling restart's order (followers first, the leader
+//!    last) and when a restarted node is back, for whoever restarts the
+//!    nodes.
 
 pub mod api;
 pub mod backup;
 pub mod client;
 pub mod ports;
+pub mod rolling;
 pub mod server_env;
 pub mod tls;

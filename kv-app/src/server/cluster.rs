@@ -54,6 +54,7 @@ pub async fn status(State(ctx): State<Ctx>) -> Response {
             id: *id,
             matched_index: *matched,
             lag: m.last_log_index.saturating_sub(matched.unwrap_or(0)),
+            answered_ms_ago: m.millis_since_ack.get(id).copied().flatten(),
         })
         .collect();
     Json(StatusResponse {

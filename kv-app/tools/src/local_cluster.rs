@@ -32,6 +32,15 @@
 //! addresses (Raft remembers its members by address); `up` on a directory
 //! whose nodes still run refuses.
 //!
+//! [`LocalCluster::open`] takes charge of a cluster whose nodes run
+//! already (`kvctl cluster up` has exited since), and
+//! [`LocalCluster::rolling_restart`] restarts its nodes one at a time
+//! (`kvctl cluster restart --rolling`): followers first and the leader
+//! last, each stopped with SIGTERM (a leader hands its office over first),
+//! started again with the arguments `up` gives it, and caught up before the
+//! next one stops, as [`kv_client::rolling`] describes. The cluster keeps a
+//! majority running throughout.
+//!
 //! Shortcuts a production tool would not take: free ports are found by
 //! [`bind_restartable_port`] (a random port below the kernel's ephemeral
 //! range, so that a restarted node finds its port free) and the socket is
@@ -40,7 +49,7 @@
 //! reused by an unrelated process, which is why on Linux a pid only counts
 //! as a node if its command line names the node's data directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -50,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::ports::bind_restartable_port;
+use kv_client::rolling::{self, CaughtUp, NotCaughtUp};
 use kv_client::tls::ClientTls;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -134,6 +144,33 @@ pub enum LocalClusterError {
     /// The node id is not part of the cluster.
     #[error("no node {0} in this cluster")]
     UnknownNode(u64),
+    /// [`LocalCluster::open`]: some nodes of the directory's cluster are
+    /// not running.
+    #[error("nodes {ids:?} of the cluster in {dir} are not running; restart the whole cluster with `kvctl cluster down --dir {dir}` and `kvctl cluster up --dir {dir}`")]
+    NotRunning {
+        /// The directory.
+        dir: String,
+        /// The nodes that are not running.
+        ids: Vec<u64>,
+    },
+    /// A restarted node did not catch up in time.
+    #[error(transparent)]
+    NotCaughtUp(#[from] NotCaughtUp),
+    /// [`LocalCluster::rolling_restart`]: a node did not come back. The
+    /// nodes after it in the order were not touched.
+    #[error("node {id} did not come back: {reason}; nodes {untouched:?} were not touched; the end of {log}:\n{tail}")]
+    RestartFailed {
+        /// The node.
+        id: u64,
+        /// What went wrong.
+        reason: String,
+        /// The nodes not yet restarted, left as they were.
+        untouched: Vec<u64>,
+        /// Its log file.
+        log: String,
+        /// The log's last lines.
+        tail: String,
+    },
     /// A status client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -326,6 +363,16 @@ fn write_private(path: &Path, text: &str) -> Result<(), LocalClusterError> {
 }
 
 impl ClusterFile {
+    /// Reads `dir/cluster.json`, which must exist.
+    fn load_existing(dir: &Path) -> Result<ClusterFile, LocalClusterError> {
+        ClusterFile::load(dir)?.ok_or_else(|| {
+            LocalClusterError::Invalid(format!(
+                "no {CLUSTER_FILE} in {}: no cluster was started there",
+                dir.display()
+            ))
+        })
+    }
+
     /// Reads `dir/cluster.json`; `Ok(None)` if there is none.
     pub fn load(dir: &Path) -> Result<Option<ClusterFile>, LocalClusterError> {
         let path = dir.join(CLUSTER_FILE);
@@ -358,15 +405,70 @@ impl ClusterFile {
     }
 }
 
-/// A running local cluster. Dropping it kills its nodes, unless it was
-/// [detached](LocalCluster::detach).
+/// A running local cluster. Dropping it kills the nodes it started, unless
+/// it was [detached](LocalCluster::detach).
 #[derive(Debug)]
 pub struct LocalCluster {
     config: ClusterConfig,
     file: ClusterFile,
+    /// The nodes this value started.
     children: BTreeMap<u64, Child>,
+    /// The nodes that ran already when [`LocalCluster::open`] took charge
+    /// (started by an earlier kvctl), known by their pids in `cluster.json`.
+    adopted: BTreeSet<u64>,
     leader: u64,
     restarted: bool,
+}
+
+/// How [`LocalCluster::stop`] stopped a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stopped {
+    /// It exited within [`STOP_GRACE`] of SIGTERM.
+    Exited,
+    /// It still ran [`STOP_GRACE`] after SIGTERM, and was killed with SIGKILL.
+    Killed,
+    /// It was not running.
+    NotRunning,
+}
+
+/// One node of a [rolling restart](LocalCluster::rolling_restart).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeRestart {
+    /// The node.
+    pub id: u64,
+    /// Whether it led when it was stopped (then it handed leadership over).
+    pub was_leader: bool,
+    /// Its process before.
+    pub old_pid: u32,
+    /// Its process now.
+    pub new_pid: u32,
+    /// How it stopped.
+    pub stopped: Stopped,
+    /// Seconds from SIGTERM until it had caught up.
+    pub seconds: f64,
+    /// The leader it caught up with.
+    pub leader: u64,
+    /// The index it caught up to: that leader's commit index when the node
+    /// first named it.
+    pub caught_up_to: u64,
+}
+
+/// What a [rolling restart](LocalCluster::rolling_restart) did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollingReport {
+    /// The nodes, in the order they were restarted.
+    pub nodes: Vec<NodeRestart>,
+    /// The leader before.
+    pub leader_before: u64,
+    /// Its term.
+    pub term_before: u64,
+    /// The leader after.
+    pub leader_after: u64,
+    /// Its term: one more than before when the old leader handed over.
+    pub term_after: u64,
+    /// Seconds the whole restart took.
+    pub seconds: f64,
 }
 
 impl LocalCluster {
@@ -416,7 +518,14 @@ impl LocalCluster {
                 (ClusterFile { nodes, security }, false)
             }
         };
-        let mut cluster = LocalCluster { config, file, children: BTreeMap::new(), leader: 0, restarted };
+        let mut cluster = LocalCluster {
+            config,
+            file,
+            children: BTreeMap::new(),
+            adopted: BTreeSet::new(),
+            leader: 0,
+            restarted,
+        };
         let ids: Vec<u64> = cluster.file.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             // On error, dropping `cluster` kills the nodes already started.
@@ -426,6 +535,27 @@ impl LocalCluster {
         cluster.leader = cluster.wait_for_leader(timeout).await?;
         tracing::info!(nodes = cluster.file.nodes.len(), leader = cluster.leader, dir = %cluster.config.dir.display(), "local cluster up");
         Ok(cluster)
+    }
+
+    /// Takes charge of the cluster recorded in `dir` whose nodes all run
+    /// already (started by `kvctl cluster up`, which has exited since), to
+    /// restart them with `bin`. Nodes it starts are its own, and dropping
+    /// it kills them, as with [`LocalCluster::up`]; [`LocalCluster::detach`]
+    /// leaves them running. The nodes it found running are never killed on
+    /// drop.
+    ///
+    /// # Errors
+    /// If `dir` holds no cluster, or some of its nodes are not running.
+    pub fn open(dir: &Path, bin: impl Into<PathBuf>) -> Result<LocalCluster, LocalClusterError> {
+        let file = ClusterFile::load_existing(dir)?;
+        let stopped: Vec<u64> = file.nodes.iter().filter(|n| !is_running(n)).map(|n| n.id).collect();
+        if !stopped.is_empty() {
+            return Err(LocalClusterError::NotRunning { dir: dir.display().to_string(), ids: stopped });
+        }
+        let mut config = ClusterConfig::new(file.nodes.len() as u64, dir, bin);
+        config.secure = file.security.is_some();
+        let adopted = file.nodes.iter().map(|n| n.id).collect();
+        Ok(LocalCluster { config, file, children: BTreeMap::new(), adopted, leader: 0, restarted: false })
     }
 
     /// The nodes.
@@ -477,6 +607,9 @@ impl LocalCluster {
     /// Starts node `id` (again), with the same arguments as before; its data
     /// directory is reopened. Does nothing if it is running.
     pub fn start(&mut self, id: u64) -> Result<(), LocalClusterError> {
+        if self.adopted.contains(&id) {
+            return Ok(());
+        }
         if let Some(child) = self.children.get_mut(&id) {
             if matches!(child.try_wait(), Ok(None)) {
                 return Ok(());
@@ -495,22 +628,38 @@ impl LocalCluster {
 
     /// Kills node `id` with SIGKILL (a crash: nothing is flushed) and reaps it.
     pub fn kill(&mut self, id: u64) -> Result<(), LocalClusterError> {
-        self.node(id)?;
+        let node = self.node(id)?.clone();
         if let Some(mut child) = self.children.remove(&id) {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.adopted.remove(&id) && signal(node.pid, Some(Signal::SIGKILL)).is_ok() {
+            wait_until(Instant::now() + Duration::from_secs(1), || !is_running(&node));
+        }
         Ok(())
     }
 
-    /// Stops node `id` with SIGTERM (a clean shutdown), then SIGKILL if it
-    /// is still running after [`STOP_GRACE`].
-    pub fn stop(&mut self, id: u64) -> Result<(), LocalClusterError> {
-        self.node(id)?;
-        if let Some(mut child) = self.children.remove(&id) {
-            stop_child(&mut child);
+    /// Stops node `id` with SIGTERM (a clean shutdown: a leader hands its
+    /// leadership over first), then SIGKILL if it is still running after
+    /// [`STOP_GRACE`]; says which it took.
+    pub async fn stop(&mut self, id: u64) -> Result<Stopped, LocalClusterError> {
+        let node = self.node(id)?.clone();
+        if let Some(child) = self.children.remove(&id) {
+            if signal(child.id(), Some(Signal::SIGTERM)).is_err() {
+                reap(child, Duration::ZERO).await;
+                return Ok(Stopped::NotRunning);
+            }
+            return Ok(if reap(child, STOP_GRACE).await { Stopped::Exited } else { Stopped::Killed });
         }
-        Ok(())
+        if !self.adopted.remove(&id) {
+            return Ok(Stopped::NotRunning);
+        }
+        let report = terminate(vec![node]).await;
+        Ok(match (report.stopped.is_empty(), report.killed.is_empty()) {
+            (false, _) => Stopped::Exited,
+            (true, false) => Stopped::Killed,
+            (true, true) => Stopped::NotRunning,
+        })
     }
 
     /// Sends `signal` to node `id` and returns at once; the node stays ours
@@ -537,30 +686,48 @@ impl LocalCluster {
         }
     }
 
-    /// Waits until every running node answers and all name the same leader,
-    /// which also says it is the leader. Returns its id.
-    pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64, LocalClusterError> {
-        let probe = ClientOptions {
+    /// A client whose every call is one quick attempt, for watching nodes
+    /// that may be down.
+    fn probe_client(&self) -> Result<Client, LocalClusterError> {
+        self.client_with(ClientOptions {
             request_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
             deadline: Duration::from_millis(500),
             ..ClientOptions::default()
-        };
-        let client = self.client_with(probe)?;
+        })
+    }
+
+    /// Whether node `id` runs, as far as this value knows: it started it,
+    /// or found it running.
+    fn runs(&self, id: u64) -> bool {
+        self.children.contains_key(&id) || self.adopted.contains(&id)
+    }
+
+    /// Waits until every running node answers and all name the same leader,
+    /// which also says it is the leader. Returns its id.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<u64, LocalClusterError> {
+        self.wait_for_leader_and_term(timeout).await.map(|(leader, _)| leader)
+    }
+
+    /// [`LocalCluster::wait_for_leader`], and the leader's term.
+    async fn wait_for_leader_and_term(&mut self, timeout: Duration) -> Result<(u64, u64), LocalClusterError> {
+        let client = self.probe_client()?;
         let started = Instant::now();
         loop {
             self.check_children()?;
             let mut detail = Vec::new();
             let mut leaders = Vec::new();
-            let mut leader_says_so = false;
+            let mut leader_says_so = None;
             for node in &self.file.nodes {
-                if !self.children.contains_key(&node.id) {
+                if !self.runs(node.id) {
                     continue;
                 }
                 match client.status(Some(&node.http_addr)).await {
                     Ok(s) => {
                         leaders.push(s.leader);
-                        leader_says_so |= s.leader == Some(s.id) && s.role == "leader";
+                        if s.leader == Some(s.id) && s.role == "leader" {
+                            leader_says_so = Some(s.term);
+                        }
                         detail.push(format!("node {} is {} (leader {:?})", s.id, s.role, s.leader));
                     }
                     Err(e) => {
@@ -569,10 +736,10 @@ impl LocalCluster {
                     }
                 }
             }
-            if let Some(Some(leader)) = leaders.first() {
-                if leader_says_so && leaders.iter().all(|l| *l == Some(*leader)) {
+            if let (Some(Some(leader)), Some(term)) = (leaders.first(), leader_says_so) {
+                if leaders.iter().all(|l| *l == Some(*leader)) {
                     self.leader = *leader;
-                    return Ok(*leader);
+                    return Ok((*leader, term));
                 }
             }
             if started.elapsed() >= timeout {
@@ -584,6 +751,117 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits up to `within` until node `id` has come back after a restart:
+    /// it answers, names a leader, and has applied what that leader had
+    /// committed when the node first named it ([`rolling::wait_caught_up`]).
+    ///
+    /// # Errors
+    /// [`LocalClusterError::NotCaughtUp`] after `within`, and
+    /// [`LocalClusterError::NodeExited`] as soon as a node this value
+    /// started has exited.
+    pub async fn wait_caught_up(&mut self, id: u64, within: Duration) -> Result<CaughtUp, LocalClusterError> {
+        self.node(id)?;
+        let client = self.probe_client()?;
+        let addrs: BTreeMap<u64, String> =
+            self.file.nodes.iter().map(|n| (n.id, n.http_addr.clone())).collect();
+        let status = |n: u64| {
+            let (client, addr) = (client.clone(), addrs.get(&n).cloned());
+            async move {
+                match addr {
+                    Some(addr) => client.status(Some(&addr)).await.map_err(|e| e.to_string()),
+                    None => Err(format!("node {n} is not in {CLUSTER_FILE}")),
+                }
+            }
+        };
+        let caught_up = rolling::wait_caught_up(id, within, status);
+        tokio::pin!(caught_up);
+        loop {
+            tokio::select! {
+                done = &mut caught_up => return Ok(done?),
+                () = tokio::time::sleep(Duration::from_millis(50)) => self.check_children()?,
+            }
+        }
+    }
+
+    /// Restarts every node, one at a time, the leader last (see the module
+    /// docs): SIGTERM, up to [`STOP_GRACE`] to exit (then SIGKILL), start
+    /// with the same arguments (and this value's binary), and up to
+    /// `within` to catch up ([`LocalCluster::wait_caught_up`]). Before each
+    /// node, every running node must name the same leader within `within`.
+    /// `progress` hears of each node as soon as it is back. `cluster.json`
+    /// records each new pid at once.
+    ///
+    /// # Errors
+    /// [`LocalClusterError::RestartFailed`] if a node does not come back:
+    /// the nodes after it are left alone. A cluster without an agreed
+    /// leader is not touched at all ([`LocalClusterError::NoLeader`]).
+    pub async fn rolling_restart(
+        &mut self,
+        within: Duration,
+        mut progress: impl FnMut(&NodeRestart),
+    ) -> Result<RollingReport, LocalClusterError> {
+        let began = Instant::now();
+        let (leader_before, term_before) = self.wait_for_leader_and_term(within).await?;
+        let mut pending: Vec<u64> = self.file.nodes.iter().map(|n| n.id).collect();
+        let mut leader = leader_before;
+        let mut nodes = Vec::new();
+        while let Some(id) = rolling::next_to_restart(&pending, Some(leader)) {
+            pending.retain(|&p| p != id);
+            let node = self.restart_one(id, leader, within).await.map_err(|e| {
+                let log = self.config.dir.join(format!("node-{id}")).join(LOG_FILE);
+                let reason = match e {
+                    LocalClusterError::NodeExited { status, .. } => format!("it exited ({status})"),
+                    other => other.to_string(),
+                };
+                LocalClusterError::RestartFailed {
+                    id,
+                    reason,
+                    untouched: pending.clone(),
+                    tail: tail(&log, 20),
+                    log: log.display().to_string(),
+                }
+            })?;
+            progress(&node);
+            nodes.push(node);
+            if !pending.is_empty() {
+                leader = self.wait_for_leader(within).await?;
+            }
+        }
+        let (leader_after, term_after) = self.wait_for_leader_and_term(within).await?;
+        Ok(RollingReport {
+            nodes,
+            leader_before,
+            term_before,
+            leader_after,
+            term_after,
+            seconds: began.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// One step of [`LocalCluster::rolling_restart`].
+    async fn restart_one(
+        &mut self,
+        id: u64,
+        leader: u64,
+        within: Duration,
+    ) -> Result<NodeRestart, LocalClusterError> {
+        let old_pid = self.node(id)?.pid;
+        let began = Instant::now();
+        let stopped = self.stop(id).await?;
+        self.start(id)?;
+        let caught_up = self.wait_caught_up(id, within).await?;
+        Ok(NodeRestart {
+            id,
+            was_leader: id == leader,
+            old_pid,
+            new_pid: self.node(id)?.pid,
+            stopped,
+            seconds: began.elapsed().as_secs_f64(),
+            leader: caught_up.leader,
+            caught_up_to: caught_up.index,
+        })
     }
 
     /// Leaves the nodes running after this value is dropped (they are in
@@ -659,16 +937,18 @@ impl DownReport {
 /// Stops the nodes listed in `dir/cluster.json`: SIGTERM, up to
 /// [`STOP_GRACE`] for them to exit, then SIGKILL. Keeps `cluster.json` and
 /// the data, so `up` can restart the cluster.
-pub fn down(dir: &Path) -> Result<DownReport, LocalClusterError> {
-    let file = ClusterFile::load(dir)?.ok_or_else(|| {
-        LocalClusterError::Invalid(format!(
-            "no {CLUSTER_FILE} in {}: no cluster was started there",
-            dir.display()
-        ))
-    })?;
+pub async fn down(dir: &Path) -> Result<DownReport, LocalClusterError> {
+    let file = ClusterFile::load_existing(dir)?;
+    Ok(terminate(file.nodes).await)
+}
+
+/// Sends SIGTERM to each of `nodes` that runs (by its recorded pid), waits
+/// up to [`STOP_GRACE`] for them all to exit, then sends SIGKILL to the
+/// rest.
+async fn terminate(nodes: Vec<NodeInfo>) -> DownReport {
     let mut report = DownReport::default();
     let mut signalled = Vec::new();
-    for node in file.nodes {
+    for node in nodes {
         if is_running(&node) && signal(node.pid, Some(Signal::SIGTERM)).is_ok() {
             signalled.push(node);
         } else {
@@ -676,7 +956,9 @@ pub fn down(dir: &Path) -> Result<DownReport, LocalClusterError> {
         }
     }
     let deadline = Instant::now() + STOP_GRACE;
-    wait_until(deadline, || signalled.iter().all(|n| !is_running(n)));
+    while signalled.iter().any(is_running) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for node in signalled {
         if is_running(&node) {
             let _ = signal(node.pid, Some(Signal::SIGKILL));
@@ -686,7 +968,7 @@ pub fn down(dir: &Path) -> Result<DownReport, LocalClusterError> {
             report.stopped.push(node);
         }
     }
-    Ok(report)
+    report
 }
 
 /// The kv-server binary next to the running executable (both are built
@@ -809,14 +1091,6 @@ pub(crate) async fn reap(mut child: Child, within: Duration) -> bool {
     let _ = child.kill();
     let _ = child.wait();
     exited
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the child.
-fn stop_child(child: &mut Child) {
-    let _ = signal(child.id(), Some(Signal::SIGTERM));
-    wait_until(Instant::now() + STOP_GRACE, || matches!(child.try_wait(), Ok(Some(_)) | Err(_)));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Whether the node's recorded pid is a live process that is this node.
@@ -959,8 +1233,11 @@ mod tests {
             matches!(err, LocalClusterError::AlreadyRunning { ref pids, .. } if pids == &[running.pid]),
             "{err}"
         );
+        // A rolling restart wants every node running.
+        let err = LocalCluster::open(dir.path(), "kv-server").unwrap_err();
+        assert!(matches!(err, LocalClusterError::NotRunning { ref ids, .. } if ids == &[2]), "{err}");
 
-        let report = down(dir.path()).unwrap();
+        let report = down(dir.path()).await.unwrap();
         assert_eq!(report.stopped, std::slice::from_ref(&running));
         assert_eq!(report.not_running, [impostor]);
         assert!(report.killed.is_empty());
@@ -970,9 +1247,10 @@ mod tests {
         let _ = child.wait();
     }
 
-    #[test]
-    fn down_without_a_cluster_file_says_so() {
+    #[tokio::test]
+    async fn down_without_a_cluster_file_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(down(dir.path()), Err(LocalClusterError::Invalid(_))));
+        assert!(matches!(down(dir.path()).await, Err(LocalClusterError::Invalid(_))));
+        assert!(matches!(LocalCluster::open(dir.path(), "kv-server"), Err(LocalClusterError::Invalid(_))));
     }
 }

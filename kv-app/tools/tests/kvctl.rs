@@ -2,8 +2,9 @@
 //! `kv-server` processes and writes `cluster.json`; the key commands print
 //! values and use exit codes; `status --json` names the leader;
 //! `transfer-leader --to N` makes N leader; `endpoint status` and `endpoint
-//! health` show every node, and a stopped one; `cluster down` stops
-//! everything.
+//! health` show every node, and a stopped one; `cluster restart --rolling`
+//! restarts every node, the leader last, and stops at a node that does not
+//! come back; `cluster down` stops everything.
 
 use std::process::{Command, Output};
 
@@ -89,14 +90,7 @@ fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
         assert!(out.status.success(), "transfer-leader: {}", text(&out.stderr));
         let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!((moved["leader"].as_u64(), moved["node"].as_u64()), (Some(to), Some(old)), "{moved}");
-        let out = with(&["--json", "status", "--all"]);
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        let leaders: Vec<(u64, u64)> = all
-            .iter()
-            .filter(|s| s["role"] == "leader")
-            .map(|s| (s["id"].as_u64().unwrap(), s["term"].as_u64().unwrap()))
-            .collect();
-        assert_eq!(leaders, [(to, old_term + 1)], "{all:?}");
+        assert_eq!(leader_and_term(&with), (to, old_term + 1));
         let out = with(&["put", "after-transfer", "v"]);
         assert!(out.status.success(), "put after the transfer: {}", text(&out.stderr));
         // A node that is not a member is refused with a clear error.
@@ -123,6 +117,114 @@ fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
                 .contains("kv-server");
         assert!(!alive, "node pid {pid} still running after cluster down");
     }
+}
+
+/// The cluster's nodes as `cluster.json` lists them: `(id, pid, http_addr)`.
+fn nodes_in(cluster_dir: &str) -> Vec<(u64, u64, String)> {
+    let file = std::fs::read_to_string(std::path::Path::new(cluster_dir).join("cluster.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let nodes = file["nodes"].as_array().unwrap().iter();
+    nodes
+        .map(|n| {
+            (n["id"].as_u64().unwrap(), n["pid"].as_u64().unwrap(), n["http_addr"].as_str().unwrap().into())
+        })
+        .collect()
+}
+
+/// Whether `pid` is a running kv-server (not a zombie).
+fn runs_kv_server(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie
+        && std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().contains("kv-server")
+}
+
+/// `(leader, term)` as the leader says, from `status --all --json`.
+fn leader_and_term(with: &dyn Fn(&[&str]) -> Output) -> (u64, u64) {
+    let out = with(&["--json", "status", "--all"]);
+    assert!(out.status.success(), "status --all: {}", text(&out.stderr));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let leaders: Vec<(u64, u64)> = all
+        .iter()
+        .filter(|s| s["role"] == "leader")
+        .map(|s| (s["id"].as_u64().unwrap(), s["term"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(leaders.len(), 1, "one leader: {all:?}");
+    leaders[0]
+}
+
+#[test]
+fn cluster_restart_rolling_restarts_the_leader_last_and_stops_at_a_node_that_does_not_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster_dir, _) = cluster_up(dir.path());
+    let cluster_dir = cluster_dir.as_str();
+    let _down = Down(cluster_dir);
+    let server = common::kv_server();
+    let server = server.to_str().unwrap();
+    let before = nodes_in(cluster_dir);
+    let endpoints: Vec<&str> = before.iter().map(|(_, _, e)| e.as_str()).collect();
+    let endpoints = endpoints.join(",");
+    let with = |args: &[&str]| kvctl(&[&["--endpoints", endpoints.as_str()][..], args].concat());
+    let out = with(&["put", "greeting", "hello"]);
+    assert!(out.status.success(), "put: {}", text(&out.stderr));
+    let (leader, term) = leader_and_term(&with);
+
+    // Without --rolling, restart says what to do instead, and does nothing.
+    let out = kvctl(&["cluster", "restart", "--dir", cluster_dir, "--bin", server]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("needs --rolling"), "{}", text(&out.stderr));
+    assert_eq!(nodes_in(cluster_dir), before);
+
+    let out = kvctl(&["cluster", "restart", "--rolling", "--dir", cluster_dir, "--bin", server]);
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "restart --rolling: {printed}{}", text(&out.stderr));
+    let restarted: Vec<u64> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("node ")?.split_once(" restarted in ")?.0.parse().ok())
+        .collect();
+    assert_eq!(restarted.len(), 3, "a line per node: {printed}");
+    assert_eq!(restarted.last(), Some(&leader), "the leader last: {printed}");
+    assert!(printed.contains(", caught up to index "), "{printed}");
+    assert!(printed.contains("no node needed SIGKILL"), "every node stopped on SIGTERM: {printed}");
+
+    // New processes, recorded in cluster.json; the old ones are gone.
+    let after = nodes_in(cluster_dir);
+    for ((id, old_pid, _), (_, new_pid, _)) in before.iter().zip(&after) {
+        assert_ne!(old_pid, new_pid, "node {id} has a new pid");
+        assert!(runs_kv_server(*new_pid), "node {id}'s new process runs");
+        assert!(!runs_kv_server(*old_pid), "node {id}'s old process is gone");
+    }
+    assert_eq!(text(&with(&["get", "greeting"]).stdout).trim(), "hello");
+    // The leader's stop, the last, was the only handoff: one term more, and
+    // another node leads.
+    let (new_leader, new_term) = leader_and_term(&with);
+    assert_eq!(new_term, term + 1, "{printed}");
+    assert_ne!(new_leader, leader);
+    assert!(printed.contains(&format!("leader node {new_leader} in term {new_term}")), "{printed}");
+
+    // A node that does not come back (here, a "binary" that refuses to
+    // start) stops the restart, named with its log; the others are left
+    // alone and keep serving.
+    let broken = dir.path().join("broken-kv-server");
+    std::fs::write(&broken, "#!/bin/sh\necho 'kv-server: cannot start: the config is broken' >&2\nexit 1\n")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out =
+        kvctl(&["cluster", "restart", "--rolling", "--dir", cluster_dir, "--bin", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let first = after.iter().map(|(id, _, _)| *id).find(|&id| id != new_leader).unwrap();
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("node {first} did not come back: it exited")), "{stderr}");
+    assert!(stderr.contains("the config is broken"), "the log's tail: {stderr}");
+    assert!(stderr.contains("were not touched"), "{stderr}");
+    for ((id, pid, _), (_, now, _)) in after.iter().zip(&nodes_in(cluster_dir)) {
+        if *id != first {
+            assert_eq!((pid, runs_kv_server(*pid)), (now, true), "node {id} was left alone");
+        }
+    }
+    let out = with(&["put", "greeting", "still here"]);
+    assert!(out.status.success(), "two of three serve: {}", text(&out.stderr));
 }
 
 #[test]

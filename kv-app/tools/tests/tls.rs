@@ -107,7 +107,8 @@ impl Drop for Down {
 
 /// `kvctl cluster up --tls`: a 3-node cluster with peer TLS, HTTPS and
 /// tokens, usable with the files and the command it prints; it refuses
-/// plaintext and requests without the token, and a restart keeps it secure.
+/// plaintext and requests without the token, and a restart (all at once, or
+/// rolling) keeps it secure.
 #[test]
 fn cluster_up_tls_starts_a_cluster_with_every_protection_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +170,16 @@ fn cluster_up_tls_starts_a_cluster_with_every_protection_on() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = kvctl(&["cluster", "up", "--dir", &c, "--nodes", "3", "--bin", bin]);
     assert!(out.status.success(), "restart: {}", text(&out.stderr));
+    let out = secure(&["get", "greeting"]);
+    assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+    let out = kvctl(&["--cacert", ca, "--endpoints", https.as_str(), "get", "greeting"]);
+    assert_eq!(out.status.code(), Some(2), "still refuses a request without a token");
+
+    // So does a rolling restart, which asks the nodes over HTTPS with the
+    // admin token (the restarted nodes get the same certificates).
+    let out = kvctl(&["cluster", "restart", "--rolling", "--dir", &c, "--bin", bin]);
+    assert!(out.status.success(), "restart --rolling: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(text(&out.stdout).matches(" restarted in ").count(), 3, "{}", text(&out.stdout));
     let out = secure(&["get", "greeting"]);
     assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
     let out = kvctl(&["--cacert", ca, "--endpoints", https.as_str(), "get", "greeting"]);

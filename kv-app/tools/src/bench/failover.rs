@@ -49,7 +49,7 @@ use anyhow::{bail, Context as _};
 use axum::http::header::CONTENT_TYPE;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use kv_client::client::{normalize_endpoint, Client, ClientOptions};
+use kv_client::client::normalize_endpoint;
 use nix::sys::signal::Signal;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -478,7 +478,7 @@ struct Cluster {
 
 /// The processes of one system's cluster.
 enum Nodes {
-    Kv(LocalCluster),
+    Kv(Box<LocalCluster>),
     Etcd(EtcdCluster),
 }
 
@@ -502,7 +502,7 @@ impl Cluster {
                 let cluster = LocalCluster::up(config)
                     .await
                     .with_context(|| format!("starting a kv cluster in {}", dir.display()))?;
-                Nodes::Kv(cluster)
+                Nodes::Kv(Box::new(cluster))
             }
             System::Etcd => {
                 let timeouts = match (args.heartbeat_ms, args.election_timeout_ms) {
@@ -575,8 +575,9 @@ impl Cluster {
         match &mut self.nodes {
             Nodes::Kv(kv) => {
                 kv.start(id)?;
-                let leader = kv.wait_for_leader(SETTLE_TIMEOUT).await?;
-                caught_up(kv, id, leader).await
+                kv.wait_for_leader(SETTLE_TIMEOUT).await?;
+                kv.wait_caught_up(id, SETTLE_TIMEOUT).await?;
+                Ok(())
             }
             Nodes::Etcd(etcd) => {
                 etcd.start(id)?;
@@ -600,26 +601,6 @@ impl Cluster {
                 }
             }
         }
-    }
-}
-
-/// Waits until kv node `id` has applied everything the leader had
-/// committed when asked.
-async fn caught_up(kv: &LocalCluster, id: u64, leader: u64) -> anyhow::Result<()> {
-    let options = ClientOptions { deadline: Duration::from_secs(2), ..ClientOptions::default() };
-    let client: Client = kv.client_with(options)?;
-    let leader_addr = kv.node(leader)?.http_addr.clone();
-    let node_addr = kv.node(id)?.http_addr.clone();
-    let target = client.status(Some(&leader_addr)).await.context("the leader's status")?.committed_index;
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        if client.status(Some(&node_addr)).await.is_ok_and(|s| s.applied_index >= target) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("node {id} did not catch up to index {target} within {SETTLE_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -681,6 +662,7 @@ mod tests {
             probe_interval_ms: 10,
             cpus: 2,
             load_average: Some(0.5),
+            timeouts_ms: Some((30, 150)),
             systems: vec![
                 summarize(System::Kv, vec![Duration::from_millis(8), Duration::from_millis(12)], 0),
                 summarize(System::Etcd, vec![Duration::from_millis(4), Duration::from_millis(6)], 0),
@@ -688,6 +670,7 @@ mod tests {
         };
         let text = report.human();
         assert!(text.starts_with("SIGTERM to the leader"), "{text}");
+        assert!(text.contains("heartbeat 30 ms, election timeout 150 ms"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("kv ") && l.contains("12.0")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("etcd ") && l.contains("6.0")), "{text}");
         assert!(text.contains("kv p90 / etcd p90 = 2.00"), "{text}");
