@@ -194,6 +194,8 @@ mod tests {
             learners: vec![],
             followers: vec![],
             state_digest: String::new(),
+            version: None,
+            db_size_bytes: None,
         }
     }
 
