@@ -96,33 +96,50 @@ pub fn lease(config: &Config) -> Duration {
     three_beats.max(config.election_timeout_min / 2).min(config.election_timeout_min)
 }
 
+/// What the election timer needs to know about the node, from openraft's
+/// metrics: its role, whether it is a voter, and whether it is the only one.
+struct Standing {
+    state: ServerState,
+    voter: bool,
+    alone: bool,
+}
+
+fn standing(raft: &Raft, id: NodeId) -> Option<Standing> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    if m.running_state.is_err() {
+        return None;
+    }
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    Some(Standing { state: m.state, voter: voters.contains(&id), alone: voters == [id] })
+}
+
 /// Runs the election timer of node `id` until the node shuts down.
 pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact) {
     let (min, max) = (config.election_timeout_min, config.election_timeout_max);
-    let metrics = raft.metrics();
     // The last campaign this node started: another waits a timeout too.
     let mut campaigned: Option<Instant> = None;
     loop {
         let timeout = if max > min { rand::thread_rng().gen_range(min..max) } else { min };
         // Wait until neither a leader nor our own campaign has been heard
-        // of for `timeout`, however often that is pushed back.
+        // of for `timeout`, however often that is pushed back. A voter
+        // that is the only one has nobody to hear from and nobody to wait
+        // for: it campaigns at once (a single-node cluster, just formed or
+        // restarted). Its membership is checked every heartbeat interval.
         loop {
+            let now = Instant::now();
             let since = campaigned.map_or(contact.last(), |c| c.max(contact.last()));
             let deadline = since + timeout;
-            if Instant::now() >= deadline {
+            if now >= deadline {
                 break;
             }
-            tokio::time::sleep_until(deadline).await;
-        }
-        let (state, voter, alone) = {
-            let m = metrics.borrow_watched();
-            if m.running_state.is_err() {
-                return;
+            let lone = standing(&raft, id).is_some_and(|s| s.alone && s.state != ServerState::Leader);
+            if lone && campaigned.is_none_or(|c| now >= c + timeout) {
+                break;
             }
-            let membership = m.membership_config.membership();
-            let voters: Vec<NodeId> = membership.voter_ids().collect();
-            (m.state, voters.contains(&id), voters == [id])
-        };
+            tokio::time::sleep_until(deadline.min(now + config.heartbeat_interval)).await;
+        }
+        let Some(Standing { state, voter, alone }) = standing(&raft, id) else { return };
         match state {
             ServerState::Leader => {
                 // A leader is its own contact: when it steps down, it
@@ -139,11 +156,13 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
             }
             _ => {}
         }
-        tracing::info!(
-            node_id = id,
-            timeout_ms = timeout.as_millis() as u64,
-            "no word from a leader within the election timeout; standing for election"
-        );
+        if !alone {
+            tracing::info!(
+                node_id = id,
+                timeout_ms = timeout.as_millis() as u64,
+                "no word from a leader within the election timeout; standing for election"
+            );
+        }
         // A lone voter needs nobody's agreement: no pre-vote.
         if raft.trigger().elect(!alone).await.is_err() {
             return;
