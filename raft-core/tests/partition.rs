@@ -104,7 +104,11 @@ async fn a_follower_cut_off_and_back_neither_raises_its_term_nor_deposes_the_lea
     nodes[&1].initialize(members).await.unwrap();
     let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
     let set = Set { key: "k".into(), value: "v".into() };
-    nodes[&leader].write(&set).await.unwrap();
+    let index = nodes[&leader].write(&set).await.unwrap().log_id.index;
+    // Every node knows the membership, so the one cut off knows it votes.
+    for node in nodes.values() {
+        node.wait_applied(index, Duration::from_secs(10)).await.unwrap();
+    }
     let term = nodes[&leader].metrics().await.term;
     let cut = (1..=3).find(|id| *id != leader).unwrap();
 
@@ -151,6 +155,13 @@ async fn when_the_leader_dies_a_follower_wins_the_next_election() {
     let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
     nodes[&1].initialize(members).await.unwrap();
     let old = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    // Every node must have the membership before the leader dies: a node
+    // that never received it does not know it is a voter.
+    let index =
+        nodes[&old].write(&Set { key: "k".into(), value: "before".into() }).await.unwrap().log_id.index;
+    for node in nodes.values() {
+        node.wait_applied(index, Duration::from_secs(10)).await.unwrap();
+    }
     let old_term = nodes[&old].metrics().await.term;
     router.unregister(old);
     nodes.remove(&old).unwrap().shutdown_without_handoff().await;

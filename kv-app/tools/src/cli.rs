@@ -108,6 +108,8 @@ impl GlobalArgs {
 }
 
 /// The commands.
+// Parsed once per run, so the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Store VALUE under KEY.
