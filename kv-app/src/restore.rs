@@ -6,7 +6,7 @@
 //!   cluster with the same backup and the same members, then start them:
 //!   they elect a leader and serve the backed-up state, client sessions
 //!   included, from the backup's log position on.
-//! * [`force_new_cluster`] turns the data directory of one survivor of a
+//! * [`recovery::force_new_cluster`] turns the data directory of one survivor of a
 //!   cluster that lost its majority for good into a cluster of one voter,
 //!   keeping everything in its log; the operator then adds members again.
 //!
