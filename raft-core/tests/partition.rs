@@ -90,25 +90,8 @@ async fn isolated_leader_cannot_commit_or_read_and_steps_down_on_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_and_back_neither_raises_its_term_nor_deposes_the_leader() {
     let router = LocalRouter::new();
-    let mut config = Config::new("rejoin-test");
-    config.heartbeat_interval = Duration::from_millis(20);
-    config.election_timeout_min = Duration::from_millis(100);
-    config.election_timeout_max = Duration::from_millis(200);
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        let node =
-            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
-        nodes.insert(id, node);
-    }
-    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
-    nodes[&1].initialize(members).await.unwrap();
-    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let (nodes, leader) = quick_cluster(&router, "rejoin-test").await;
     let set = Set { key: "k".into(), value: "v".into() };
-    let index = nodes[&leader].write(&set).await.unwrap().log_id.index;
-    // Every node knows the membership, so the one cut off knows it votes.
-    for node in nodes.values() {
-        node.wait_applied(index, Duration::from_secs(10)).await.unwrap();
-    }
     let term = nodes[&leader].metrics().await.term;
     let cut = (1..=3).find(|id| *id != leader).unwrap();
 
@@ -142,26 +125,7 @@ async fn a_follower_cut_off_and_back_neither_raises_its_term_nor_deposes_the_lea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_leader_dies_a_follower_wins_the_next_election() {
     let router = LocalRouter::new();
-    let mut config = Config::new("failover-test");
-    config.heartbeat_interval = Duration::from_millis(20);
-    config.election_timeout_min = Duration::from_millis(100);
-    config.election_timeout_max = Duration::from_millis(200);
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        let node =
-            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, &router).await.unwrap();
-        nodes.insert(id, node);
-    }
-    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
-    nodes[&1].initialize(members).await.unwrap();
-    let old = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    // Every node must have the membership before the leader dies: a node
-    // that never received it does not know it is a voter.
-    let index =
-        nodes[&old].write(&Set { key: "k".into(), value: "before".into() }).await.unwrap().log_id.index;
-    for node in nodes.values() {
-        node.wait_applied(index, Duration::from_secs(10)).await.unwrap();
-    }
+    let (mut nodes, old) = quick_cluster(&router, "failover-test").await;
     let old_term = nodes[&old].metrics().await.term;
     router.unregister(old);
     nodes.remove(&old).unwrap().shutdown_without_handoff().await;
@@ -177,4 +141,30 @@ async fn when_the_leader_dies_a_follower_wins_the_next_election() {
     for (_, n) in nodes {
         n.shutdown_without_handoff().await;
     }
+}
+
+/// Three in-process nodes with short timeouts (heartbeat 20 ms, election
+/// 100 to 200 ms), a leader, and one write that every node has applied, so
+/// that each knows the membership (a node that never received it does not
+/// know it is a voter). Returns the nodes and the leader.
+async fn quick_cluster(router: &LocalRouter, name: &str) -> (BTreeMap<u64, RaftNode<Register>>, u64) {
+    let mut config = Config::new(name);
+    config.heartbeat_interval = Duration::from_millis(20);
+    config.election_timeout_min = Duration::from_millis(100);
+    config.election_timeout_max = Duration::from_millis(200);
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let node =
+            RaftNode::start_local(id, config.clone(), Storage::InMemory, Register, router).await.unwrap();
+        nodes.insert(id, node);
+    }
+    let members = (1..=3).map(|id| (id, Node::new(format!("n{id}"), ""))).collect();
+    nodes[&1].initialize(members).await.unwrap();
+    let leader = nodes[&1].wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let set = Set { key: "k".into(), value: "before".into() };
+    let index = nodes[&leader].write(&set).await.unwrap().log_id.index;
+    for node in nodes.values() {
+        node.wait_applied(index, Duration::from_secs(10)).await.unwrap();
+    }
+    (nodes, leader)
 }
