@@ -86,11 +86,12 @@ impl Default for Contact {
 }
 
 /// The leader lease openraft runs with: how long after a leader's last
-/// heartbeat a follower still refuses to vote for anyone else. At least
-/// three heartbeats, so that a follower that misses one or two does not
-/// give way; at most half the election timeout's lower bound, so that by
-/// the time any follower's timeout fires, the others' leases have run out
-/// even if their last heartbeat came a little later than its own.
+/// heartbeat a follower still refuses to vote for anyone else. Three
+/// heartbeats or half the election timeout's lower bound, whichever is
+/// longer, so that a follower that misses a heartbeat or two does not give
+/// way; and never longer than that lower bound, so that by the time any
+/// follower's timeout fires, the others' leases have run out too (with the
+/// defaults, 300 ms against a timeout of at least 500 ms).
 pub fn lease(config: &Config) -> Duration {
     let three_beats = config.heartbeat_interval * 3;
     three_beats.max(config.election_timeout_min / 2).min(config.election_timeout_min)
