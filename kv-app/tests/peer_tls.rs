@@ -16,7 +16,7 @@ const SERVER: &str = env!("CARGO_BIN_EXE_kv-server");
 
 /// Runs `kv-server ARGS` to completion; returns (success, stdout, stderr).
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(SERVER).args(args).output().unwrap();
+    let out = kv_client::server_env::clear(&mut Command::new(SERVER)).args(args).output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
