@@ -581,7 +581,7 @@ mod tests {
 
         /// Applies `commands` as one batch entry (sharing one log index).
         async fn apply_batch(&mut self, commands: &[KvCommand]) -> Vec<KvResponse> {
-            let batch = Batch(commands.iter().map(|c| ByteBuf::from(codec::encode(c))).collect());
+            let batch = Batch::new(commands.iter().map(|c| ByteBuf::from(codec::encode(c))).collect());
             let replies = self.apply_entry(EntryPayload::Normal(batch)).await;
             replies
                 .iter()

@@ -65,7 +65,9 @@ use crate::network::tcp::{TcpServer, TcpTransport};
 use crate::network::{Inbox, Network, Transport};
 use crate::proposer::{forward_hint, leader_hint, Proposer};
 use crate::read_index::ReadBatcher;
-use crate::storage::{Db, MemLogStore, RedbLogStore, StateMachineStore};
+use crate::storage::db::DbError;
+use crate::storage::rollback::{self, RollbackRecord};
+use crate::storage::{blocking, Db, MemLogStore, RedbLogStore, StateMachineStore};
 use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// Where a node keeps its log and state.
@@ -232,6 +234,8 @@ pub struct RaftNode<A: StateMachine> {
     sm: StateMachineStore,
     /// The database file, or `None` in memory.
     db_path: Option<PathBuf>,
+    /// The database that holds the log's rollback records.
+    records: Db,
     server: Option<TcpServer>,
     proposer: Proposer,
     reads: ReadBatcher,
@@ -320,7 +324,7 @@ impl<A: StateMachine> RaftNode<A> {
                 let db = Db::in_memory();
                 let sm = StateMachineStore::open_shared(db.clone(), app.clone())
                     .map_err(|e| StartError::Raft(format!("state machine: {e}")))?;
-                let raft = Raft::new(id, raft_config, network, MemLogStore::new(), sm.clone())
+                let raft = Raft::new(id, raft_config, network, MemLogStore::on(db.clone()), sm.clone())
                     .await
                     .map_err(raft_err)?;
                 (raft, db, sm)
@@ -340,6 +344,7 @@ impl<A: StateMachine> RaftNode<A> {
         let proposer = Proposer::spawn(raft.clone(), &config, gate.clone());
         let reads = ReadBatcher::new(raft.clone(), config.request_timeout);
         let db_path = db.path().map(Path::to_path_buf);
+        let records = db.clone();
         let contact = Contact::new();
         let elections = tokio::spawn(election::run(raft.clone(), id, config.clone(), contact.clone()));
         Ok(RaftNode {
@@ -349,6 +354,7 @@ impl<A: StateMachine> RaftNode<A> {
             app,
             sm,
             db_path,
+            records,
             server: None,
             proposer,
             reads,
@@ -445,14 +451,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// `NotLeader` naming the new leader, or proposed here if the handoff
     /// failed.
     pub async fn write(&self, command: &A::Command) -> Result<Written<A::Response>, WriteError> {
-        self.gate.wait_open().await;
-        {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow_watched();
-            if m.state != ServerState::Leader {
-                return Err(WriteError::NotLeader { leader: leader_hint(&m) });
-            }
-        }
+        self.may_propose().await?;
         let rx = self.proposer.propose(codec::encode(command)).await?;
         let (log_id, data) = match tokio::time::timeout(self.config.request_timeout, rx).await {
             Err(_) => {
@@ -471,6 +470,60 @@ impl<A: StateMachine> RaftNode<A> {
             Ok(Err(reason)) => Err(WriteError::Undecodable(reason)),
             Err(e) => Err(WriteError::Undecodable(e.to_string())),
         }
+    }
+
+    /// Waits out a handoff, then checks that this node leads: a write
+    /// refused here was not proposed.
+    async fn may_propose(&self) -> Result<(), WriteError> {
+        self.gate.wait_open().await;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        match m.state {
+            ServerState::Leader => Ok(()),
+            _ => Err(WriteError::NotLeader { leader: leader_hint(&m) }),
+        }
+    }
+
+    /// Proposes `command` and returns once the entry holding it is durable
+    /// in this node's own log: `leader` durability, the asynchronous end of
+    /// the trade-off. It returns the entry's log id, and no response (the
+    /// command is not applied yet; its outcome is known only once it is).
+    ///
+    /// **The write can be lost.** It is committed only once a majority has
+    /// it. If this leader fails first, the next leader may not have it;
+    /// when this node rejoins, the entry is removed from its log and kept
+    /// in a [rollback record](crate::storage::rollback) instead
+    /// ([`RaftNode::rollback_records`]), for an operator to recover or
+    /// discard. Meanwhile it is applied nowhere. If it is committed, it is
+    /// applied exactly as a [`RaftNode::write`] would be.
+    ///
+    /// Errors as for [`RaftNode::write`]: `NotLeader` means not proposed;
+    /// after proposing, a failure is `Indeterminate`.
+    pub async fn write_logged(&self, command: &A::Command) -> Result<LogId, WriteError> {
+        self.may_propose().await?;
+        let rx = self.proposer.propose_logged(codec::encode(command)).await?;
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Err(_) => Err(WriteError::Indeterminate {
+                reason: format!("not durable in the leader's log within {:?}", self.config.request_timeout),
+                leader: self.leader_hint(),
+            }),
+            Ok(Err(_)) => Err(WriteError::Indeterminate { reason: "node stopped".into(), leader: None }),
+            Ok(Ok(outcome)) => outcome,
+        }
+    }
+
+    /// The records of entries this node removed from its log because a
+    /// new leader's log replaced them, oldest first (see
+    /// [`crate::storage::rollback`]).
+    pub async fn rollback_records(&self) -> Result<Vec<RollbackRecord>, DbError> {
+        let db = self.records.clone();
+        blocking(move || rollback::records(&db)).await
+    }
+
+    /// The rollback record `id`, if this node keeps it.
+    pub async fn rollback_record(&self, id: u64) -> Result<Option<RollbackRecord>, DbError> {
+        let db = self.records.clone();
+        blocking(move || rollback::get(&db, id)).await
     }
 
     /// A linearizable read barrier (ReadIndex, Raft thesis §6.4): confirms

@@ -25,7 +25,7 @@
 //! is appended, anything but a response is [`WriteError::Indeterminate`]
 //! (see [`crate::RaftNode::write`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::{ClientWriteError, ForwardToLeader};
@@ -44,9 +44,30 @@ use crate::types::{Batch, CallbackResponder, CommittedLeaderId, LogId, Raft, Raf
 /// encoded response.
 pub(crate) type Outcome = Result<(LogId, ByteBuf), WriteError>;
 
+/// Where the outcome of a logged write goes: its log id once the entry is
+/// durable in the leader's own log.
+pub(crate) type LoggedOutcome = Result<LogId, WriteError>;
+
 struct Proposal {
     command: Vec<u8>,
-    reply: oneshot::Sender<Outcome>,
+    reply: Reply,
+}
+
+/// When a proposal's writer is answered.
+enum Reply {
+    /// Once the command is applied, with its response.
+    Applied(oneshot::Sender<Outcome>),
+    /// Once the entry holding it is durable in this (the leader's) log.
+    Logged(oneshot::Sender<LoggedOutcome>),
+}
+
+impl Reply {
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Applied(tx) => tx.is_closed(),
+            Reply::Logged(tx) => tx.is_closed(),
+        }
+    }
 }
 
 /// The handle of the batching task.
@@ -66,11 +87,27 @@ impl Proposer {
         Proposer { tx, task: tokio::spawn(run(raft, rx, limits, gate)) }
     }
 
-    /// Queues an encoded command; the receiver yields its outcome.
+    /// Queues an encoded command; the receiver yields its outcome once it
+    /// is applied.
     pub(crate) async fn propose(&self, command: Vec<u8>) -> Result<oneshot::Receiver<Outcome>, WriteError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Proposal { command, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        let (tx, rx) = oneshot::channel();
+        self.queue(Proposal { command, reply: Reply::Applied(tx) }).await?;
         Ok(rx)
+    }
+
+    /// Queues an encoded command; the receiver yields its log id once the
+    /// entry holding it is durable in this node's log (or why it is not).
+    pub(crate) async fn propose_logged(
+        &self,
+        command: Vec<u8>,
+    ) -> Result<oneshot::Receiver<LoggedOutcome>, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Proposal { command, reply: Reply::Logged(tx) }).await?;
+        Ok(rx)
+    }
+
+    async fn queue(&self, p: Proposal) -> Result<(), WriteError> {
+        self.tx.send(p).await.map_err(|_| WriteError::ShuttingDown)
     }
 
     pub(crate) fn shutdown(&self) {
@@ -115,24 +152,36 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits, gate:
         let term = match leading_term(&raft).await {
             Ok(term) => term,
             Err(leader) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(WriteError::NotLeader { leader: leader.clone() }));
-                }
+                let (_, replies, logged) = split(batch);
+                answer(replies, &logged, Err(WriteError::NotLeader { leader }));
                 continue;
             }
         };
-        let (commands, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Outcome>>) =
-            batch.into_iter().map(|p| (ByteBuf::from(p.command), p.reply)).unzip();
+        let (commands, replies, logged) = split(batch);
         tracing::trace!(commands = commands.len(), "proposing batch");
-        // Each writer is answered straight from where openraft completes the
-        // batch (the state machine's apply), and only then may the next
-        // batch go.
-        let responder = CallbackResponder::new(move |result| {
-            answer(replies, result);
+        // Writers waiting for the entry to be durable here are answered
+        // when the log store says so (see `Batch`), or when the batch
+        // completes, whichever comes first.
+        let batch = if logged.is_waiting() {
+            let (batch, durable) = Batch::noted(commands);
+            let waiting = logged.clone();
+            tokio::spawn(async move {
+                if let Ok(log_id) = durable.await {
+                    waiting.answer(|| Ok(log_id));
+                }
+            });
+            batch
+        } else {
+            Batch::new(commands)
+        };
+        // Every other writer is answered straight from where openraft
+        // completes the batch (the state machine's apply), and only then
+        // may the next batch go.
+        let responder = CallbackResponder::new(move |result: ClientWriteResult<TypeConfig>| {
+            answer(replies, &logged, result.map_err(failure));
             drop(permit);
         });
-        let proposed =
-            raft.write(Batch(commands)).with_leader(CommittedLeaderId::new(term)).responder(responder).await;
+        let proposed = raft.write(batch).with_leader(CommittedLeaderId::new(term)).responder(responder).await;
         if let Err(e) = proposed {
             // The core has stopped; it dropped the responder, and with it
             // every writer's channel (they see the node stopping).
@@ -183,31 +232,90 @@ async fn leading_term(raft: &Raft) -> Result<u64, Option<LeaderHint>> {
     }
 }
 
-/// Sends each writer of a batch its outcome.
-fn answer(replies: Vec<oneshot::Sender<Outcome>>, result: ClientWriteResult<TypeConfig>) {
-    let n = replies.len();
+/// A batch's commands; the writers waiting for the apply, in command
+/// order (`None` where the writer waits for the log); and those waiting
+/// for the log.
+fn split(batch: Vec<Proposal>) -> (Vec<ByteBuf>, Vec<Option<oneshot::Sender<Outcome>>>, Logged) {
+    let logged = Logged::default();
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        commands.push(ByteBuf::from(p.command));
+        replies.push(match p.reply {
+            Reply::Applied(tx) => Some(tx),
+            Reply::Logged(tx) => {
+                logged.0.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+                None
+            }
+        });
+    }
+    (commands, replies, logged)
+}
+
+/// The writers of a batch who wait for it to be durable in this log. The
+/// first of the log store's note and the batch's completion answers them.
+#[derive(Clone, Default)]
+struct Logged(Arc<Mutex<Vec<oneshot::Sender<LoggedOutcome>>>>);
+
+impl Logged {
+    fn is_waiting(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    fn answer(&self, outcome: impl Fn() -> LoggedOutcome) {
+        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for tx in waiting {
+            let _ = tx.send(outcome());
+        }
+    }
+}
+
+/// What a batch's failure means to each of its writers.
+fn failure(e: ClientWriteError<TypeConfig>) -> WriteError {
     let indeterminate =
         |reason: String, leader: Option<LeaderHint>| WriteError::Indeterminate { reason, leader };
-    let failure = match result {
-        Ok(resp) if resp.data.0.len() == n => {
-            for (reply, data) in replies.into_iter().zip(resp.data.0) {
-                let _ = reply.send(Ok((resp.log_id, data)));
-            }
-            return;
-        }
-        Ok(resp) => indeterminate(
-            format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
-            None,
-        ),
+    match e {
         // Refused before it was appended: certainly not applied.
-        Err(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader { leader: forward_hint(&f) },
-        Err(ClientWriteError::LogEntryDiscarded(f)) => {
+        ClientWriteError::ForwardToLeader(f) => WriteError::NotLeader { leader: forward_hint(&f) },
+        ClientWriteError::LogEntryDiscarded(f) => {
             indeterminate("leadership changed after the command was proposed".into(), forward_hint(&f))
         }
-        Err(e) => indeterminate(e.to_string(), None),
+        e => indeterminate(e.to_string(), None),
+    }
+}
+
+/// Sends each writer of a batch its outcome: those waiting for the apply
+/// their own response, those waiting for the log the log id (the entry
+/// is committed, so durable here or on a majority, which is more).
+fn answer(
+    replies: Vec<Option<oneshot::Sender<Outcome>>>,
+    logged: &Logged,
+    result: Result<openraft::raft::ClientWriteResponse<TypeConfig>, WriteError>,
+) {
+    let n = replies.len();
+    let result = match result {
+        Ok(resp) if resp.data.0.len() == n => Ok(resp),
+        Ok(resp) => Err(WriteError::Indeterminate {
+            reason: format!("invariant: {n} commands applied with {} responses", resp.data.0.len()),
+            leader: None,
+        }),
+        Err(e) => Err(e),
     };
-    for reply in replies {
-        let _ = reply.send(Err(failure.clone()));
+    match result {
+        Ok(resp) => {
+            for (reply, data) in replies.into_iter().zip(resp.data.0) {
+                if let Some(tx) = reply {
+                    let _ = tx.send(Ok((resp.log_id, data)));
+                }
+            }
+            logged.answer(|| Ok(resp.log_id));
+        }
+        Err(e) => {
+            for tx in replies.into_iter().flatten() {
+                let _ = tx.send(Err(e.clone()));
+            }
+            logged.answer(|| Err(e.clone()));
+        }
     }
 }
 

@@ -11,9 +11,11 @@
 //! are therefore not generic over the application at all.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
 
 /// A node's identity in the cluster. Never reuse the id of a removed node.
 pub type NodeId = u64;
@@ -49,13 +51,76 @@ impl fmt::Display for Node {
 /// Commands proposed concurrently travel together in one entry, so that one
 /// log append, one fsync and one AppendEntries round commit all of them
 /// (group commit). Each command keeps its own response.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<ByteBuf>);
+///
+/// On the leader that proposed it, a batch may also carry a note, kept in
+/// memory only (never encoded, so never replicated): "tell me when this
+/// entry is durable in this node's log". Writes at `leader` durability
+/// ([`crate::RaftNode::write_logged`]) wait for it.
+#[derive(Clone, Default)]
+pub struct Batch(pub Vec<ByteBuf>, FlushNote);
 
 impl Batch {
+    /// A batch of encoded commands.
+    pub fn new(commands: Vec<ByteBuf>) -> Self {
+        Batch(commands, FlushNote::default())
+    }
+
     /// A batch of one encoded command.
     pub fn one(command: Vec<u8>) -> Self {
-        Batch(vec![ByteBuf::from(command)])
+        Batch::new(vec![ByteBuf::from(command)])
+    }
+
+    /// A batch whose log store reports, through the returned receiver, the
+    /// log id the batch was written at once that write is durable.
+    pub(crate) fn noted(commands: Vec<ByteBuf>) -> (Self, oneshot::Receiver<LogId>) {
+        let (tx, rx) = oneshot::channel();
+        (Batch(commands, FlushNote(Some(Arc::new(Mutex::new(Some(tx)))))), rx)
+    }
+
+    /// Whether a writer waits for this batch to be durable here.
+    pub(crate) fn is_noted(&self) -> bool {
+        self.1 .0.is_some()
+    }
+
+    /// Tells the waiting writer, if any, that the batch is durable at
+    /// `log_id`. Only the first call (of any clone) reaches it.
+    pub(crate) fn notify_durable(&self, log_id: LogId) {
+        if let Some(note) = &self.1 .0 {
+            if let Some(tx) = note.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(log_id);
+            }
+        }
+    }
+}
+
+/// Where a batch's log store reports that it is durable (see [`Batch`]).
+/// Clones of the batch share it.
+#[derive(Clone, Default)]
+struct FlushNote(Option<Arc<Mutex<Option<oneshot::Sender<LogId>>>>>);
+
+/// Two batches are equal when their commands are: the note is not data.
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Batch {}
+
+/// Encoded exactly as a newtype of the commands (the note is not data):
+/// the log's format does not change with it.
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct("Batch", &self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Batch")]
+        struct Wire(Vec<ByteBuf>);
+        Wire::deserialize(d).map(|Wire(commands)| Batch::new(commands))
     }
 }
 

@@ -54,7 +54,7 @@ fn log_ids_and_votes_encode_as_format_2() {
 #[test]
 fn log_entries_encode_as_format_2() {
     same(Entry { log_id: log_id(5, 7), payload: EntryPayload::Blank }, "050700");
-    let batch = Batch(vec![vec![1u8, 2, 3].into(), vec![9u8].into()]);
+    let batch = Batch::new(vec![vec![1u8, 2, 3].into(), vec![9u8].into()]);
     same(Entry { log_id: log_id(5, 7), payload: EntryPayload::Normal(batch) }, "05070102030102030109");
     same(
         Entry { log_id: log_id(5, 7), payload: EntryPayload::Membership(membership()) },

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Register, Set};
+use raft_core::codec;
 use raft_core::network::local::LocalRouter;
+use raft_core::storage::rollback::RolledBackPayload;
 use raft_core::{Config, Node, RaftNode, ReadError, Role, Storage, WriteError};
 
 async fn wait_for<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, f: F) {
@@ -140,6 +142,96 @@ async fn when_the_leader_dies_a_follower_wins_the_next_election() {
     nodes[&new].write(&Set { key: "k".into(), value: "after".into() }).await.unwrap();
     for (_, n) in nodes {
         n.shutdown_without_handoff().await;
+    }
+}
+
+/// The asynchronous end of the durability trade-off, end to end: a write
+/// acknowledged at `leader` durability (durable in the leader's own log,
+/// replicated nowhere) while no follower takes entries; the leader is cut
+/// off, the others elect a new leader and write on; when the old leader
+/// rejoins, its entry is replaced by the new leader's log, so the
+/// acknowledged write is lost, and the old leader kept it in a rollback
+/// record, flagged as acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_durable_write_lost_in_a_failover_is_kept_in_a_rollback_record() {
+    let router = LocalRouter::new();
+    let (nodes, old) = quick_cluster(&router, "rollback-test").await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let old_term = nodes[&old].metrics().await.term;
+    let set = |v: &str| Set { key: "k".into(), value: v.into() };
+
+    // Followers keep answering heartbeats (the leader keeps its lease) but
+    // take no entries: as if their disks had stalled.
+    for f in &others {
+        router.stall_replication(old, *f);
+    }
+    let logged =
+        nodes[&old].write_logged(&set("leader-only")).await.expect("acknowledged at leader durability");
+    assert!(
+        nodes[&old].metrics().await.committed_index < logged.index,
+        "acknowledged before any follower had it, so not committed"
+    );
+
+    router.isolate(old);
+    wait_for("a new leader among the majority", || async {
+        let m = nodes[&others[0]].metrics().await;
+        m.leader.is_some_and(|l| l != old) && m.term > old_term
+    })
+    .await;
+    let new = nodes[&others[0]].metrics().await.leader.unwrap();
+    nodes[&new].write(&set("after")).await.unwrap();
+    router.heal();
+    wait_for("the old leader to follow the new one and catch up", || async {
+        let m = nodes[&old].metrics().await;
+        m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
+    })
+    .await;
+
+    let value = nodes[&old].view().unwrap().get(b"k").unwrap();
+    assert_eq!(value.as_deref(), Some(&b"after"[..]), "the acknowledged write is gone from the state");
+    let records = nodes[&old].rollback_records().await.unwrap();
+    let lost: Vec<_> = records.iter().flat_map(|r| &r.entries).filter(|e| e.index == logged.index).collect();
+    assert_eq!(lost.len(), 1, "one record of the lost entry: {records:?}");
+    assert_eq!((lost[0].term, lost[0].leader_durable), (old_term, true));
+    let RolledBackPayload::Commands(commands) = &lost[0].payload else { panic!("not commands: {lost:?}") };
+    let decoded: Vec<Set> = commands.iter().map(|c| codec::decode(c).unwrap()).collect();
+    assert_eq!(decoded, [set("leader-only")]);
+    let record = nodes[&old].rollback_record(records[0].id).await.unwrap();
+    assert_eq!(record.as_ref(), Some(&records[0]));
+    for f in &others {
+        assert!(nodes[f].rollback_records().await.unwrap().is_empty(), "node {f} never had the entry");
+    }
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A leader cut off from the majority stops taking writes once its lease
+/// runs out, a lease after the majority's last acknowledgement (check
+/// quorum): the split-brain window of a `leader`-durable write is at most
+/// that long. It serves no linearizable read from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_refuses_writes_once_its_lease_runs_out() {
+    let router = LocalRouter::new();
+    let (nodes, old) = quick_cluster(&router, "step-down-test").await;
+    let lease = raft_core::election::lease(nodes[&old].config());
+    router.isolate(old);
+    match nodes[&old].read_barrier().await {
+        Err(ReadError::NoQuorum | ReadError::Timeout | ReadError::NotLeader { .. }) => {}
+        other => panic!("the isolated leader must not serve a linearizable read: {other:?}"),
+    }
+    tokio::time::sleep(lease + nodes[&old].config().heartbeat_interval * 2).await;
+    let set = Set { key: "k".into(), value: "late".into() };
+    match nodes[&old].write_logged(&set).await {
+        Err(WriteError::NotLeader { .. }) => {}
+        other => panic!("past its lease, the isolated leader must refuse, unproposed: {other:?}"),
+    }
+    match nodes[&old].write(&set).await {
+        Err(WriteError::NotLeader { .. }) => {}
+        other => panic!("past its lease, the isolated leader must refuse, unproposed: {other:?}"),
+    }
+    for (_, n) in nodes {
+        n.shutdown().await;
     }
 }
 

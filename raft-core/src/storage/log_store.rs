@@ -80,8 +80,9 @@ use tokio::sync::oneshot;
 
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, LOG, META, SM};
+use super::rollback;
 use crate::codec;
-use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::types::{Entry, EntryPayload, LogId, TypeConfig, Vote};
 
 /// The writer takes at most this many queued operations into one
 /// transaction (1,024), so that a flood of appends cannot make one
@@ -360,11 +361,30 @@ fn run_writer(state: &State, queue: &mpsc::Receiver<Op>) {
         for op in ops {
             let outcome = || result.clone().map_err(io::Error::other);
             match op {
-                Op::Append { done, .. } => done.io_completed(outcome()),
+                Op::Append { done, entries } => {
+                    if result.is_ok() {
+                        notify_durable(&entries);
+                    }
+                    done.io_completed(outcome())
+                }
                 Op::Vote { done, .. } | Op::TruncateAfter { done, .. } | Op::Purge { done, .. } => {
                     let _ = done.send(outcome());
                 }
             }
+        }
+    }
+}
+
+/// Whether a writer waits for `entry` to be durable on this node.
+pub(crate) fn is_noted(entry: &Entry) -> bool {
+    matches!(&entry.payload, EntryPayload::Normal(batch) if batch.is_noted())
+}
+
+/// Tells the writers waiting for `entries` that they are durable here.
+pub(crate) fn notify_durable(entries: &[Entry]) {
+    for e in entries {
+        if let EntryPayload::Normal(batch) = &e.payload {
+            batch.notify_durable(e.log_id);
         }
     }
 }
@@ -395,18 +415,34 @@ fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
                     for entry in entries {
                         log.insert(entry.log_id.index, codec::encode(entry).as_slice())?;
                     }
+                    let noted = entries.iter().filter(|e| is_noted(e));
+                    let positions: Vec<(u64, u64)> =
+                        noted.map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect();
+                    if !positions.is_empty() {
+                        rollback::note_leader_durable(&tx, positions)?;
+                    }
                 }
                 Op::Vote { vote, .. } => {
                     put_value(&mut meta, "vote", vote)?;
                     new_vote = Some(*vote);
                 }
                 Op::TruncateAfter { after, .. } => {
+                    // Nothing leaves the log without its rollback record,
+                    // written in this same transaction.
                     let from = after.map_or(0, |l| l.index + 1);
+                    let mut removed = Vec::new();
+                    for item in log.range::<u64>(from..)? {
+                        let (_, v) = item?;
+                        removed.push(codec::decode::<Entry>(v.value())?);
+                    }
+                    let vote = new_vote.or(*lock(&state.vote));
+                    rollback::record(&tx, removed, vote.map_or(0, |v| v.leader_id.term))?;
                     log.retain_in::<u64, _>(from.., |_, _| false)?;
                 }
                 Op::Purge { upto, .. } => {
                     log.retain_in::<u64, _>(..=upto.index, |_, _| false)?;
                     put_value(&mut meta, "purged", upto)?;
+                    rollback::forget_leader_durable_upto(&tx, upto.index)?;
                 }
             }
         }

@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
 
+use super::db::{Db, DbError};
+use super::log_store::{is_noted, notify_durable};
+use super::rollback;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 #[derive(Debug, Default)]
@@ -25,21 +28,48 @@ struct Inner {
 }
 
 /// The in-memory log. Cheap to clone: clones share the log.
-#[derive(Debug, Clone, Default)]
+///
+/// Truncations write their [rollback records](super::rollback) to a
+/// database in memory too, so that a node on this log can show them.
+#[derive(Debug, Clone)]
 pub struct MemLogStore {
     inner: Arc<Mutex<Inner>>,
+    db: Db,
+}
+
+impl Default for MemLogStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemLogStore {
-    /// An empty log.
+    /// An empty log, with its own in-memory database for rollback records.
     pub fn new() -> Self {
-        Self::default()
+        Self::on(Db::in_memory())
+    }
+
+    /// An empty log that keeps its rollback records in `db`.
+    pub fn on(db: Db) -> Self {
+        MemLogStore { inner: Arc::default(), db }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock is a bug in this file; the data is
         // still consistent because every method mutates in one step.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one write transaction on the records' database.
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>) -> std::io::Result<()> {
+        let db = &self.db;
+        db.guarded(|| {
+            let tx = db.inner.begin_write()?;
+            f(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .map_err(std::io::Error::other)
     }
 }
 
@@ -88,22 +118,38 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let noted: Vec<(u64, u64)> = entries
+            .iter()
+            .filter(|e| is_noted(e))
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect();
+        if !noted.is_empty() {
+            self.write(|tx| rollback::note_leader_durable(tx, noted))?;
+        }
         {
             let mut inner = self.lock();
-            for e in entries {
-                inner.log.insert(e.log_id.index, e);
+            for e in &entries {
+                inner.log.insert(e.log_id.index, e.clone());
             }
         }
+        notify_durable(&entries);
         callback.io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
-        self.lock().log.split_off(&last_log_id.map_or(0, |l| l.index + 1));
+        let mut inner = self.lock();
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let removed: Vec<Entry> = inner.log.range(from..).map(|(_, e)| e.clone()).collect();
+        let term = inner.vote.map_or(0, |v| v.leader_id.term);
+        self.write(|tx| rollback::record(tx, removed, term).map(|_| ()))?;
+        inner.log.split_off(&from);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        self.write(|tx| rollback::forget_leader_durable_upto(tx, log_id.index))?;
         let mut inner = self.lock();
         let keep = inner.log.split_off(&(log_id.index + 1));
         inner.log = keep;

@@ -6,6 +6,8 @@
 //! * [`mem_log`]: a log kept in memory ([`MemLogStore`]) for tests.
 //! * [`options`]: how a directory is opened ([`StorageOptions`]): safe by
 //!   default, or with one of the faults below switched on.
+//! * [`rollback`]: the records of entries a node removed from its log
+//!   because a new leader's log replaced them.
 //! * [`fault`]: storage faults for crash tests and negative controls: a
 //!   backend that loses unsynced writes on a kill, and acknowledging log
 //!   appends before fsync.
@@ -19,6 +21,7 @@ pub mod log_store;
 pub mod mem_log;
 pub mod options;
 pub mod recovery;
+pub mod rollback;
 pub mod state_machine;
 
 pub use db::{Db, OpenError};

@@ -1,0 +1,310 @@
+//! Rollback records: what a node removed from its log, kept for an operator.
+//!
+//! A follower removes the tail of its log when the leader's log disagrees
+//! with it (Raft paper §5.3: the leader's log wins). Under the usual rule
+//! nothing of value is lost: an entry is acknowledged to a client only once
+//! a majority has it, and every later leader has it too (§5.4), so only
+//! entries that no client was told about can be removed.
+//!
+//! Acknowledging a write at `leader` durability ([`crate::RaftNode::write_logged`])
+//! gives that rule up for speed: the write is acknowledged once it is
+//! durable in the leader's own log. If that leader fails before a majority
+//! has the entry, the next leader may not have it, and when the old leader
+//! rejoins, its log is made to agree with the new leader's and the
+//! acknowledged write is gone. MongoDB handles its `w:1` writes the same way
+//! and, since 4.4, writes what a rollback removed to files that an operator
+//! can read; this module does that for raft-core.
+//!
+//! # What is kept
+//!
+//! Every truncation of the log that removes at least one entry writes one
+//! [`RollbackRecord`], *in the same transaction* as the removal: no entry
+//! leaves the log without its record, a crash leaves either both or
+//! neither. The record holds each removed entry (its term, its index, its
+//! payload) and whether this node acknowledged it at `leader` durability
+//! (the log store notes that, in the transaction that made the entry
+//! durable, in a small `leader_durable` table). Purging entries after a
+//! snapshot is not a rollback: those entries are committed and applied.
+//!
+//! Retention is bounded: the newest [`RETAIN_RECORDS`] records, and no more
+//! than [`RETAIN_BYTES`] of them, the oldest dropped first (the newest is
+//! always kept, whatever its size).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::db::{Db, DbError};
+use crate::codec;
+use crate::types::{Entry, EntryPayload, Membership};
+
+/// The records, by id (1, 2, ...).
+pub(crate) const ROLLBACK: TableDefinition<u64, &[u8]> = TableDefinition::new("rollback");
+
+/// The indexes of entries in the log that this node acknowledged at
+/// `leader` durability, with their terms. Written with the entry, removed
+/// with it (into a record, or by a purge).
+pub(crate) const LEADER_DURABLE: TableDefinition<u64, u64> = TableDefinition::new("leader_durable");
+
+/// The most records kept (1,000).
+pub const RETAIN_RECORDS: usize = 1000;
+
+/// The most bytes of records kept (64 MiB), the newest record excepted.
+pub const RETAIN_BYTES: usize = 64 << 20;
+
+/// One truncation of a node's log: the entries it removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRecord {
+    /// Increasing from 1 on each node.
+    pub id: u64,
+    /// When the entries were removed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The node's term when it removed them: the term of the leader whose
+    /// log replaced them.
+    pub term: u64,
+    /// The removed entries, in log order.
+    pub entries: Vec<RolledBackEntry>,
+}
+
+/// One entry removed from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBackEntry {
+    /// The term of the leader that created it.
+    pub term: u64,
+    /// Its index in the log.
+    pub index: u64,
+    /// Whether this node, leading, acknowledged the entry's writes at
+    /// `leader` durability: then some client was told they were durable,
+    /// and they are lost unless an operator recovers them from here.
+    pub leader_durable: bool,
+    /// What the entry held.
+    pub payload: RolledBackPayload,
+}
+
+/// What a removed entry held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolledBackPayload {
+    /// A new leader's first entry, with nothing in it.
+    Blank,
+    /// A configuration change.
+    Membership(Membership),
+    /// Application commands, each in the application's own encoding (the
+    /// application decodes them, as it does when it applies them).
+    Commands(Vec<ByteBuf>),
+}
+
+impl RolledBackEntry {
+    fn new(entry: Entry, leader_durable: bool) -> Self {
+        let payload = match entry.payload {
+            EntryPayload::Blank => RolledBackPayload::Blank,
+            EntryPayload::Membership(m) => RolledBackPayload::Membership(m),
+            EntryPayload::Normal(batch) => RolledBackPayload::Commands(batch.0),
+        };
+        RolledBackEntry {
+            term: entry.log_id.leader_id.term,
+            index: entry.log_id.index,
+            leader_durable,
+            payload,
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Notes, in the transaction that writes them, that the entries at these
+/// (index, term) positions are acknowledged at `leader` durability.
+pub(crate) fn note_leader_durable(
+    tx: &WriteTransaction,
+    positions: impl IntoIterator<Item = (u64, u64)>,
+) -> Result<(), DbError> {
+    let mut table = tx.open_table(LEADER_DURABLE)?;
+    for (index, term) in positions {
+        table.insert(index, term)?;
+    }
+    Ok(())
+}
+
+/// Forgets the notes of entries up to `index`, which a purge removes.
+pub(crate) fn forget_leader_durable_upto(tx: &WriteTransaction, index: u64) -> Result<(), DbError> {
+    tx.open_table(LEADER_DURABLE)?.retain_in::<u64, _>(..=index, |_, _| false)?;
+    Ok(())
+}
+
+/// Writes the record of `removed` (the entries a truncation takes out of
+/// the log, in order), in the transaction that removes them, and applies
+/// the retention limits. Removes nothing and records nothing when `removed`
+/// is empty. Returns the new record's id.
+pub(crate) fn record(tx: &WriteTransaction, removed: Vec<Entry>, term: u64) -> Result<Option<u64>, DbError> {
+    let Some(first) = removed.first().map(|e| e.log_id.index) else { return Ok(None) };
+    let mut flags = tx.open_table(LEADER_DURABLE)?;
+    let mut entries = Vec::with_capacity(removed.len());
+    for entry in removed {
+        let noted = flags.get(entry.log_id.index)?.map(|t| t.value());
+        let leader_durable = noted == Some(entry.log_id.leader_id.term);
+        entries.push(RolledBackEntry::new(entry, leader_durable));
+    }
+    flags.retain_in::<u64, _>(first.., |_, _| false)?;
+    let mut table = tx.open_table(ROLLBACK)?;
+    let id = table.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let record = RollbackRecord { id, at_unix_ms: now_unix_ms(), term, entries };
+    table.insert(id, codec::encode(&record).as_slice())?;
+    // Retention: drop the oldest while over either limit.
+    let mut sizes: Vec<(u64, usize)> = Vec::new();
+    for item in table.iter()? {
+        let (k, v) = item?;
+        sizes.push((k.value(), v.value().len()));
+    }
+    let mut bytes: usize = sizes.iter().map(|(_, n)| n).sum();
+    let mut count = sizes.len();
+    for (k, n) in sizes {
+        if count <= 1 || (count <= RETAIN_RECORDS && bytes <= RETAIN_BYTES) {
+            break;
+        }
+        table.remove(k)?;
+        count -= 1;
+        bytes -= n;
+    }
+    Ok(Some(id))
+}
+
+/// Every record kept in `db`, oldest first.
+pub fn records(db: &Db) -> Result<Vec<RollbackRecord>, DbError> {
+    read(db, |table| {
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    })
+    .map(Option::unwrap_or_default)
+}
+
+/// The record `id`, if it is kept.
+pub fn get(db: &Db, id: u64) -> Result<Option<RollbackRecord>, DbError> {
+    read(db, |table| match table.get(id)? {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    })
+    .map(Option::flatten)
+}
+
+/// Runs `f` on the records table; `None` if no record was ever written.
+fn read<T>(
+    db: &Db,
+    f: impl FnOnce(&redb::ReadOnlyTable<u64, &'static [u8]>) -> Result<T, DbError>,
+) -> Result<Option<T>, DbError> {
+    db.guarded(|| {
+        let tx = db.inner.begin_read()?;
+        match tx.open_table(ROLLBACK) {
+            Ok(table) => f(&table).map(Some),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::RaftLogReader as _;
+
+    use super::*;
+    use crate::storage::{MemLogStore, RedbLogStore};
+    use crate::types::{log_id, Batch, Vote};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Batch::one(vec![index as u8])) }
+    }
+
+    /// Appends entries 1..=5 of term 1, the third one noted (a writer
+    /// waits for it at `leader` durability), then truncates after 2, on a
+    /// new term's vote: one record of 3..=5, only 3 flagged.
+    async fn truncation_is_recorded<S: RaftLogStorage<crate::types::TypeConfig>>(mut store: S, db: &Db) {
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let (noted, durable) = Batch::noted(vec![ByteBuf::from(vec![3u8])]);
+        let mut entries: Vec<Entry> = (1..=5).map(|i| entry(1, i)).collect();
+        entries[2].payload = EntryPayload::Normal(noted);
+        store.append(entries, IOFlushed::noop()).await.unwrap();
+        store.save_vote(&Vote::new(2, 2)).await.unwrap();
+        assert_eq!(durable.await.unwrap(), log_id(1, 3), "the writer learns where its entry is durable");
+        assert!(records(db).unwrap().is_empty(), "nothing removed yet");
+
+        store.truncate_after(Some(log_id(1, 2))).await.unwrap();
+        let all = records(db).unwrap();
+        assert_eq!(all.len(), 1);
+        let r = &all[0];
+        assert_eq!((r.id, r.term), (1, 2));
+        let got: Vec<(u64, u64, bool)> =
+            r.entries.iter().map(|e| (e.term, e.index, e.leader_durable)).collect();
+        assert_eq!(got, [(1, 3, true), (1, 4, false), (1, 5, false)]);
+        assert_eq!(r.entries[1].payload, RolledBackPayload::Commands(vec![ByteBuf::from(vec![4u8])]));
+        assert_eq!(get(db, 1).unwrap().as_ref(), Some(r));
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.try_get_log_entries(0..10).await.unwrap().len(), 2, "the log kept 1 and 2");
+
+        // A truncation that removes nothing records nothing.
+        store.truncate_after(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(records(db).unwrap().len(), 1);
+
+        // A new entry at a flagged index is not flagged: the flag left with
+        // the entry it belonged to.
+        store.append([entry(2, 3)], IOFlushed::noop()).await.unwrap();
+        store.truncate_after(Some(log_id(1, 2))).await.unwrap();
+        let all = records(db).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].entries.len(), 1);
+        assert!(!all[1].entries[0].leader_durable);
+    }
+
+    #[tokio::test]
+    async fn the_redb_log_records_every_truncation_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        truncation_is_recorded(RedbLogStore::new(db.clone()), &db).await;
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(records(&db).unwrap().len(), 2, "the records survive a restart");
+    }
+
+    #[tokio::test]
+    async fn the_memory_log_records_every_truncation() {
+        let db = Db::in_memory();
+        truncation_is_recorded(MemLogStore::on(db.clone()), &db).await;
+    }
+
+    #[tokio::test]
+    async fn a_purge_forgets_the_flags_of_what_it_removes() {
+        let db = Db::in_memory();
+        let mut store = MemLogStore::on(db.clone());
+        let (noted, _durable) = Batch::noted(vec![ByteBuf::from(vec![1u8])]);
+        let e = Entry { log_id: log_id(1, 1), payload: EntryPayload::Normal(noted) };
+        store.append([e, entry(1, 2)], IOFlushed::noop()).await.unwrap();
+        let flags = || {
+            let tx = db.inner.begin_read().unwrap();
+            let table = tx.open_table(LEADER_DURABLE).unwrap();
+            table.iter().unwrap().count()
+        };
+        assert_eq!(flags(), 1);
+        store.purge(log_id(1, 1)).await.unwrap();
+        assert_eq!(flags(), 0);
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_records() {
+        let db = Db::in_memory();
+        let mut store = MemLogStore::on(db.clone());
+        for _ in 0..RETAIN_RECORDS + 5 {
+            store.append([entry(1, 1)], IOFlushed::noop()).await.unwrap();
+            store.truncate_after(None).await.unwrap();
+        }
+        let all = records(&db).unwrap();
+        assert_eq!(all.len(), RETAIN_RECORDS);
+        assert_eq!(all.first().map(|r| r.id), Some(6), "the five oldest were dropped");
+        assert_eq!(all.last().map(|r| r.id), Some(RETAIN_RECORDS as u64 + 5));
+    }
+}
