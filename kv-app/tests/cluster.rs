@@ -1,5 +1,6 @@
 //! Real `kv-server` processes on 127.0.0.1: forwarding, leader failure, a
-//! leader's graceful stop, read consistency levels, durability levels, exactly-once writes,
+//! leader's graceful stop, read consistency levels, durability levels (with the rollback record of a
+//! lost `leader`-durable write), exactly-once writes,
 //! membership changes, log compaction and snapshot catch-up.
 
 mod common;
@@ -152,6 +153,118 @@ async fn durability_all_waits_while_a_voter_is_down() {
     let w = client.put("sync", b"c", Durability::All).await.unwrap();
     assert!(w.index > 0);
 }
+
+/// Sends SIGSTOP (`pause`) or SIGCONT to node `id`.
+fn signal(c: &ProcCluster, id: u64, pause: bool) {
+    let child = c.nodes[&id].child.as_ref().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let sig = if pause { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
+
+/// `durability=leader`, end to end on real processes: a put is answered
+/// while both followers are paused (SIGSTOP), so no follower has it and it
+/// is not committed. Then every node crashes: the leader, and the paused
+/// followers with the leader's AppendEntries still unread in their
+/// sockets (a follower merely resumed would read them, and keep the put).
+/// The followers restart and elect a new leader, whose log lacks the put;
+/// the old leader comes back, removes the entry from its log, and keeps
+/// it in a rollback record that the admin API shows, decoded and flagged
+/// as acknowledged. (`raft-core/tests/partition.rs` loses such a write to
+/// a partition instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_durable_put_lost_in_a_failover_is_kept_in_a_rollback_record() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let (status, body) = c
+        .request(
+            c.leader().await,
+            Method::POST,
+            "/v1/cas/k?durability=leader",
+            Some(r#"{"value":"x","expect_absent":true}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "a CAS cannot be acknowledged before it is applied: {body}");
+    assert!(body["message"].as_str().unwrap().contains("durability=leader"), "{body}");
+
+    // The leader acknowledges within its lease after the followers stop
+    // answering (half the election timeout here); a slow machine may miss
+    // that window, so try a few times.
+    let mut acknowledged = None;
+    for _ in 0..5 {
+        let leader = c.leader().await;
+        let followers: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
+        for f in &followers {
+            signal(&c, *f, true);
+        }
+        let (status, body) =
+            c.request(leader, Method::PUT, "/v1/kv/lost?durability=leader", Some(SESSION_PUT)).await;
+        if status == 200 {
+            acknowledged = Some((leader, followers, body));
+            break;
+        }
+        for f in &followers {
+            signal(&c, *f, false);
+        }
+    }
+    let (old, followers, body) =
+        acknowledged.expect("a leader-durable put is acknowledged while followers pause");
+    assert_eq!(body["committed"], false, "{body}");
+    assert_eq!(body["node"], old, "{body}");
+    let index = body["index"].as_u64().unwrap();
+
+    c.kill(old);
+    for f in &followers {
+        c.kill(*f);
+        c.spawn(*f, &[]);
+    }
+    let new = c.leader().await;
+    let client = c.client();
+    client.put("after", b"new", None).await.unwrap();
+    let (status, _) = c.request(new, Method::GET, "/v1/kv/lost", None).await;
+    assert_eq!(status, 404, "the new leader never had the put");
+    c.spawn(old, &[]);
+    c.serving(old).await;
+    c.converge(c.status(new).await.unwrap().last_log_index).await;
+
+    let (status, list) = c.request(old, Method::GET, "/v1/cluster/rollback", None).await;
+    assert_eq!(status, 200, "{list}");
+    let records = list["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{list}");
+    assert_eq!(records[0]["acknowledged_writes"], 1, "{list}");
+    assert!(records[0]["first_index"].as_u64().unwrap() <= index, "{list}");
+    let id = records[0]["id"].as_u64().unwrap();
+    let (status, record) = c.request(old, Method::GET, &format!("/v1/cluster/rollback/{id}"), None).await;
+    assert_eq!(status, 200, "{record}");
+    let entry =
+        record["entries"].as_array().unwrap().iter().find(|e| e["index"] == index).expect("the entry");
+    assert_eq!(entry["acknowledged"], true, "{record}");
+    assert_eq!(entry["writes"][0]["op"], "put", "{record}");
+    assert_eq!(entry["writes"][0]["key"], "lost", "{record}");
+    assert_eq!(entry["writes"][0]["value"]["value"], "v", "{record}");
+    assert_eq!(
+        (&entry["writes"][0]["client_id"], &entry["writes"][0]["seq"]),
+        (&77.into(), &1.into()),
+        "{record}"
+    );
+    for f in &followers {
+        let (_, list) = c.request(*f, Method::GET, "/v1/cluster/rollback", None).await;
+        assert_eq!(list["records"].as_array().map(Vec::len), Some(0), "node {f} never had it: {list}");
+    }
+    let (status, _) = c.request(old, Method::GET, "/v1/cluster/rollback/99", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = c.request(old, Method::GET, "/v1/kv/lost?consistency=stale", None).await;
+    assert_eq!(status, 404, "the lost put is applied nowhere");
+
+    // The client retries under the same session: applied once, then a
+    // duplicate.
+    let (status, body) = c.request(new, Method::PUT, "/v1/kv/lost", Some(SESSION_PUT)).await;
+    assert_eq!((status, &body["duplicate"], &body["created"]), (200, &false.into(), &true.into()), "{body}");
+    let (status, body) = c.request(new, Method::PUT, "/v1/kv/lost", Some(SESSION_PUT)).await;
+    assert_eq!((status, &body["duplicate"]), (200, &true.into()), "{body}");
+}
+
+/// A put under client 77's session, its first write.
+const SESSION_PUT: &str = r#"{"value":"v","client_id":77,"seq":1}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_is_applied_once() {

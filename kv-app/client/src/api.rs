@@ -49,6 +49,24 @@ pub enum Durability {
     /// Once every voter has it in its log: fully synchronous replication.
     /// Waits, then fails with `not_fully_replicated`, while a voter is down.
     All,
+    /// Once it is durable in the leader's own log, before any follower has
+    /// it: asynchronous replication. The answer says `committed: false`.
+    /// **Such a write can be lost** if the leader fails before a majority
+    /// has it; the old leader then keeps it in a rollback record
+    /// (`kvctl rollback`). Not for conditional writes (CAS), whose answer
+    /// needs the applied result.
+    Leader,
+}
+
+impl Durability {
+    /// The name used in query strings and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Majority => "majority",
+            Durability::All => "all",
+            Durability::Leader => "leader",
+        }
+    }
 }
 
 impl std::str::FromStr for Durability {
@@ -57,7 +75,8 @@ impl std::str::FromStr for Durability {
         match s {
             "majority" => Ok(Durability::Majority),
             "all" => Ok(Durability::All),
-            other => Err(format!("unknown durability {other:?}: use majority or all")),
+            "leader" => Ok(Durability::Leader),
+            other => Err(format!("unknown durability {other:?}: use majority, all or leader")),
         }
     }
 }
@@ -176,8 +195,14 @@ pub struct WriteResponse {
     /// The node that committed it (the leader).
     pub node: u64,
     /// True if this (client_id, seq) had been applied before, and this is
-    /// the remembered outcome.
+    /// the remembered outcome. Always false when `committed` is false: the
+    /// write is not applied yet.
     pub duplicate: bool,
+    /// False for a write acknowledged at `leader` durability: it is in the
+    /// leader's durable log at `index` but not yet committed, so it may
+    /// still be lost, and its outcome (`created`, `existed`) is not known.
+    #[serde(default = "committed_by_default")]
+    pub committed: bool,
     /// For a put: whether the key was new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -192,6 +217,10 @@ pub struct WriteResponse {
     /// exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<JsonValue>,
+}
+
+fn committed_by_default() -> bool {
+    true
 }
 
 /// One key and value of a listing.
@@ -258,6 +287,8 @@ pub mod codes {
     pub const KEY_NOT_FOUND: &str = "key_not_found";
     /// 404: no such node in the membership.
     pub const UNKNOWN_NODE: &str = "unknown_node";
+    /// The node keeps no rollback record with that id (404).
+    pub const UNKNOWN_RECORD: &str = "unknown_record";
     /// A CAS whose expected value did not match. The server never sends this
     /// code: a mismatch is a 412 whose body is a [`WriteResponse`](super::WriteResponse)
     /// with `succeeded: false`, not an [`ErrorBody`](super::ErrorBody).
@@ -428,4 +459,100 @@ pub struct ReadIndexResponse {
     pub index: u64,
     /// The leader that confirmed it.
     pub node: u64,
+}
+
+/// `GET /v1/cluster/rollback`: the rollback records one node keeps, oldest
+/// first. A record is written when the node removes entries from its log
+/// because a new leader's log replaced them (see `docs/failover.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackList {
+    /// The node that keeps them.
+    pub node: u64,
+    /// One summary per record.
+    pub records: Vec<RollbackSummary>,
+}
+
+/// One rollback record, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackSummary {
+    /// The record's id on its node (1, 2, ...).
+    pub id: u64,
+    /// When the entries were removed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The node's term then: the term of the leader whose log won.
+    pub term: u64,
+    /// The first and last log index removed.
+    pub first_index: u64,
+    /// See `first_index`.
+    pub last_index: u64,
+    /// Log entries removed.
+    pub entries: usize,
+    /// Client writes in them.
+    pub writes: usize,
+    /// Of those, the writes this node had acknowledged at `leader`
+    /// durability: lost writes that some client was told were durable.
+    pub acknowledged_writes: usize,
+}
+
+/// `GET /v1/cluster/rollback/{id}`: one record with every write decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackDetail {
+    /// The node that keeps it.
+    pub node: u64,
+    /// The record's id on its node.
+    pub id: u64,
+    /// When the entries were removed, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The node's term then.
+    pub term: u64,
+    /// The removed entries, in log order.
+    pub entries: Vec<RolledBackEntry>,
+}
+
+/// One removed log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBackEntry {
+    /// The term of the leader that created it.
+    pub term: u64,
+    /// Its log index.
+    pub index: u64,
+    /// `writes` (client writes), `blank` (a new leader's empty entry) or
+    /// `membership` (a configuration change).
+    pub kind: String,
+    /// Whether this node acknowledged the writes at `leader` durability.
+    pub acknowledged: bool,
+    /// The client writes, in the order they were proposed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<RolledBackWrite>,
+}
+
+/// One client write that was removed from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBackWrite {
+    /// `put`, `delete` or `cas`; `undecodable` if the bytes are not a
+    /// write this build understands (`error` says why).
+    pub op: String,
+    /// The key written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// The value a put or CAS would have stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<JsonValue>,
+    /// The value a CAS expected (absent with `expect_absent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<JsonValue>,
+    /// The writing client's session, if it gave one: a retry with this
+    /// `client_id` and `seq` applies at most once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// See `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The leader's clock when it proposed the write, in milliseconds since
+    /// the Unix epoch.
+    #[serde(default)]
+    pub proposed_at_ms: u64,
+    /// Why the write could not be decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

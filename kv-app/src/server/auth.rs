@@ -94,7 +94,9 @@ pub fn access(method: &Method, route: Option<&str>) -> Access {
         ("/v1/cluster/learners" | "/v1/cluster/members/{id}/promote", "POST") => Access::AdminOrPeer,
         ("/v1/cluster/members/{id}", "DELETE")
         | ("/v1/cluster/snapshot" | "/v1/cluster/campaign" | "/v1/cluster/transfer-leader", "POST")
-        | ("/v1/cluster/backup", "GET") => Access::Client(Role::Admin),
+        | ("/v1/cluster/backup" | "/v1/cluster/rollback" | "/v1/cluster/rollback/{id}", "GET") => {
+            Access::Client(Role::Admin)
+        }
         ("/v1/internal/read-index", "POST") => Access::Peer,
         _ => Access::Client(Role::Admin),
     }
@@ -378,6 +380,8 @@ mod tests {
             (&post, Some("/v1/cluster/campaign"), Access::Client(Role::Admin)),
             (&post, Some("/v1/cluster/transfer-leader"), Access::Client(Role::Admin)),
             (&get, Some("/v1/cluster/backup"), Access::Client(Role::Admin)),
+            (&get, Some("/v1/cluster/rollback"), Access::Client(Role::Admin)),
+            (&get, Some("/v1/cluster/rollback/{id}"), Access::Client(Role::Admin)),
             (&post, Some("/v1/internal/read-index"), Access::Peer),
             (&get, None, Access::Client(Role::Read)),
             // Fails closed: a route or method the table does not name.

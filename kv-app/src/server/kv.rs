@@ -13,7 +13,11 @@
 //! Writes go to the leader (forwarded if they arrive elsewhere), are
 //! committed by Raft, applied by the state machine exactly once per
 //! (client_id, seq), and acknowledged at `majority` (committed) or `all`
-//! (every voter has the entry in its log) durability.
+//! (every voter has the entry in its log) durability. At `leader`
+//! durability a put or delete is acknowledged once it is durable in the
+//! leader's own log, before it is committed: the answer says
+//! `committed: false`, and the write may yet be lost (and kept in a
+//! rollback record, see `cluster::rollback_list`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +31,7 @@ use kv_client::api::{
     codes, CasRequest, Consistency, DeleteRequest, Durability, JsonValue, ListItem, ListResponse, PutRequest,
     ReadIndexResponse, ReadResponse, WriteResponse,
 };
-use raft_core::{AppView, WriteError};
+use raft_core::{AppView, LeaderHint, WriteError};
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
@@ -295,13 +299,18 @@ pub async fn read_index(State(ctx): State<Ctx>) -> Response {
 
 /// The request a write handler extracted, ready to propose.
 struct Write<'a> {
+    http: HttpRequest<'a>,
+    op: WriteOp,
+    session: Option<SessionId>,
+    durability: Durability,
+}
+
+/// The request as received, to forward it unchanged.
+struct HttpRequest<'a> {
     headers: &'a HeaderMap,
     method: Method,
     uri: &'a Uri,
     body: Bytes,
-    op: WriteOp,
-    session: Option<SessionId>,
-    durability: Durability,
 }
 
 type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
@@ -343,8 +352,18 @@ async fn handle_write(
         let durability = durability_of(query_of(w.params)?.durability.as_deref())?;
         let body = body_of(w.body)?;
         let (op, session) = parse(&ctx, key, &body)?;
-        let write_req =
-            Write { headers: &w.headers, method: w.method, uri: &w.uri, body, op, session, durability };
+        if durability == Durability::Leader && matches!(op, WriteOp::Cas { .. }) {
+            return Err(reject(ApiError::bad_request(
+                "durability=leader cannot answer a CAS: its result is known only once applied; \
+                 use majority or all",
+            )));
+        }
+        let write_req = Write {
+            http: HttpRequest { headers: &w.headers, method: w.method, uri: &w.uri, body },
+            op,
+            session,
+            durability,
+        };
         Ok(write(&ctx, write_req).await)
     };
     run.await.unwrap_or_else(|r| r)
@@ -398,24 +417,46 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Passes a write that this node did not propose on to the leader.
+async fn forward_write(ctx: &Ctx, http: HttpRequest<'_>, leader: Option<&LeaderHint>) -> Response {
+    let pq = http.uri.path_and_query().map_or(http.uri.path(), |pq| pq.as_str());
+    let req = Forward {
+        headers: http.headers,
+        method: http.method,
+        path_and_query: pq,
+        body: http.body,
+        kind: Kind::Write,
+        timeout: ctx.config.raft.request_timeout + FORWARD_SLACK,
+    };
+    forward::to_leader(ctx, leader, req).await
+}
+
 /// Proposes a write on the leader, or forwards it there.
 async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
     let cmd = KvCommand { session: w.session, proposed_at_ms: now_ms(), op: w.op };
+    if w.durability == Durability::Leader {
+        return match ctx.node.write_logged(&cmd).await {
+            // In the leader's durable log, not yet committed: no outcome.
+            Ok(log_id) => Json(WriteResponse {
+                index: log_id.index,
+                node: ctx.id,
+                duplicate: false,
+                committed: false,
+                created: None,
+                existed: None,
+                succeeded: None,
+                current: None,
+            })
+            .into_response(),
+            // Not proposed here: safe to pass on to the leader.
+            Err(WriteError::NotLeader { leader }) => forward_write(ctx, w.http, leader.as_ref()).await,
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
     let written = match ctx.node.write(&cmd).await {
         Ok(written) => written,
         // Not proposed here: safe to pass on to the leader.
-        Err(WriteError::NotLeader { leader }) => {
-            let pq = w.uri.path_and_query().map_or(w.uri.path(), |pq| pq.as_str());
-            let req = Forward {
-                headers: w.headers,
-                method: w.method,
-                path_and_query: pq,
-                body: w.body,
-                kind: Kind::Write,
-                timeout: ctx.config.raft.request_timeout + FORWARD_SLACK,
-            };
-            return forward::to_leader(ctx, leader.as_ref(), req).await;
-        }
+        Err(WriteError::NotLeader { leader }) => return forward_write(ctx, w.http, leader.as_ref()).await,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let index = written.log_id.index;
@@ -444,6 +485,7 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
         index,
         node: ctx.id,
         duplicate,
+        committed: true,
         created: None,
         existed: None,
         succeeded: None,

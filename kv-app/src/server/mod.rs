@@ -32,6 +32,7 @@ pub mod follower_reads;
 pub mod forward;
 pub mod kv;
 pub mod metrics;
+pub mod rollback;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -358,6 +359,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/cluster/members/{id}", axum::routing::delete(cluster::remove))
         .route("/v1/cluster/snapshot", post(cluster::snapshot))
         .route("/v1/cluster/backup", get(backup::backup))
+        .route("/v1/cluster/rollback", get(rollback::list))
+        .route("/v1/cluster/rollback/{id}", get(rollback::show))
         .route("/v1/cluster/campaign", post(cluster::campaign))
         .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader))
         .route("/v1/internal/read-index", post(kv::read_index))

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::bench::{self, BenchArgs, FailoverArgs};
 use crate::endpoint;
 use crate::local_cluster::{self, ClusterConfig, LocalCluster, NodeRestart, Stopped};
-use crate::snapshot;
+use crate::{rollback, snapshot};
 
 /// Exit code: a definite negative answer (missing key, CAS mismatch).
 pub const EXIT_NO: u8 = 1;
@@ -63,7 +63,10 @@ pub struct GlobalArgs {
     /// Read consistency: linearizable, session or stale.
     #[arg(long, global = true, default_value = "linearizable")]
     pub consistency: Consistency,
-    /// Write durability: majority or all.
+    /// Write durability: majority, all, or leader (acknowledged once in
+    /// the leader's durable log, before it is committed: faster, and lost
+    /// if the leader fails first; see `kvctl rollback`). A CAS is never
+    /// acknowledged at leader durability: it uses majority.
     #[arg(long, global = true, default_value = "majority")]
     pub durability: Durability,
     /// Print the server's JSON answer instead of a human summary.
@@ -193,6 +196,12 @@ pub enum Command {
     /// make a new cluster's data directories from one (`restore`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Show the writes nodes removed from their logs because a new
+    /// leader's log replaced them: `rollback list` (every endpoint),
+    /// `rollback show ID --endpoint E`. Under `--durability leader` these
+    /// can be acknowledged writes that were lost. Needs an admin token.
+    #[command(subcommand)]
+    Rollback(RollbackCommand),
     /// Ask a node to start an election (default: the first endpoint).
     Campaign {
         /// The node's HTTP address.
@@ -300,6 +309,28 @@ pub enum BenchScenario {
     /// (SIGTERM or SIGKILL), and report the time from the signal to the
     /// first successful put through a survivor: p50, p90, min, max.
     Failover(FailoverArgs),
+}
+
+/// `kvctl rollback ...`.
+#[derive(Debug, Subcommand)]
+pub enum RollbackCommand {
+    /// One line per rollback record of every endpoint of --endpoints: the
+    /// node, the record's id and time, the term of the leader whose log
+    /// replaced the entries, the log indexes removed, the writes in them
+    /// and how many of those the node had acknowledged (at leader
+    /// durability). Exits 0 if every endpoint answered, 2 if not.
+    List,
+    /// Every write of one record, decoded: key, value, the client's
+    /// session (client_id, seq), and whether it had been acknowledged. To
+    /// recover a write, put it again (a retry with its client_id and seq
+    /// would apply at most once).
+    Show {
+        /// The record's id (from `rollback list`).
+        id: u64,
+        /// The node that keeps it [default: the first endpoint].
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
 }
 
 /// `kvctl snapshot ...`.
@@ -498,6 +529,7 @@ impl Command {
             | Command::Endpoint(_)
             | Command::Members
             | Command::Snapshot(_)
+            | Command::Rollback(_)
             | Command::Cluster(_)
             | Command::Certs { .. }
             | Command::Tokens { .. }
@@ -695,6 +727,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 println!("{}", snapshot::describe(&r));
+            }
+        }
+        Command::Rollback(RollbackCommand::List) => {
+            return rollback::list(&client, &g.endpoints, deadline, g.json).await;
+        }
+        Command::Rollback(RollbackCommand::Show { id, endpoint }) => {
+            let endpoint = endpoint.unwrap_or(first_endpoint);
+            let r = client
+                .rollback_show(&endpoint, id)
+                .await
+                .with_context(|| format!("rollback record {id} of {endpoint}"))?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", rollback::describe(&r));
             }
         }
         Command::Campaign { endpoint } => {
@@ -972,7 +1019,7 @@ async fn instant_server(listen: &str, value_size: usize) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let line = serde_json::to_string(value).context("encoding JSON")?;
     println!("{line}");
     Ok(())
@@ -984,6 +1031,9 @@ fn print_write(json: bool, w: &WriteResponse, what: Option<&str>) -> anyhow::Res
     }
     let mut notes = vec![format!("index {}", w.index), format!("node {}", w.node)];
     notes.extend(what.map(str::to_owned));
+    if !w.committed {
+        notes.push("in the leader's log, not yet committed: may be lost if the leader fails".into());
+    }
     if w.duplicate {
         notes.push("applied by an earlier attempt".into());
     }

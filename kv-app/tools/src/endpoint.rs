@@ -39,15 +39,24 @@ pub async fn ask_all(client: &Client, endpoints: &[String], timeout: Duration) -
 
 async fn ask(client: &Client, endpoint: &str, timeout: Duration) -> Answer {
     let started = Instant::now();
-    let status = match tokio::time::timeout(timeout, client.status(Some(endpoint))).await {
-        Ok(Ok(status)) => Ok(status),
+    let status = within(timeout, client.status(Some(endpoint))).await;
+    Answer { endpoint: endpoint.to_owned(), took: started.elapsed(), status }
+}
+
+/// The answer of `request`, or the error as one line, with a hint for a
+/// refusal (no or a wrong token), or "no answer" after `timeout`.
+pub async fn within<T>(
+    timeout: Duration,
+    request: impl std::future::Future<Output = Result<T, kv_client::client::ClientError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => {
             let e = anyhow::Error::new(e);
             Err(format!("{e}{}", refusal_hint(&e)))
         }
         Err(_) => Err(format!("no answer within {:.1} s (--timeout)", timeout.as_secs_f64())),
-    };
-    Answer { endpoint: endpoint.to_owned(), took: started.elapsed(), status }
+    }
 }
 
 /// How many answers are errors.

@@ -17,4 +17,5 @@ pub mod bench;
 pub mod cli;
 pub mod endpoint;
 pub mod local_cluster;
+pub mod rollback;
 pub mod snapshot;

@@ -154,7 +154,7 @@ pub fn describe(r: &BackupReport) -> String {
 }
 
 /// `ms` since the Unix epoch as an RFC 3339 date in UTC.
-fn utc(ms: u64) -> String {
+pub fn utc(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

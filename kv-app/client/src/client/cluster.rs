@@ -12,8 +12,8 @@ use super::leader::Target;
 use super::retry::{decode, Call, Kind};
 use super::{Client, ClientError};
 use crate::api::{
-    AddLearnerRequest, ChangeResponse, MembersResponse, StatusResponse, TransferLeaderRequest,
-    TransferLeaderResponse,
+    AddLearnerRequest, ChangeResponse, MembersResponse, RollbackDetail, RollbackList, StatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 
 impl Client {
@@ -43,6 +43,39 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable { reason: failures.join("; ") })
+    }
+
+    /// The rollback records that the node at `endpoint` keeps (one
+    /// attempt; admin): what it removed from its log because a new
+    /// leader's log replaced it.
+    pub async fn rollback_list(&self, endpoint: &str) -> Result<RollbackList, ClientError> {
+        self.read_node(endpoint, "/v1/cluster/rollback".into()).await
+    }
+
+    /// Rollback record `id` of the node at `endpoint`, with every write
+    /// decoded (one attempt; admin).
+    pub async fn rollback_show(&self, endpoint: &str, id: u64) -> Result<RollbackDetail, ClientError> {
+        self.read_node(endpoint, format!("/v1/cluster/rollback/{id}")).await
+    }
+
+    /// One GET of `path` on the node at `endpoint`, decoded.
+    async fn read_node<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        path: String,
+    ) -> Result<T, ClientError> {
+        let endpoint = self.normalize(endpoint)?;
+        let call = Call {
+            method: Method::GET,
+            path,
+            query: Vec::new(),
+            body: None,
+            accept: &[],
+            kind: Kind::Read,
+            target: Target::Node(&endpoint),
+            once: true,
+        };
+        decode(&self.execute(&call).await?)
     }
 
     /// The members of the cluster and the leader, as some node sees them.

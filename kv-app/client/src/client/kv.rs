@@ -71,6 +71,7 @@ impl From<CasOutcome> for WriteResponse {
             index: c.index,
             node: c.node,
             duplicate: c.duplicate,
+            committed: true,
             created: None,
             existed: None,
             succeeded: Some(c.succeeded),
@@ -223,6 +224,11 @@ impl Client {
     /// Stores `new` under `key` if it currently holds `expected` (`None`:
     /// if the key does not exist), exactly once. A mismatch is a normal
     /// outcome (`succeeded: false`, with the current value), not an error.
+    ///
+    /// A CAS needs its applied result, so it cannot be acknowledged at
+    /// `leader` durability: `durability: None` uses the client's default,
+    /// or `majority` if that default is `leader`; asking for `leader`
+    /// explicitly is refused by the server (400).
     pub async fn cas(
         &self,
         key: &str,
@@ -241,11 +247,15 @@ impl Client {
             client_id: Some(lease.client_id),
             seq: Some(lease.seq),
         };
+        let durability = durability.into().or(match self.inner.options.durability {
+            Durability::Leader => Some(Durability::Majority),
+            _ => None,
+        });
         let call = self.write_call(
             Method::POST,
             path,
             &body,
-            durability.into(),
+            durability,
             &lease,
             &[StatusCode::PRECONDITION_FAILED],
         );
@@ -312,7 +322,7 @@ impl Client {
         Call {
             method,
             path,
-            query: vec![("durability", durability_name(durability).into())],
+            query: vec![("durability", durability.name().into())],
             // The request types are plain structs of strings and numbers:
             // serializing them cannot fail.
             body: Some(serde_json::to_vec(body).expect("invariant: request bodies serialize to JSON")),
@@ -375,13 +385,6 @@ fn consistency_name(c: Consistency) -> &'static str {
         Consistency::Linearizable => "linearizable",
         Consistency::Session => "session",
         Consistency::Stale => "stale",
-    }
-}
-
-fn durability_name(d: Durability) -> &'static str {
-    match d {
-        Durability::Majority => "majority",
-        Durability::All => "all",
     }
 }
 

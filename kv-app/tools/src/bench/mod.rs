@@ -336,8 +336,10 @@ impl BenchArgs {
         if self.ops == Some(0) {
             bail!("--ops must be at least 1");
         }
-        if self.target == Target::Etcd && durability == Durability::All {
-            bail!("etcd acknowledges a put once a majority has it; --durability all is for kv only");
+        if self.target == Target::Etcd && durability != Durability::Majority {
+            bail!(
+                "etcd acknowledges a put once a majority has it; --durability all and leader are for kv only"
+            );
         }
         let stop = match (self.ops, self.duration) {
             (Some(n), _) => Stop::Ops(n),

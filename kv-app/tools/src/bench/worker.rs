@@ -22,7 +22,7 @@ use anyhow::{bail, Context as _};
 use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
 use base64::Engine as _;
-use kv_client::api::{codes, Consistency, Durability, JsonValue, PutRequest};
+use kv_client::api::{codes, Consistency, JsonValue, PutRequest};
 use kv_client::client::BearerToken;
 use kv_client::tls::ClientTls;
 use rand::rngs::StdRng;
@@ -97,10 +97,7 @@ impl Plan {
             write_bases,
             read_bases,
             kv_put_body: Bytes::from(serde_json::to_vec(&put).context("encoding the put body")?),
-            kv_write_query: match cfg.durability {
-                Durability::Majority => "?durability=majority".into(),
-                Durability::All => "?durability=all".into(),
-            },
+            kv_write_query: format!("?durability={}", cfg.durability.name()),
             kv_consistency: match cfg.consistency {
                 Consistency::Linearizable => "linearizable",
                 Consistency::Session => "session",
