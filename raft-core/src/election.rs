@@ -47,35 +47,65 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::ServerState;
 use rand::Rng as _;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::types::{NodeId, Raft};
 use crate::Config;
 
-/// When this node last heard from a leader (or voted, or led). Shared by
-/// the node's inbox, which touches it, and its election timer.
+/// When this node last heard from a leader (or voted, or led), and when
+/// the leader's connection to it last closed. Shared by the node's inbox,
+/// which updates it, and its election timer, which it wakes.
 #[derive(Debug, Clone)]
-pub struct Contact(Arc<Mutex<Instant>>);
+pub struct Contact(Arc<ContactState>);
+
+#[derive(Debug)]
+struct ContactState {
+    heard: Mutex<Heard>,
+    /// Wakes the timer when the leader's connection closes.
+    wake: Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    last: Instant,
+    left: Option<Instant>,
+}
 
 impl Contact {
     /// A contact clock that starts now, as if a leader had just spoken:
     /// a node that starts waits a whole timeout before it campaigns.
     pub fn new() -> Self {
-        Contact(Arc::new(Mutex::new(Instant::now())))
+        let heard = Heard { last: Instant::now(), left: None };
+        Contact(Arc::new(ContactState { heard: Mutex::new(heard), wake: Notify::new() }))
     }
 
     /// Records that a leader (or a candidate this node voted for) spoke now.
     pub fn touch(&self) {
-        *self.lock() = Instant::now();
+        self.lock().last = Instant::now();
     }
 
     /// When that last happened.
     pub fn last(&self) -> Instant {
-        *self.lock()
+        self.lock().last
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Records that the current leader's connection to this node closed
+    /// (the peer ended it, or it broke), and wakes the election timer.
+    pub fn leader_left(&self) {
+        self.lock().left = Some(Instant::now());
+        self.0.wake.notify_one();
+    }
+
+    /// When the leader's connection closed, if nothing has been heard from
+    /// a leader since.
+    pub fn left(&self) -> Option<Instant> {
+        let heard = *self.lock();
+        heard.left.filter(|left| *left >= heard.last)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Heard> {
+        self.0.heard.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -95,6 +125,48 @@ impl Default for Contact {
 pub fn lease(config: &Config) -> Duration {
     let three_beats = config.heartbeat_interval * 3;
     three_beats.max(config.election_timeout_min / 2).min(config.election_timeout_min)
+}
+
+/// How long after the last word from a leader a follower campaigns when the
+/// leader's connection to it has closed: `base` plus a random part of
+/// `spread`.
+///
+/// A closed connection is strong evidence: a process that exits or is
+/// killed has its connections closed by its kernel, at once. Waiting a
+/// whole timeout would only wait for the silence that is certain to come.
+/// But a connection also closes when a link drops it after an error while
+/// the leader lives on, so the follower still waits until it has heard
+/// nothing for the lease and half a heartbeat (`base`): by then every other
+/// follower's lease has run out too if the leader is really gone, and a
+/// leader that is alive has reconnected and been heard (which cancels
+/// this). The campaign then starts with a pre-vote, which a healthy
+/// leader's other followers refuse, so a mistake costs no term.
+///
+/// The random part, up to half the width of the timeout's range, keeps the
+/// followers from campaigning together and splitting the vote, as the
+/// timeout's own randomness does (Raft paper §5.2).
+pub fn after_leader_left(config: &Config) -> (Duration, Duration) {
+    let spread = config.election_timeout_max.saturating_sub(config.election_timeout_min) / 2;
+    (lease(config) + config.heartbeat_interval / 2, spread)
+}
+
+/// When to campaign: `timeout` after the last word from a leader (`last`)
+/// or our own last campaign, whichever is later; or, if the leader's
+/// connection closed (`left`) after that campaign, `early` after `last`,
+/// if that is sooner.
+fn campaign_at(
+    last: Instant,
+    left: Option<Instant>,
+    campaigned: Option<Instant>,
+    timeout: Duration,
+    early: Duration,
+) -> Instant {
+    let since = campaigned.map_or(last, |c| c.max(last));
+    let normal = since + timeout;
+    match left {
+        Some(left) if campaigned.is_none_or(|c| c < left) => normal.min(last + early),
+        _ => normal,
+    }
 }
 
 /// What the election timer needs to know about the node, from openraft's
@@ -122,15 +194,19 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
     let mut campaigned: Option<Instant> = None;
     loop {
         let timeout = if max > min { rand::thread_rng().gen_range(min..max) } else { min };
+        let (base, spread) = after_leader_left(&config);
+        let early = base
+            + if spread.is_zero() { spread } else { rand::thread_rng().gen_range(Duration::ZERO..spread) };
         // Wait until neither a leader nor our own campaign has been heard
-        // of for `timeout`, however often that is pushed back. A voter
-        // that is the only one has nobody to hear from and nobody to wait
-        // for: it campaigns at once (a single-node cluster, just formed or
-        // restarted). Its membership is checked every heartbeat interval.
+        // of for `timeout`, however often that is pushed back; or, once the
+        // leader's connection has closed, for `early` (see `after_leader_left`).
+        // A voter that is the only one has nobody to hear from and nobody
+        // to wait for: it campaigns at once (a single-node cluster, just
+        // formed or restarted). Its membership is checked every heartbeat
+        // interval.
         loop {
             let now = Instant::now();
-            let since = campaigned.map_or(contact.last(), |c| c.max(contact.last()));
-            let deadline = since + timeout;
+            let deadline = campaign_at(contact.last(), contact.left(), campaigned, timeout, early);
             if now >= deadline {
                 break;
             }
@@ -138,7 +214,10 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
             if lone && campaigned.is_none_or(|c| now >= c + timeout) {
                 break;
             }
-            tokio::time::sleep_until(deadline.min(now + config.heartbeat_interval)).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.min(now + config.heartbeat_interval)) => {}
+                () = contact.0.wake.notified() => {}
+            }
         }
         let Some(Standing { state, voter, alone }) = standing(&raft, id) else { return };
         match state {
@@ -158,11 +237,20 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
             _ => {}
         }
         if !alone {
-            tracing::info!(
-                node_id = id,
-                timeout_ms = timeout.as_millis() as u64,
-                "no word from a leader within the election timeout; standing for election"
-            );
+            let quiet_ms = contact.last().elapsed().as_millis() as u64;
+            if contact.left().is_some() && quiet_ms < timeout.as_millis() as u64 {
+                tracing::info!(
+                    node_id = id,
+                    quiet_ms,
+                    "the leader's connection closed and no word from it since; standing for election"
+                );
+            } else {
+                tracing::info!(
+                    node_id = id,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "no word from a leader within the election timeout; standing for election"
+                );
+            }
         }
         // A lone voter needs nobody's agreement: no pre-vote.
         if raft.trigger().elect(!alone).await.is_err() {
@@ -182,6 +270,39 @@ mod tests {
         c.election_timeout_min = Duration::from_millis(min);
         c.election_timeout_max = Duration::from_millis(max);
         c
+    }
+
+    #[test]
+    fn a_closed_leader_connection_brings_the_campaign_forward_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Nothing closed: a timeout after the last word.
+        assert_eq!(campaign_at(t0, None, None, ms(500), ms(350)), t0 + ms(500));
+        // The leader's connection closed: `early` after the last word.
+        assert_eq!(campaign_at(t0, Some(t0 + ms(10)), None, ms(500), ms(350)), t0 + ms(350));
+        // Never later than the timeout.
+        assert_eq!(campaign_at(t0, Some(t0 + ms(10)), None, ms(200), ms(350)), t0 + ms(200));
+        // A campaign since the closure (which failed: we are still here)
+        // waits a whole timeout, as after any failed campaign.
+        let c = t0 + ms(400);
+        assert_eq!(campaign_at(t0, Some(t0 + ms(10)), Some(c), ms(500), ms(350)), c + ms(500));
+    }
+
+    #[test]
+    fn a_word_from_the_leader_after_its_connection_closed_cancels_the_early_campaign() {
+        let contact = Contact::new();
+        contact.leader_left();
+        assert!(contact.left().is_some());
+        contact.touch();
+        assert_eq!(contact.left(), None, "the leader reconnected and was heard");
+    }
+
+    #[test]
+    fn the_early_campaign_waits_out_the_lease_and_spreads_like_the_timeout() {
+        let (base, spread) = after_leader_left(&config(100, 500, 1000));
+        assert_eq!((base, spread), (Duration::from_millis(350), Duration::from_millis(250)));
+        let (base, spread) = after_leader_left(&config(30, 150, 300));
+        assert_eq!((base, spread), (Duration::from_millis(105), Duration::from_millis(75)));
     }
 
     #[test]

@@ -78,13 +78,14 @@ pub fn table(lists: &[&RollbackList]) -> String {
 
 /// One record, a line per write.
 pub fn describe(r: &RollbackDetail) -> String {
+    let n = r.entries.len();
     let mut out = format!(
-        "node {} record {}: removed at {} in term {}, {} entries\n",
+        "node {} record {}: removed at {} in term {}, {n} {}\n",
         r.node,
         r.id,
         utc(r.at_unix_ms),
         r.term,
-        r.entries.len()
+        if n == 1 { "entry" } else { "entries" }
     );
     for e in &r.entries {
         let acked = if e.acknowledged { ", ACKNOWLEDGED at leader durability" } else { "" };

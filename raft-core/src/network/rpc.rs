@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::Fatal;
 use openraft::network::RPCTypes;
 use openraft::raft::{
@@ -191,6 +192,20 @@ impl Inbox {
 
     fn partial(&self) -> MutexGuard<'_, HashMap<NodeId, Partial>> {
         self.partial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the node that node `from`'s connection to it has closed (the
+    /// peer ended it, or it broke). If `from` is the leader this node
+    /// follows, the election timer may campaign sooner
+    /// ([`crate::election::after_leader_left`]). Transports that see
+    /// connections call it; others need not.
+    pub fn peer_left(&self, from: NodeId) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.current_leader == Some(from) && m.id != from && m.state != openraft::ServerState::Leader {
+            tracing::debug!(node_id = m.id, leader = from, "the leader's connection closed");
+            self.contact.leader_left();
+        }
     }
 
     /// Hands `request`, sent by node `from`, to the local Raft and returns

@@ -204,9 +204,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCo
     tracing::debug!(node_id, %peer, from, "accepted Raft connection");
 
     match serve_requests(&mut stream, &ctx, from).await {
-        Ok(()) => tracing::debug!(node_id, %peer, from, "Raft connection closed"),
+        Ok(Ended::Idle) => tracing::debug!(node_id, %peer, from, "closed an idle Raft connection"),
+        Ok(Ended::ByPeer) => {
+            tracing::debug!(node_id, %peer, from, "Raft connection closed by the peer");
+            ctx.inbox.peer_left(from);
+        }
         Err(e) => {
-            tracing::warn!(node_id, %peer, from, error = %e, "closing Raft connection")
+            tracing::warn!(node_id, %peer, from, error = %e, "closing Raft connection");
+            // The connection broke under the peer (reset, or cut off in
+            // the middle of a frame): it may have died.
+            if matches!(e, ServeError::Frame(FrameError::Io(_))) {
+                ctx.inbox.peer_left(from);
+            }
         }
     }
 }
@@ -324,21 +333,26 @@ fn clip(s: &str) -> &str {
     }
 }
 
+/// How a connection that raised no error ended.
+enum Ended {
+    /// The peer closed it between two requests.
+    ByPeer,
+    /// The peer sent nothing for [`IDLE_TIMEOUT`], and this side closed it.
+    Idle,
+}
+
 /// Answers requests, one at a time, until the peer closes the connection,
 /// stays idle for [`IDLE_TIMEOUT`], or sends something invalid.
 async fn serve_requests(
     stream: &mut PeerStream,
     ctx: &ServerContext,
     from: NodeId,
-) -> Result<(), ServeError> {
+) -> Result<Ended, ServeError> {
     loop {
         let request: RequestFrame = match timeout(IDLE_TIMEOUT, read_frame(stream, ctx.max_frame_bytes)).await
         {
-            Err(_) => {
-                tracing::debug!(node_id = ctx.node_id, from, "closing idle Raft connection");
-                return Ok(());
-            }
-            Ok(Err(FrameError::Closed)) => return Ok(()),
+            Err(_) => return Ok(Ended::Idle),
+            Ok(Err(FrameError::Closed)) => return Ok(Ended::ByPeer),
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(request)) => request,
         };
