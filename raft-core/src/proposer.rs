@@ -12,8 +12,12 @@
 //! during an fsync shares the next one, see [`crate::storage::log_store`].)
 //!
 //! At most `max_inflight_batches` batches (default 1) are being committed at
-//! once; the next batch accumulates while they are. While the leader hands
-//! its office off ([`crate::handoff`]), nothing new is proposed.
+//! once; the next batch accumulates while they are. A batch that holds a
+//! write at `leader` durability ([`crate::RaftNode::write_logged`]) stops
+//! counting once it is durable in the leader's log: its writers wait for
+//! nothing more, so the leader may run ahead of its followers, which is
+//! what that durability means. While the leader hands its office off
+//! ([`crate::handoff`]), nothing new is proposed.
 //!
 //! # What the caller learns
 //!
@@ -161,13 +165,17 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits, gate:
         tracing::trace!(commands = commands.len(), "proposing batch");
         // Writers waiting for the entry to be durable here are answered
         // when the log store says so (see `Batch`), or when the batch
-        // completes, whichever comes first.
+        // completes, whichever comes first. Such a batch also lets the next
+        // one go at that point: its writers wait for nothing more, and the
+        // next batch's own fsync may as well start.
+        let permit = Arc::new(Mutex::new(Some(permit)));
         let batch = if logged.is_waiting() {
             let (batch, durable) = Batch::noted(commands);
-            let waiting = logged.clone();
+            let (waiting, permit) = (logged.clone(), permit.clone());
             tokio::spawn(async move {
                 if let Ok(log_id) = durable.await {
                     waiting.answer(|| Ok(log_id));
+                    release(&permit);
                 }
             });
             batch
@@ -179,7 +187,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits, gate:
         // may the next batch go.
         let responder = CallbackResponder::new(move |result: ClientWriteResult<TypeConfig>| {
             answer(replies, &logged, result.map_err(failure));
-            drop(permit);
+            release(&permit);
         });
         let proposed = raft.write(batch).with_leader(CommittedLeaderId::new(term)).responder(responder).await;
         if let Err(e) = proposed {
@@ -189,6 +197,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>, limits: Limits, gate:
             return;
         }
     }
+}
+
+/// Lets the next batch go, if that has not happened yet.
+fn release(permit: &Mutex<Option<tokio::sync::OwnedSemaphorePermit>>) {
+    drop(permit.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
 
 /// How long a new leader's batch may wait until the leader may take writes.
