@@ -206,6 +206,61 @@ async fn a_leader_durable_write_lost_in_a_failover_is_kept_in_a_rollback_record(
     }
 }
 
+/// The same loss, but the old leader returns so far behind that it catches
+/// up by installing the new leader's snapshot, which purges its log
+/// instead of truncating it: the acknowledged entry still gets a record,
+/// marked with the snapshot's index (the snapshot might have held it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_durable_write_purged_behind_a_snapshot_is_kept_in_a_rollback_record() {
+    let router = LocalRouter::new();
+    let mut config = quick_config("rollback-snapshot-test");
+    config.snapshot_every = 20;
+    config.keep_behind_snapshot = 0;
+    config.purge_batch = 1;
+    let (nodes, old) = quick_cluster_with(&router, config).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let old_term = nodes[&old].metrics().await.term;
+    let set = |v: &str| Set { key: "k".into(), value: v.into() };
+    for f in &others {
+        router.stall_replication(old, *f);
+    }
+    let logged = nodes[&old].write_logged(&set("leader-only")).await.expect("acknowledged");
+    router.isolate(old);
+    wait_for("a new leader among the majority", || async {
+        let m = nodes[&others[0]].metrics().await;
+        m.leader.is_some_and(|l| l != old) && m.term > old_term
+    })
+    .await;
+    let new = nodes[&others[0]].metrics().await.leader.unwrap();
+    for i in 0..60 {
+        nodes[&new].write(&set(&format!("after-{i}"))).await.unwrap();
+    }
+    wait_for("the new leader to purge its log behind a snapshot", || async {
+        nodes[&new].metrics().await.purged_index.is_some_and(|p| p > logged.index + 20)
+    })
+    .await;
+    router.heal();
+    wait_for("the old leader to catch up", || async {
+        let m = nodes[&old].metrics().await;
+        m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
+    })
+    .await;
+    assert!(nodes[&old].metrics().await.snapshot_index.is_some(), "it caught up by snapshot");
+    let records = nodes[&old].rollback_records().await.unwrap();
+    let lost: Vec<_> = records
+        .iter()
+        .filter(|r| r.snapshot_through.is_some())
+        .flat_map(|r| &r.entries)
+        .filter(|e| e.index == logged.index && e.leader_durable)
+        .collect();
+    assert_eq!(lost.len(), 1, "a record of the purged acknowledged entry: {records:?}");
+    let RolledBackPayload::Commands(commands) = &lost[0].payload else { panic!("not commands: {lost:?}") };
+    assert_eq!(codec::decode::<Set>(&commands[0]).unwrap(), set("leader-only"));
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
 /// A leader cut off from the majority stops taking writes once its lease
 /// runs out, a lease after the majority's last acknowledgement (check
 /// quorum): the split-brain window of a `leader`-durable write is at most
@@ -240,10 +295,21 @@ async fn an_isolated_leader_refuses_writes_once_its_lease_runs_out() {
 /// that each knows the membership (a node that never received it does not
 /// know it is a voter). Returns the nodes and the leader.
 async fn quick_cluster(router: &LocalRouter, name: &str) -> (BTreeMap<u64, RaftNode<Register>>, u64) {
+    quick_cluster_with(router, quick_config(name)).await
+}
+
+fn quick_config(name: &str) -> Config {
     let mut config = Config::new(name);
     config.heartbeat_interval = Duration::from_millis(20);
     config.election_timeout_min = Duration::from_millis(100);
     config.election_timeout_max = Duration::from_millis(200);
+    config
+}
+
+async fn quick_cluster_with(
+    router: &LocalRouter,
+    config: Config,
+) -> (BTreeMap<u64, RaftNode<Register>>, u64) {
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
         let node =

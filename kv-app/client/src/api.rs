@@ -481,6 +481,12 @@ pub struct RollbackSummary {
     pub at_unix_ms: u64,
     /// The node's term then: the term of the leader whose log won.
     pub term: u64,
+    /// Set when the entries were purged as the node installed a snapshot
+    /// through this index, which may hold them or not (only acknowledged
+    /// entries are recorded then); absent for a truncation, whose entries
+    /// the new leader certainly lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_through: Option<u64>,
     /// The first and last log index removed.
     pub first_index: u64,
     /// See `first_index`.
@@ -505,6 +511,9 @@ pub struct RollbackDetail {
     pub at_unix_ms: u64,
     /// The node's term then.
     pub term: u64,
+    /// See [`RollbackSummary::snapshot_through`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_through: Option<u64>,
     /// The removed entries, in log order.
     pub entries: Vec<RolledBackEntry>,
 }

@@ -67,6 +67,7 @@ fn summary(r: &RollbackRecord) -> RollbackSummary {
         id: r.id,
         at_unix_ms: r.at_unix_ms,
         term: r.term,
+        snapshot_through: r.snapshot_through,
         first_index: r.entries.first().map_or(0, |e| e.index),
         last_index: r.entries.last().map_or(0, |e| e.index),
         entries: r.entries.len(),
@@ -95,7 +96,14 @@ pub fn detail(node: u64, r: &RollbackRecord) -> RollbackDetail {
             }
         })
         .collect();
-    RollbackDetail { node, id: r.id, at_unix_ms: r.at_unix_ms, term: r.term, entries }
+    RollbackDetail {
+        node,
+        id: r.id,
+        at_unix_ms: r.at_unix_ms,
+        term: r.term,
+        snapshot_through: r.snapshot_through,
+        entries,
+    }
 }
 
 fn write(bytes: &[u8]) -> RolledBackWrite {

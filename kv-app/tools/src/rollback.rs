@@ -50,15 +50,15 @@ async fn ask(client: &Client, endpoint: &str, timeout: Duration) -> (String, Res
 /// The records of every node, one line each.
 pub fn table(lists: &[&RollbackList]) -> String {
     let mut out = format!(
-        "{:<5} {:<4} {:<24} {:>5} {:>15} {:>7} {:>7} {:>6}\n",
-        "NODE", "ID", "AT (UTC)", "TERM", "INDEXES", "ENTRIES", "WRITES", "ACKED"
+        "{:<5} {:<4} {:<24} {:>5} {:>15} {:>7} {:>7} {:>6}  {}\n",
+        "NODE", "ID", "AT (UTC)", "TERM", "INDEXES", "ENTRIES", "WRITES", "ACKED", "HOW"
     );
     let mut any = false;
     for list in lists {
         for r in &list.records {
             any = true;
             out.push_str(&format!(
-                "{:<5} {:<4} {:<24} {:>5} {:>15} {:>7} {:>7} {:>6}\n",
+                "{:<5} {:<4} {:<24} {:>5} {:>15} {:>7} {:>7} {:>6}  {}\n",
                 list.node,
                 r.id,
                 utc(r.at_unix_ms),
@@ -66,7 +66,8 @@ pub fn table(lists: &[&RollbackList]) -> String {
                 format!("{}-{}", r.first_index, r.last_index),
                 r.entries,
                 r.writes,
-                r.acknowledged_writes
+                r.acknowledged_writes,
+                r.snapshot_through.map_or("truncated".to_string(), |i| format!("snapshot through {i}"))
             ));
         }
     }
@@ -87,6 +88,12 @@ pub fn describe(r: &RollbackDetail) -> String {
         r.term,
         if n == 1 { "entry" } else { "entries" }
     );
+    if let Some(i) = r.snapshot_through {
+        out.push_str(&format!(
+            "  purged when the node installed a snapshot through index {i}: these writes may be in it \
+             (check before writing them again) or lost\n"
+        ));
+    }
     for e in &r.entries {
         let acked = if e.acknowledged { ", ACKNOWLEDGED at leader durability" } else { "" };
         out.push_str(&format!("  index {} term {}: {}{acked}\n", e.index, e.term, e.kind));

@@ -409,6 +409,17 @@ fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
     {
         let mut log = tx.open_table(LOG)?;
         let mut meta = tx.open_table(META)?;
+        let entry_at = |log: &redb::Table<u64, &[u8]>, index: u64| -> Result<Option<Entry>, DbError> {
+            match log.get(index)? {
+                Some(v) => Ok(Some(codec::decode::<Entry>(v.value())?)),
+                None => Ok(None),
+            }
+        };
+        // Entries now known to be committed can no longer be lost: their
+        // `leader` durability flags go (see `rollback`).
+        if let Some(committed) = *lock(&state.committed) {
+            rollback::forget_committed(&tx, committed, |i| Ok(entry_at(&log, i)?.map(|e| e.log_id)))?;
+        }
         for op in ops {
             match op {
                 Op::Append { entries, .. } => {
@@ -440,9 +451,14 @@ fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
                     log.retain_in::<u64, _>(from.., |_, _| false)?;
                 }
                 Op::Purge { upto, .. } => {
+                    // Acknowledged entries not known to be committed get a
+                    // record before they go (a snapshot installed over an
+                    // old leader's tail).
+                    let vote = new_vote.or(*lock(&state.vote));
+                    let term = vote.map_or(0, |v| v.leader_id.term);
+                    rollback::record_purged(&tx, *upto, term, |i| entry_at(&log, i))?;
                     log.retain_in::<u64, _>(..=upto.index, |_, _| false)?;
                     put_value(&mut meta, "purged", upto)?;
-                    rollback::forget_leader_durable_upto(&tx, upto.index)?;
                 }
             }
         }

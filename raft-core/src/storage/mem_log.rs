@@ -25,6 +25,9 @@ struct Inner {
     vote: Option<Vote>,
     committed: Option<LogId>,
     purged: Option<LogId>,
+    /// Whether an append was ever noted at `leader` durability: until then
+    /// commits need not look for flags to forget.
+    noted: bool,
 }
 
 /// The in-memory log. Cheap to clone: clones share the log.
@@ -105,7 +108,12 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
-        self.lock().committed = committed;
+        let mut inner = self.lock();
+        inner.committed = committed;
+        if let (Some(c), true) = (committed, inner.noted) {
+            let held = inner.log.get(&c.index).map(|e| e.log_id);
+            self.write(|tx| rollback::forget_committed(tx, c, |_| Ok(held)))?;
+        }
         Ok(())
     }
 
@@ -126,6 +134,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
             .collect();
         if !noted.is_empty() {
             self.write(|tx| rollback::note_leader_durable(tx, noted))?;
+            self.lock().noted = true;
         }
         {
             let mut inner = self.lock();
@@ -149,8 +158,10 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
-        self.write(|tx| rollback::forget_leader_durable_upto(tx, log_id.index))?;
         let mut inner = self.lock();
+        let term = inner.vote.map_or(0, |v| v.leader_id.term);
+        let log = &inner.log;
+        self.write(|tx| rollback::record_purged(tx, log_id, term, |i| Ok(log.get(&i).cloned())).map(|_| ()))?;
         let keep = inner.log.split_off(&(log_id.index + 1));
         inner.log = keep;
         inner.purged = Some(log_id);

@@ -23,8 +23,17 @@
 //! neither. The record holds each removed entry (its term, its index, its
 //! payload) and whether this node acknowledged it at `leader` durability
 //! (the log store notes that, in the transaction that made the entry
-//! durable, in a small `leader_durable` table). Purging entries after a
-//! snapshot is not a rollback: those entries are committed and applied.
+//! durable, in a small `leader_durable` table, and forgets that once the
+//! entry is known to be committed).
+//!
+//! A node far behind catches up by installing a snapshot instead, and then
+//! *purges* its log up to the snapshot's index rather than truncating it.
+//! Entries purged that way were committed and are in the snapshot, except
+//! an old leader's uncommitted tail, which the snapshot may or may not
+//! hold: its acknowledged entries (still flagged, since nothing proved them
+//! committed) go into a record too, marked with the snapshot's index
+//! ([`RollbackRecord::snapshot_through`]): their writes may be in the
+//! snapshot, or lost.
 //!
 //! Retention is bounded: the newest [`RETAIN_RECORDS`] records, and no more
 //! than [`RETAIN_BYTES`] of them, the oldest dropped first (the newest is
@@ -38,7 +47,7 @@ use serde_bytes::ByteBuf;
 
 use super::db::{Db, DbError};
 use crate::codec;
-use crate::types::{Entry, EntryPayload, Membership};
+use crate::types::{Entry, EntryPayload, LogId, Membership};
 
 /// The records, by id (1, 2, ...).
 pub(crate) const ROLLBACK: TableDefinition<u64, &[u8]> = TableDefinition::new("rollback");
@@ -64,6 +73,12 @@ pub struct RollbackRecord {
     /// The node's term when it removed them: the term of the leader whose
     /// log replaced them.
     pub term: u64,
+    /// `Some(i)`: the entries were purged when the node installed a
+    /// snapshot through index `i`, which may hold them (if the new leader
+    /// had them) or not; only acknowledged entries are recorded then.
+    /// `None`: a truncation, which removes only entries the new leader's
+    /// log does not have.
+    pub snapshot_through: Option<u64>,
     /// The removed entries, in log order.
     pub entries: Vec<RolledBackEntry>,
 }
@@ -128,12 +143,6 @@ pub(crate) fn note_leader_durable(
     Ok(())
 }
 
-/// Forgets the notes of entries up to `index`, which a purge removes.
-pub(crate) fn forget_leader_durable_upto(tx: &WriteTransaction, index: u64) -> Result<(), DbError> {
-    tx.open_table(LEADER_DURABLE)?.retain_in::<u64, _>(..=index, |_, _| false)?;
-    Ok(())
-}
-
 /// Writes the record of `removed` (the entries a truncation takes out of
 /// the log, in order), in the transaction that removes them, and applies
 /// the retention limits. Removes nothing and records nothing when `removed`
@@ -148,9 +157,71 @@ pub(crate) fn record(tx: &WriteTransaction, removed: Vec<Entry>, term: u64) -> R
         entries.push(RolledBackEntry::new(entry, leader_durable));
     }
     flags.retain_in::<u64, _>(first.., |_, _| false)?;
+    drop(flags);
+    insert(tx, term, None, entries).map(Some)
+}
+
+/// Forgets the flags of entries known to be committed: those up to
+/// `committed`, provided the log holds `committed` itself (`log_id_at`
+/// says what the log holds at an index). By the Log Matching property, the
+/// entries before an entry two logs share are the same in both, so every
+/// flagged entry up to it is committed and can no longer be lost. A
+/// commit index this log does not hold (a snapshot's, installed over a
+/// diverging log) proves nothing about the entries here.
+pub(crate) fn forget_committed(
+    tx: &WriteTransaction,
+    committed: LogId,
+    log_id_at: impl FnOnce(u64) -> Result<Option<LogId>, DbError>,
+) -> Result<(), DbError> {
+    let mut flags = tx.open_table(LEADER_DURABLE)?;
+    let Some(first) = flags.first()?.map(|(k, _)| k.value()) else { return Ok(()) };
+    if first > committed.index || log_id_at(committed.index)? != Some(committed) {
+        return Ok(());
+    }
+    flags.retain_in::<u64, _>(..=committed.index, |_, _| false)?;
+    Ok(())
+}
+
+/// Before a purge up to `upto` (behind a snapshot), records the entries
+/// being purged that are still flagged as acknowledged at `leader`
+/// durability and not known to be committed (see the module docs), and
+/// forgets every flag up to `upto`. `entry_at` reads the log.
+pub(crate) fn record_purged(
+    tx: &WriteTransaction,
+    upto: LogId,
+    term: u64,
+    entry_at: impl Fn(u64) -> Result<Option<Entry>, DbError>,
+) -> Result<Option<u64>, DbError> {
+    let mut flags = tx.open_table(LEADER_DURABLE)?;
+    let mut flagged = Vec::new();
+    for item in flags.range::<u64>(..=upto.index)? {
+        let (k, v) = item?;
+        flagged.push((k.value(), v.value()));
+    }
+    flags.retain_in::<u64, _>(..=upto.index, |_, _| false)?;
+    drop(flags);
+    let mut entries = Vec::new();
+    for (index, flag_term) in flagged {
+        if let Some(entry) = entry_at(index)?.filter(|e| e.log_id.leader_id.term == flag_term) {
+            entries.push(RolledBackEntry::new(entry, true));
+        }
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    insert(tx, term, Some(upto.index), entries).map(Some)
+}
+
+/// Writes a new record and applies the retention limits; returns its id.
+fn insert(
+    tx: &WriteTransaction,
+    term: u64,
+    snapshot_through: Option<u64>,
+    entries: Vec<RolledBackEntry>,
+) -> Result<u64, DbError> {
     let mut table = tx.open_table(ROLLBACK)?;
     let id = table.last()?.map_or(1, |(k, _)| k.value() + 1);
-    let record = RollbackRecord { id, at_unix_ms: now_unix_ms(), term, entries };
+    let record = RollbackRecord { id, at_unix_ms: now_unix_ms(), term, snapshot_through, entries };
     table.insert(id, codec::encode(&record).as_slice())?;
     // Retention: drop the oldest while over either limit.
     let mut sizes: Vec<(u64, usize)> = Vec::new();
@@ -168,7 +239,7 @@ pub(crate) fn record(tx: &WriteTransaction, removed: Vec<Entry>, term: u64) -> R
         count -= 1;
         bytes -= n;
     }
-    Ok(Some(id))
+    Ok(id)
 }
 
 /// Every record kept in `db`, oldest first.
@@ -277,21 +348,78 @@ mod tests {
         truncation_is_recorded(MemLogStore::on(db.clone()), &db).await;
     }
 
+    /// Entries 1..=3 of term 1, the second acknowledged at `leader`
+    /// durability.
+    async fn noted_log<S: RaftLogStorage<crate::types::TypeConfig>>(store: &mut S) {
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let (noted, _durable) = Batch::noted(vec![ByteBuf::from(vec![2u8])]);
+        let mut entries: Vec<Entry> = (1..=3).map(|i| entry(1, i)).collect();
+        entries[1].payload = EntryPayload::Normal(noted);
+        store.append(entries, IOFlushed::noop()).await.unwrap();
+    }
+
+    fn flags(db: &Db) -> usize {
+        let tx = db.inner.begin_read().unwrap();
+        let table = tx.open_table(LEADER_DURABLE).unwrap();
+        table.iter().unwrap().count()
+    }
+
+    /// A node that installs a snapshot over its own uncommitted tail purges
+    /// that tail: its acknowledged entry gets a record, marked with the
+    /// snapshot's index, since the snapshot may or may not hold it.
+    async fn a_purge_behind_a_foreign_snapshot_records_acknowledged_entries<
+        S: RaftLogStorage<crate::types::TypeConfig>,
+    >(
+        mut store: S,
+        db: &Db,
+    ) {
+        noted_log(&mut store).await;
+        store.save_vote(&Vote::new(2, 2)).await.unwrap();
+        // The snapshot's last log id, from the new leader's term, is not in
+        // this log: the commit index proves nothing about entry 2.
+        store.save_committed(Some(log_id(2, 5))).await.unwrap();
+        store.purge(log_id(2, 5)).await.unwrap();
+        let all = records(db).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!((all[0].term, all[0].snapshot_through), (2, Some(5)));
+        let got: Vec<(u64, u64, bool)> =
+            all[0].entries.iter().map(|e| (e.term, e.index, e.leader_durable)).collect();
+        assert_eq!(got, [(1, 2, true)], "only the acknowledged entry");
+        assert_eq!(flags(db), 0);
+    }
+
+    /// Once the log's own entry at the commit index is committed, every
+    /// flagged entry before it is too: a later purge (log compaction)
+    /// records nothing.
+    async fn compaction_of_committed_entries_records_nothing<S: RaftLogStorage<crate::types::TypeConfig>>(
+        mut store: S,
+        db: &Db,
+    ) {
+        noted_log(&mut store).await;
+        store.save_committed(Some(log_id(1, 3))).await.unwrap();
+        store.purge(log_id(1, 2)).await.unwrap();
+        assert!(records(db).unwrap().is_empty(), "committed entries are not rolled back");
+        assert_eq!(flags(db), 0);
+    }
+
     #[tokio::test]
-    async fn a_purge_forgets_the_flags_of_what_it_removes() {
+    async fn the_redb_log_records_acknowledged_entries_a_snapshot_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        a_purge_behind_a_foreign_snapshot_records_acknowledged_entries(RedbLogStore::new(db.clone()), &db)
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        compaction_of_committed_entries_records_nothing(RedbLogStore::new(db.clone()), &db).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_log_records_acknowledged_entries_a_snapshot_purges() {
         let db = Db::in_memory();
-        let mut store = MemLogStore::on(db.clone());
-        let (noted, _durable) = Batch::noted(vec![ByteBuf::from(vec![1u8])]);
-        let e = Entry { log_id: log_id(1, 1), payload: EntryPayload::Normal(noted) };
-        store.append([e, entry(1, 2)], IOFlushed::noop()).await.unwrap();
-        let flags = || {
-            let tx = db.inner.begin_read().unwrap();
-            let table = tx.open_table(LEADER_DURABLE).unwrap();
-            table.iter().unwrap().count()
-        };
-        assert_eq!(flags(), 1);
-        store.purge(log_id(1, 1)).await.unwrap();
-        assert_eq!(flags(), 0);
+        a_purge_behind_a_foreign_snapshot_records_acknowledged_entries(MemLogStore::on(db.clone()), &db)
+            .await;
+        let db = Db::in_memory();
+        compaction_of_committed_entries_records_nothing(MemLogStore::on(db.clone()), &db).await;
     }
 
     #[tokio::test]
