@@ -84,7 +84,14 @@ pub enum Storage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Accepts writes and replicates them.
+    /// Accepts writes and replicates them: leads, and a majority has
+    /// acknowledged it within the lease. A leader that no majority has
+    /// acknowledged for longer (cut off, or its followers stalled) takes no
+    /// writes and serves no linearizable reads: it is reported as a
+    /// [`Role::Follower`] that knows no leader, the way etcd's check quorum
+    /// makes it step down. (openraft keeps it in its Leader state until it
+    /// hears of a higher term, and it resumes leading if the majority
+    /// answers again first.)
     Leader,
     /// A voter that follows the leader.
     Follower,
@@ -151,14 +158,25 @@ pub struct NodeMetrics {
     pub millis_since_ack: BTreeMap<NodeId, Option<u64>>,
 }
 
+/// Whether the leader that `m` describes has lost its majority: none has
+/// acknowledged it for longer than `lease` (check quorum). A leader not yet
+/// acknowledged at all (just elected) or alone in its cluster has not.
+fn quorum_lost(m: &RaftMetrics, lease: Duration) -> bool {
+    let alone = m.membership_config.membership().voter_ids().eq([m.id]);
+    m.state == ServerState::Leader
+        && !alone
+        && m.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() > lease)
+}
+
 impl NodeMetrics {
-    fn from_raft(m: &RaftMetrics, checkpointed_index: u64) -> Self {
+    fn from_raft(m: &RaftMetrics, checkpointed_index: u64, lease: Duration) -> Self {
         let membership = m.membership_config.membership();
+        let lost = quorum_lost(m, lease);
         NodeMetrics {
             id: m.id,
-            role: m.state.into(),
+            role: if lost { Role::Follower } else { m.state.into() },
             term: m.current_term,
-            leader: m.current_leader,
+            leader: if lost { None } else { m.current_leader },
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: m.local_committed.map_or(0, |l| l.index),
             applied_index: m.last_applied.map_or(0, |l| l.index),
@@ -479,6 +497,12 @@ impl<A: StateMachine> RaftNode<A> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         match m.state {
+            // A leader without a majority would only queue the write
+            // behind batches that cannot commit: refuse it now, unproposed
+            // (openraft would refuse it too, once it got that far).
+            ServerState::Leader if quorum_lost(&m, election::lease(&self.config)) => {
+                Err(WriteError::NotLeader { leader: None })
+            }
             ServerState::Leader => Ok(()),
             _ => Err(WriteError::NotLeader { leader: leader_hint(&m) }),
         }
@@ -686,7 +710,7 @@ impl<A: StateMachine> RaftNode<A> {
     /// The node's current metrics, including its committed index.
     pub async fn metrics(&self) -> NodeMetrics {
         let raft_metrics = self.raft.metrics().borrow_watched().clone();
-        NodeMetrics::from_raft(&raft_metrics, self.sm.checkpointed_index())
+        NodeMetrics::from_raft(&raft_metrics, self.sm.checkpointed_index(), election::lease(&self.config))
     }
 
     /// The highest index this node knows to be committed (and holds in its
@@ -705,12 +729,20 @@ impl<A: StateMachine> RaftNode<A> {
     /// it may have been deposed without knowing it yet (see
     /// [`RaftNode::read_barrier`] for how reads stay safe anyway).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.state == ServerState::Leader && !quorum_lost(&m, election::lease(&self.config))
     }
 
-    /// The leader this node knows of, with its addresses.
+    /// The leader this node knows of, with its addresses (none if this node
+    /// is a leader that has lost its majority, see [`Role::Leader`]).
     pub fn leader_hint(&self) -> Option<LeaderHint> {
-        leader_hint(&self.raft.metrics().borrow_watched())
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if quorum_lost(&m, election::lease(&self.config)) {
+            return None;
+        }
+        leader_hint(&m)
     }
 
     /// Follows this node's term and the leader it knows of as they change

@@ -264,7 +264,8 @@ async fn a_leader_durable_write_purged_behind_a_snapshot_is_kept_in_a_rollback_r
 /// A leader cut off from the majority stops taking writes once its lease
 /// runs out, a lease after the majority's last acknowledgement (check
 /// quorum): the split-brain window of a `leader`-durable write is at most
-/// that long. It serves no linearizable read from the start.
+/// that long, and from then on it reports itself a follower that knows no
+/// leader. It serves no linearizable read from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_refuses_writes_once_its_lease_runs_out() {
     let router = LocalRouter::new();
@@ -285,6 +286,10 @@ async fn an_isolated_leader_refuses_writes_once_its_lease_runs_out() {
         Err(WriteError::NotLeader { .. }) => {}
         other => panic!("past its lease, the isolated leader must refuse, unproposed: {other:?}"),
     }
+    // It no longer reports itself leader (check quorum), nor names one.
+    let m = nodes[&old].metrics().await;
+    assert_eq!((m.role, m.leader), (Role::Follower, None), "{m:?}");
+    assert!(!nodes[&old].is_leader());
     for (_, n) in nodes {
         n.shutdown().await;
     }
