@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jepsen_checker::checker::Verdict;
+use kv_client::api::Durability;
 
 use crate::run::nemesis::{Fault, Target};
 use crate::run::workload::Kind;
@@ -49,8 +50,9 @@ pub enum Command {
     /// or error.
     Test(TestArgs),
     /// Re-check a stored history file (JSON lines, one event per line, see
-    /// docs/jepsen.md) and print the verdict as JSON on stdout. Exit code 0
-    /// valid, 1 invalid, 2 unknown or error.
+    /// docs/jepsen.md) and print the verdict as JSON on stdout; the rollback
+    /// records in rollback.json next to it, if there, are read too. Exit
+    /// code 0 valid, 1 invalid, 2 unknown or error.
     Check(CheckArgs),
 }
 
@@ -85,6 +87,14 @@ pub struct TestArgs {
     /// Seconds the clients run (the final phase comes after).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
     pub time_limit: Duration,
+    /// When the workload's puts are acknowledged: majority (once
+    /// committed), all (once every voter has it), or leader (once in the
+    /// leader's own log, before any follower has it: may be lost on
+    /// failover, by design). Compare-and-sets are always majority. leader
+    /// needs --workload set: lost writes are then valid only if each is in
+    /// a node's rollback record, which the harness collects at the end.
+    #[arg(long, default_value = "majority", value_parser = parse_durability)]
+    pub durability: Durability,
     /// Client operations per second, over all clients.
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
@@ -193,6 +203,10 @@ pub struct CheckArgs {
     pub budget: Duration,
 }
 
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    text.parse()
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|e| format!("not a number of seconds: {e}"))?;
     Duration::try_from_secs_f64(secs).map_err(|e| format!("not a usable number of seconds: {e}"))
@@ -231,12 +245,13 @@ fn run(cli: Cli) -> anyhow::Result<Verdict> {
 fn test(args: TestArgs) -> anyhow::Result<Verdict> {
     let opts = test_options(args)?;
     eprintln!(
-        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}{}",
+        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}, durability {}{}",
         opts.workload.name(),
         opts.nodes,
         opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
         opts.time_limit,
         opts.seed,
+        opts.durability.name(),
         if opts.tls { ", over TLS" } else { "" }
     );
     let runtime =
@@ -295,6 +310,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         check_budget: args.check_budget,
         progress: !args.no_progress,
         tls: args.tls,
+        durability: args.durability,
     })
 }
 
@@ -349,6 +365,22 @@ mod tests {
         assert_eq!(parse("all,rolling-restart").unwrap().last(), Some(&Fault::RollingRestart));
         let unknown = parse("meteor").unwrap_err();
         assert!(unknown.contains("unknown fault") && unknown.contains("rolling-restart"), "{unknown}");
+    }
+
+    #[test]
+    fn durability_defaults_to_majority_and_rejects_unknown_levels() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["jepsen", "test"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Test(t) => t.durability,
+                Command::Check(_) => panic!("not test"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), Durability::Majority);
+        assert_eq!(parse(&["--durability", "leader"]).unwrap(), Durability::Leader);
+        assert_eq!(parse(&["--durability", "all"]).unwrap(), Durability::All);
+        assert!(parse(&["--durability", "one"]).is_err());
     }
 
     #[test]
