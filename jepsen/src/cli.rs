@@ -151,6 +151,11 @@ pub struct TestArgs {
     /// acknowledged writes vanish. Expect invalid.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// An extra kv-server argument for every node, repeatable, for the
+    /// server configuration under test (`--server-arg=--max-inflight-batches=8`);
+    /// recorded with the options in results.json.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_arg: Vec<String>,
     /// Seconds the checkers may take; past it the verdict is unknown.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
     pub check_budget: Duration,
@@ -288,6 +293,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
             server_args.push(flag.to_string());
         }
     }
+    server_args.extend(args.server_arg);
     Ok(TestOptions {
         workload: args.workload,
         nodes: args.nodes,
@@ -381,6 +387,27 @@ mod tests {
         assert_eq!(parse(&["--durability", "leader"]).unwrap(), Durability::Leader);
         assert_eq!(parse(&["--durability", "all"]).unwrap(), Durability::All);
         assert!(parse(&["--durability", "one"]).is_err());
+    }
+
+    #[test]
+    fn server_args_pass_through_after_the_negative_controls() {
+        let cli = Cli::try_parse_from([
+            "jepsen",
+            "test",
+            "--server-bin",
+            "/bin/true",
+            "--unsafe-no-dedup",
+            "--server-arg",
+            "--max-inflight-batches=8",
+            "--server-arg=--fault-lose-unsynced-writes",
+        ])
+        .unwrap();
+        let Command::Test(args) = cli.command else { panic!("not test") };
+        let opts = test_options(args).unwrap();
+        assert_eq!(
+            opts.server_args,
+            ["--unsafe-no-dedup", "--max-inflight-batches=8", "--fault-lose-unsynced-writes"]
+        );
     }
 
     #[test]
