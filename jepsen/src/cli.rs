@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use jepsen_checker::checker::Verdict;
+use kv_client::api::Durability;
 
 use crate::run::nemesis::{Fault, Target};
 use crate::run::workload::Kind;
@@ -49,8 +50,9 @@ pub enum Command {
     /// or error.
     Test(TestArgs),
     /// Re-check a stored history file (JSON lines, one event per line, see
-    /// docs/jepsen.md) and print the verdict as JSON on stdout. Exit code 0
-    /// valid, 1 invalid, 2 unknown or error.
+    /// docs/jepsen.md) and print the verdict as JSON on stdout; the rollback
+    /// records in rollback.json next to it, if there, are read too. Exit
+    /// code 0 valid, 1 invalid, 2 unknown or error.
     Check(CheckArgs),
 }
 
@@ -85,6 +87,14 @@ pub struct TestArgs {
     /// Seconds the clients run (the final phase comes after).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
     pub time_limit: Duration,
+    /// When the workload's puts are acknowledged: majority (once
+    /// committed), all (once every voter has it), or leader (once in the
+    /// leader's own log, before any follower has it: may be lost on
+    /// failover, by design). Compare-and-sets are always majority. leader
+    /// needs --workload set: lost writes are then valid only if each is in
+    /// a node's rollback record, which the harness collects at the end.
+    #[arg(long, default_value = "majority", value_parser = parse_durability)]
+    pub durability: Durability,
     /// Client operations per second, over all clients.
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
@@ -141,6 +151,11 @@ pub struct TestArgs {
     /// acknowledged writes vanish. Expect invalid.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// An extra kv-server argument for every node, repeatable, for the
+    /// server configuration under test (`--server-arg=--max-inflight-batches=8`);
+    /// recorded with the options in results.json.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_arg: Vec<String>,
     /// Seconds the checkers may take; past it the verdict is unknown.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
     pub check_budget: Duration,
@@ -193,6 +208,10 @@ pub struct CheckArgs {
     pub budget: Duration,
 }
 
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    text.parse()
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|e| format!("not a number of seconds: {e}"))?;
     Duration::try_from_secs_f64(secs).map_err(|e| format!("not a usable number of seconds: {e}"))
@@ -231,12 +250,13 @@ fn run(cli: Cli) -> anyhow::Result<Verdict> {
 fn test(args: TestArgs) -> anyhow::Result<Verdict> {
     let opts = test_options(args)?;
     eprintln!(
-        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}{}",
+        "jepsen: {} workload, {} nodes, faults [{}], {:?}, seed {}, durability {}{}",
         opts.workload.name(),
         opts.nodes,
         opts.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
         opts.time_limit,
         opts.seed,
+        opts.durability.name(),
         if opts.tls { ", over TLS" } else { "" }
     );
     let runtime =
@@ -273,6 +293,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
             server_args.push(flag.to_string());
         }
     }
+    server_args.extend(args.server_arg);
     Ok(TestOptions {
         workload: args.workload,
         nodes: args.nodes,
@@ -295,6 +316,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         check_budget: args.check_budget,
         progress: !args.no_progress,
         tls: args.tls,
+        durability: args.durability,
     })
 }
 
@@ -349,6 +371,43 @@ mod tests {
         assert_eq!(parse("all,rolling-restart").unwrap().last(), Some(&Fault::RollingRestart));
         let unknown = parse("meteor").unwrap_err();
         assert!(unknown.contains("unknown fault") && unknown.contains("rolling-restart"), "{unknown}");
+    }
+
+    #[test]
+    fn durability_defaults_to_majority_and_rejects_unknown_levels() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["jepsen", "test"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Test(t) => t.durability,
+                Command::Check(_) => panic!("not test"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), Durability::Majority);
+        assert_eq!(parse(&["--durability", "leader"]).unwrap(), Durability::Leader);
+        assert_eq!(parse(&["--durability", "all"]).unwrap(), Durability::All);
+        assert!(parse(&["--durability", "one"]).is_err());
+    }
+
+    #[test]
+    fn server_args_pass_through_after_the_negative_controls() {
+        let cli = Cli::try_parse_from([
+            "jepsen",
+            "test",
+            "--server-bin",
+            "/bin/true",
+            "--unsafe-no-dedup",
+            "--server-arg",
+            "--max-inflight-batches=8",
+            "--server-arg=--fault-lose-unsynced-writes",
+        ])
+        .unwrap();
+        let Command::Test(args) = cli.command else { panic!("not test") };
+        let opts = test_options(args).unwrap();
+        assert_eq!(
+            opts.server_args,
+            ["--unsafe-no-dedup", "--max-inflight-batches=8", "--fault-lose-unsynced-writes"]
+        );
     }
 
     #[test]

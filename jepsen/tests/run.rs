@@ -21,6 +21,9 @@
 //! them, must be as valid as any fault; a rolling restart of every node
 //! must cost the clients not a single write.
 //!
+//! One run acknowledges writes at leader durability, which may lose them
+//! by design: every lost one must be in some node's rollback record.
+//!
 //! The runs are serialised: several clusters at once on a two-core machine
 //! would mostly measure the machine.
 
@@ -30,6 +33,7 @@ use jepsen::run::nemesis::{Fault, Target};
 use jepsen::run::workload::Kind;
 use jepsen::run::{run, RunOutcome, TestOptions};
 use jepsen_checker::Verdict;
+use kv_client::api::Durability;
 use serde_json::Value;
 
 mod common;
@@ -59,6 +63,7 @@ fn options(store: &std::path::Path, workload: Kind, faults: &[Fault], secs: u64)
         check_budget: Duration::from_secs(60),
         progress: false,
         tls: false,
+        durability: Durability::Majority,
     }
 }
 
@@ -355,4 +360,48 @@ async fn restart_run_with_graceful_stops_is_valid() {
             "{fault}"
         );
     }
+}
+
+/// `--durability leader`: adds acknowledged once in the leader's log,
+/// under kills and partitions. A short run may or may not lose any; what it
+/// must show is that each lost add is explained by a rollback record (the
+/// run is valid only then), that the history says how each add was written
+/// and answered, and that the report measures the split-brain window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_durable_set_run_matches_every_lost_write_to_a_rollback_record() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Set, &[Fault::Kill, Fault::Partition], 8);
+    opts.interval = Duration::from_secs(2);
+    opts.durability = Durability::Leader;
+    let outcome = run_one(opts).await;
+    let summary = valid_summary(&outcome, "leader-durable set run");
+    assert_eq!(outcome.results["options"]["durability"], "leader", "{summary}");
+    assert!(acknowledged(&outcome, "add") > 0, "no add was acknowledged: {summary}");
+
+    let lost = &outcome.results["checkers"]["set"]["lost_writes"];
+    assert!(lost.is_object(), "the set checker reports the lost writes: {summary}");
+    assert_eq!(lost["by_design"], lost["lost"], "every lost write is matched: {lost}");
+    assert_eq!(lost["records_given"], true, "{lost}");
+    assert!(summary.contains("lost writes: "), "{summary}");
+    let split = &outcome.results["stats"]["split_brain"];
+    assert!(split["partitions"].is_array(), "{summary}");
+    assert!(summary.contains("split-brain window"), "{summary}");
+
+    // Each add says what it asked for and what it was told.
+    let history = std::fs::read_to_string(outcome.dir.join("history.jsonl")).unwrap();
+    let events: Vec<Value> = history.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let adds = |kind: &'static str| events.iter().filter(move |e| e["f"] == "add" && e["type"] == kind);
+    assert!(
+        adds("invoke").all(|e| e["durability"] == "leader" && e["seq"].is_u64() && e["kv_key"].is_string())
+    );
+    assert!(adds("ok").all(|e| e["committed"] == false && e["node"].is_u64()), "acknowledged uncommitted");
+
+    // The records are kept, and the stored run re-checks to the same
+    // verdict with them.
+    let records: Value =
+        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("rollback.json")).unwrap()).unwrap();
+    assert_eq!(records["nodes"].as_array().map(Vec::len), Some(3), "{records}");
+    let again =
+        jepsen_checker::check_file(outcome.dir.join("history.jsonl"), Duration::from_secs(60)).unwrap();
+    assert_eq!(again.valid, Verdict::Valid);
 }

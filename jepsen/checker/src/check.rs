@@ -15,7 +15,12 @@
 //!
 //! * **Set** ([`crate::checker::set`]): runs if the history has an `add`.
 //!   Every key with an `add` is a set, and *all* operations on it (its adds
-//!   and its whole-set reads) belong to the set checker.
+//!   and its whole-set reads) belong to the set checker. A lost element
+//!   acknowledged at leader durability is excused only if a rollback record
+//!   holds it: [`check_file`] reads the records from `rollback.json` next
+//!   to the history, as the harness stores them ([`crate::rollback`]), so
+//!   that a stored run re-checks to the verdict it had; without that file
+//!   no lost element is excused.
 //! * **Linearizability** ([`crate::checker::linear`]): every operation on
 //!   the other keys, except reads that declare a weaker `consistency`
 //!   (`"session"` or `"stale"`): those never promised linearizability, and
@@ -48,6 +53,7 @@ use crate::checker::session::{self, FinalLog, SessionError, SessionResult};
 use crate::checker::set::{self, SetError, SetResult};
 use crate::checker::Verdict;
 use crate::history::{self, Event, Function, HistoryError, Op};
+use crate::rollback::{self, RollbackError, Rollbacks};
 
 /// The verdict on a whole history, and each checker's result.
 ///
@@ -85,15 +91,23 @@ pub enum CheckError {
     /// The session checker cannot judge these operations.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The rollback records next to the history cannot be read.
+    #[error(transparent)]
+    Rollback(#[from] RollbackError),
 }
 
-/// Reads the history file at `path` and checks it; see [`check_events`].
+/// Reads the history file at `path` and checks it, with the rollback
+/// records in `rollback.json` next to it if that file exists; see
+/// [`check_events_with`].
 ///
 /// # Errors
-/// As [`check_events`], and [`HistoryError`]s from reading the file.
+/// As [`check_events`], [`HistoryError`]s from reading the file, and
+/// [`CheckError::Rollback`] if `rollback.json` exists and cannot be read.
 pub fn check_file(path: impl AsRef<Path>, budget: Duration) -> Result<CheckReport, CheckError> {
+    let path = path.as_ref();
     let events = history::read_history(path)?;
-    check_events(&events, budget)
+    let rollbacks = rollback::read_next_to(path)?;
+    check_events_with(&events, budget, None, rollbacks.as_ref())
 }
 
 /// Pairs the events into operations and runs every checker that applies
@@ -107,12 +121,14 @@ pub fn check_file(path: impl AsRef<Path>, budget: Duration) -> Result<CheckRepor
 /// key). A history that is merely wrong is an `Ok` report with an invalid
 /// verdict.
 pub fn check_events(events: &[Event], budget: Duration) -> Result<CheckReport, CheckError> {
-    check_events_with(events, budget, None)
+    check_events_with(events, budget, None, None)
 }
 
-/// As [`check_events`], and with the final log, if the caller has one (the
-/// harness replays it after a session run), the session checker also checks
-/// consistent prefix.
+/// As [`check_events`], with what the harness collected besides the
+/// history, when the caller has it: with the final log (the harness replays
+/// it after a session run), the session checker also checks consistent
+/// prefix; with the nodes' rollback records, the set checker can tell a
+/// leader-durable write lost by design from one lost without a trace.
 ///
 /// # Errors
 /// As [`check_events`].
@@ -120,12 +136,13 @@ pub fn check_events_with(
     events: &[Event],
     budget: Duration,
     final_log: Option<&FinalLog>,
+    rollbacks: Option<&Rollbacks>,
 ) -> Result<CheckReport, CheckError> {
     let ops = history::pair(events)?;
 
     let set_keys: HashSet<String> =
         ops.iter().filter(|op| set::is_add(op)).map(|op| op.key.canonical()).collect();
-    let set = if set_keys.is_empty() { None } else { Some(set::check(&ops)?) };
+    let set = if set_keys.is_empty() { None } else { Some(set::check_with(&ops, events, rollbacks)?) };
 
     let register_ops: Vec<Op> = ops
         .iter()
@@ -197,6 +214,32 @@ mod tests {
         );
         assert_eq!(lost.valid, Verdict::Invalid);
         assert_eq!(lost.set.unwrap().sets[0].lost.count, 1);
+    }
+
+    #[test]
+    fn check_file_reads_the_rollback_records_next_to_the_history() {
+        // A leader-durable add, acknowledged uncommitted, missing from the
+        // final read: lost by design only if a record next to the history
+        // holds it.
+        let history = r#"{"process":0,"type":"invoke","f":"add","key":0,"value":5,"time":1,"durability":"leader","kv_key":"set/0/5","client_id":9,"seq":1}
+{"process":0,"type":"ok","f":"add","key":0,"value":5,"time":2,"node":3,"committed":false}
+{"process":1,"type":"invoke","f":"read","key":0,"time":3,"phase":"final"}
+{"process":1,"type":"ok","f":"read","key":0,"value":[],"time":4,"node":1}
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        std::fs::write(&path, history).unwrap();
+        let alone = check_file(&path, BUDGET).unwrap();
+        assert_eq!(alone.valid, Verdict::Invalid, "no records: nothing excuses the loss");
+
+        let records = r#"{"nodes":[{"node":3,"records":[{"node":3,"id":1,"term":2,"entries":[{"term":1,"index":7,"kind":"writes","acknowledged":true,"writes":[{"op":"put","key":"set/0/5","client_id":9,"seq":1}]}]}]}]}"#;
+        std::fs::write(dir.path().join(rollback::FILE_NAME), records).unwrap();
+        let with = check_file(&path, BUDGET).unwrap();
+        assert_eq!(with.valid, Verdict::Valid);
+        assert_eq!(with.set.unwrap().lost_writes.unwrap().by_design, 1);
+
+        std::fs::write(dir.path().join(rollback::FILE_NAME), "not json").unwrap();
+        assert!(matches!(check_file(&path, BUDGET), Err(CheckError::Rollback(_))));
     }
 
     #[test]

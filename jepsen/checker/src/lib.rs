@@ -31,6 +31,9 @@
 //! 7. [`plot`]: latency and throughput over time, with the faults shaded.
 //! 8. [`store`]: where runs are kept, one directory per run, in the layout
 //!    both harnesses share.
+//! 9. [`rollback`]: the rollback records the harness collects from the
+//!    nodes after a run (`rollback.json`), which tell a leader-durable
+//!    write lost by design from one lost without a trace.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -40,6 +43,7 @@ pub mod checker;
 pub mod history;
 pub mod json;
 pub mod plot;
+pub mod rollback;
 pub mod sim;
 pub mod stats;
 pub mod store;

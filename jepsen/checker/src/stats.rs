@@ -43,8 +43,40 @@
 //!   value did not match is a `fail` too; the set workload's adds have no
 //!   such outcome.)
 //!
+//! * [`split_brain`]: for a history with writes acknowledged at `leader`
+//!   durability, how long a node cut off from the majority by a partition
+//!   kept acknowledging them (see below).
+//!
 //! [`summarize`] computes all of them into one [`Stats`], the `stats` object
 //! of `results.json`.
+//!
+//! # The split-brain window
+//!
+//! A leader acknowledges a `leader`-durable write once the write is in its
+//! own log, without asking anyone; so a leader that a partition has cut
+//! off from the majority goes on acknowledging writes, which the majority's
+//! new leader will never have, until it notices it has lost its quorum. The
+//! window measures how long that lasts, per partition:
+//!
+//! * The nodes **cut off** by a partition are listed in its start event's
+//!   value, `"cut_off": [..]`: the harness puts there every node that can
+//!   exchange messages directly with fewer than a majority of the nodes,
+//!   itself included (a node in a minority group; none in a majorities
+//!   ring or a bridge, where every node hears a majority). A partition
+//!   without the field cuts off no one.
+//! * The writes counted are the `ok` operations acknowledged at leader
+//!   durability (the invocation asked for `"durability": "leader"` and the
+//!   completion says `"committed": false`) whose completion names a cut-off
+//!   node as `"node"` and lies after the partition's start event and before
+//!   its stop event (or the end of the history).
+//! * The **window** is the time from the partition's start event to the
+//!   last such completion; `None` if there was none. The node acknowledged
+//!   the write before the client recorded the answer, so this is an upper
+//!   bound, by one answer's trip, on how long the node kept acknowledging.
+//!
+//! A leader that refuses new proposals once no quorum has acknowledged it
+//! for its lease keeps the window at most about one lease (in this
+//! workspace `raft_core::election::lease`) plus one answer's trip.
 //!
 //! # Order and time
 //!
@@ -67,6 +99,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::checker::set;
 use crate::history::{self, Event, EventType, HistoryError, Op, Outcome, Process};
 
 /// Functions whose `ok` shows that the system accepts writes again, for
@@ -478,6 +511,93 @@ pub fn fault_writes(intervals: &[FaultInterval], ops: &[Op]) -> BTreeMap<String,
     by_fault
 }
 
+/// One partition's split-brain window (see the [module
+/// docs](self#the-split-brain-window)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionWindow {
+    /// The partition's start event's position in the history.
+    pub start_index: usize,
+    /// Its time, if it has one.
+    pub start_ns: Option<u64>,
+    /// The stop event's time, if it stopped and has one.
+    pub stop_ns: Option<u64>,
+    /// The nodes the partition cut off from the majority.
+    pub cut_off: Vec<u64>,
+    /// The leader when it began, as the start event says.
+    pub leader: Value,
+    /// Leader-durable writes acknowledged by a cut-off node while it was
+    /// open.
+    pub acknowledged: u64,
+    /// From the start to the last of those completions, if any, and if
+    /// both have a time.
+    pub window_ms: Option<f64>,
+}
+
+/// The split-brain window of every partition, and the longest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitBrain {
+    /// Every partition, in the order they started.
+    pub partitions: Vec<PartitionWindow>,
+    /// The longest window; `None` if no cut-off node acknowledged a write.
+    pub max_ms: Option<f64>,
+    /// Leader-durable writes acknowledged by cut-off nodes, over every
+    /// partition.
+    pub acknowledged: u64,
+}
+
+/// The split-brain window of every partition (see the [module
+/// docs](self#the-split-brain-window)); `None` if the history has no write
+/// acknowledged at leader durability, so that other histories' stats are
+/// as they were. `intervals` and `ops` must come from `events`.
+pub fn split_brain(events: &[Event], intervals: &[FaultInterval], ops: &[Op]) -> Option<SplitBrain> {
+    let leader_durable: Vec<&Op> = ops.iter().filter(|op| set::leader_durable(op, events)).collect();
+    if leader_durable.is_empty() {
+        return None;
+    }
+    // Each with the node that acknowledged it.
+    let acks: Vec<(&Op, u64)> = leader_durable
+        .into_iter()
+        .filter_map(|op| Some((op, op.field(events, set::fields::NODE)?.as_u64()?)))
+        .collect();
+    let partitions: Vec<PartitionWindow> = intervals
+        .iter()
+        .filter(|i| i.name == "partition")
+        .map(|interval| {
+            let cut_off: Vec<u64> = interval.start_value["cut_off"]
+                .as_array()
+                .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let during = acks.iter().filter(|(op, node)| {
+                cut_off.contains(node)
+                    && op.complete_index.is_some_and(|c| c > interval.start_index && interval.contains(c))
+            });
+            let (mut acknowledged, mut last) = (0, None::<u64>);
+            for (op, _) in during {
+                acknowledged += 1;
+                if let Some(t) = op.complete_time {
+                    last = Some(last.map_or(t, |l| l.max(t)));
+                }
+            }
+            let window_ms = match (interval.start_ns, last) {
+                (Some(start), Some(last)) => Some(ms(last.saturating_sub(start))),
+                _ => None,
+            };
+            PartitionWindow {
+                start_index: interval.start_index,
+                start_ns: interval.start_ns,
+                stop_ns: interval.stop_ns,
+                cut_off,
+                leader: interval.start_value["leader"].clone(),
+                acknowledged,
+                window_ms,
+            }
+        })
+        .collect();
+    let max_ms = partitions.iter().filter_map(|p| p.window_ms).reduce(f64::max);
+    let acknowledged = partitions.iter().map(|p| p.acknowledged).sum();
+    Some(SplitBrain { partitions, max_ms, acknowledged })
+}
+
 /// Everything above, the `stats` object of `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
@@ -495,6 +615,10 @@ pub struct Stats {
     pub latency: BTreeMap<String, Latency>,
     /// Per fault, the writes invoked while it was open.
     pub fault_writes: BTreeMap<String, FaultWrites>,
+    /// The split-brain window of each partition, for a history with
+    /// leader-durable writes; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<SplitBrain>,
 }
 
 /// Computes every statistic of a history.
@@ -509,6 +633,7 @@ pub fn summarize(events: &[Event]) -> Result<Stats, HistoryError> {
         phases: phase_counts(events, &ops),
         fault_counts: fault_counts(&faults),
         fault_writes: fault_writes(&faults, &ops),
+        split_brain: split_brain(events, &faults, &ops),
         faults,
         recovery: recovery(events, &ops),
         latency: latencies(&ops),
@@ -841,6 +966,54 @@ mod tests {
             (partition.windows, partition.outcomes.all.total(), partition.longest_ok_ms),
             (1, 0, None)
         );
+    }
+
+    /// An add by `process` acknowledged by `node` at leader durability
+    /// (uncommitted) between `from_ms` and `to_ms`.
+    fn leader_add(process: u64, node: u64, from_ms: u64, to_ms: u64) -> [String; 2] {
+        [
+            format!(
+                r#"{{"process":{process},"type":"invoke","f":"add","key":0,"value":{process},"time":{},"durability":"leader"}}"#,
+                from_ms * 1_000_000
+            ),
+            format!(
+                r#"{{"process":{process},"type":"ok","f":"add","key":0,"value":{process},"time":{},"node":{node},"committed":false}}"#,
+                to_ms * 1_000_000
+            ),
+        ]
+    }
+
+    #[test]
+    fn split_brain_window_runs_from_the_partition_to_the_last_ack_by_a_cut_off_node() {
+        let mut lines = vec![n("start-partition", json!({"cut_off": [1], "leader": 1}), 100)];
+        lines.extend(leader_add(0, 1, 110, 150)); // by the cut-off node
+        lines.extend(leader_add(1, 1, 300, 420)); // by it again: the last
+        lines.extend(leader_add(2, 2, 400, 900)); // by the majority's leader
+        lines.push(n("stop-partition", json!({}), 1000));
+        lines.extend(leader_add(3, 1, 1100, 1200)); // after the heal
+        lines.push(n("start-partition", json!({"cut_off": [], "leader": 2}), 2000));
+        lines.extend(leader_add(4, 2, 2100, 2200));
+        let h = events(&lines);
+        let ops = history::pair(&h).unwrap();
+        let sb = split_brain(&h, &fault_intervals(&h), &ops).unwrap();
+        assert_eq!(sb.partitions.len(), 2);
+        let first = &sb.partitions[0];
+        assert_eq!((first.cut_off.clone(), first.acknowledged, first.window_ms), (vec![1], 2, Some(320.0)));
+        assert_eq!(first.leader, json!(1));
+        assert_eq!((sb.partitions[1].acknowledged, sb.partitions[1].window_ms), (0, None));
+        assert_eq!((sb.max_ms, sb.acknowledged), (Some(320.0), 2));
+    }
+
+    #[test]
+    fn split_brain_is_left_out_without_leader_durable_writes() {
+        let h = events(&[
+            n("start-partition", json!({"cut_off": [1]}), 1),
+            c(0, "invoke", "write", 2),
+            c(0, "ok", "write", 3),
+        ]);
+        assert!(split_brain(&h, &fault_intervals(&h), &history::pair(&h).unwrap()).is_none());
+        let json = serde_json::to_value(summarize(&h).unwrap()).unwrap();
+        assert!(json.get("split_brain").is_none(), "{json}");
     }
 
     #[test]

@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant};
 
 use kv_client::api::{
-    codes, CasRequest, ErrorBody, JsonValue, ListResponse, PutRequest, ReadResponse, StatusResponse,
-    WriteResponse,
+    codes, CasRequest, Durability, ErrorBody, JsonValue, ListResponse, PutRequest, ReadResponse,
+    RollbackList, StatusResponse, WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -91,12 +91,15 @@ impl Session {
 /// A write request, sent as it is on every attempt.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// `PUT /v1/kv/{key}`.
+    /// `PUT /v1/kv/{key}?durability=...`.
     Put {
         /// The key.
         key: String,
         /// The value.
         value: String,
+        /// When the write is acknowledged: at `leader` durability once it
+        /// is in the leader's log, uncommitted, and so possibly lost.
+        durability: Durability,
     },
     /// `POST /v1/cas/{key}`: `expected: None` means "must be absent".
     Cas {
@@ -199,14 +202,14 @@ impl Http {
     /// One attempt at a write, with the session's `(client_id, seq)`.
     pub async fn write(&self, node: &str, w: &Write, client_id: u64, seq: u64) -> WriteOutcome {
         let sent = match w {
-            Write::Put { key, value } => {
+            Write::Put { key, value, durability } => {
                 let body =
                     PutRequest { value: json_value(value), client_id: Some(client_id), seq: Some(seq) };
-                self.send_json::<WriteResponse>(
-                    self.client.put(self.url(node, &format!("/v1/kv/{key}"))),
-                    &body,
-                )
-                .await
+                let mut req = self.client.put(self.url(node, &format!("/v1/kv/{key}")));
+                if *durability != Durability::Majority {
+                    req = req.query(&[("durability", durability.name())]);
+                }
+                self.send_json::<WriteResponse>(req, &body).await
             }
             Write::Cas { key, expected, value } => {
                 let body = CasRequest {
@@ -245,6 +248,22 @@ impl Http {
     /// `GET /v1/cluster/status`.
     pub async fn status(&self, node: &str) -> Result<StatusResponse, Failure> {
         let req = self.client.get(self.url(node, "/v1/cluster/status"));
+        self.send(req).await.map_err(|(_, f)| f)
+    }
+
+    /// `GET /v1/cluster/rollback`: the summaries of the node's rollback
+    /// records (an admin request: with `--tls`, the harness's token is an
+    /// admin's).
+    pub async fn rollback_list(&self, node: &str) -> Result<RollbackList, Failure> {
+        let req = self.client.get(self.url(node, "/v1/cluster/rollback"));
+        self.send(req).await.map_err(|(_, f)| f)
+    }
+
+    /// `GET /v1/cluster/rollback/{id}`: one record in full, as the node
+    /// answers it (kept as JSON, so that `rollback.json` holds every field
+    /// the server gives).
+    pub async fn rollback_show(&self, node: &str, id: u64) -> Result<serde_json::Value, Failure> {
+        let req = self.client.get(self.url(node, &format!("/v1/cluster/rollback/{id}")));
         self.send(req).await.map_err(|(_, f)| f)
     }
 

@@ -16,7 +16,9 @@
 //!    restart every node (`final-heal` in the history), wait a quiet period,
 //!    then read every key from every node (operations marked
 //!    `"phase": "final"`) and wait until the nodes agree on their applied
-//!    index and state digest.
+//!    index and state digest. Then collect every node's rollback records
+//!    (the log entries it removed because a new leader's log replaced
+//!    them), each in full, for the set checker and `rollback.json`.
 //! 4. **Check.** Judge the history (linearizability, set, session), the
 //!    polled statuses (one leader per term), the final statuses
 //!    (convergence) and the node logs (panics), and write the report
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use jepsen_checker::checker::Verdict;
 use jepsen_checker::history::{EventType, Function, Process, Recorder};
+use kv_client::api::Durability;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -106,6 +109,11 @@ pub struct TestOptions {
     /// bearer tokens, and talk to it over HTTPS with a token
     /// ([`crate::tls`]).
     pub tls: bool,
+    /// When the workload's puts are acknowledged. `leader` (acknowledged
+    /// once in the leader's log, uncommitted) loses writes on failover by
+    /// design, so only the set workload, whose checker can tell such a
+    /// loss from a bug by the rollback records, accepts it.
+    pub durability: Durability,
 }
 
 /// What a run produced.
@@ -134,6 +142,17 @@ pub fn server_next_to(exe: &Path) -> Option<PathBuf> {
 pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     if opts.nodes < 1 || opts.concurrency < 1 {
         bail!("need at least one node and one client");
+    }
+    if opts.durability == Durability::Leader && opts.workload != Kind::Set {
+        // A leader-durable write is acknowledged before it is committed: a
+        // linearizable read right after it may not see it, and a failover
+        // may lose it. The register and session checkers would rightly call
+        // that a violation; only the set checker knows to excuse it.
+        bail!(
+            "--durability leader needs --workload set: the {} workload's checker would report every \
+             write acknowledged before it committed as a violation",
+            opts.workload.name()
+        );
     }
     if !opts.server_bin.is_file() {
         bail!(
@@ -205,6 +224,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         threads_per_key: opts.threads_per_key,
         ops_per_key: opts.ops_per_key,
         lose_responses: opts.lose_responses,
+        durability: opts.durability,
     };
     let shared = Arc::new(Shared::new(http.clone(), nodes.clone(), rec.clone(), wopts));
     let stop = start + opts.time_limit;
@@ -247,6 +267,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     let _ = wait_for_leader(&poll_http, &nodes, Duration::from_secs(30)).await;
     shared.final_reads(Instant::now() + Duration::from_secs(30), &mut rng).await;
     let finals = poll::converge(&poll_http, &nodes, Duration::from_secs(30)).await;
+    let rollbacks = collect_rollbacks(&http, &nodes).await;
     stop_poll.notify_one();
     let samples = poller.await.context("the status poller failed")?;
     progress.finish();
@@ -292,8 +313,57 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         logs: &logs,
         exits: &exits,
         final_log,
+        rollbacks: &rollbacks,
     };
     report::write(inputs)
+}
+
+/// Every node's rollback records, each in full, as `rollback.json` holds
+/// them ([`jepsen_checker::rollback`]): for node `i + 1` at `nodes[i]`, its
+/// records, or why they could not be read. A node that does not answer is
+/// recorded with its error, never left out silently: a lost write its
+/// records would have explained then stays unexplained.
+async fn collect_rollbacks(http: &Http, nodes: &[String]) -> Value {
+    let mut all = Vec::new();
+    for (i, addr) in nodes.iter().enumerate() {
+        let node = i as u64 + 1;
+        let list = match retry(|| http.rollback_list(addr)).await {
+            Ok(list) => list,
+            Err(e) => {
+                all.push(json!({"node": node, "records": [], "error": format!("listing: {}", e.error)}));
+                continue;
+            }
+        };
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        for summary in &list.records {
+            match retry(|| http.rollback_show(addr, summary.id)).await {
+                Ok(record) => records.push(record),
+                Err(e) => errors.push(format!("record {}: {}", summary.id, e.error)),
+            }
+        }
+        let mut entry = json!({"node": node, "records": records});
+        if !errors.is_empty() {
+            entry["error"] = json!(errors.join("; "));
+        }
+        all.push(entry);
+    }
+    json!({ "nodes": all })
+}
+
+/// A request tried up to three times, 200 ms apart: the nodes have just
+/// converged, but one may still be busy.
+async fn retry<T, F: std::future::Future<Output = Result<T, client::Failure>>>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, client::Failure> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(_) if tries < 3 => tokio::time::sleep(Duration::from_millis(200)).await,
+            done => return done,
+        }
+    }
 }
 
 /// Waits until some node says it leads. The error names the last failed

@@ -9,7 +9,7 @@
 //!
 //! | fault | start | stop |
 //! |-------|-------|------|
-//! | `partition` | cut links in the proxy: one node isolated, the leader isolated, a random majority/minority split, a majorities ring, or a bridge | heal every link |
+//! | `partition` | cut links in the proxy: one node isolated, the leader isolated, a random majority/minority split, a majorities ring, or a bridge; the value's `cut_off` lists the nodes left hearing less than a majority ([`cut_off`]) | heal every link |
 //! | `kill` | SIGKILL the leader, a random minority, or every node | restart them on their data |
 //! | `pause` | SIGSTOP the leader, for longer than an election timeout | SIGCONT |
 //! | `lose-unsynced` | as `kill`, on nodes whose storage keeps unsynced writes in memory only (`--fault-lose-unsynced-writes`), so the kill loses what a power failure would | restart them |
@@ -263,17 +263,25 @@ impl Nemesis {
                 let leader_or_any = self.leader_or_any();
                 let cluster = self.cluster.lock().await;
                 let net = &cluster.net;
-                let detail = match shape {
+                let grouped = |groups: &[Vec<u64>]| {
+                    net.partition(&ids, groups);
+                    let together = |a, b| groups.iter().any(|g| g.contains(&a) && g.contains(&b));
+                    (json!({"groups": groups}), cut_off(&ids, together))
+                };
+                let linked = |links: &[(u64, u64)]| {
+                    net.connect_only(&ids, links);
+                    let up = |a, b| links.iter().any(|&l| l == (a, b) || l == (b, a));
+                    cut_off(&ids, up)
+                };
+                let (detail, cut) = match shape {
                     "one" | "leader" => {
                         let lone = if shape == "leader" { leader_or_any } else { order[0] };
                         let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != lone).collect();
-                        net.partition(&ids, &[vec![lone], rest.clone()]);
-                        json!({"groups": [[lone], rest]})
+                        grouped(&[vec![lone], rest])
                     }
                     "majority" => {
                         let (minority, majority) = order.split_at(n / 2);
-                        net.partition(&ids, &[minority.to_vec(), majority.to_vec()]);
-                        json!({"groups": [minority, majority]})
+                        grouped(&[minority.to_vec(), majority.to_vec()])
                     }
                     "majorities-ring" => {
                         // Neighbours on a ring: with 5 nodes each hears itself
@@ -284,8 +292,8 @@ impl Nemesis {
                         if n <= 3 {
                             links.pop();
                         }
-                        net.connect_only(&ids, &links);
-                        json!({"links": links})
+                        let cut = linked(&links);
+                        (json!({"links": links}), cut)
                     }
                     _ => {
                         // Two halves that cannot hear each other, and one node
@@ -299,11 +307,11 @@ impl Nemesis {
                                 links.extend(half[i + 1..].iter().map(|&y| (x, y)));
                             }
                         }
-                        net.connect_only(&ids, &links);
-                        json!({"bridge": bridge, "halves": [a, b]})
+                        let cut = linked(&links);
+                        (json!({"bridge": bridge, "halves": [a, b]}), cut)
                     }
                 };
-                (Active::Partition, json!({"shape": shape, "detail": detail}))
+                (Active::Partition, json!({"shape": shape, "detail": detail, "cut_off": cut}))
             }
             Fault::Kill | Fault::LoseUnsynced => {
                 let target = *self.kill_targets.choose(&mut self.rng).unwrap_or(&Target::Leader);
@@ -546,5 +554,42 @@ impl Nemesis {
         }
         drop(cluster);
         self.record("final-heal".into(), Value::Null);
+    }
+}
+
+/// The nodes a partition cuts off from the majority: those that can
+/// exchange messages directly (`up(a, b)`) with fewer than a majority of
+/// `ids`, themselves included. Raft messages are not relayed, so such a
+/// node can neither commit nor be elected; as a leader it can still
+/// acknowledge leader-durable writes until its lease runs out. Recorded as
+/// the start event's `cut_off`, which the split-brain window reads
+/// ([`jepsen_checker::stats::split_brain`]).
+pub fn cut_off(ids: &[u64], up: impl Fn(u64, u64) -> bool) -> Vec<u64> {
+    let majority = ids.len() / 2 + 1;
+    let heard = |a: u64| 1 + ids.iter().filter(|&&b| b != a && up(a, b)).count();
+    ids.iter().copied().filter(|&a| heard(a) < majority).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minority_groups_are_cut_off_and_rings_and_bridges_cut_off_no_one() {
+        let ids = [1, 2, 3, 4, 5];
+        let groups = [vec![1, 2], vec![3, 4, 5]];
+        let together = |a, b| groups.iter().any(|g: &Vec<u64>| g.contains(&a) && g.contains(&b));
+        assert_eq!(cut_off(&ids, together), [1, 2]);
+        let lone = [vec![3], vec![1, 2, 4, 5]];
+        assert_eq!(cut_off(&ids, |a, b| lone.iter().any(|g| g.contains(&a) && g.contains(&b))), [3]);
+        // A ring: each node hears its two neighbours, a majority with itself.
+        let ring = [(1, 2), (2, 3), (3, 4), (4, 5), (5, 1)];
+        let up = |links: &[(u64, u64)], a, b| links.iter().any(|&l| l == (a, b) || l == (b, a));
+        assert!(cut_off(&ids, |a, b| up(&ring, a, b)).is_empty());
+        // A bridge 1 between halves {2, 3} and {4, 5}.
+        let bridge = [(1, 2), (2, 3), (1, 3), (1, 4), (4, 5), (1, 5)];
+        assert!(cut_off(&ids, |a, b| up(&bridge, a, b)).is_empty());
+        // Nothing up: everyone alone.
+        assert_eq!(cut_off(&[1, 2, 3], |_, _| false), [1, 2, 3]);
     }
 }

@@ -5,6 +5,7 @@
 //! |------|------|
 //! | `history.jsonl` | the history, one event per line ([`jepsen_checker::history`]) |
 //! | `statuses.jsonl` | every polled node status (for the leader checker) |
+//! | `rollback.json` | every node's rollback records, in full, collected after the final reads ([`jepsen_checker::rollback`]); `jepsen check` reads it next to the history |
 //! | `results.json` | the verdict, every checker's result, the statistics ([`jepsen_checker::stats`]) and the options |
 //! | `latency.svg`, `rate.svg` | latency and throughput over time, faults shaded ([`jepsen_checker::plot`]) |
 //! | `nodes/node-<i>/server.log` | each node's log |
@@ -26,6 +27,7 @@ use jepsen_checker::checker::leaders::{self, StatusSample};
 use jepsen_checker::checker::session::FinalLog;
 use jepsen_checker::checker::{logs, Verdict};
 use jepsen_checker::history::{Event, EventType, Process, Recorder};
+use jepsen_checker::rollback::{self, Rollbacks};
 use serde_json::{json, Value};
 
 use super::{RunOutcome, TestOptions};
@@ -51,6 +53,8 @@ pub struct Inputs<'a> {
     pub exits: &'a [(u64, String)],
     /// The agreed log, for the session workload.
     pub final_log: Option<anyhow::Result<FinalLog>>,
+    /// Every node's rollback records, as `rollback.json` holds them.
+    pub rollbacks: &'a Value,
 }
 
 /// Checks everything and writes the report; returns the verdict.
@@ -58,18 +62,28 @@ pub struct Inputs<'a> {
 /// # Errors
 /// If a file cannot be written, or the history cannot be judged at all.
 pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
-    let Inputs { opts, tls, dir, events, samples, finals, logs, exits, final_log } = inputs;
+    let Inputs { opts, tls, dir, events, samples, finals, logs, exits, final_log, rollbacks } = inputs;
     jepsen_checker::history::write_history(dir.join("history.jsonl"), events)
         .context("writing history.jsonl")?;
     write_lines(&dir.join("statuses.jsonl"), samples)?;
+    let text = serde_json::to_string_pretty(rollbacks).context("serializing the rollback records")? + "\n";
+    std::fs::write(dir.join(rollback::FILE_NAME), text).context("writing rollback.json")?;
+    // Judged as `jepsen check` will read them back from the file.
+    let rollbacks: Rollbacks =
+        serde_json::from_value(rollbacks.clone()).context("reading the nodes' rollback records")?;
 
     let (final_log, log_error) = match final_log {
         Some(Ok(log)) => (Some(log), None),
         Some(Err(e)) => (None, Some(format!("{e:#}"))),
         None => (None, None),
     };
-    let report = jepsen_checker::check::check_events_with(events, opts.check_budget, final_log.as_ref())
-        .context("checking the history")?;
+    let report = jepsen_checker::check::check_events_with(
+        events,
+        opts.check_budget,
+        final_log.as_ref(),
+        Some(&rollbacks),
+    )
+    .context("checking the history")?;
     let leaders = leaders::check(samples);
     let convergence = convergence::check(finals);
     let logs = logs::check(logs);
@@ -139,6 +153,7 @@ fn options_json(o: &TestOptions, tls: Option<&Credentials>) -> Value {
         "threads_per_key": o.threads_per_key,
         "ops_per_key": o.ops_per_key,
         "lose_responses": o.lose_responses,
+        "durability": o.durability.name(),
         "server_bin": o.server_bin,
         "server_args": o.server_args,
     })
@@ -234,6 +249,46 @@ pub fn summary(outcome: &RunOutcome) -> String {
                 rec["max_ms"].as_f64().unwrap_or(f64::NAN)
             ),
         );
+    }
+    if let Some(latency) = r["stats"]["latency"].as_object() {
+        for (f, l) in latency.iter().filter(|(f, _)| ["write", "cas", "add"].contains(&f.as_str())) {
+            let at = |q: &str| l[q].as_f64().unwrap_or(f64::NAN);
+            line(
+                &mut s,
+                format!(
+                    "latency of ok {f} ({}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    r["options"]["durability"].as_str().unwrap_or("majority"),
+                    at("p50_ms"),
+                    at("p99_ms"),
+                    at("max_ms")
+                ),
+            );
+        }
+    }
+    let split = &r["stats"]["split_brain"];
+    if let Some(partitions) = split["partitions"].as_array() {
+        let each: Vec<String> = partitions
+            .iter()
+            .map(|p| match p["window_ms"].as_f64() {
+                Some(ms) => format!("{ms:.0} ms (cut off {}, {} acks)", p["cut_off"], p["acknowledged"]),
+                None => format!("none (cut off {})", p["cut_off"]),
+            })
+            .collect();
+        let max = split["max_ms"].as_f64().map_or("none".to_string(), |ms| format!("{ms:.1} ms"));
+        line(
+            &mut s,
+            format!(
+                "split-brain window (leader-durable acks by nodes cut off from the majority): max {max}, \
+                 {} acks over {} partition(s){}{}",
+                split["acknowledged"],
+                partitions.len(),
+                if each.is_empty() { "" } else { ": " },
+                each.join(", ")
+            ),
+        );
+    }
+    if let Some(explanation) = r["checkers"]["set"]["lost_writes"]["explanation"].as_str() {
+        line(&mut s, format!("lost writes: {explanation}"));
     }
     if let Some(checkers) = r["checkers"].as_object() {
         for (name, c) in checkers {

@@ -23,13 +23,24 @@
 //!   and `stale` reads, all on the worker's own node, so most are served by
 //!   followers. Every answer's `index`, `node` and (for reads)
 //!   `committed_index` is recorded for the session checker.
+//!
+//! Puts (a register `write`, a set `add`) go out at the run's durability
+//! (`--durability`); a compare-and-set always at `majority`, the only
+//! level that can answer it. Each write's invocation records what was sent
+//! (`durability`, `kv_key`, and the session's `client_id` and `seq`), and
+//! its `ok` completion who acknowledged it and whether the answer said it
+//! was committed (`node`, `committed`): the set checker needs them to match
+//! a lost leader-durable write to a node's rollback record
+//! ([`jepsen_checker::checker::set`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jepsen_checker::checker::set::fields;
 use jepsen_checker::history::{EventType, Function, Process, Recorder};
+use kv_client::api::Durability;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Map, Value};
@@ -83,6 +94,9 @@ pub struct WorkloadOptions {
     /// The probability that a write's first answer is lost (ignored, then
     /// retried with the same session).
     pub lose_responses: f64,
+    /// When puts are acknowledged (compare-and-sets are always
+    /// `majority`: their answer needs the applied result).
+    pub durability: Durability,
 }
 
 /// What workers share: the nodes, the history, the generator state.
@@ -315,7 +329,11 @@ impl Shared {
                 }
             }
             Op::Write { key, value } => {
-                let write = Write::Put { key: self.kv_key(key), value: value.to_string() };
+                let write = Write::Put {
+                    key: self.kv_key(key),
+                    value: value.to_string(),
+                    durability: self.opts.durability,
+                };
                 let hvalue = self.hvalue(&value.to_string());
                 self.write(w, Function::Write, key, hvalue, write, home, deadline, extra).await
             }
@@ -328,8 +346,11 @@ impl Shared {
                 self.write(w, Function::Cas, key, json!([from, to]), write, home, deadline, extra).await
             }
             Op::Add { set, element } => {
-                let write =
-                    Write::Put { key: format!("{}{element}", self.kv_key(set)), value: element.to_string() };
+                let write = Write::Put {
+                    key: format!("{}{element}", self.kv_key(set)),
+                    value: element.to_string(),
+                    durability: self.opts.durability,
+                };
                 let f = Function::Other("add".into());
                 self.write(w, f, set, json!(element), write, home, deadline, extra).await
             }
@@ -369,17 +390,28 @@ impl Shared {
         deadline: Instant,
         extra: Map<String, Value>,
     ) -> EventType {
-        self.invoke(w, &f, self.hkey(key), value.clone(), extra.clone());
+        // What was sent, on the invocation: the set checker finds a lost
+        // leader-durable write in the nodes' rollback records by its key
+        // and session.
         let seq = w.session.next_seq();
-        let to = match &write {
-            Write::Put { value, .. } | Write::Cas { value, .. } => value.parse::<u64>().ok(),
+        let (kv_key, durability, to) = match &write {
+            Write::Put { key, value, durability } => (key, *durability, value.parse::<u64>().ok()),
+            Write::Cas { key, value, .. } => (key, Durability::Majority, value.parse::<u64>().ok()),
         };
+        let mut inv = extra.clone();
+        inv.insert(fields::DURABILITY.into(), json!(durability.name()));
+        inv.insert(fields::KV_KEY.into(), json!(kv_key));
+        inv.insert(fields::CLIENT_ID.into(), json!(w.session.client_id));
+        inv.insert(fields::SEQ.into(), json!(seq));
+        self.invoke(w, &f, self.hkey(key), value.clone(), inv);
         let lose = w.rng.gen::<f64>() < self.opts.lose_responses;
         let session = (w.session.client_id, seq);
         match write_with_retries(&self.http, &self.nodes, home, &write, session, deadline, lose).await {
             WriteOutcome::Ok(r) => {
                 let mut done = extra;
-                done.insert("node".into(), json!(r.node));
+                done.insert(fields::NODE.into(), json!(r.node));
+                // False: acknowledged at leader durability, not committed.
+                done.insert(fields::COMMITTED.into(), json!(r.committed));
                 if self.opts.kind == Kind::Session {
                     done.insert("index".into(), json!(r.index));
                     w.token = w.token.max(r.index);
