@@ -20,7 +20,13 @@
 //!   random [`PAUSE_FRACTION`] of T, then resumed with SIGCONT. The pause
 //!   is shorter than any election timeout the node could draw, so a
 //!   follower that hears the leader's heartbeat right after it resumes has
-//!   no reason to start an election; no node ever fails;
+//!   no reason to start an election; no node ever fails. Two options
+//!   change what stalls: `--pause leader` pauses the node that last said
+//!   it leads instead (its followers hear nothing meanwhile), and
+//!   `--pause-ms LO-HI` draws every pause from a fixed range instead of a
+//!   fraction of T, as a garbage collection or a slow disk stalls a
+//!   process for as long as it does whatever the timeout; then a pause
+//!   longer than T is no failure either, only a stall;
 //! * every [`WATCH_INTERVAL`], each node is asked for its status (its term,
 //!   and whether it leads).
 //!
@@ -44,17 +50,16 @@
 //! timeout: needless elections per minute against the failover p50, the
 //! trade-off an operator chooses T on.
 //!
-//! A shortcut: the follower is chosen from the last status answers, so a
-//! pause can hit a node that has just become leader; such a pause is then
-//! a real (if short) failure of the leader, and may cause an election that
-//! is counted.
+//! A shortcut: the node is chosen from the last status answers, so a
+//! follower's pause can hit a node that has just become leader (and a
+//! leader's one that has just lost office).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -80,6 +85,16 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one put of the load may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Which node a pause stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseWho {
+    /// A node that did not say it leads when last asked.
+    Follower,
+    /// The node that last said it leads.
+    Leader,
+}
+
 /// `kvctl bench elections`' options (`--json` is kvctl's global option).
 #[derive(Debug, Clone, Args)]
 pub struct ElectionsArgs {
@@ -103,6 +118,13 @@ pub struct ElectionsArgs {
     /// wait is drawn from half to one and a half times this).
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
     pub pause_every_ms: u64,
+    /// Which node a pause stops: a follower or the leader.
+    #[arg(long, value_enum, default_value_t = PauseWho::Follower)]
+    pub pause: PauseWho,
+    /// Draw every pause's length from LO-HI milliseconds (or exactly N),
+    /// whatever T is [default: 25-75% of T].
+    #[arg(long, value_parser = parse_range_ms)]
+    pub pause_ms: Option<(u64, u64)>,
     /// Also measure failover (SIGKILL to the leader, `kvctl bench failover
     /// --stop kill`) this many rounds per system and timeout, for the plot.
     #[arg(long, default_value_t = 0, conflicts_with = "failover_json")]
@@ -130,7 +152,7 @@ pub struct ElectionsResult {
     pub election_timeout_ms: u64,
     /// Seconds the load ran.
     pub seconds: f64,
-    /// Followers paused.
+    /// Nodes paused.
     pub pauses: u32,
     /// The pauses' mean length, in milliseconds.
     pub mean_pause_ms: f64,
@@ -161,6 +183,13 @@ pub struct ElectionsReport {
     pub clients: u64,
     /// Mean milliseconds between pauses.
     pub pause_every_ms: u64,
+    /// Which node a pause stopped.
+    #[serde(default = "follower")]
+    pub pause: PauseWho,
+    /// The range pause lengths were drawn from, in milliseconds; `None`:
+    /// [`PAUSE_FRACTION`] of T.
+    #[serde(default)]
+    pub pause_ms: Option<(u64, u64)>,
     /// CPUs of this machine.
     pub cpus: usize,
     /// The 1-minute load average when the run started (Linux).
@@ -177,16 +206,19 @@ impl ElectionsReport {
     /// timeout.
     pub fn human(&self) -> String {
         let load = self.load_average.map_or(String::new(), |l| format!(", load average {l:.2} at the start"));
+        let length = match self.pause_ms {
+            Some((lo, hi)) => format!("{lo}-{hi} ms"),
+            None => format!("{:.0}-{:.0}% of T", PAUSE_FRACTION.0 * 100.0, PAUSE_FRACTION.1 * 100.0),
+        };
+        let who = match self.pause {
+            PauseWho::Follower => "a follower",
+            PauseWho::Leader => "the leader",
+        };
         let mut out = format!(
-            "{} writers on a 3-node cluster, a follower paused (SIGSTOP) for {:.0}-{:.0}% of T about every {} ms, \
+            "{} writers on a 3-node cluster, {who} paused (SIGSTOP) for {length} about every {} ms, \
              heartbeat {} ms; elections: terms started, per minute; leaders: new leaders seen, per minute; \
              {} CPUs{load}\n\n",
-            self.clients,
-            PAUSE_FRACTION.0 * 100.0,
-            PAUSE_FRACTION.1 * 100.0,
-            self.pause_every_ms,
-            self.heartbeat_ms,
-            self.cpus
+            self.clients, self.pause_every_ms, self.heartbeat_ms, self.cpus
         );
         out += &format!(
             "{:<8}{:>7}{:>8}{:>9}{:>14}{:>12}{:>11}{:>9}{:>18}\n",
@@ -313,8 +345,16 @@ pub async fn run_elections(args: &ElectionsArgs) -> anyhow::Result<ElectionsRepo
         if points.is_empty() {
             bail!("no failover time matches a system and timeout measured here; nothing to plot");
         }
+        let who = match args.pause {
+            PauseWho::Follower => "a follower",
+            PauseWho::Leader => "the leader",
+        };
+        let length = match args.pause_ms {
+            Some((lo, hi)) => format!("{lo}-{hi} ms"),
+            None => format!("{:.0}-{:.0}% of T", PAUSE_FRACTION.0 * 100.0, PAUSE_FRACTION.1 * 100.0),
+        };
         let title = format!(
-            "Election timeout trade-off (heartbeat {} ms, {} writers, a follower paused every ~{} ms)",
+            "Election timeout trade-off (heartbeat {} ms, {} writers, {who} paused {length} every ~{} ms)",
             args.heartbeat_ms, args.clients, args.pause_every_ms
         );
         let axes = ("needless elections per minute", "failover p50, ms (SIGKILL to the first write)");
@@ -324,11 +364,30 @@ pub async fn run_elections(args: &ElectionsArgs) -> anyhow::Result<ElectionsRepo
         heartbeat_ms: args.heartbeat_ms,
         clients: args.clients,
         pause_every_ms: args.pause_every_ms,
+        pause: args.pause,
+        pause_ms: args.pause_ms,
         cpus: cluster::cpus(),
         load_average,
         results,
         failover,
     })
+}
+
+/// `--pause-ms`: `LO-HI` or `N` milliseconds.
+fn parse_range_ms(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not LO-HI or N milliseconds (100-400, 200)");
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) =
+        (lo.trim().parse::<u64>().map_err(|_| bad())?, hi.trim().parse::<u64>().map_err(|_| bad())?);
+    match 0 < lo && lo <= hi {
+        true => Ok((lo, hi)),
+        false => Err(bad()),
+    }
+}
+
+/// The default of [`ElectionsReport::pause`] in reports that predate it.
+fn follower() -> PauseWho {
+    PauseWho::Follower
 }
 
 /// What the status answers have shown so far.
@@ -356,9 +415,13 @@ impl Watch {
         self.last.insert(id, view);
     }
 
-    /// The nodes that did not say they lead when last asked.
-    fn followers(&self) -> Vec<u64> {
-        NODE_IDS.iter().copied().filter(|id| self.last.get(id).is_some_and(|v| !v.is_leader)).collect()
+    /// The nodes whose last answer said they lead (`leader`) or not.
+    fn saying(&self, leader: bool) -> Vec<u64> {
+        NODE_IDS
+            .iter()
+            .copied()
+            .filter(|id| self.last.get(id).is_some_and(|v| v.is_leader == leader))
+            .collect()
     }
 }
 
@@ -444,13 +507,16 @@ async fn one(
                             + Duration::from_millis(rng.gen_range(every * 0.5..every * 1.5) as u64);
                     }
                     None => {
-                        let followers = watch.followers();
-                        if followers.is_empty() {
+                        let candidates = watch.saying(args.pause == PauseWho::Leader);
+                        if candidates.is_empty() {
                             next_pause = Instant::now() + WATCH_INTERVAL;
                             continue;
                         }
-                        let id = followers[rng.gen_range(0..followers.len())];
-                        let length = Duration::from_millis(t).mul_f64(rng.gen_range(PAUSE_FRACTION.0..PAUSE_FRACTION.1));
+                        let id = candidates[rng.gen_range(0..candidates.len())];
+                        let length = match args.pause_ms {
+                            Some((lo, hi)) => Duration::from_millis(rng.gen_range(lo..=hi)),
+                            None => Duration::from_millis(t).mul_f64(rng.gen_range(PAUSE_FRACTION.0..PAUSE_FRACTION.1)),
+                        };
                         cluster.signal(id, Signal::SIGSTOP)?;
                         paused = Some((id, Instant::now() + length));
                         pauses += 1;
@@ -511,7 +577,17 @@ mod tests {
         w.see(2, view(true, 5));
         w.see(2, view(true, 5));
         assert_eq!((w.max_term, w.leaders_elected), (5, 1));
-        assert_eq!(w.followers(), [3], "nodes 1 and 2 said last that they lead");
+        assert_eq!(w.saying(false), [3]);
+        assert_eq!(w.saying(true), [1, 2], "nodes 1 and 2 said last that they lead");
+    }
+
+    #[test]
+    fn pause_lengths_are_a_range_or_one_number() {
+        assert_eq!(parse_range_ms("100-400"), Ok((100, 400)));
+        assert_eq!(parse_range_ms("200"), Ok((200, 200)));
+        for bad in ["400-100", "0", "x", "1-2-3", ""] {
+            assert!(parse_range_ms(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -534,13 +610,18 @@ mod tests {
             heartbeat_ms: 30,
             clients: 32,
             pause_every_ms: 3000,
+            pause: PauseWho::Leader,
+            pause_ms: Some((100, 400)),
             cpus: 2,
             load_average: None,
             results: vec![r(System::Kv, 150, 3.0), r(System::Etcd, 1000, 0.0)],
             failover: None,
         };
         let text = report.human();
-        assert!(text.contains("heartbeat 30 ms"), "{text}");
+        assert!(
+            text.contains("the leader paused (SIGSTOP) for 100-400 ms") && text.contains("heartbeat 30 ms"),
+            "{text}"
+        );
         assert!(
             text.lines().any(|l| l.starts_with("kv ") && l.contains(" 150 ") && l.contains("3.00")),
             "{text}"

@@ -114,7 +114,9 @@ use kv_client::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{ClusterArgs, System};
-pub use elections::{run_elections, ElectionsArgs, ElectionsReport, ElectionsResult, PAUSE_FRACTION};
+pub use elections::{
+    run_elections, ElectionsArgs, ElectionsReport, ElectionsResult, PauseWho, PAUSE_FRACTION,
+};
 pub use etcd_cluster::EtcdCluster;
 pub use failover::{
     run_failover, FailoverArgs, FailoverReport, OldLeaderRound, Percentiles, StopWith, SystemResult,
