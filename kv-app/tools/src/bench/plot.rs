@@ -49,6 +49,15 @@ fn cdf_steps(samples: &[f64]) -> Vec<(f64, f64)> {
     out
 }
 
+/// An axis label: whole numbers without a decimal point, others with one
+/// decimal.
+fn tick(v: &f64) -> String {
+    match (v - v.round()).abs() < 1e-9 {
+        true => format!("{v:.0}"),
+        false => format!("{v:.1}"),
+    }
+}
+
 /// An axis from 0 to a little past `max`.
 fn axis_end(max: f64) -> f64 {
     if max.is_finite() && max > 0.0 {
@@ -62,14 +71,14 @@ fn axis_end(max: f64) -> f64 {
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// What every plot here shares: a white SVG of [`SIZE`] at `path` with a
-/// title, axes from 0 to `ends` with the `axes` descriptions (y's values
-/// printed by `y_format`), whatever `series` draws, and its legend at
-/// `legend`.
+/// title, axes over `x` and from 0 to `y_end` with the `axes` descriptions
+/// (y's values printed by `y_format`), whatever `series` draws, and its
+/// legend at `legend`.
 fn draw(
     path: &Path,
     title: &str,
     axes: (&str, &str),
-    ends: (f64, f64),
+    (x, y_end): (std::ops::Range<f64>, f64),
     y_format: &dyn Fn(&f64) -> String,
     legend: SeriesLabelPosition,
     series: impl FnOnce(&mut Chart) -> anyhow::Result<()>,
@@ -81,8 +90,14 @@ fn draw(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..ends.0, 0.0..ends.1)?;
-    chart.configure_mesh().x_desc(axes.0).y_desc(axes.1).y_label_formatter(y_format).draw()?;
+        .build_cartesian_2d(x, 0.0..y_end)?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.0)
+        .y_desc(axes.1)
+        .x_label_formatter(&tick)
+        .y_label_formatter(y_format)
+        .draw()?;
     series(&mut chart)?;
     chart
         .configure_series_labels()
@@ -100,7 +115,7 @@ pub fn cdf(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<f64>)
     let max = series.iter().flat_map(|(_, s)| s.iter().copied()).fold(0.0, f64::max);
     let axes = (x_label, "cumulative fraction of rounds");
     let percent = |v: &f64| format!("{:.0}%", v * 100.0);
-    draw(path, title, axes, (axis_end(max), 1.0), &percent, SeriesLabelPosition::LowerRight, |chart| {
+    draw(path, title, axes, (0.0..axis_end(max), 1.0), &percent, SeriesLabelPosition::LowerRight, |chart| {
         for (i, (label, samples)) in series.iter().enumerate() {
             let style = color(i).stroke_width(2);
             chart
@@ -126,7 +141,9 @@ pub struct Point {
 }
 
 /// Draws labelled `points` into the SVG file `path`, one colour per
-/// series, the points of a series joined in the order given.
+/// series, the points of a series joined in the order given. Labels of the
+/// first series sit above their points, of the others below, so that two
+/// systems' points at the same place stay legible.
 pub fn tradeoff(path: &Path, title: &str, axes: (&str, &str), points: &[Point]) -> anyhow::Result<()> {
     let x_max = points.iter().map(|p| p.x).fold(0.0, f64::max);
     let y_max = points.iter().map(|p| p.y).fold(0.0, f64::max);
@@ -136,12 +153,14 @@ pub fn tradeoff(path: &Path, title: &str, axes: (&str, &str), points: &[Point]) 
             names.push(&p.series);
         }
     }
-    // Room right of the last point for its label.
-    let ends = (axis_end(x_max) * 1.15, axis_end(y_max) * 1.05);
-    let plain = |v: &f64| format!("{v}");
-    draw(path, title, axes, ends, &plain, SeriesLabelPosition::UpperRight, |chart| {
+    // Room right of the last point for its label, and left of x = 0 for
+    // the points there.
+    let x_end = axis_end(x_max) * 1.15;
+    let ends = (-0.03 * x_end..x_end, axis_end(y_max) * 1.05);
+    draw(path, title, axes, ends, &tick, SeriesLabelPosition::UpperRight, |chart| {
         for (i, name) in names.iter().enumerate() {
             let c = color(i);
+            let label_at = if i == 0 { (8, -18) } else { (8, 6) };
             let mine: Vec<&Point> = points.iter().filter(|p| p.series == *name).collect();
             chart
                 .draw_series(LineSeries::new(mine.iter().map(|p| (p.x, p.y)), c.mix(0.5).stroke_width(1)))?
@@ -150,7 +169,7 @@ pub fn tradeoff(path: &Path, title: &str, axes: (&str, &str), points: &[Point]) 
             chart.draw_series(mine.iter().map(|p| {
                 EmptyElement::at((p.x, p.y))
                     + Circle::new((0, 0), 5, c.filled())
-                    + Text::new(p.label.clone(), (8, -14), ("sans-serif", 14).into_font().color(&c))
+                    + Text::new(p.label.clone(), label_at, ("sans-serif", 14).into_font().color(&c))
             }))?;
         }
         Ok(())
@@ -165,6 +184,14 @@ mod tests {
     fn a_cdf_rises_by_one_nth_at_each_sorted_sample() {
         assert_eq!(cdf_steps(&[30.0, 10.0]), [(10.0, 0.0), (10.0, 0.5), (30.0, 0.5), (30.0, 1.0)]);
         assert!(cdf_steps(&[f64::NAN]).is_empty());
+    }
+
+    #[test]
+    fn ticks_are_whole_numbers_where_they_can_be() {
+        assert_eq!(
+            (tick(&200.0), tick(&2.5), tick(&0.30000000000000004)),
+            ("200".into(), "2.5".into(), "0.3".into())
+        );
     }
 
     #[test]
