@@ -12,7 +12,8 @@
 //! 1. [`cli`]: the `jepsen` command line and its exit codes; `jepsen check`
 //!    is [`jepsen_checker::check`].
 //! 2. [`net`]: the proxy on every Raft link, which cuts links per direction
-//!    to make network partitions without root rights.
+//!    to make network partitions without root rights (the `jepsen-net`
+//!    crate, which `kvctl bench failover` shares).
 //! 3. [`cluster`]: real `kv-server` processes behind those proxies, which
 //!    the harness can kill, restart, pause and resume.
 //! 4. [`tls`]: `jepsen test --tls`: the certificates, token and cluster

@@ -28,7 +28,7 @@ use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::tls::ClientTls;
 use serde::Serialize;
 
-use crate::bench::{self, BenchArgs, FailoverArgs};
+use crate::bench::{self, BenchArgs, ElectionsArgs, FailoverArgs};
 use crate::endpoint;
 use crate::local_cluster::{self, ClusterConfig, LocalCluster, NodeRestart, Stopped};
 use crate::{rollback, snapshot};
@@ -306,9 +306,15 @@ pub struct BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchScenario {
     /// Start a 3-node kv (or etcd) cluster, stop its leader --rounds times
-    /// (SIGTERM or SIGKILL), and report the time from the signal to the
-    /// first successful put through a survivor: p50, p90, min, max.
+    /// (SIGTERM or SIGKILL) or cut it off (isolate), and report the time
+    /// from the fault to the first successful put through a survivor and
+    /// until a survivor leads: p50, p90, min, max.
     Failover(FailoverArgs),
+    /// For each election timeout, start a 3-node kv (or etcd) cluster, put
+    /// it under a heavy write load, pause a follower briefly (SIGSTOP, less
+    /// than the timeout) every few seconds, and count the elections that
+    /// start though nothing failed, per minute.
+    Elections(ElectionsArgs),
 }
 
 /// `kvctl rollback ...`.
@@ -576,6 +582,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Bench(BenchCommand { scenario: Some(BenchScenario::Failover(args)), .. }) => {
             return run_failover(&args, g.json).await;
+        }
+        Command::Bench(BenchCommand { scenario: Some(BenchScenario::Elections(args)), .. }) => {
+            return run_elections(&args, g.json).await;
         }
         Command::Bench(BenchCommand { scenario: None, load }) => {
             let mut config = load.config(&g.endpoints, g.consistency, g.durability, deadline)?;
@@ -999,9 +1008,29 @@ async fn run_failover(args: &FailoverArgs, json: bool) -> anyhow::Result<ExitCod
     } else {
         print!("{}", report.human());
     }
-    let failed: u32 = report.systems.iter().map(|s| s.failed_rounds).sum();
+    let failed = report.failed_rounds();
     if failed > 0 {
         eprintln!("kvctl: bench failover: {failed} rounds saw no put succeed in time");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl bench elections`: runs every timeout, prints the table; exits 2
+/// if failover rounds measured along saw no put succeed.
+async fn run_elections(args: &ElectionsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let report = bench::run_elections(args).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        if let Some(failover) = &report.failover {
+            println!("{}", failover.human());
+        }
+        print!("{}", report.human());
+    }
+    let failed = report.failover.as_ref().map_or(0, |f| f.failed_rounds());
+    if failed > 0 {
+        eprintln!("kvctl: bench elections: {failed} failover rounds saw no put succeed in time");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,13 @@
 //! next one stops, as [`kv_client::rolling`] describes. The cluster keeps a
 //! majority running throughout.
 //!
+//! With [`ClusterConfig::raft_proxies`] every Raft link runs through an
+//! in-process proxy ([`jepsen_net`], the Jepsen harness's) that can cut
+//! it: the membership names each node's proxy address, and the proxy
+//! forwards to the node's real Raft port. [`LocalCluster::net`] cuts and
+//! heals links. The proxies live in this process, so such a cluster is for
+//! measurements and tests, not for detaching.
+//!
 //! Shortcuts a production tool would not take: free ports are found by
 //! [`bind_restartable_port`] (a random port below the kernel's ephemeral
 //! range, so that a restarted node finds its port free) and the socket is
@@ -57,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use jepsen_net::Net;
 use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
 use kv_client::ports::bind_restartable_port;
 use kv_client::rolling::{self, CaughtUp, NotCaughtUp};
@@ -184,7 +192,8 @@ pub struct ClusterConfig {
     /// The cluster's directory.
     pub dir: PathBuf,
     /// HTTP ports `base_port + i - 1` and Raft ports `RAFT_PORT_OFFSET`
-    /// higher; `None`: free ports chosen by the OS.
+    /// higher (Raft proxies another `RAFT_PORT_OFFSET` higher); `None`: free
+    /// ports chosen by the OS.
     pub base_port: Option<u16>,
     /// The `kv-server` binary ([`default_server_binary`] finds the one
     /// built next to the running executable).
@@ -197,6 +206,10 @@ pub struct ClusterConfig {
     /// nodes with peer TLS, HTTPS and tokens (see the module docs). A
     /// restart keeps what the directory's cluster was created with.
     pub secure: bool,
+    /// Run every Raft link through an in-process proxy that
+    /// [`LocalCluster::net`] can cut (see the module docs). A restart keeps
+    /// what the directory's cluster was created with.
+    pub raft_proxies: bool,
 }
 
 impl ClusterConfig {
@@ -210,6 +223,7 @@ impl ClusterConfig {
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             secure: false,
+            raft_proxies: false,
         }
     }
 }
@@ -225,6 +239,10 @@ pub struct NodeInfo {
     pub http_addr: String,
     /// Its Raft address, `127.0.0.1:PORT`.
     pub raft_addr: String,
+    /// With [`ClusterConfig::raft_proxies`]: its proxy's address, which the
+    /// membership names as its Raft address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_proxy_addr: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
 }
@@ -418,6 +436,10 @@ pub struct LocalCluster {
     adopted: BTreeSet<u64>,
     leader: u64,
     restarted: bool,
+    /// With [`ClusterConfig::raft_proxies`]: the links between nodes.
+    net: Option<Net>,
+    /// The proxies' tasks, aborted on drop.
+    proxies: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How [`LocalCluster::stop`] stopped a node.
@@ -498,6 +520,14 @@ impl LocalCluster {
                         requested: config.nodes,
                     });
                 }
+                let proxied = existing.nodes.iter().all(|n| n.raft_proxy_addr.is_some());
+                if proxied != config.raft_proxies {
+                    return Err(LocalClusterError::Invalid(format!(
+                        "{} holds a cluster {} Raft proxies; use another --dir, or delete it",
+                        dir.display(),
+                        if proxied { "with" } else { "without" }
+                    )));
+                }
                 if config.secure && existing.security.is_none() {
                     return Err(LocalClusterError::Invalid(format!(
                         "{} holds a plaintext cluster; start it without --tls, or use another --dir",
@@ -525,7 +555,12 @@ impl LocalCluster {
             adopted: BTreeSet::new(),
             leader: 0,
             restarted,
+            net: None,
+            proxies: Vec::new(),
         };
+        if cluster.config.raft_proxies {
+            cluster.start_proxies().await?;
+        }
         let ids: Vec<u64> = cluster.file.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             // On error, dropping `cluster` kills the nodes already started.
@@ -555,7 +590,41 @@ impl LocalCluster {
         let mut config = ClusterConfig::new(file.nodes.len() as u64, dir, bin);
         config.secure = file.security.is_some();
         let adopted = file.nodes.iter().map(|n| n.id).collect();
-        Ok(LocalCluster { config, file, children: BTreeMap::new(), adopted, leader: 0, restarted: false })
+        Ok(LocalCluster {
+            config,
+            file,
+            children: BTreeMap::new(),
+            adopted,
+            leader: 0,
+            restarted: false,
+            net: None,
+            proxies: Vec::new(),
+        })
+    }
+
+    /// Binds every node's proxy address and starts its proxy.
+    async fn start_proxies(&mut self) -> Result<(), LocalClusterError> {
+        let net = Net::new();
+        for node in &self.file.nodes {
+            let proxy = node.raft_proxy_addr.as_deref().ok_or_else(|| {
+                LocalClusterError::Invalid(format!("node {} has no Raft proxy address", node.id))
+            })?;
+            let listener = tokio::net::TcpListener::bind(proxy)
+                .await
+                .map_err(|source| io(format!("binding node {}'s Raft proxy at {proxy}", node.id), source))?;
+            let target = node.raft_addr.parse().map_err(|e| {
+                LocalClusterError::Invalid(format!("node {}'s Raft address {}: {e}", node.id, node.raft_addr))
+            })?;
+            self.proxies.push(net.spawn_proxy(node.id, listener, target));
+        }
+        self.net = Some(net);
+        Ok(())
+    }
+
+    /// With [`ClusterConfig::raft_proxies`]: the links between the nodes,
+    /// to cut and heal.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// The nodes.
@@ -908,6 +977,9 @@ impl Drop for LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for proxy in &self.proxies {
+            proxy.abort();
+        }
     }
 }
 
@@ -989,12 +1061,17 @@ pub fn default_server_binary() -> Result<PathBuf, LocalClusterError> {
 /// Ids, addresses and data directories for a new cluster.
 fn plan_nodes(config: &ClusterConfig) -> Result<Vec<NodeInfo>, LocalClusterError> {
     let n = config.nodes;
-    let ports: Vec<(u16, u16)> = match config.base_port {
+    let ports: Vec<(u16, u16, u16)> = match config.base_port {
         Some(base) => (0..n)
             .map(|i| {
                 let http = u16::try_from(u64::from(base) + i).ok();
                 let raft = http.and_then(|p| p.checked_add(RAFT_PORT_OFFSET));
-                http.zip(raft)
+                // Unused (0) without proxies.
+                let proxy = match config.raft_proxies {
+                    true => raft.and_then(|p| p.checked_add(RAFT_PORT_OFFSET)),
+                    false => Some(0),
+                };
+                Some((http?, raft?, proxy?))
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
@@ -1003,7 +1080,7 @@ fn plan_nodes(config: &ClusterConfig) -> Result<Vec<NodeInfo>, LocalClusterError
         None => {
             // Hold every listener until all ports are chosen, so no port is
             // handed out twice.
-            let listeners = (0..2 * n)
+            let listeners = (0..3 * n)
                 .map(|_| bind_restartable_port())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|source| io("finding free ports".into(), source))?;
@@ -1012,25 +1089,31 @@ fn plan_nodes(config: &ClusterConfig) -> Result<Vec<NodeInfo>, LocalClusterError
                 .map(|l| l.local_addr().map(|a| a.port()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|source| io("finding free ports".into(), source))?;
-            ports.chunks(2).map(|p| (p[0], p[1])).collect()
+            ports.chunks(3).map(|p| (p[0], p[1], p[2])).collect()
         }
     };
     Ok(ports
         .into_iter()
         .zip(1..)
-        .map(|((http, raft), id)| NodeInfo {
+        .map(|((http, raft, proxy), id)| NodeInfo {
             id,
             pid: 0,
             http_addr: format!("127.0.0.1:{http}"),
             raft_addr: format!("127.0.0.1:{raft}"),
+            raft_proxy_addr: config.raft_proxies.then(|| format!("127.0.0.1:{proxy}")),
             data_dir: config.dir.join(format!("node-{id}")),
         })
         .collect())
 }
 
-/// The `--initial-members` argument: `1=RAFT/HTTP,2=...`.
+/// The `--initial-members` argument: `1=RAFT/HTTP,2=...`, where RAFT is
+/// the node's proxy address if it has one.
 fn initial_members(nodes: &[NodeInfo]) -> String {
-    nodes.iter().map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.http_addr)).collect::<Vec<_>>().join(",")
+    nodes
+        .iter()
+        .map(|n| format!("{}={}/{}", n.id, n.raft_proxy_addr.as_ref().unwrap_or(&n.raft_addr), n.http_addr))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Starts one node in the background, in its own process group, with its
@@ -1217,6 +1300,7 @@ mod tests {
             pid: child.id(),
             http_addr: "127.0.0.1:1".into(),
             raft_addr: "127.0.0.1:2".into(),
+            raft_proxy_addr: None,
             data_dir,
         };
         // A pid that is not a node: pid 1 is init, whose command line does

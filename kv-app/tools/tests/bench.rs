@@ -3,9 +3,12 @@
 //! the library in both protocols, leader discovery included) and against a
 //! real single-node kv-server, a local cluster of one. Each run must complete
 //! operations with no errors and report sensible numbers. `kvctl bench
-//! failover` runs one round on a cluster of three. Speed is not asserted:
+//! failover` runs one round on a cluster of three, with SIGTERM and with the
+//! leader cut off (`--stop isolate`, drawing its plot), and `kvctl bench
+//! elections` runs a few seconds at one timeout. Speed is not asserted:
 //! that belongs in `docs/benchmarks.md`, not in a test.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -121,14 +124,103 @@ fn kvctl_bench_failover_measures_a_round_and_cleans_up() {
         serde_json::from_str(stdout.trim()).expect("one JSON report on stdout");
     let [kv] = &report.systems[..] else { panic!("one system measured: {report:?}") };
     assert_eq!((kv.target, kv.failed_rounds, kv.samples_ms.len()), (bench::System::Kv, 0, 1), "{report:?}");
-    assert!(kv.p50_ms.is_some_and(|p| p > 0.0), "{report:?}");
+    assert!(kv.first_write.p50_ms.is_some_and(|p| p > 0.0), "{report:?}");
+    assert!(kv.old_leader.is_empty(), "only --stop isolate probes the old leader: {report:?}");
     assert!(stderr.contains("kv round 1/1: leader node"), "{stderr}");
-    // Every node it started (cluster.json has the latest pids) has stopped.
+    assert_stopped(&dir.path().join("kv"));
+}
+
+/// Every node a run started in `dir` (cluster.json has the latest pids)
+/// has stopped.
+fn assert_stopped(dir: &Path) {
     let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("kv/cluster.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap()).unwrap();
     for n in file["nodes"].as_array().unwrap() {
         let pid = n["pid"].as_u64().unwrap();
         let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(!cmdline.contains("kv-server"), "node pid {pid} still running");
     }
+}
+
+/// Runs `kvctl ARGS --json` and returns its report; a run whose rounds
+/// saw no put in time (exit 2) counts too, since a busy machine may cause
+/// that, and its report is still whole.
+fn kvctl_json<T: serde::de::DeserializeOwned>(args: &[&str], dir: &Path) -> (T, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .args(["--json", "--bin"])
+        .arg(common::kv_server())
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{}: {stdout}{stderr}", out.status);
+    (serde_json::from_str(stdout.trim()).expect("one JSON report on stdout"), stderr)
+}
+
+/// Whether `path` holds an SVG document.
+fn is_svg(path: &Path) -> bool {
+    let svg = std::fs::read_to_string(path).unwrap_or_default();
+    svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>")
+}
+
+/// `--stop isolate` cuts the leader's Raft links through the proxies,
+/// heals them, and reports the majority side's first write, the time
+/// without a leader and what the old leader did; `--plot` draws the CDF.
+/// Which numbers come out is not asserted, only that they are there.
+#[test]
+fn kvctl_bench_failover_isolate_reports_both_sides_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("cdf.svg");
+    let args = ["bench", "failover", "--stop", "isolate", "--rounds", "1", "--heartbeat-ms", "50"];
+    let more = ["--election-timeout-ms", "300", "--isolate-ms", "2000", "--plot", plot.to_str().unwrap()];
+    let (report, stderr): (bench::FailoverReport, _) =
+        kvctl_json(&[&args[..], &more[..]].concat(), &dir.path().join("run"));
+    assert_eq!(report.stop, bench::StopWith::Isolate);
+    let [kv] = &report.systems[..] else { panic!("one system measured: {report:?}") };
+    assert_eq!((kv.election_timeout_ms, kv.isolate_ms), (Some(300), Some(2000)), "{report:?}");
+    assert_eq!(kv.samples_ms.len() as u32 + kv.failed_rounds, 1, "{report:?}");
+    assert!(kv.samples_ms.iter().chain(&kv.leaderless_samples_ms).all(|&ms| ms > 0.0), "{report:?}");
+    let [old] = &kv.old_leader[..] else { panic!("one round of the old leader: {report:?}") };
+    for v in [old.last_write_ok_ms, old.first_write_refusal_ms, old.last_read_ok_ms, old.stepped_down_ms] {
+        assert!(v.is_none_or(|ms| (0.0..=2000.0).contains(&ms)), "answers before the heal only: {old:?}");
+    }
+    assert!(stderr.contains("kv T=300 round 1/1: leader node"), "{stderr}");
+    assert!(is_svg(&plot), "{}", std::fs::read_to_string(&plot).unwrap_or_default());
+    assert_stopped(&dir.path().join("run/kv-300"));
+}
+
+/// `kvctl bench elections` runs a load with follower pauses and counts
+/// elections; with failover times from a report it plots the trade-off.
+#[test]
+fn kvctl_bench_elections_counts_elections_and_plots_the_tradeoff() {
+    let dir = tempfile::tempdir().unwrap();
+    // A failover report as `kvctl bench failover --json` writes it, for the
+    // plot's other axis.
+    let failover = dir.path().join("failover.json");
+    let kv = |t: u64, p50_ms: f64| {
+        serde_json::json!({"target": "kv", "election_timeout_ms": t, "samples_ms": [p50_ms], "failed_rounds": 0,
+            "p50_ms": p50_ms, "p90_ms": p50_ms, "min_ms": p50_ms, "max_ms": p50_ms})
+    };
+    let report = serde_json::json!({"stop": "kill", "rounds": 1, "probe_interval_ms": 10, "cpus": 2,
+        "load_average": null, "heartbeat_ms": 50, "systems": [kv(300, 420.0), kv(1000, 1500.0)]});
+    std::fs::write(&failover, report.to_string()).unwrap();
+    let plot = dir.path().join("tradeoff.svg");
+    let args =
+        ["bench", "elections", "--heartbeat-ms", "50", "--election-timeout-ms", "300", "--duration", "3"];
+    let more = ["--clients", "4", "--pause-every-ms", "400", "--failover-json", failover.to_str().unwrap()];
+    let (report, _): (bench::ElectionsReport, _) = kvctl_json(
+        &[&args[..], &more[..], &["--plot", plot.to_str().unwrap()]].concat(),
+        &dir.path().join("run"),
+    );
+    let [r] = &report.results[..] else { panic!("one system and timeout: {report:?}") };
+    assert_eq!((r.target, r.election_timeout_ms), (bench::System::Kv, 300), "{report:?}");
+    assert!(r.seconds >= 3.0 && r.pauses >= 1 && r.writes_per_sec > 0.0, "{report:?}");
+    assert!(r.mean_pause_ms >= 75.0 && r.mean_pause_ms <= 225.0, "a pause is 25-75% of T: {report:?}");
+    assert!(r.elections >= r.leaders_elected, "a won election started a term: {report:?}");
+    assert_eq!(r.failover_p50_ms, Some(420.0), "matched by system and timeout: {report:?}");
+    assert!(is_svg(&plot), "{}", std::fs::read_to_string(&plot).unwrap_or_default());
+    assert_stopped(&dir.path().join("run/kv-300"));
 }

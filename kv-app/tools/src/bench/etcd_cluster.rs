@@ -10,6 +10,15 @@
 //! restarted with the same command line: etcd reads its membership from its
 //! data directory and ignores the `--initial-cluster` flags then.
 //!
+//! With `proxied`, each member's peer traffic runs through an in-process
+//! proxy ([`jepsen_net`], as for kv): the member listens for peers on its
+//! own port (`--listen-peer-urls`) but advertises its proxy's
+//! (`--initial-advertise-peer-urls`, `--initial-cluster`), so every Raft
+//! message between members crosses a proxy that [`EtcdCluster::net`] can
+//! cut. etcd's peer requests name their sender in an `X-Server-From`
+//! header (the member id in hex); once the cluster is up, each member's id
+//! is asked of its `/v3/maintenance/status` and given to the proxies.
+//!
 //! etcd is expected on the `PATH` (`apt-get install etcd-server`), or named
 //! with `--etcd-bin`. Dropping the cluster kills every member it started.
 
@@ -20,6 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use jepsen_net::{Net, Sender};
 use kv_client::ports::bind_restartable_port;
 
 use crate::local_cluster::reap;
@@ -31,7 +41,10 @@ use nix::unistd::Pid;
 struct Member {
     name: String,
     client_url: String,
+    /// Where it listens for peers.
     peer_url: String,
+    /// Where the others reach it: its proxy's URL, or `peer_url`.
+    advertised_peer_url: String,
     data_dir: PathBuf,
     log: PathBuf,
 }
@@ -45,22 +58,29 @@ pub struct EtcdCluster {
     members: BTreeMap<u64, Member>,
     initial_cluster: String,
     children: BTreeMap<u64, Child>,
+    /// With proxies: the links between members.
+    net: Option<Net>,
+    /// The proxies' tasks, aborted on drop.
+    proxies: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members in `dir` and waits until every one reports itself
     /// healthy (which needs a leader). On failure, kills what it started.
     pub async fn up(bin: &Path, dir: &Path, n: u64, within: Duration) -> anyhow::Result<EtcdCluster> {
-        Self::up_with(bin, dir, n, within, Vec::new()).await
+        Self::up_with(bin, dir, n, within, Vec::new(), false).await
     }
 
-    /// Like [`EtcdCluster::up`], with `extra_args` given to every member.
+    /// Like [`EtcdCluster::up`], with `extra_args` given to every member,
+    /// and with `proxied`, a proxy in front of every member's peer port
+    /// (see the module docs).
     pub async fn up_with(
         bin: &Path,
         dir: &Path,
         n: u64,
         within: Duration,
         extra_args: Vec<String>,
+        proxied: bool,
     ) -> anyhow::Result<EtcdCluster> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let listeners = (0..2 * n)
@@ -68,34 +88,95 @@ impl EtcdCluster {
             .collect::<Result<Vec<_>, _>>()
             .context("finding free ports")?;
         let mut members = BTreeMap::new();
+        let mut proxy_listeners = BTreeMap::new();
         for (id, pair) in (1..=n).zip(listeners.chunks(2)) {
             let port = |i: usize| pair[i].local_addr().map(|a| a.port()).context("finding free ports");
+            let peer_url = format!("http://127.0.0.1:{}", port(1)?);
+            let advertised_peer_url = match proxied {
+                true => {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a proxy")?;
+                    let url = format!("http://{}", l.local_addr().context("binding a proxy")?);
+                    proxy_listeners.insert(id, l);
+                    url
+                }
+                false => peer_url.clone(),
+            };
             members.insert(
                 id,
                 Member {
                     name: format!("e{id}"),
                     client_url: format!("http://127.0.0.1:{}", port(0)?),
-                    peer_url: format!("http://127.0.0.1:{}", port(1)?),
+                    peer_url,
+                    advertised_peer_url,
                     data_dir: dir.join(format!("e{id}")),
                     log: dir.join(format!("e{id}.log")),
                 },
             );
         }
         drop(listeners);
-        let initial_cluster =
-            members.values().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let initial_cluster = members
+            .values()
+            .map(|m| format!("{}={}", m.name, m.advertised_peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cluster = EtcdCluster {
             bin: bin.to_path_buf(),
             extra_args,
             members,
             initial_cluster,
             children: BTreeMap::new(),
+            net: proxied.then(Net::new),
+            proxies: Vec::new(),
         };
+        if let Some(net) = &cluster.net {
+            for (id, listener) in proxy_listeners {
+                let url = &cluster.members[&id].peer_url;
+                let target = url
+                    .trim_start_matches("http://")
+                    .parse()
+                    .with_context(|| format!("member {id}'s peer URL {url}"))?;
+                let sender = Sender::HttpHeader("X-Server-From");
+                cluster.proxies.push(net.spawn_proxy_for(id, listener, target, sender));
+            }
+        }
         for id in 1..=n {
             cluster.start(id)?;
         }
         cluster.wait_healthy(within).await?;
+        cluster.name_members().await?;
         Ok(cluster)
+    }
+
+    /// With proxies: tells them each member's id, which etcd's peer
+    /// requests carry in hex in `X-Server-From`.
+    async fn name_members(&self) -> anyhow::Result<()> {
+        let Some(net) = &self.net else { return Ok(()) };
+        let http =
+            kv_client::tls::http_client_builder(None).no_proxy().timeout(Duration::from_secs(2)).build()?;
+        for (id, m) in &self.members {
+            let status: serde_json::Value = http
+                .post(format!("{}/v3/maintenance/status", m.client_url))
+                .body("{}")
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("asking etcd member {id} for its status"))?
+                .json()
+                .await
+                .with_context(|| format!("decoding etcd member {id}'s status"))?;
+            // The gateway renders 64-bit ids as JSON strings.
+            let member_id = status["header"]["member_id"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .with_context(|| format!("etcd member {id}'s status names no member id: {status}"))?;
+            net.name_sender(format!("{member_id:x}"), *id);
+        }
+        Ok(())
+    }
+
+    /// With proxies: the links between the members, to cut and heal.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// The client URLs, by member id.
@@ -117,7 +198,12 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
-            .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
+            .args([
+                "--listen-peer-urls",
+                &m.peer_url,
+                "--initial-advertise-peer-urls",
+                &m.advertised_peer_url,
+            ])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "kvctl-bench"])
             .args(["--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"])
             .args(&self.extra_args)
@@ -187,6 +273,9 @@ impl Drop for EtcdCluster {
         for child in self.children.values_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for proxy in &self.proxies {
+            proxy.abort();
         }
     }
 }

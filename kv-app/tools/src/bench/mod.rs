@@ -1,7 +1,9 @@
 //! `kvctl bench`: a closed-loop load generator for the KV service, which can
-//! drive etcd too, so that both systems are measured by the same code; and
+//! drive etcd too, so that both systems are measured by the same code;
 //! `kvctl bench failover`, which measures how long writes stop when a
-//! leader stops, on both (see `failover.rs`).
+//! leader stops or is cut off, on both (see `failover.rs`); and `kvctl
+//! bench elections`, which counts the elections a short election timeout
+//! starts with no failure to call for them (see `elections.rs`).
 //!
 //! # How it measures
 //!
@@ -78,14 +80,26 @@
 //!    the counters end up in, for humans or as JSON.
 //! 5. `instant.rs`: the [instant server](instant_router) that measures
 //!    the generator's own cost.
-//! 6. `failover.rs`: `kvctl bench failover`, a different measurement: how
-//!    long writes stop when a leader stops ([`run_failover`]), on clusters
-//!    it starts itself, kv's with [`crate::local_cluster`] and etcd's with
-//!    `etcd_cluster.rs` ([`EtcdCluster`]).
+//! 6. `cluster.rs`: the 3-node clusters the next two start themselves,
+//!    kv's with [`crate::local_cluster`] and etcd's with `etcd_cluster.rs`
+//!    ([`EtcdCluster`]), optionally with every Raft link behind a proxy
+//!    that can cut it ([`jepsen_net`]).
+//! 7. `failover.rs`: `kvctl bench failover`, a different measurement: how
+//!    long writes stop when a leader stops or is cut off
+//!    ([`run_failover`]), and how long a cut-off leader goes on accepting
+//!    requests.
+//! 8. `elections.rs`: `kvctl bench elections`, the other side of the
+//!    election timeout trade-off: elections started under load while
+//!    followers pause briefly, though nothing failed ([`run_elections`]).
+//! 9. `plot.rs`: the SVG plots of those two: cumulative distributions of
+//!    failover times, and the trade-off.
 
+mod cluster;
+mod elections;
 mod etcd_cluster;
 mod failover;
 mod instant;
+mod plot;
 mod report;
 mod run;
 mod worker;
@@ -99,8 +113,14 @@ use kv_client::client::BearerToken;
 use kv_client::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ClusterArgs, System};
+pub use elections::{
+    run_elections, ElectionsArgs, ElectionsReport, ElectionsResult, PauseWho, PAUSE_FRACTION,
+};
 pub use etcd_cluster::EtcdCluster;
-pub use failover::{run_failover, FailoverArgs, FailoverReport, StopWith, System, SystemResult};
+pub use failover::{
+    run_failover, FailoverArgs, FailoverReport, OldLeaderRound, Percentiles, StopWith, SystemResult,
+};
 pub use instant::{instant_router, serve_instant};
 pub use report::{Latency, Report};
 pub use run::run_load;

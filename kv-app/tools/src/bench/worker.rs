@@ -349,28 +349,7 @@ pub(super) async fn find_leader(
 }
 
 async fn is_leader(http: &reqwest::Client, protocol: Protocol, base: &str) -> anyhow::Result<bool> {
-    let request = match protocol {
-        Protocol::Kv => http.get(format!("{base}/v1/cluster/status")),
-        Protocol::Etcd => http
-            .post(format!("{base}/v3/maintenance/status"))
-            .header(CONTENT_TYPE, "application/json")
-            .body("{}"),
-    };
-    let status: serde_json::Value =
-        request.send().await?.error_for_status()?.json().await.context("decoding the status")?;
-    Ok(match protocol {
-        Protocol::Kv => status.get("role").and_then(|r| r.as_str()) == Some("leader"),
-        Protocol::Etcd => {
-            // The gateway renders 64-bit ids as JSON strings.
-            let id = |v: Option<&serde_json::Value>| match v {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            };
-            let member = id(status.get("header").and_then(|h| h.get("member_id")));
-            member.is_some() && member == id(status.get("leader"))
-        }
-    })
+    Ok(super::cluster::node_view(http, protocol, base).await?.is_leader)
 }
 
 /// An HTTP client for the load, sending `token` (if any) as a bearer token
