@@ -156,36 +156,10 @@ async fn when_the_leader_dies_a_follower_wins_the_next_election() {
 async fn a_leader_durable_write_lost_in_a_failover_is_kept_in_a_rollback_record() {
     let router = LocalRouter::new();
     let (nodes, old) = quick_cluster(&router, "rollback-test").await;
-    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
     let old_term = nodes[&old].metrics().await.term;
-    let set = |v: &str| Set { key: "k".into(), value: v.into() };
-
-    // Followers keep answering heartbeats (the leader keeps its lease) but
-    // take no entries: as if their disks had stalled.
-    for f in &others {
-        router.stall_replication(old, *f);
-    }
-    let logged =
-        nodes[&old].write_logged(&set("leader-only")).await.expect("acknowledged at leader durability");
-    assert!(
-        nodes[&old].metrics().await.committed_index < logged.index,
-        "acknowledged before any follower had it, so not committed"
-    );
-
-    router.isolate(old);
-    wait_for("a new leader among the majority", || async {
-        let m = nodes[&others[0]].metrics().await;
-        m.leader.is_some_and(|l| l != old) && m.term > old_term
-    })
-    .await;
-    let new = nodes[&others[0]].metrics().await.leader.unwrap();
+    let (logged, new) = lose_a_leader_durable_write(&router, &nodes, old).await;
     nodes[&new].write(&set("after")).await.unwrap();
-    router.heal();
-    wait_for("the old leader to follow the new one and catch up", || async {
-        let m = nodes[&old].metrics().await;
-        m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
-    })
-    .await;
+    rejoin(&router, &nodes, old, new).await;
 
     let value = nodes[&old].view().unwrap().get(b"k").unwrap();
     assert_eq!(value.as_deref(), Some(&b"after"[..]), "the acknowledged write is gone from the state");
@@ -198,8 +172,8 @@ async fn a_leader_durable_write_lost_in_a_failover_is_kept_in_a_rollback_record(
     assert_eq!(decoded, [set("leader-only")]);
     let record = nodes[&old].rollback_record(records[0].id).await.unwrap();
     assert_eq!(record.as_ref(), Some(&records[0]));
-    for f in &others {
-        assert!(nodes[f].rollback_records().await.unwrap().is_empty(), "node {f} never had the entry");
+    for f in (1..=3).filter(|id| *id != old) {
+        assert!(nodes[&f].rollback_records().await.unwrap().is_empty(), "node {f} never had the entry");
     }
     for (_, n) in nodes {
         n.shutdown().await;
@@ -218,20 +192,7 @@ async fn a_leader_durable_write_purged_behind_a_snapshot_is_kept_in_a_rollback_r
     config.keep_behind_snapshot = 0;
     config.purge_batch = 1;
     let (nodes, old) = quick_cluster_with(&router, config).await;
-    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
-    let old_term = nodes[&old].metrics().await.term;
-    let set = |v: &str| Set { key: "k".into(), value: v.into() };
-    for f in &others {
-        router.stall_replication(old, *f);
-    }
-    let logged = nodes[&old].write_logged(&set("leader-only")).await.expect("acknowledged");
-    router.isolate(old);
-    wait_for("a new leader among the majority", || async {
-        let m = nodes[&others[0]].metrics().await;
-        m.leader.is_some_and(|l| l != old) && m.term > old_term
-    })
-    .await;
-    let new = nodes[&others[0]].metrics().await.leader.unwrap();
+    let (logged, new) = lose_a_leader_durable_write(&router, &nodes, old).await;
     for i in 0..60 {
         nodes[&new].write(&set(&format!("after-{i}"))).await.unwrap();
     }
@@ -239,12 +200,7 @@ async fn a_leader_durable_write_purged_behind_a_snapshot_is_kept_in_a_rollback_r
         nodes[&new].metrics().await.purged_index.is_some_and(|p| p > logged.index + 20)
     })
     .await;
-    router.heal();
-    wait_for("the old leader to catch up", || async {
-        let m = nodes[&old].metrics().await;
-        m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
-    })
-    .await;
+    rejoin(&router, &nodes, old, new).await;
     assert!(nodes[&old].metrics().await.snapshot_index.is_some(), "it caught up by snapshot");
     let records = nodes[&old].rollback_records().await.unwrap();
     let lost: Vec<_> = records
@@ -293,6 +249,51 @@ async fn an_isolated_leader_refuses_writes_once_its_lease_runs_out() {
     for (_, n) in nodes {
         n.shutdown().await;
     }
+}
+
+fn set(value: &str) -> Set {
+    Set { key: "k".into(), value: value.into() }
+}
+
+/// Makes leader `old` acknowledge `set("leader-only")` at `leader`
+/// durability while its followers keep answering heartbeats (so it keeps
+/// its lease) but take no entries, as if their disks had stalled; then
+/// cuts it off until the others elect a new leader. Returns the write's
+/// log id and the new leader.
+async fn lose_a_leader_durable_write(
+    router: &LocalRouter,
+    nodes: &BTreeMap<u64, RaftNode<Register>>,
+    old: u64,
+) -> (raft_core::LogId, u64) {
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let old_term = nodes[&old].metrics().await.term;
+    for f in &others {
+        router.stall_replication(old, *f);
+    }
+    let logged =
+        nodes[&old].write_logged(&set("leader-only")).await.expect("acknowledged at leader durability");
+    assert!(
+        nodes[&old].metrics().await.committed_index < logged.index,
+        "acknowledged before any follower had it, so not committed"
+    );
+    router.isolate(old);
+    wait_for("a new leader among the majority", || async {
+        let m = nodes[&others[0]].metrics().await;
+        m.leader.is_some_and(|l| l != old) && m.term > old_term
+    })
+    .await;
+    (logged, nodes[&others[0]].metrics().await.leader.unwrap())
+}
+
+/// Heals the network and waits until `old` follows `new` and has applied
+/// everything `new` has.
+async fn rejoin(router: &LocalRouter, nodes: &BTreeMap<u64, RaftNode<Register>>, old: u64, new: u64) {
+    router.heal();
+    wait_for("the old leader to follow the new one and catch up", || async {
+        let m = nodes[&old].metrics().await;
+        m.leader == Some(new) && m.applied_index >= nodes[&new].metrics().await.applied_index
+    })
+    .await;
 }
 
 /// Three in-process nodes with short timeouts (heartbeat 20 ms, election
