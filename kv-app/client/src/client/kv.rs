@@ -443,7 +443,10 @@ mod tests {
         );
         let cas = CasOutcome { succeeded: false, current: None, index: 9, node: 2, duplicate: false };
         let wire = serde_json::to_value(WriteResponse::from(cas)).unwrap();
-        assert_eq!(wire, json!({"index": 9, "node": 2, "duplicate": false, "succeeded": false}));
+        assert_eq!(
+            wire,
+            json!({"index": 9, "node": 2, "duplicate": false, "committed": true, "succeeded": false})
+        );
         let bad = JsonValue { value: None, value_b64: Some("not base64!".into()) };
         assert!(matches!(value_bytes(&bad, "e"), Err(ClientError::Decode { .. })));
     }
