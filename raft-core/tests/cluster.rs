@@ -213,6 +213,48 @@ async fn leader_failover_loses_no_acknowledged_write_and_old_leader_catches_up()
     c.shutdown().await;
 }
 
+/// A leader whose process stops has its connections closed, and its
+/// followers campaign once their lease on it has run out instead of
+/// waiting for their election timeout. The timeout here is 10 to 12 s and
+/// the lease 5 s (half the minimum), so the followers campaign 5.25 to
+/// 6.25 s after the last heartbeat, and a new leader within 9 s of the
+/// stop can only come from the closed connections. (The random part keeps
+/// the two followers from campaigning together: with a timeout range of
+/// zero width they did, split the vote, and waited out the timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_leaders_closed_connections_start_the_election_before_the_timeout() {
+    let mut config = config();
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.election_timeout_min = Duration::from_secs(10);
+    config.election_timeout_max = Duration::from_secs(12);
+    config.request_timeout = Duration::from_secs(20);
+    let mut c = Cluster::start(3, config).await;
+    c.write("k", "v").await;
+    let old = c.leader().await;
+    let old_term = c.nodes[&old].metrics().await.term;
+    let stopped = Instant::now();
+    c.crash(old).await;
+    let deadline = stopped + Duration::from_secs(9);
+    loop {
+        let mut leads = None;
+        for node in c.nodes.values() {
+            let m = node.metrics().await;
+            if m.role == Role::Leader && m.term > old_term {
+                leads = Some(m.id);
+            }
+        }
+        if leads.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 9 s: the closed connections went unnoticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without a handoff: it would wait up to an election timeout, 10 s.
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        c.crash(id).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_behind_a_purged_log_catches_up_by_snapshot() {
     let mut cfg = config();
