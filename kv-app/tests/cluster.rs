@@ -160,6 +160,28 @@ fn signal(c: &ProcCluster, id: u64, pause: bool) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let sig = if pause { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
     nix::sys::signal::kill(pid, sig).unwrap();
+    // A stop takes effect when each thread next runs in the kernel, not
+    // when kill returns: wait until every thread is stopped, or a loaded
+    // machine lets a "paused" follower take the leader's next entry.
+    let start = std::time::Instant::now();
+    while pause && !all_threads_stopped(child.id()) {
+        assert!(start.elapsed() < common::WAIT, "node {id} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if pause {
+        eprintln!("node {id} stopped {:?} after the signal", start.elapsed());
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/<tid>/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+    })
 }
 
 /// `durability=leader`, end to end on real processes: a put is answered
@@ -202,6 +224,7 @@ async fn a_leader_durable_put_lost_in_a_failover_is_kept_in_a_rollback_record() 
         let session_put = format!(r#"{{"value":"v","client_id":{},"seq":1}}"#, 77 + attempt);
         let path = format!("/v1/kv/{key}?durability=leader");
         let (status, body) = c.request(leader, Method::PUT, &path, Some(&session_put)).await;
+        eprintln!("try {attempt}: leader {leader}, {status} {body}");
         if status == 200 {
             acknowledged = Some((leader, followers, body, key, session_put, 77 + attempt));
             break;
@@ -223,6 +246,9 @@ async fn a_leader_durable_put_lost_in_a_failover_is_kept_in_a_rollback_record() 
     }
     let client = c.client();
     let after = client.put("after", b"new", None).await.unwrap();
+    for id in c.nodes.keys() {
+        eprintln!("after {after:?}: node {id}: {:?}", c.status(*id).await);
+    }
     let (status, _) = c.request(after.node, Method::GET, &format!("/v1/kv/{key}"), None).await;
     assert_eq!(status, 404, "the new leader never had the put");
     c.spawn(old, &[]);
