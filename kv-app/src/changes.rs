@@ -109,6 +109,9 @@ pub struct IndexChanges {
     pub changes: Vec<Change>,
     published: Instant,
     bytes: usize,
+    /// How many changes were published before this index, ever: the
+    /// difference of two such counts is the number of changes between.
+    published_before: u64,
 }
 
 /// What [`ChangeLog::read`] found.
@@ -122,8 +125,9 @@ pub enum Read {
         /// Where the next read starts: every index before it has been
         /// returned (or had no changes).
         next: u64,
-        /// How many changes were retained from the index asked for on,
-        /// before this read: how far behind the reader is.
+        /// How many retained changes, from the index asked for or
+        /// `backlog_from`, whichever is later, on, were waiting before this
+        /// read: how far behind the reader is.
         backlog: usize,
     },
     /// The index asked for is older than the history: its changes are
@@ -198,9 +202,11 @@ impl ChangeLog {
     }
 
     /// Up to about `limit` changes (whole indexes, at least one index)
-    /// from index `from` on.
-    pub fn read(&self, from: u64, limit: usize) -> Read {
-        lock(&self.history).read(from, limit, Instant::now())
+    /// from index `from` on; the backlog counts those from `backlog_from`
+    /// on, if that is later (a watcher catching up on history it asked for
+    /// is not behind).
+    pub fn read(&self, from: u64, limit: usize, backlog_from: u64) -> Read {
+        lock(&self.history).read(from, limit, backlog_from, Instant::now())
     }
 
     /// The smallest index a watch can start from.
@@ -244,12 +250,22 @@ struct History {
     next: u64,
     changes: usize,
     bytes: usize,
+    /// How many changes were ever published.
+    published: u64,
     retention: Retention,
 }
 
 impl History {
     fn new(retention: Retention) -> Self {
-        History { indexes: VecDeque::new(), oldest: 1, next: 1, changes: 0, bytes: 0, retention }
+        History {
+            indexes: VecDeque::new(),
+            oldest: 1,
+            next: 1,
+            changes: 0,
+            bytes: 0,
+            published: 0,
+            retention,
+        }
     }
 
     /// Forgets everything: the state now reflects the entries up to
@@ -271,9 +287,17 @@ impl History {
                 changes.push(c);
             }
             let bytes = changes.iter().map(Change::bytes).sum();
+            let published_before = self.published;
+            self.published += changes.len() as u64;
             self.changes += changes.len();
             self.bytes += bytes;
-            self.indexes.push_back(Arc::new(IndexChanges { index, changes, published: now, bytes }));
+            self.indexes.push_back(Arc::new(IndexChanges {
+                index,
+                changes,
+                published: now,
+                bytes,
+                published_before,
+            }));
         }
         self.next = self.next.max(applied + 1);
         self.evict(now);
@@ -307,13 +331,14 @@ impl History {
         }
     }
 
-    fn read(&mut self, from: u64, limit: usize, now: Instant) -> Read {
+    fn read(&mut self, from: u64, limit: usize, backlog_from: u64, now: Instant) -> Read {
         self.evict(now);
         if from < self.oldest {
             return Read::Compacted { oldest: self.oldest };
         }
         let start = self.indexes.partition_point(|i| i.index < from);
-        let backlog = self.changes - self.indexes.iter().take(start).map(|i| i.changes.len()).sum::<usize>();
+        let waiting = self.indexes.partition_point(|i| i.index < from.max(backlog_from));
+        let backlog = self.indexes.get(waiting).map_or(0, |i| (self.published - i.published_before) as usize);
         let mut indexes = Vec::new();
         let mut taken = 0;
         for i in self.indexes.iter().skip(start) {
@@ -359,7 +384,7 @@ mod tests {
 
     /// The indexes and keys a read returns, and its `next`.
     fn read(log: &ChangeLog, from: u64, limit: usize) -> (Vec<(u64, String)>, u64) {
-        match log.read(from, limit) {
+        match log.read(from, limit, 0) {
             Read::Changes { indexes, next, .. } => {
                 let seen = indexes.iter().flat_map(|i| i.changes.iter().map(|c| (c.index, c.key.clone())));
                 (seen.collect(), next)
@@ -400,8 +425,12 @@ mod tests {
         assert_eq!(read(&log, 1, 1), (vec![(1, "a".into()), (1, "b".into())], 2));
         assert_eq!(read(&log, 2, 1), (vec![(2, "c".into())], 3));
         assert_eq!(read(&log, 3, 1), (vec![(3, "d".into())], 4));
-        let Read::Changes { backlog, .. } = log.read(2, 1) else { panic!("retained") };
+        let Read::Changes { backlog, .. } = log.read(2, 1, 0) else { panic!("retained") };
         assert_eq!(backlog, 2, "changes from index 2 on");
+        let Read::Changes { backlog, .. } = log.read(1, 1, 3) else { panic!("retained") };
+        assert_eq!(backlog, 1, "changes from backlog_from (3) on");
+        let Read::Changes { backlog, .. } = log.read(1, 1, 4) else { panic!("retained") };
+        assert_eq!(backlog, 0);
     }
 
     #[test]
@@ -415,7 +444,7 @@ mod tests {
         // 4 changes > 3: index 1 goes, both of its changes.
         assert_eq!(log.oldest_index(), 2);
         assert_eq!(log.len(), 2);
-        assert!(matches!(log.read(1, 10), Read::Compacted { oldest: 2 }));
+        assert!(matches!(log.read(1, 10, 0), Read::Compacted { oldest: 2 }));
         assert_eq!(read(&log, 2, 10), (vec![(2, "c".into()), (4, "d".into())], 5));
     }
 
@@ -453,10 +482,10 @@ mod tests {
         apply(&log, vec![put(2, "b", "1")], 2, then + max_age);
         // Later, with nothing new: the read itself drops what is too old.
         let later = then + max_age + Duration::from_secs(1);
-        assert!(matches!(lock(&log.history).read(1, 10, later), Read::Compacted { oldest: 2 }));
+        assert!(matches!(lock(&log.history).read(1, 10, 0, later), Read::Compacted { oldest: 2 }));
         let much_later = later + max_age;
-        assert!(matches!(lock(&log.history).read(2, 10, much_later), Read::Compacted { oldest: 3 }));
-        assert!(matches!(lock(&log.history).read(3, 10, much_later), Read::Changes { next: 3, .. }));
+        assert!(matches!(lock(&log.history).read(2, 10, 0, much_later), Read::Compacted { oldest: 3 }));
+        assert!(matches!(lock(&log.history).read(3, 10, 0, much_later), Read::Changes { next: 3, .. }));
     }
 
     #[test]
@@ -464,14 +493,14 @@ mod tests {
         let log = log(100);
         log.on_state_event(StateEvent::Loaded { applied: 7 });
         assert_eq!((log.oldest_index(), log.next_index()), (8, 8));
-        assert!(matches!(log.read(7, 10), Read::Compacted { oldest: 8 }));
+        assert!(matches!(log.read(7, 10, 0), Read::Compacted { oldest: 8 }));
         apply(&log, vec![put(8, "a", "1")], 8, Instant::now());
         // A snapshot through 20 leaves a gap: 9 to 20 were never applied here.
         let mut woken = log.subscribe();
         log.on_state_event(StateEvent::Installed { applied: 20 });
         assert!(woken.has_changed().unwrap(), "watchers are woken to notice");
         assert_eq!(*woken.borrow_and_update(), 21);
-        assert!(matches!(log.read(9, 10), Read::Compacted { oldest: 21 }));
+        assert!(matches!(log.read(9, 10, 0), Read::Compacted { oldest: 21 }));
         assert_eq!(log.len(), 0);
         assert_eq!(read(&log, 21, 10), (vec![], 21));
     }

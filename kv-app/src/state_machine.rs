@@ -738,10 +738,12 @@ mod tests {
 
     /// Every change the change log holds, as (index, kind, key, value, prev).
     type Seen = (u64, ChangeKind, &'static str, Option<&'static str>, Option<&'static str>);
+    /// A [`Seen`] with owned strings.
+    type Recorded = (u64, ChangeKind, String, Option<String>, Option<String>);
 
-    fn changes(log: &ChangeLog) -> Vec<(u64, ChangeKind, String, Option<String>, Option<String>)> {
+    fn changes(log: &ChangeLog) -> Vec<Recorded> {
         let text = |v: &Option<Vec<u8>>| v.as_ref().map(|v| String::from_utf8(v.clone()).unwrap());
-        match log.read(1, usize::MAX) {
+        match log.read(1, usize::MAX, 0) {
             crate::changes::Read::Changes { indexes, .. } => indexes
                 .iter()
                 .flat_map(|i| i.changes.iter())
@@ -751,7 +753,7 @@ mod tests {
         }
     }
 
-    fn owned(seen: &[Seen]) -> Vec<(u64, ChangeKind, String, Option<String>, Option<String>)> {
+    fn owned(seen: &[Seen]) -> Vec<Recorded> {
         seen.iter()
             .map(|(i, k, key, v, p)| (*i, *k, key.to_string(), v.map(Into::into), p.map(Into::into)))
             .collect()
