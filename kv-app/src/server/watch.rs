@@ -66,10 +66,13 @@ impl Default for WatchConfig {
     }
 }
 
-/// At most about this many changes are read (and so written in one piece)
-/// at a time: a watcher catching up sends large pieces, and other watchers
-/// get their turn between them.
+/// At most about this many changes are read at a time, and a piece of the
+/// response holds no more indexes once it has this many bytes: a watcher
+/// catching up sends large pieces, other watchers get their turn between
+/// them, and what the connection holds back for a reader that does not
+/// read stays small (hyper buffers a few pieces, then stops asking).
 const READ_CHANGES: usize = 256;
+const PIECE_BYTES: usize = 64 << 10;
 
 /// Query parameters of a watch, taken as text so that a bad one gets a
 /// message naming it.
@@ -241,12 +244,17 @@ impl Watcher {
                 return Some(self.end(codes::SLOW_WATCHER, message, None));
             }
             let mut piece = Vec::new();
+            let mut cursor = next;
             for changes in &indexes {
+                if piece.len() >= PIECE_BYTES {
+                    cursor = changes.index;
+                    break;
+                }
                 for change in changes.changes.iter().filter(|c| c.key.starts_with(&self.prefix)) {
                     write_line(&mut piece, &event(change, self.prev));
                 }
             }
-            self.cursor = next;
+            self.cursor = cursor;
             if !piece.is_empty() {
                 self.last_line = Instant::now();
                 return Some(piece.into());

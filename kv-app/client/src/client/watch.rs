@@ -193,10 +193,11 @@ impl Watch {
         }
     }
 
-    /// The `from_index` that would continue this stream now: the index
-    /// after the last change delivered, or after the last progress line.
-    /// (Events of an index cut short by a broken connection are asked for
-    /// again, and those already delivered dropped.)
+    /// The `from_index` the next connection would ask for: the index after
+    /// the last change delivered (or the last progress line) once that
+    /// index is known complete, that is once a later change or a progress
+    /// line passed it; until then that index itself, whose changes already
+    /// delivered the watch drops when they come again.
     pub fn resume_index(&self) -> u64 {
         self.position.resume().0
     }
