@@ -343,7 +343,127 @@ fn write_line(out: &mut Vec<u8>, value: &impl serde::Serialize) {
 
 #[cfg(test)]
 mod tests {
+    use raft_core::StateEvent;
+
     use super::*;
+    use crate::changes::ChangeLog;
+
+    /// A watcher of `prefix` from `from` on `log`, and the sender that
+    /// stops it.
+    fn watcher(log: &Arc<ChangeLog>, prefix: &str, from: u64) -> (Watcher, watch::Sender<bool>) {
+        let (stop, shutdown) = watch::channel(false);
+        let w = Watcher {
+            log: log.clone(),
+            woken: log.subscribe(),
+            prefix: prefix.into(),
+            prev: false,
+            cursor: from,
+            live_from: log.next_index(),
+            shutdown,
+            config: WatchConfig {
+                buffer_changes: 2,
+                progress_every: Duration::from_millis(10),
+                ..WatchConfig::default()
+            },
+            node_id: 1,
+            last_line: Instant::now(),
+            started: false,
+            ended: false,
+        };
+        (w, stop)
+    }
+
+    /// Applies one batch that puts `keys` at `index`.
+    fn apply(log: &ChangeLog, index: u64, keys: &[&str]) {
+        for key in keys {
+            let change = Change {
+                index,
+                kind: ChangeKind::Put,
+                key: (*key).into(),
+                value: Some(b"v".to_vec()),
+                prev: None,
+            };
+            log.stage(change);
+        }
+        log.on_state_event(StateEvent::Applied { applied: index });
+    }
+
+    async fn lines(w: &mut Watcher) -> Vec<serde_json::Value> {
+        let piece = w.next_piece().await.expect("a piece");
+        std::str::from_utf8(&piece).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_watch_starts_with_progress_sends_whole_indexes_under_its_prefix_and_reports_progress_when_idle(
+    ) {
+        let log = Arc::new(ChangeLog::new(Retention::default()));
+        log.on_state_event(StateEvent::Loaded { applied: 0 });
+        apply(&log, 1, &["a/1", "b/1", "a/2"]);
+        let (mut w, _stop) = watcher(&log, "a/", 1);
+        assert_eq!(lines(&mut w).await, vec![serde_json::json!({"progress_index": 0})]);
+        let keys: Vec<_> =
+            lines(&mut w).await.iter().map(|l| (l["index"].clone(), l["key"].clone())).collect();
+        assert_eq!(keys, vec![(1.into(), "a/1".into()), (1.into(), "a/2".into())]);
+        // Nothing more: after the idle time, a progress line.
+        assert_eq!(lines(&mut w).await, vec![serde_json::json!({"progress_index": 1})]);
+        // Changes under other prefixes only move the progress on.
+        apply(&log, 2, &["b/2"]);
+        apply(&log, 3, &["a/3"]);
+        assert_eq!(lines(&mut w).await[0]["index"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_install_that_skips_the_watchers_place_ends_the_watch_with_compacted() {
+        let log = Arc::new(ChangeLog::new(Retention::default()));
+        log.on_state_event(StateEvent::Loaded { applied: 0 });
+        apply(&log, 1, &["k"]);
+        let (mut w, _stop) = watcher(&log, "", 1);
+        lines(&mut w).await; // progress
+        lines(&mut w).await; // index 1
+                             // This node falls behind and installs a snapshot through 40: it
+                             // never saw 2 to 40.
+        log.on_state_event(StateEvent::Installed { applied: 40 });
+        let end = lines(&mut w).await.remove(0);
+        assert_eq!(end["error"], codes::COMPACTED);
+        assert_eq!((end["resume_index"].as_u64(), end["oldest_index"].as_u64()), (Some(2), Some(41)));
+        assert!(w.next_piece().await.is_none(), "the end line is the last");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_more_than_its_buffer_behind_is_cut_off_but_catching_up_on_history_is_not_behind() {
+        let log = Arc::new(ChangeLog::new(Retention::default()));
+        log.on_state_event(StateEvent::Loaded { applied: 0 });
+        for i in 1..=5 {
+            apply(&log, i, &["old"]);
+        }
+        // Five changes of history, more than the buffer (2): not behind.
+        let (mut w, _stop) = watcher(&log, "", 1);
+        lines(&mut w).await;
+        assert_eq!(lines(&mut w).await.len(), 5);
+        // Three new changes pile up while it does not read: behind.
+        for i in 6..=8 {
+            apply(&log, i, &["new"]);
+        }
+        let end = lines(&mut w).await.remove(0);
+        assert_eq!(
+            (end["error"].as_str(), end["resume_index"].as_u64()),
+            (Some(codes::SLOW_WATCHER), Some(6))
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_a_waiting_watch() {
+        let log = Arc::new(ChangeLog::new(Retention::default()));
+        log.on_state_event(StateEvent::Loaded { applied: 3 });
+        let (mut w, stop) = watcher(&log, "", 4);
+        lines(&mut w).await;
+        stop.send_replace(true);
+        let end = lines(&mut w).await.remove(0);
+        assert_eq!(
+            (end["error"].as_str(), end["resume_index"].as_u64()),
+            (Some(codes::SHUTTING_DOWN), Some(4))
+        );
+    }
 
     fn parse_query(q: &str) -> Result<WatchRequest, String> {
         let uri: axum::http::Uri = format!("/v1/watch?{q}").parse().unwrap();
