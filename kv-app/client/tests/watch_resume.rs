@@ -16,6 +16,8 @@ use hyper::body::{Bytes, Incoming};
 use kv_client::api::{WatchEvent, WatchOp};
 use kv_client::client::{Client, ClientError, ClientOptions, WatchOptions};
 
+mod support;
+
 /// A node that answers each `GET /v1/watch` with the next scripted
 /// (status, body), whole, then 503; and records each query.
 #[derive(Clone)]
@@ -27,24 +29,13 @@ struct FakeNode {
 
 impl FakeNode {
     async fn start(script: Vec<(u16, &str)>) -> FakeNode {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = FakeNode {
+        let mut node = FakeNode {
             script: Arc::new(Mutex::new(script.into_iter().map(|(s, b)| (s, b.to_owned())).collect())),
             queries: Arc::default(),
-            addr: listener.local_addr().unwrap().to_string(),
+            addr: String::new(),
         };
         let server = node.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let node = server.clone();
-                let service = hyper::service::service_fn(move |request| node.clone().handle(request));
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        node.addr = support::serve(move |request| server.clone().handle(request)).await;
         node
     }
 
