@@ -105,7 +105,7 @@ impl LogWrite {
 }
 
 /// How to replay a directory's log: see the [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     /// An index the caller knows to be committed. The replay goes up to the
     /// larger of this and the commit index saved in the directory, and fails

@@ -91,6 +91,17 @@
 //! that arrives after its session was swept is treated as new and **applies
 //! a second time**. Between sweeps an expired session is still honoured.
 //!
+//! # Changes, for watchers
+//!
+//! Every write to a data key goes through one function, `change_key`,
+//! which also records the change with the key's value before it into the
+//! node's [`ChangeLog`], if the state machine has one
+//! ([`KvStateMachine::with_change_log`]). Recording reads the state and
+//! writes only to the change log, so `apply` changes the same state with or
+//! without it. Changes are staged while a batch applies and published once
+//! raft-core reports the batch applied ([`StateMachine::on_state_event`]);
+//! [`crate::changes`] says how, and `docs/watch.md` why.
+//!
 //! # Shortcuts
 //!
 //! * A sweep scans every session. A production system with many clients
@@ -104,14 +115,17 @@
 //! * A record of this module that fails to decode is a
 //!   [`StateError::Corrupt`]: the node stops applying rather than guess.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tracing::{debug, trace};
 
-use raft_core::app::{AppState, AppView, ApplyContext, KeyValue, StateError, StateMachine};
+use raft_core::app::{AppState, AppView, ApplyContext, KeyValue, StateError, StateEvent, StateMachine};
 use raft_core::codec;
 
+use crate::changes::{Change, ChangeKind, ChangeLog};
 use crate::command::{
     KvCommand, KvResponse, SessionId, WriteOp, WriteOutcome, MAX_KEY_BYTES, SESSION_SWEEP_EVERY,
     SESSION_TTL_MS,
@@ -133,11 +147,13 @@ const SCAN_PAGE: usize = 256;
 /// The replicated key-value state machine. See the [module docs](self).
 ///
 /// [`KvStateMachine::new`] (also the `Default`) is the one every real node
-/// runs.
-#[derive(Debug, Clone, Copy, Default)]
+/// runs; a server gives it a change log ([`KvStateMachine::with_change_log`]).
+#[derive(Debug, Clone, Default)]
 pub struct KvStateMachine {
     /// Ignore sessions; see [`KvStateMachine::unsafe_without_dedup`].
     unsafe_no_dedup: bool,
+    /// Where changes to data keys are recorded for watchers, if anywhere.
+    changes: Option<Arc<ChangeLog>>,
 }
 
 impl KvStateMachine {
@@ -157,7 +173,19 @@ impl KvStateMachine {
     /// replica of a cluster must be built the same way, or replicas that
     /// apply the same log reach different states.
     pub fn unsafe_without_dedup() -> Self {
-        KvStateMachine { unsafe_no_dedup: true }
+        KvStateMachine { unsafe_no_dedup: true, changes: None }
+    }
+
+    /// This state machine, recording every change it makes to a data key
+    /// in `changes` (see [`crate::changes`]). Recording is a side output:
+    /// what `apply` does to the state is the same with or without it.
+    pub fn with_change_log(self, changes: Arc<ChangeLog>) -> Self {
+        KvStateMachine { changes: Some(changes), ..self }
+    }
+
+    /// The change log it records into, if any.
+    pub fn change_log(&self) -> Option<&Arc<ChangeLog>> {
+        self.changes.as_ref()
     }
 }
 
@@ -272,7 +300,8 @@ impl StateMachine for KvStateMachine {
 
         trace!(index = ctx.index(), key = command.op.key(), "applying KV command");
         let command = if self.unsafe_no_dedup { KvCommand { session: None, ..command } } else { command };
-        let reply = apply_in_session(state, meta.log_time_ms, command)?;
+        let sink = ChangeSink { log: self.changes.as_deref(), index: ctx.index() };
+        let reply = apply_in_session(state, sink, meta.log_time_ms, command)?;
 
         // Integer division: true at the first command whose index is at or
         // past a multiple of SESSION_SWEEP_EVERY that no sweep covered yet.
@@ -287,17 +316,63 @@ impl StateMachine for KvStateMachine {
         }
         Ok(reply)
     }
+
+    /// Publishes or drops the changes `apply` staged (see [`crate::changes`]).
+    fn on_state_event(&self, event: StateEvent) {
+        if let Some(changes) = &self.changes {
+            changes.on_state_event(event);
+        }
+    }
+}
+
+/// Where [`change_key`] records: the node's change log, if it keeps one,
+/// and the index of the command being applied.
+#[derive(Debug, Clone, Copy)]
+struct ChangeSink<'a> {
+    log: Option<&'a ChangeLog>,
+    index: u64,
+}
+
+/// Sets the data key `key` to `value` (`None`: removes it), and records the
+/// change, with the value before it, for watchers; returns the value before.
+///
+/// This is the only way `apply` changes data, so no change escapes the
+/// change stream. `kind` says why the key changes: a put (or a successful
+/// compare-and-swap), a delete, or a lease expiry. Removing a key that does
+/// not exist changes nothing and records nothing.
+fn change_key(
+    state: &mut AppState<'_>,
+    sink: ChangeSink<'_>,
+    kind: ChangeKind,
+    key: &str,
+    value: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, StateError> {
+    let map_key = data_key(key);
+    let prev = state.get(&map_key)?;
+    match value {
+        Some(v) => state.insert(&map_key, v)?,
+        None if prev.is_none() => return Ok(None),
+        None => {
+            state.remove(&map_key)?;
+        }
+    }
+    if let Some(log) = sink.log {
+        let value = value.map(<[u8]>::to_vec);
+        log.stage(Change { index: sink.index, kind, key: key.to_owned(), value, prev: prev.clone() });
+    }
+    Ok(prev)
 }
 
 /// Applies `command`, deduplicating through its session if it has one.
 fn apply_in_session(
     state: &mut AppState<'_>,
+    sink: ChangeSink<'_>,
     log_time_ms: u64,
     command: KvCommand,
 ) -> Result<KvResponse, StateError> {
     let Some(SessionId { client_id, seq }) = command.session else {
         // No session: no deduplication, a retry may apply twice.
-        return Ok(validate_and_write(state, &command.op)?.first_reply());
+        return Ok(validate_and_write(state, sink, &command.op)?.first_reply());
     };
 
     let session_key = session_key(client_id);
@@ -317,30 +392,36 @@ fn apply_in_session(
         }
     }
 
-    let reply = validate_and_write(state, &command.op)?;
+    let reply = validate_and_write(state, sink, &command.op)?;
     let record = SessionRecord { last_seq: seq, reply: reply.clone(), last_used_ms: log_time_ms };
     state.insert(&session_key, &codec::encode(&record))?;
     Ok(reply.first_reply())
 }
 
 /// Validates the key and, if it is valid, performs the write.
-fn validate_and_write(state: &mut AppState<'_>, op: &WriteOp) -> Result<Remembered, StateError> {
+fn validate_and_write(
+    state: &mut AppState<'_>,
+    sink: ChangeSink<'_>,
+    op: &WriteOp,
+) -> Result<Remembered, StateError> {
     if let Err(e) = validate_key(op.key()) {
         return Ok(Remembered::Rejected(e.to_string()));
     }
-    let key = data_key(op.key());
+    let key = op.key();
     let outcome = match op {
         WriteOp::Put { value, .. } => {
-            let created = state.get(&key)?.is_none();
-            state.insert(&key, value)?;
-            WriteOutcome::Put { created }
+            let prev = change_key(state, sink, ChangeKind::Put, key, Some(value))?;
+            WriteOutcome::Put { created: prev.is_none() }
         }
-        WriteOp::Delete { .. } => WriteOutcome::Delete { existed: state.remove(&key)? },
+        WriteOp::Delete { .. } => {
+            let prev = change_key(state, sink, ChangeKind::Delete, key, None)?;
+            WriteOutcome::Delete { existed: prev.is_some() }
+        }
         WriteOp::Cas { expected, value, .. } => {
-            let current = state.get(&key)?;
+            let current = state.get(&data_key(key))?;
             // `expected: None` matches only an absent key: create-if-absent.
             if current.as_deref() == expected.as_deref().map(|e| e.as_slice()) {
-                state.insert(&key, value)?;
+                change_key(state, sink, ChangeKind::Put, key, Some(value))?;
                 WriteOutcome::Cas { succeeded: true, current: Some(value.clone()) }
             } else {
                 WriteOutcome::Cas { succeeded: false, current: current.map(ByteBuf::from) }
@@ -653,6 +734,70 @@ mod tests {
         assert_eq!(r.get("k"), Some(b"v1".to_vec()));
         assert_eq!(r.apply(plain(put("k", "v2"))).await, applied_put(false));
         assert_eq!(r.get("k"), Some(b"v2".to_vec()));
+    }
+
+    /// Every change the change log holds, as (index, kind, key, value, prev).
+    type Seen = (u64, ChangeKind, &'static str, Option<&'static str>, Option<&'static str>);
+    /// A [`Seen`] with owned strings.
+    type Recorded = (u64, ChangeKind, String, Option<String>, Option<String>);
+
+    fn changes(log: &ChangeLog) -> Vec<Recorded> {
+        let text = |v: &Option<Vec<u8>>| v.as_ref().map(|v| String::from_utf8(v.clone()).unwrap());
+        match log.read(1, usize::MAX, 0) {
+            crate::changes::Read::Changes { indexes, .. } => indexes
+                .iter()
+                .flat_map(|i| i.changes.iter())
+                .map(|c| (c.index, c.kind, c.key.clone(), text(&c.value), text(&c.prev)))
+                .collect(),
+            other => panic!("history from index 1: {other:?}"),
+        }
+    }
+
+    fn owned(seen: &[Seen]) -> Vec<Recorded> {
+        seen.iter()
+            .map(|(i, k, key, v, p)| (*i, *k, key.to_string(), v.map(Into::into), p.map(Into::into)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_data_change_is_recorded_once_with_its_before_image_and_nothing_else_is() {
+        let log = Arc::new(ChangeLog::new(Default::default()));
+        let mut r = Replica::of(KvStateMachine::new().with_change_log(log.clone()));
+        use ChangeKind::{Delete, Put};
+
+        r.apply(plain(put("k", "1"))).await; // 1
+        r.apply(sessioned(7, 1, T0, put("k", "2"))).await; // 2
+        r.apply(sessioned(7, 1, T0, put("k", "2"))).await; // 3: a duplicate, changes nothing
+        r.apply(plain(cas("k", Some("2"), "3"))).await; // 4
+        r.apply(plain(cas("k", Some("2"), "4"))).await; // 5: a mismatch, changes nothing
+        r.apply(plain(delete("k"))).await; // 6
+        r.apply(plain(delete("k"))).await; // 7: nothing to delete
+        r.apply(plain(put("", "v"))).await; // 8: rejected
+        r.apply_batch(&[plain(put("a", "x")), plain(put("b", "y"))]).await; // 9: one entry, two changes
+        assert_eq!(
+            changes(&log),
+            owned(&[
+                (1, Put, "k", Some("1"), None),
+                (2, Put, "k", Some("2"), Some("1")),
+                (4, Put, "k", Some("3"), Some("2")),
+                (6, Delete, "k", None, Some("3")),
+                (9, Put, "a", Some("x"), None),
+                (9, Put, "b", Some("y"), None),
+            ])
+        );
+        assert_eq!(log.next_index(), 10);
+    }
+
+    #[tokio::test]
+    async fn recording_changes_does_not_change_what_apply_does() {
+        let log = Arc::new(ChangeLog::new(Default::default()));
+        let (mut with, mut without) =
+            (Replica::of(KvStateMachine::new().with_change_log(log)), Replica::new());
+        for c in [plain(put("a", "1")), sessioned(1, 1, T0, cas("a", Some("1"), "2")), plain(delete("a"))] {
+            assert_eq!(with.apply(c.clone()).await, without.apply(c).await);
+        }
+        assert_eq!(with.digest(), without.digest());
+        assert_eq!(with.sessions(), without.sessions());
     }
 
     #[tokio::test]

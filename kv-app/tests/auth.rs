@@ -171,6 +171,7 @@ async fn each_role_opens_its_routes_and_refusals_change_nothing_and_are_counted(
     for (method, path) in [
         (Method::GET, "/v1/kv/k"),
         (Method::GET, "/v1/kv"),
+        (Method::GET, "/v1/watch"),
         (Method::GET, "/v1/cluster/status"),
         (Method::GET, "/v1/cluster/members"),
         (Method::GET, "/metrics"),
@@ -194,6 +195,12 @@ async fn each_role_opens_its_routes_and_refusals_change_nothing_and_are_counted(
 
     // read: reads; every write is 403 and changes nothing.
     assert_eq!(value_of(addr, &f.read, "k").await, "v1");
+    // A watch is a read.
+    let options = kv_client::client::ClientOptions::default().with_token(f.read.clone());
+    let reader = kv_client::client::Client::with_options(vec![addr.to_owned()], options).unwrap();
+    let from_one = kv_client::client::WatchOptions { from_index: Some(1), ..Default::default() };
+    let mut watch = reader.watch("k", from_one).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().key, "k");
     for (method, path, body) in [
         (Method::PUT, "/v1/kv/k", Some(r#"{"value":"v2"}"#)),
         (Method::DELETE, "/v1/kv/k", None),

@@ -36,6 +36,16 @@
 //! that replicates SQL statements goes wrong on `now()` for exactly this
 //! reason; replicating commands is safe only under this rule.
 //!
+//! # Side outputs
+//!
+//! `apply` works on a copy of the state that becomes the applied state only
+//! when its whole batch has applied, and a restart or a snapshot install
+//! replaces the state without any `apply`. An application that produces
+//! something besides the state (a stream of the changes it made, say) is
+//! told about each of these through [`StateMachine::on_state_event`], so
+//! that it publishes what a batch produced only once the batch is the
+//! applied state, and knows when the history it saw has a gap.
+//!
 //! # Example: a replicated counter
 //!
 //! ```
@@ -108,6 +118,56 @@ pub trait StateMachine: Send + Sync + 'static {
         ctx: ApplyContext,
         command: Self::Command,
     ) -> Result<Self::Response, StateError>;
+
+    /// Told what became of the applied state: loaded, extended by a batch,
+    /// a batch abandoned, or replaced by a snapshot. See [`StateEvent`].
+    ///
+    /// For side outputs of `apply` that must not be seen before the state
+    /// they describe is, such as a change stream: `apply` may stage what it
+    /// wants to publish, and this publishes it on
+    /// [`StateEvent::Applied`] or drops it on [`StateEvent::Abandoned`].
+    ///
+    /// Called on every replica, in order with `apply` (never concurrently
+    /// with it or with another call of this), while the store holds the
+    /// lock of the applied state: it must be quick and must not block or
+    /// call back into the node. Readers can already see the state the
+    /// event describes when it is called. The default does nothing.
+    fn on_state_event(&self, event: StateEvent) {
+        let _ = event;
+    }
+}
+
+/// What became of the applied state, told to
+/// [`StateMachine::on_state_event`]. Each variant carries `applied`: the
+/// index of the last log entry the state now reflects (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateEvent {
+    /// The store opened and loaded the last checkpoint. The entries after
+    /// `applied` will be applied (again) from the log, so a command that
+    /// was applied before a restart may be applied once more, to the same
+    /// state with the same result.
+    Loaded {
+        /// The checkpoint's index.
+        applied: u64,
+    },
+    /// Every command `apply` was given since the previous event is now part
+    /// of the applied state (possibly none: a batch of blank or membership
+    /// entries still moves `applied` on).
+    Applied {
+        /// The index of the batch's last entry.
+        applied: u64,
+    },
+    /// `apply` failed, and the commands it was given since the previous
+    /// event were thrown away: the state is as it was before them. The
+    /// node stops applying after this.
+    Abandoned,
+    /// A snapshot from the leader replaced the whole state. The entries
+    /// between the previous state and `applied` were never applied here.
+    Installed {
+        /// The snapshot's last index.
+        applied: u64,
+    },
 }
 
 /// An application with its command and response types erased: it takes a
@@ -127,6 +187,9 @@ pub(crate) trait EncodedStateMachine: Send + Sync + 'static {
         ctx: ApplyContext,
         command: &[u8],
     ) -> Result<Vec<u8>, StateError>;
+
+    /// [`StateMachine::on_state_event`].
+    fn state_event(&self, event: StateEvent);
 }
 
 impl<A: StateMachine> EncodedStateMachine for A {
@@ -141,6 +204,10 @@ impl<A: StateMachine> EncodedStateMachine for A {
             Err(e) => Err(e.to_string()),
         };
         Ok(crate::codec::encode(&result))
+    }
+
+    fn state_event(&self, event: StateEvent) {
+        self.on_state_event(event);
     }
 }
 

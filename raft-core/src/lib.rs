@@ -40,7 +40,7 @@ pub mod read_index;
 pub mod storage;
 pub mod types;
 
-pub use app::{AppState, AppView, ApplyContext, StateError, StateMachine};
+pub use app::{AppState, AppView, ApplyContext, StateError, StateEvent, StateMachine};
 pub use config::Config;
 pub use error::{ChangeError, LeaderHint, ReadError, StartError, TransferError, WriteError};
 pub use node::{NodeMetrics, RaftNode, Role, Storage, TermWatch, Written};

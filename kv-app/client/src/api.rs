@@ -321,6 +321,18 @@ pub mod codes {
     /// `read` token writing, say), or a client called a route served only
     /// to nodes. Nothing changed.
     pub const FORBIDDEN: &str = "forbidden";
+    /// 410: a watch's `from_index` is older than the history the node
+    /// keeps ([`WatchEnd::oldest_index`](super::WatchEnd::oldest_index)
+    /// says where it starts); also the last line of a watch whose place in
+    /// the history was dropped or lost to a snapshot.
+    pub const COMPACTED: &str = "compacted";
+    /// The last line of a watch that fell too far behind (more changes
+    /// waiting for it than `kv-server --watch-buffer-changes`); watch again
+    /// from its `resume_index`.
+    pub const SLOW_WATCHER: &str = "slow_watcher";
+    /// The last line of a watch whose node is stopping; watch again from
+    /// its `resume_index`, on another node.
+    pub const SHUTTING_DOWN: &str = "shutting_down";
 }
 
 /// One follower's replication state, as the leader sees it.
@@ -564,4 +576,275 @@ pub struct RolledBackWrite {
     /// Why the write could not be decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What a change did to its key, in a [`WatchEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchOp {
+    /// A put, or a compare-and-swap that succeeded: the key now holds `value`.
+    Put,
+    /// The key was deleted.
+    Delete,
+    /// The key was deleted because its lease expired.
+    Expire,
+}
+
+impl WatchOp {
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchOp::Put => "put",
+            WatchOp::Delete => "delete",
+            WatchOp::Expire => "expire",
+        }
+    }
+}
+
+/// One change, a line of `GET /v1/watch`:
+///
+/// ```json
+/// {"index":12,"op":"put","key":"greeting","value":"hello","prev_value":null}
+/// ```
+///
+/// Values are encoded as everywhere in the API: `value` when the bytes are
+/// UTF-8, else `value_b64` (standard base64); after a delete or expiry,
+/// `"value": null`. `prev_value` (or `prev_value_b64`) is the value before
+/// the change, `null` if the key did not exist, and present only on a watch
+/// with `prev=true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The log index of the command that made the change. Several changes
+    /// may share one index (commands proposed together travel in one log
+    /// entry); they always arrive together.
+    pub index: u64,
+    /// What happened.
+    pub op: WatchOp,
+    /// The key.
+    pub key: String,
+    /// The value after the change; `None` after a delete or expiry.
+    pub value: Option<Vec<u8>>,
+    /// With `prev=true`: `Some(value before)`, `Some(None)` if the key did
+    /// not exist. `None` on a watch without `prev`.
+    pub prev_value: Option<Option<Vec<u8>>>,
+}
+
+/// Writes `bytes` under `name` (or `name` + `_b64`), `null` for `None`.
+fn serialize_bytes_field<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    name: &'static str,
+    name_b64: &'static str,
+    bytes: Option<&[u8]>,
+) -> Result<(), M::Error> {
+    match bytes.map(std::str::from_utf8) {
+        None => map.serialize_entry(name, &None::<&str>),
+        Some(Ok(text)) => map.serialize_entry(name, text),
+        Some(Err(_)) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default());
+            map.serialize_entry(name_b64, &b64)
+        }
+    }
+}
+
+impl Serialize for WatchEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("index", &self.index)?;
+        map.serialize_entry("op", &self.op)?;
+        map.serialize_entry("key", &self.key)?;
+        serialize_bytes_field(&mut map, "value", "value_b64", self.value.as_deref())?;
+        if let Some(prev) = &self.prev_value {
+            serialize_bytes_field(&mut map, "prev_value", "prev_value_b64", prev.as_deref())?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let line = RawWatchLine::deserialize(deserializer)?;
+        match line.classify().map_err(serde::de::Error::custom)? {
+            WatchLine::Event(event) => Ok(event),
+            _ => Err(serde::de::Error::custom("not a watch event")),
+        }
+    }
+}
+
+/// A line of `GET /v1/watch` saying how far the watcher has got: every
+/// change up to and including `progress_index` has been sent. Sent when
+/// the watch starts and whenever no line was sent for a while
+/// (`kv-server --watch-progress-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchProgress {
+    /// The index the watcher has seen through.
+    pub progress_index: u64,
+}
+
+/// The body of a refused watch (`410 compacted`), and the last line of a
+/// watch the server ends (`slow_watcher`, `compacted`, `shutting_down`): an
+/// [`ErrorBody`] with the indexes a watcher needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEnd {
+    /// The error code: [`codes::COMPACTED`], [`codes::SLOW_WATCHER`] or
+    /// [`codes::SHUTTING_DOWN`].
+    pub error: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Whether watching again from `resume_index` may succeed (on this
+    /// node or another).
+    pub retryable: bool,
+    /// With `compacted`: the oldest index this node can still watch from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<u64>,
+    /// On a stream that ends: the `from_index` that continues it exactly
+    /// (the index after the last change sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_index: Option<u64>,
+}
+
+/// One line of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchLine {
+    /// A change.
+    Event(WatchEvent),
+    /// How far the watcher has got.
+    Progress(WatchProgress),
+    /// The server ends the stream; the last line.
+    End(WatchEnd),
+}
+
+impl WatchLine {
+    /// Parses one line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<WatchLine, String> {
+        let raw: RawWatchLine = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        raw.classify()
+    }
+}
+
+/// Every field any watch line may have, parsed in one pass; `classify`
+/// says which line it is.
+#[derive(Deserialize)]
+struct RawWatchLine {
+    index: Option<u64>,
+    op: Option<WatchOp>,
+    key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Option<String>>,
+    value_b64: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    prev_value: Option<Option<String>>,
+    prev_value_b64: Option<String>,
+    progress_index: Option<u64>,
+    error: Option<String>,
+    message: Option<String>,
+    retryable: Option<bool>,
+    oldest_index: Option<u64>,
+    resume_index: Option<u64>,
+}
+
+/// Tells a field that is present as `null` (`Some(None)`) from a missing
+/// one (`None`, through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The bytes of a `name` / `name_b64` pair: `Ok(None)` when neither holds
+/// bytes (`null`), `Err` for both or for bad base64.
+fn bytes_of(
+    name: &str,
+    text: Option<Option<String>>,
+    b64: Option<String>,
+) -> Result<Option<Vec<u8>>, String> {
+    match (text.flatten(), b64) {
+        (Some(text), None) => Ok(Some(text.into_bytes())),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|e| format!("{name}_b64 is not valid base64: {e}")),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("both {name} and {name}_b64")),
+    }
+}
+
+impl RawWatchLine {
+    fn classify(self) -> Result<WatchLine, String> {
+        if let Some(progress_index) = self.progress_index {
+            return Ok(WatchLine::Progress(WatchProgress { progress_index }));
+        }
+        if let Some(error) = self.error {
+            return Ok(WatchLine::End(WatchEnd {
+                error,
+                message: self.message.unwrap_or_default(),
+                retryable: self.retryable.unwrap_or(false),
+                oldest_index: self.oldest_index,
+                resume_index: self.resume_index,
+            }));
+        }
+        let (Some(index), Some(op), Some(key)) = (self.index, self.op, self.key) else {
+            return Err("a watch line that is no event (index, op, key), progress or error".into());
+        };
+        let has_prev = self.prev_value.is_some() || self.prev_value_b64.is_some();
+        let value = bytes_of("value", self.value, self.value_b64)?;
+        let prev = bytes_of("prev_value", self.prev_value, self.prev_value_b64)?;
+        Ok(WatchLine::Event(WatchEvent { index, op, key, value, prev_value: has_prev.then_some(prev) }))
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    fn event(value: Option<&[u8]>, prev: Option<Option<&[u8]>>) -> WatchEvent {
+        WatchEvent {
+            index: 7,
+            op: if value.is_some() { WatchOp::Put } else { WatchOp::Delete },
+            key: "k".into(),
+            value: value.map(<[u8]>::to_vec),
+            prev_value: prev.map(|p| p.map(<[u8]>::to_vec)),
+        }
+    }
+
+    #[test]
+    fn events_encode_values_as_the_kv_api_does_and_parse_back() {
+        let cases = [
+            (event(Some(b"hi"), None), r#"{"index":7,"op":"put","key":"k","value":"hi"}"#),
+            (event(Some(&[0, 255]), None), r#"{"index":7,"op":"put","key":"k","value_b64":"AP8="}"#),
+            (event(None, None), r#"{"index":7,"op":"delete","key":"k","value":null}"#),
+            (
+                event(Some(b"new"), Some(None)),
+                r#"{"index":7,"op":"put","key":"k","value":"new","prev_value":null}"#,
+            ),
+            (
+                event(None, Some(Some(&[0xc3]))),
+                r#"{"index":7,"op":"delete","key":"k","value":null,"prev_value_b64":"ww=="}"#,
+            ),
+        ];
+        for (event, json) in cases {
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(WatchLine::parse(json.as_bytes()), Ok(WatchLine::Event(event.clone())), "{json}");
+            assert_eq!(serde_json::from_str::<WatchEvent>(json).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn progress_and_end_lines_are_told_apart_from_events_and_garbage_is_an_error() {
+        assert_eq!(
+            WatchLine::parse(br#"{"progress_index":41}"#),
+            Ok(WatchLine::Progress(WatchProgress { progress_index: 41 }))
+        );
+        let end = r#"{"error":"slow_watcher","message":"m","retryable":true,"resume_index":9}"#;
+        let Ok(WatchLine::End(end)) = WatchLine::parse(end.as_bytes()) else { panic!("an end line") };
+        assert_eq!(
+            (end.error.as_str(), end.resume_index, end.oldest_index),
+            (codes::SLOW_WATCHER, Some(9), None)
+        );
+        for bad in
+            [&br#"{"index":1}"#[..], b"not json", br#"{"index":1,"op":"put","key":"k","value_b64":"!"}"#]
+        {
+            assert!(WatchLine::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -13,6 +13,8 @@ use kv_client::api::{codes, Consistency, Durability, LeaderInfo};
 use kv_client::client::{Client, ClientError, ClientOptions};
 use serde_json::{json, Value};
 
+mod support;
+
 fn error_json(code: &str, retryable: bool) -> Value {
     json!({"error": code, "message": "m", "retryable": retryable})
 }
@@ -40,9 +42,7 @@ struct Seen {
 }
 
 /// An HTTP server on 127.0.0.1:0 that answers from a script, then with
-/// a default answer, and records what it was sent. It runs on hyper, the
-/// HTTP library under reqwest, so that testing the client needs no web
-/// framework.
+/// a default answer, and records what it was sent.
 #[derive(Clone)]
 struct Fake {
     script: Arc<Mutex<VecDeque<Scripted>>>,
@@ -53,27 +53,14 @@ struct Fake {
 
 impl Fake {
     async fn start(script: Vec<Scripted>, default: Scripted) -> Fake {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let fake = Fake {
+        let mut fake = Fake {
             script: Arc::new(Mutex::new(script.into())),
             default: Arc::new(Mutex::new(default)),
             seen: Arc::new(Mutex::new(Vec::new())),
-            addr: listener.local_addr().unwrap().to_string(),
+            addr: String::new(),
         };
         let server = fake.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let fake = server.clone();
-                let service = hyper::service::service_fn(move |request| fake.clone().handle(request));
-                tokio::spawn(async move {
-                    // A client that gave up on a slow answer has closed
-                    // the connection: nothing to report.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        fake.addr = support::serve(move |request| server.clone().handle(request)).await;
         fake
     }
 

@@ -43,10 +43,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use kv_app::changes::Retention;
 use kv_app::config_file::{self, Merged};
 use kv_app::inspect::{self, ReplayOptions};
 use kv_app::server::auth::AuthFiles;
 use kv_app::server::tls::{is_loopback, HttpTls};
+use kv_app::server::watch::WatchConfig;
 use kv_app::server::{self, Faults, ServerConfig};
 use kv_app::state_machine::KvStateMachine;
 use kv_app::tokens::{self, Role, SecretChange};
@@ -60,6 +62,7 @@ const PEER_TLS: &str = "Peer TLS (mutual TLS on the Raft port; all three or none
 const HTTPS: &str = "HTTPS (TLS on the HTTP API; --tls-cert, --tls-key and --tls-ca together)";
 const AUTH: &str = "Client authentication (bearer tokens with roles; both or neither)";
 const LOGS: &str = "Logs (on stderr)";
+const WATCH: &str = "Watch (the change stream, GET /v1/watch; see docs/watch.md)";
 
 /// The end of `--help`: where else flags can be set.
 const SETTINGS: &str = "\
@@ -360,6 +363,34 @@ struct Args {
     /// The largest value accepted, in bytes.
     #[arg(long, default_value_t = kv_app::command::DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
+    /// Keep at most this many changes (key, value, value before) for
+    /// watches to start from; a from_index older than the oldest kept is
+    /// answered 410 compacted.
+    #[arg(long, default_value_t = WatchConfig::default().retention.max_changes as u64,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = WATCH)]
+    watch_history_changes: u64,
+    /// Keep at most about this many bytes of keys and values in the watch
+    /// history (besides the newest log entry's changes, always kept).
+    #[arg(long, default_value_t = WatchConfig::default().retention.max_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = WATCH)]
+    watch_history_bytes: u64,
+    /// Drop changes from the watch history once they are this many seconds
+    /// old.
+    #[arg(long, default_value_t = WatchConfig::default().retention.max_age.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = WATCH)]
+    watch_history_secs: u64,
+    /// End a watch with a slow_watcher line (naming the index to resume
+    /// from) when more than this many changes published since it started
+    /// wait for it. Keep it below --watch-history-changes, so that the
+    /// resume index is still kept.
+    #[arg(long, default_value_t = WatchConfig::default().buffer_changes as u64,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = WATCH)]
+    watch_buffer_changes: u64,
+    /// Send a watch a progress line ({"progress_index":N}) after this many
+    /// milliseconds without a line.
+    #[arg(long, default_value_t = WatchConfig::default().progress_every.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = WATCH)]
+    watch_progress_ms: u64,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -722,6 +753,15 @@ async fn main() -> Result<()> {
         _ => None,
     };
     config.max_value_bytes = args.max_value_bytes;
+    config.watch = WatchConfig {
+        retention: Retention {
+            max_changes: usize::try_from(args.watch_history_changes).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(args.watch_history_bytes).unwrap_or(usize::MAX),
+            max_age: Duration::from_secs(args.watch_history_secs),
+        },
+        buffer_changes: usize::try_from(args.watch_buffer_changes).unwrap_or(usize::MAX),
+        progress_every: Duration::from_millis(args.watch_progress_ms),
+    };
     config.join = args.join;
     config.advertise_raft_addr = args.advertise_raft_addr;
     config.initial_members = match &args.initial_members {

@@ -85,11 +85,15 @@ pub fn access(method: &Method, route: Option<&str>) -> Access {
     };
     match (route, method.as_str()) {
         ("/health", _) => Access::Open,
-        ("/metrics" | "/v1/kv" | "/v1/kv/{*key}" | "/v1/cluster/status" | "/v1/cluster/members", _)
-            if read =>
-        {
-            Access::Client(Role::Read)
-        }
+        (
+            "/metrics"
+            | "/v1/kv"
+            | "/v1/kv/{*key}"
+            | "/v1/watch"
+            | "/v1/cluster/status"
+            | "/v1/cluster/members",
+            _,
+        ) if read => Access::Client(Role::Read),
         ("/v1/kv/{*key}", "PUT" | "DELETE") | ("/v1/cas/{*key}", "POST") => Access::Client(Role::Write),
         ("/v1/cluster/learners" | "/v1/cluster/members/{id}/promote", "POST") => Access::AdminOrPeer,
         ("/v1/cluster/members/{id}", "DELETE")
@@ -367,6 +371,7 @@ mod tests {
             (&get, Some("/metrics"), Access::Client(Role::Read)),
             (&get, Some("/v1/kv"), Access::Client(Role::Read)),
             (&get, Some("/v1/kv/{*key}"), Access::Client(Role::Read)),
+            (&get, Some("/v1/watch"), Access::Client(Role::Read)),
             (&Method::HEAD, Some("/v1/kv/{*key}"), Access::Client(Role::Read)),
             (&get, Some("/v1/cluster/status"), Access::Client(Role::Read)),
             (&get, Some("/v1/cluster/members"), Access::Client(Role::Read)),

@@ -12,6 +12,8 @@
 //! * [`forward`]: passing requests only the leader can serve to the leader;
 //! * [`follower_reads`]: a follower's linearizable reads sharing one read
 //!   index question to the leader;
+//! * [`watch`]: the change stream, `GET /v1/watch`, served by any node
+//!   from the changes it has applied;
 //! * [`metrics`]: `/metrics` for Prometheus;
 //! * [`auth`]: with `--token-file`, who may call which route (bearer
 //!   tokens with roles for clients, a cluster secret for nodes);
@@ -34,6 +36,7 @@ pub mod kv;
 pub mod metrics;
 pub mod rollback;
 pub mod tls;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,6 +53,7 @@ use raft_core::{Node, NodeId, RaftNode};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::changes::ChangeLog;
 use crate::command::DEFAULT_MAX_VALUE_BYTES;
 use crate::state_machine::KvStateMachine;
 
@@ -89,6 +93,8 @@ pub struct ServerConfig {
     /// `--cluster-secret-file`); `None`: the HTTP API is open to anyone
     /// who can reach it.
     pub auth: Option<auth::AuthFiles>,
+    /// The change stream: history kept, slow-watcher cut-off, progress.
+    pub watch: watch::WatchConfig,
 }
 
 /// Faults that break the service's guarantees on purpose, so that the
@@ -128,6 +134,7 @@ impl ServerConfig {
             http_tls: None,
             faults: Faults::default(),
             auth: None,
+            watch: watch::WatchConfig::default(),
         }
     }
 }
@@ -149,6 +156,10 @@ pub struct Ctx {
     pub auth: Option<Arc<auth::Auth>>,
     /// The linearizable reads waiting for the leader's read index.
     pub follower_reads: Arc<follower_reads::FollowerReads>,
+    /// The changes this node applied, for watchers.
+    pub changes: Arc<ChangeLog>,
+    /// Becomes true when the server stops: open watches end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A running server.
@@ -174,6 +185,8 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     } else {
         KvStateMachine::new()
     };
+    let changes = Arc::new(ChangeLog::new(config.watch.retention));
+    let app = app.with_change_log(changes.clone());
     if config.faults.unsafe_local_reads {
         tracing::warn!(node_id = config.id, "fault injection: linearizable reads served from local state");
     }
@@ -208,6 +221,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         .await
         .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;
     let node = Arc::new(node);
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let ctx = Ctx {
         id: config.id,
         node: node.clone(),
@@ -219,9 +233,10 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         config: Arc::new(config.clone()),
         auth,
         follower_reads: Arc::default(),
+        changes,
+        shutdown: shutdown_rx.clone(),
     };
 
-    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let app = router(ctx.clone());
     let stopped = async move {
         let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -352,6 +367,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/cas/{*key}", post(kv::cas))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", get(cluster::members))
         .route("/v1/cluster/learners", post(cluster::add_learner))

@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use kv_client::api::{
     codes, ChangeResponse, Consistency, Durability, ListResponse, ReadResponse, StatusResponse, WriteResponse,
 };
-use kv_client::client::{BearerToken, Client, ClientError, ClientOptions};
+use kv_client::client::{BearerToken, Client, ClientError, ClientOptions, WatchOptions};
 use kv_client::tls::ClientTls;
 use serde::Serialize;
 
@@ -144,6 +144,22 @@ pub enum Command {
         /// Require the key to be absent instead of giving FROM.
         #[arg(long)]
         absent: bool,
+    },
+    /// Print every change to the keys starting with PREFIX (all keys: "")
+    /// as it happens, one JSON line each, until interrupted. Resumes on
+    /// another endpoint, missing and repeating nothing, when a connection
+    /// ends; exits 2 if the history from --from-index is gone everywhere.
+    Watch {
+        /// The prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start with the changes at this log index (default: from now).
+        /// After a read whose answer had "index": I, give I + 1.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        from_index: Option<u64>,
+        /// Include each key's value before the change (prev_value).
+        #[arg(long)]
+        prev: bool,
     },
     /// List keys starting with PREFIX (all keys: "").
     List {
@@ -489,7 +505,8 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// What to do about a refusal by an authenticating cluster, as a sentence
+/// What to do about a refusal (by an authenticating cluster, or of a
+/// watch whose history is gone), as a sentence
 /// to append to the error line; empty for any other error.
 pub fn refusal_hint(e: &anyhow::Error) -> &'static str {
     let code = e.chain().filter_map(|cause| cause.downcast_ref::<ClientError>()).find_map(|c| c.code());
@@ -498,6 +515,9 @@ pub fn refusal_hint(e: &anyhow::Error) -> &'static str {
             " (the cluster wants a valid token: give --token TOKEN or set KV_TOKEN; `kvctl tokens add` makes one)"
         }
         Some(codes::FORBIDDEN) => " (the token's role does not allow this: read < write < admin)",
+        Some(codes::COMPACTED) => {
+            " (read the keys: `kvctl --json list PREFIX` answers with an \"index\" I; then watch with --from-index I+1)"
+        }
         _ => "",
     }
 }
@@ -531,6 +551,7 @@ impl Command {
             | Command::TransferLeader { .. } => true,
             Command::Get { .. }
             | Command::List { .. }
+            | Command::Watch { .. }
             | Command::Status { .. }
             | Command::Endpoint(_)
             | Command::Members
@@ -656,6 +677,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if listing.more {
                     eprintln!("kvctl: more keys match; raise --limit to see them");
                 }
+            }
+        }
+        Command::Watch { prefix, from_index, prev } => {
+            let options = WatchOptions { from_index, prev, ..WatchOptions::default() };
+            let mut watch =
+                client.watch(&prefix, options).await.with_context(|| format!("watch {prefix:?}"))?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                let event = watch.next().await.with_context(|| format!("watch {prefix:?}"))?;
+                serde_json::to_writer(&mut out, &event)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
             }
         }
         Command::Status { all } => {

@@ -73,7 +73,8 @@ use serde_bytes::ByteBuf;
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
 use crate::app::{
-    AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateMachine, StateMap, APP_TABLE,
+    AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateError, StateEvent, StateMachine,
+    StateMap, APP_TABLE,
 };
 use crate::codec;
 use crate::types::{Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership};
@@ -224,6 +225,7 @@ impl StateMachineStore {
     /// Like [`StateMachineStore::open`], sharing `app` with its caller.
     pub(crate) fn open_shared(db: Db, app: Arc<dyn EncodedStateMachine>) -> Result<Self, DbError> {
         let working = load(&db)?;
+        app.state_event(StateEvent::Loaded { applied: working.applied.map_or(0, |l| l.index) });
         let published = RwLock::new(working.published());
         let inner = Inner {
             db,
@@ -306,7 +308,7 @@ impl StateMachineStore {
         let mut last = None;
         let mut membership = None;
         let mut commands = 0;
-        {
+        let applied: Result<(), StateError> = (|| {
             let mut state = AppState { data: &mut data };
             for entry in entries {
                 last = Some(entry.log_id);
@@ -327,6 +329,12 @@ impl StateMachineStore {
                     }
                 }
             }
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            // The copy is dropped: the applied state stays as it was.
+            self.inner.app.state_event(StateEvent::Abandoned);
+            return Err(e.into());
         }
         w.data = data;
         if last.is_some() {
@@ -337,6 +345,11 @@ impl StateMachineStore {
         }
         let published = w.published();
         *self.inner.published.write().unwrap_or_else(|e| e.into_inner()) = published;
+        if let Some(last) = last {
+            // Still under the lock, so that events reach the application in
+            // the order the states were published.
+            self.inner.app.state_event(StateEvent::Applied { applied: last.index });
+        }
         drop(w);
         self.maybe_checkpoint(commands);
         Ok(replies)
@@ -453,6 +466,8 @@ impl StateMachineStore {
         };
         let published = w.published();
         *self.inner.published.write().unwrap_or_else(|e| e.into_inner()) = published;
+        let applied = w.applied.map_or(0, |l| l.index);
+        self.inner.app.state_event(StateEvent::Installed { applied });
         Ok(())
     }
 

@@ -105,6 +105,16 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// A watch asked for changes older than any endpoint still keeps
+    /// (`410 compacted` from every one). Read the keys (the answer's
+    /// `index` is I) and watch again from I + 1; see `docs/watch.md`.
+    #[error("the change history from there is gone; the oldest index kept is {oldest_index}: {message}")]
+    Compacted {
+        /// The smallest index an endpoint can still watch from.
+        oldest_index: u64,
+        /// The server's explanation.
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -122,7 +132,8 @@ impl ClientError {
             | ClientError::Decode { .. }
             | ClientError::InvalidEndpoint { .. }
             | ClientError::Tls { .. }
-            | ClientError::InvalidArgument { .. } => false,
+            | ClientError::InvalidArgument { .. }
+            | ClientError::Compacted { .. } => false,
         }
     }
 
@@ -142,7 +153,8 @@ impl ClientError {
             ClientError::Unavailable { .. }
             | ClientError::InvalidEndpoint { .. }
             | ClientError::Tls { .. }
-            | ClientError::InvalidArgument { .. } => Some(false),
+            | ClientError::InvalidArgument { .. }
+            | ClientError::Compacted { .. } => Some(false),
             // 4xx: the server looked at the request and refused it. 503: it
             // did not carry it out. 500 and anything else: unknown.
             ClientError::Server { status, .. } => {
@@ -161,6 +173,7 @@ impl ClientError {
             ClientError::Server { body, .. } => Some(&body.error),
             ClientError::NotFullyReplicated { .. } => Some(codes::NOT_FULLY_REPLICATED),
             ClientError::StaleSequence { .. } => Some(codes::STALE_SEQUENCE),
+            ClientError::Compacted { .. } => Some(codes::COMPACTED),
             _ => None,
         }
     }
@@ -199,6 +212,7 @@ mod tests {
             (ClientError::StaleSequence { client_id: 1, seq: 2, message: "m".into() }, false, None),
             (ClientError::Decode { endpoint: "e".into(), reason: "r".into() }, false, None),
             (ClientError::Tls { endpoint: "e".into(), reason: "unknown CA".into() }, false, Some(false)),
+            (ClientError::Compacted { oldest_index: 9, message: "m".into() }, false, Some(false)),
         ];
         for (error, retryable, took_effect) in cases {
             assert_eq!(error.is_retryable(), retryable, "{error}");

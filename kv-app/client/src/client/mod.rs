@@ -95,6 +95,13 @@
 //! `error.rs` holds [`ClientError`] and how to classify it. The tests in
 //! `tests/fake_server.rs` run the client against a scripted fake server.
 //!
+//! # Watching
+//!
+//! [`Client::watch`] follows the changes to the keys under a prefix, as
+//! `GET /v1/watch` streams them, and resumes by itself on another endpoint
+//! when a connection ends, without losing or repeating a change; `watch.rs`
+//! says how, and `docs/watch.md` what the stream guarantees.
+//!
 //! # HTTPS
 //!
 //! With [`ClientOptions::tls`] set, the client speaks HTTPS: endpoints
@@ -119,6 +126,7 @@ mod kv;
 mod leader;
 mod retry;
 mod session;
+mod watch;
 
 pub use backup::BackupDownload;
 pub use error::ClientError;
@@ -126,6 +134,7 @@ pub use kv::{encode_key, kv_path, CasOutcome, KeyValue, Listing, Read};
 use leader::Routing;
 pub use leader::{normalize_endpoint, normalize_endpoint_for};
 use session::WriteSession;
+pub use watch::{Watch, WatchOptions};
 
 /// How the client behaves; [`ClientOptions::default`] suits a local cluster.
 #[derive(Debug, Clone)]
