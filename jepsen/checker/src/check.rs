@@ -30,6 +30,11 @@
 //!   reaches the register checker and is an error, rather than being
 //!   silently skipped and leaving a vacuous "valid". A history of plain
 //!   `read`/`write`/`cas` operations is checked exactly as before.
+//! * **Watch** ([`crate::checker::watch`]): runs if the history has a
+//!   `watch`. Every key under a watched prefix belongs to it (its writes,
+//!   deletes and reads), and none of those reaches the other checkers: a
+//!   `delete` is not a register operation, and the watch checker judges
+//!   each read against the changes at the index it was served at.
 //! * **Session** ([`crate::checker::session`]): runs if some `ok` read
 //!   carries an `index`. Read-your-writes and monotonic reads are decided
 //!   from the history; consistent prefix needs the final log, which a
@@ -51,8 +56,10 @@ use serde_json::Value;
 use crate::checker::linear::{self, LinearError, LinearResult};
 use crate::checker::session::{self, FinalLog, SessionError, SessionResult};
 use crate::checker::set::{self, SetError, SetResult};
+use crate::checker::watch::{self, WatchError, WatchResult};
 use crate::checker::Verdict;
 use crate::history::{self, Event, Function, HistoryError, Op};
+use crate::json::Json;
 use crate::rollback::{self, RollbackError, Rollbacks};
 
 /// The verdict on a whole history, and each checker's result.
@@ -73,6 +80,9 @@ pub struct CheckReport {
     /// Session guarantees, if some `ok` read carries an `index`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionResult>,
+    /// The watch workload's check, if the history has `watch` operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchResult>,
 }
 
 /// A history that cannot be judged at all.
@@ -91,6 +101,9 @@ pub enum CheckError {
     /// The session checker cannot judge these operations.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The watch checker cannot judge these operations.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
     /// The rollback records next to the history cannot be read.
     #[error(transparent)]
     Rollback(#[from] RollbackError),
@@ -144,22 +157,49 @@ pub fn check_events_with(
         ops.iter().filter(|op| set::is_add(op)).map(|op| op.key.canonical()).collect();
     let set = if set_keys.is_empty() { None } else { Some(set::check_with(&ops, events, rollbacks)?) };
 
+    let prefixes: Vec<String> = ops
+        .iter()
+        .filter(|op| watch::is_watch(op))
+        .filter_map(|op| op.key.as_str().map(str::to_owned))
+        .collect();
+    let watch = if ops.iter().any(watch::is_watch) { Some(watch::check(&ops, events)?) } else { None };
+    let watched = |f: &Function, key: &Json| {
+        f.as_str() == watch::WATCH || key.as_str().is_some_and(|k| prefixes.iter().any(|p| k.starts_with(p)))
+    };
+
     let register_ops: Vec<Op> = ops
         .iter()
-        .filter(|op| !set_keys.contains(&op.key.canonical()) && !weaker_read(op, events))
+        .filter(|op| {
+            !set_keys.contains(&op.key.canonical()) && !weaker_read(op, events) && !watched(&op.f, &op.key)
+        })
         .cloned()
         .collect();
     let linearizability = linear::check(&register_ops, budget)?;
 
-    let session =
-        if session::has_indexed_reads(events) { Some(session::check(events, final_log)?) } else { None };
+    let unwatched: Vec<Event>;
+    let session_events = if watch.is_some() {
+        unwatched = events.iter().filter(|e| !watched(&e.f, &e.key)).cloned().collect();
+        &unwatched[..]
+    } else {
+        events
+    };
+    let session = if session::has_indexed_reads(session_events) {
+        Some(session::check(session_events, final_log)?)
+    } else {
+        None
+    };
 
     let valid = Verdict::all(
-        [Some(linearizability.verdict), set.as_ref().map(|s| s.verdict), session.as_ref().map(|s| s.verdict)]
-            .into_iter()
-            .flatten(),
+        [
+            Some(linearizability.verdict),
+            set.as_ref().map(|s| s.verdict),
+            session.as_ref().map(|s| s.verdict),
+            watch.as_ref().map(|w| w.verdict),
+        ]
+        .into_iter()
+        .flatten(),
     );
-    Ok(CheckReport { valid, linearizability, set, session })
+    Ok(CheckReport { valid, linearizability, set, session, watch })
 }
 
 /// A read that asked for less than linearizability.
@@ -240,6 +280,32 @@ mod tests {
 
         std::fs::write(dir.path().join(rollback::FILE_NAME), "not json").unwrap();
         assert!(matches!(check_file(&path, BUDGET), Err(CheckError::Rollback(_))));
+    }
+
+    #[test]
+    fn watched_keys_go_to_the_watch_checker_only() {
+        // A delete is no register operation, and the indexed read would
+        // run the session checker: under a watched prefix, neither does.
+        let history = r#"{"process":0,"type":"invoke","f":"write","key":"w/a","value":1}
+{"process":0,"type":"ok","f":"write","key":"w/a","value":1,"index":3}
+{"process":1,"type":"invoke","f":"delete","key":"w/a","value":null}
+{"process":1,"type":"ok","f":"delete","key":"w/a","value":null,"index":4}
+{"process":2,"type":"invoke","f":"read","key":"w/a","value":null}
+{"process":2,"type":"ok","f":"read","key":"w/a","value":null,"index":4}
+{"process":3,"type":"invoke","f":"write","key":"x","value":1}
+{"process":3,"type":"ok","f":"write","key":"x","value":1}
+{"process":9,"type":"invoke","f":"watch","key":"w/","value":{"from_index":1}}
+{"process":9,"type":"info","f":"watch","key":"w/","value":{"through":4,"events":[{"index":3,"op":"put","key":"w/a","value":1,"prev_value":null},{"index":4,"op":"delete","key":"w/a","value":null,"prev_value":1}]}}"#;
+        let r = report(history);
+        assert_eq!(r.valid, Verdict::Valid, "{r:?}");
+        assert_eq!(r.watch.as_ref().unwrap().verdict, Verdict::Valid);
+        assert_eq!(r.linearizability.keys.len(), 1, "only x is a register");
+        assert!(r.session.is_none());
+
+        let missed = report(
+            &history.replace(r#",{"index":4,"op":"delete","key":"w/a","value":null,"prev_value":1}"#, ""),
+        );
+        assert_eq!((missed.valid, missed.watch.unwrap().verdict), (Verdict::Invalid, Verdict::Invalid));
     }
 
     #[test]

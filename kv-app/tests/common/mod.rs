@@ -158,7 +158,7 @@ impl ProcCluster {
         for id in ids {
             self.spawn(id, &["--initial-members", &members]);
         }
-        self.leader().await;
+        self.settled().await;
     }
 
     /// Starts (or restarts) node `id` with its usual addresses and directory.
@@ -282,6 +282,25 @@ impl ProcCluster {
         }
     }
 
+    /// Waits until there is a leader and every running node knows it (a
+    /// follower that has not yet heard from a new leader answers a forwarded
+    /// write with `503 no_leader`), and returns the leader.
+    pub async fn settled(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.leader().await;
+            let mut all = true;
+            for n in self.nodes.values().filter(|n| n.child.is_some()) {
+                all &= self.status(n.id).await.is_some_and(|s| s.leader == Some(leader));
+            }
+            if all {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "the nodes did not agree on leader {leader} within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every running node has applied `index` and they all hold
     /// the same data (equal digests).
     pub async fn converge(&self, index: u64) -> String {
@@ -348,6 +367,19 @@ impl Drop for ProcCluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        // A failed test's nodes leave their logs in a directory that is
+        // about to be removed: show the end of each, so a failure seen
+        // once (in CI, say) can be read.
+        if std::thread::panicking() {
+            for node in self.nodes.values() {
+                let log = std::fs::read_to_string(node.dir.join("server.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- node {} server.log (last 60 lines) ---", node.id);
+                for line in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }

@@ -13,16 +13,18 @@
 //!
 //! * [`linear`]: linearizability of a compare-and-set register per key.
 //! * [`set`]: the set workload: acknowledged elements kept exactly once.
+//! * [`watch`]: the watch workload: every committed change delivered once,
+//!   in log order, with its before-image, to every watcher.
 //! * [`session`]: read-your-writes, monotonic reads and consistent prefix per
 //!   client session, and the lag of stale reads.
 //! * [`leaders`]: at most one leader per term, from polled node statuses.
 //! * [`convergence`]: every node ends at the same applied index and state.
 //! * [`logs`]: panics and fatal errors in node logs.
 //!
-//! The first three judge a history (the session checker optionally with the
+//! The first four judge a history (the session checker optionally with the
 //! final log); the last three judge what the harness polled or collected
 //! from the nodes, so `jepsen check` on a history file alone runs only the
-//! first three (see [`crate::check`]).
+//! first four (see [`crate::check`]).
 
 pub mod convergence;
 pub mod leaders;
@@ -30,6 +32,7 @@ pub mod linear;
 pub mod logs;
 pub mod session;
 pub mod set;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
 
