@@ -101,6 +101,10 @@ pub struct TestArgs {
     /// Client workers; worker i talks to node i mod n first.
     #[arg(long, default_value_t = 10)]
     pub concurrency: usize,
+    /// Watch workload: watchers following the writers' changes, each from
+    /// a random node, besides the client workers.
+    #[arg(long, default_value_t = 3)]
+    pub watchers: usize,
     /// Seed of every random choice (operations, faults, victims, gaps);
     /// random if not given, and printed either way.
     #[arg(long)]
@@ -151,6 +155,12 @@ pub struct TestArgs {
     /// acknowledged writes vanish. Expect invalid.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// Negative control for the watch workload: nodes start a resumed
+    /// watch from their own latest index instead of the one asked for
+    /// (`kv-server --unsafe-watch-from-latest`), so a watcher that
+    /// reconnects misses what happened meanwhile. Expect invalid.
+    #[arg(long)]
+    pub unsafe_watch_from_latest: bool,
     /// An extra kv-server argument for every node, repeatable, for the
     /// server configuration under test (`--server-arg=--max-inflight-batches=8`);
     /// recorded with the options in results.json.
@@ -288,6 +298,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         (args.unsafe_local_reads, "--unsafe-local-reads"),
         (args.unsafe_no_dedup, "--unsafe-no-dedup"),
         (args.unsafe_no_fsync, "--unsafe-no-fsync"),
+        (args.unsafe_watch_from_latest, "--unsafe-watch-from-latest"),
     ] {
         if on {
             server_args.push(flag.to_string());
@@ -302,6 +313,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         time_limit: args.time_limit,
         rate: args.rate,
         concurrency: args.concurrency,
+        watchers: args.watchers,
         seed: args.seed.unwrap_or_else(rand::random),
         interval: args.nemesis_interval,
         quiet: args.quiet,

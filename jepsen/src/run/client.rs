@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant};
 
 use kv_client::api::{
-    codes, CasRequest, Durability, ErrorBody, JsonValue, ListResponse, PutRequest, ReadResponse,
-    RollbackList, StatusResponse, WriteResponse,
+    codes, CasRequest, DeleteRequest, Durability, ErrorBody, JsonValue, ListResponse, PutRequest,
+    ReadResponse, RollbackList, StatusResponse, WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -109,6 +109,11 @@ pub enum Write {
         expected: Option<String>,
         /// The new value.
         value: String,
+    },
+    /// `DELETE /v1/kv/{key}`.
+    Delete {
+        /// The key.
+        key: String,
     },
 }
 
@@ -226,6 +231,11 @@ impl Http {
                 )
                 .await
             }
+            Write::Delete { key } => {
+                let body = DeleteRequest { client_id: Some(client_id), seq: Some(seq) };
+                let req = self.client.delete(self.url(node, &format!("/v1/kv/{key}")));
+                self.send_json::<WriteResponse>(req, &body).await
+            }
         };
         match sent {
             Ok(r) if r.succeeded == Some(false) => WriteOutcome::Mismatch,
@@ -243,6 +253,37 @@ impl Http {
         body: &impl Serialize,
     ) -> Result<T, (u16, Failure)> {
         self.send(req.json(body)).await
+    }
+
+    /// `GET /v1/watch?prefix=...&from_index=...&prev=true`: the response,
+    /// once its status line arrived, for the caller to read line by line
+    /// (its body has no deadline: a watch lasts as long as its reader
+    /// wants). A status other than 200 is a failure with the error body's
+    /// code; `410 compacted` comes back as `Err((410, body))`.
+    pub async fn watch(
+        &self,
+        node: &str,
+        prefix: &str,
+        from_index: u64,
+    ) -> Result<reqwest::Response, (u16, Failure, Vec<u8>)> {
+        let query =
+            [("prefix", prefix.to_string()), ("from_index", from_index.to_string()), ("prev", "true".into())];
+        let req = self.client.get(self.url(node, "/v1/watch")).query(&query);
+        let resp = match tokio::time::timeout(self.attempt_timeout, req.send()).await {
+            Err(_) => return Err((0, Failure::definite("timeout"), Vec::new())),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err((0, Failure::definite(connect_error(&e)), Vec::new()))
+            }
+            Ok(Err(e)) => return Err((0, Failure::definite(format!("request: {e}")), Vec::new())),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(resp);
+        }
+        let body = tokio::time::timeout(self.attempt_timeout, resp.bytes()).await;
+        let body = body.ok().and_then(Result::ok).map(|b| b.to_vec()).unwrap_or_default();
+        Err((status, classify(status, &body), body))
     }
 
     /// `GET /v1/cluster/status`.

@@ -32,6 +32,7 @@ pub mod client;
 pub mod nemesis;
 pub mod poll;
 pub mod report;
+pub mod watcher;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ use serde_json::{json, Value};
 
 use self::client::{Http, Session};
 use self::nemesis::{Fault, LeaderView, Nemesis, Target};
+use self::watcher::Watcher;
 use self::workload::{Kind, Shared, Worker, WorkloadOptions};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::tls::Credentials;
@@ -77,6 +79,9 @@ pub struct TestOptions {
     pub rate: f64,
     /// Client workers.
     pub concurrency: usize,
+    /// Watch workload: watchers following the writers' changes (besides
+    /// the `concurrency` writers).
+    pub watchers: usize,
     /// Seed of every random choice.
     pub seed: u64,
     /// Mean length of a fault and of the gap between faults.
@@ -172,6 +177,11 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     if opts.faults.contains(&Fault::LoseUnsynced) {
         args.push("--fault-lose-unsynced-writes".into());
     }
+    if opts.workload == Kind::Watch {
+        // Idle watches get a progress line this often, so that a watcher
+        // tells a quiet node from one it cannot hear.
+        args.extend(["--watch-progress-ms".into(), watcher::PROGRESS_MS.to_string()]);
+    }
     args.extend(opts.server_args.iter().cloned());
     let tls = if opts.tls {
         let made = Credentials::create(&opts.server_bin, &dir.join("tls"), opts.nodes)
@@ -239,6 +249,13 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         };
         workers.spawn(shared.clone().worker(w, stop));
     }
+    let mut watchers = tokio::task::JoinSet::new();
+    if opts.workload == Kind::Watch {
+        for _ in 0..opts.watchers.max(1) {
+            let w = Watcher::new(shared.new_process(), StdRng::seed_from_u64(rng.gen()));
+            watchers.spawn(w.run(shared.clone(), stop));
+        }
+    }
     let nemesis = Nemesis {
         cluster: cluster.clone(),
         http: http.clone(),
@@ -255,6 +272,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     let progress = report::Progress::start(opts.progress, opts.time_limit, rec.clone());
 
     while workers.join_next().await.is_some() {}
+    let mut watchers: Vec<Watcher> = watchers.join_all().await;
     let (mut nemesis, active) = nemesis.await.context("the nemesis task failed")?;
     progress.phase("final phase: healing, quiet period, final reads");
 
@@ -266,6 +284,19 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     tokio::time::sleep(opts.quiet).await;
     let _ = wait_for_leader(&poll_http, &nodes, Duration::from_secs(30)).await;
     shared.final_reads(Instant::now() + Duration::from_secs(30), &mut rng).await;
+    if !watchers.is_empty() {
+        // Every watcher catches up to the last change any node committed.
+        let mut target = 0;
+        for addr in &nodes {
+            if let Ok(s) = poll_http.status(addr).await {
+                target = target.max(s.committed_index);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for w in &mut watchers {
+            w.catch_up(&shared, target, deadline).await;
+        }
+    }
     let finals = poll::converge(&poll_http, &nodes, Duration::from_secs(30)).await;
     let rollbacks = collect_rollbacks(&http, &nodes).await;
     stop_poll.notify_one();

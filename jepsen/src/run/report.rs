@@ -105,6 +105,9 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     if let Some(s) = &report.session {
         checkers.insert("session".into(), json!(s));
     }
+    if let Some(w) = &report.watch {
+        checkers.insert("watch".into(), json!(w));
+    }
     if let Some(e) = &log_error {
         checkers.insert("final_log".into(), json!({"verdict": "unknown", "error": e}));
     }
@@ -289,6 +292,23 @@ pub fn summary(outcome: &RunOutcome) -> String {
     }
     if let Some(explanation) = r["checkers"]["set"]["lost_writes"]["explanation"].as_str() {
         line(&mut s, format!("lost writes: {explanation}"));
+    }
+    let watch = &r["checkers"]["watch"];
+    if watch.is_object() {
+        line(
+            &mut s,
+            format!(
+                "watch: {} connections delivered {} events; {} acknowledged changes, {} reads and {} \
+                 before-images checked through index {}; violations {}",
+                watch["connections"],
+                watch["events"],
+                watch["acknowledged_checked"],
+                watch["reads_checked"],
+                watch["before_images_checked"],
+                watch["covered_through"],
+                watch["violation_counts"]
+            ),
+        );
     }
     if let Some(checkers) = r["checkers"].as_object() {
         for (name, c) in checkers {

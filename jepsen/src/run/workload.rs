@@ -23,6 +23,14 @@
 //!   and `stale` reads, all on the worker's own node, so most are served by
 //!   followers. Every answer's `index`, `node` and (for reads)
 //!   `committed_index` is recorded for the session checker.
+//! * **watch** ([`Kind::Watch`]): writers put unique values to a few keys
+//!   under `w/`, sometimes delete one, and read one now and then (each
+//!   `ok` write, delete and read records its `index`); meanwhile watchers
+//!   follow the prefix from random nodes, reconnecting across faults
+//!   ([`super::watcher`]). The watch checker
+//!   ([`jepsen_checker::checker::watch`]) compares what every watcher was
+//!   delivered with the writers' acknowledged indexes, with each other,
+//!   and with the reads.
 //!
 //! Puts (a register `write`, a set `add`) go out at the run's durability
 //! (`--durability`); a compare-and-set always at `majority`, the only
@@ -53,6 +61,12 @@ pub const SET_SIZE: u64 = 2_000;
 /// Keys the session workload writes and reads.
 pub const SESSION_KEYS: u64 = 10;
 
+/// Keys the watch workload changes, all under [`WATCH_PREFIX`].
+pub const WATCH_KEYS: u64 = 8;
+
+/// The prefix the watch workload's keys share and its watchers follow.
+pub const WATCH_PREFIX: &str = "w/";
+
 /// Which workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +77,8 @@ pub enum Kind {
     Set,
     /// Session and stale reads through followers.
     Session,
+    /// Watchers following the changes that writers make.
+    Watch,
 }
 
 impl Kind {
@@ -72,6 +88,7 @@ impl Kind {
             Kind::Register => "register",
             Kind::Set => "set",
             Kind::Session => "session",
+            Kind::Watch => "watch",
         }
     }
 }
@@ -146,6 +163,7 @@ enum Op {
     Write { key: u64, value: u64 },
     Cas { key: u64, from: u64, to: u64 },
     Add { set: u64, element: u64 },
+    Delete { key: u64 },
     ReadSet { set: u64 },
 }
 
@@ -228,6 +246,15 @@ impl Shared {
                     _ => Op::Write { key, value: self.fresh_value() },
                 }
             }
+            Kind::Watch => {
+                let key = w.rng.gen_range(0..WATCH_KEYS);
+                self.use_key(key);
+                match roll {
+                    r if r < 0.1 => Op::Read { key, consistency: "linearizable" },
+                    r if r < 0.2 => Op::Delete { key },
+                    _ => Op::Write { key, value: self.fresh_value() },
+                }
+            }
         }
     }
 
@@ -249,16 +276,18 @@ impl Shared {
             Kind::Register => format!("r/{key}"),
             Kind::Set => format!("set/{key}/"),
             Kind::Session => format!("s/{key}"),
+            Kind::Watch => format!("{WATCH_PREFIX}{key}"),
         }
     }
 
     /// The key's name in the history: the register workload's keys are
     /// numbers, as in Jepsen and Maelstrom; the session workload's are the
     /// KV keys themselves, which the final log replayed from a node's data
-    /// names.
+    /// names, and so are the watch workload's, which the watchers' events
+    /// name.
     fn hkey(&self, key: u64) -> Value {
         match self.opts.kind {
-            Kind::Session => Value::String(self.kv_key(key)),
+            Kind::Session | Kind::Watch => Value::String(self.kv_key(key)),
             _ => json!(key),
         }
     }
@@ -309,6 +338,9 @@ impl Shared {
                         let parsed = value.as_deref().map(|v| self.hvalue(v)).unwrap_or(Value::Null);
                         if let Some(r) = &answer {
                             done.insert("node".into(), json!(r.node));
+                            if self.opts.kind == Kind::Watch {
+                                done.insert("index".into(), json!(r.index));
+                            }
                             if self.opts.kind == Kind::Session {
                                 done.insert("index".into(), json!(r.index));
                                 done.insert("committed_index".into(), json!(r.committed_index));
@@ -344,6 +376,11 @@ impl Shared {
                     value: to.to_string(),
                 };
                 self.write(w, Function::Cas, key, json!([from, to]), write, home, deadline, extra).await
+            }
+            Op::Delete { key } => {
+                let write = Write::Delete { key: self.kv_key(key) };
+                let f = Function::Other(jepsen_checker::checker::watch::DELETE.into());
+                self.write(w, f, key, Value::Null, write, home, deadline, extra).await
             }
             Op::Add { set, element } => {
                 let write = Write::Put {
@@ -397,6 +434,7 @@ impl Shared {
         let (kv_key, durability, to) = match &write {
             Write::Put { key, value, durability } => (key, *durability, value.parse::<u64>().ok()),
             Write::Cas { key, value, .. } => (key, Durability::Majority, value.parse::<u64>().ok()),
+            Write::Delete { key } => (key, Durability::Majority, None),
         };
         let mut inv = extra.clone();
         inv.insert(fields::DURABILITY.into(), json!(durability.name()));
@@ -412,7 +450,15 @@ impl Shared {
                 done.insert(fields::NODE.into(), json!(r.node));
                 // False: acknowledged at leader durability, not committed.
                 done.insert(fields::COMMITTED.into(), json!(r.committed));
-                if self.opts.kind == Kind::Session {
+                if let Some(existed) = r.existed {
+                    done.insert("existed".into(), json!(existed));
+                }
+                if r.duplicate {
+                    // A retry's answer: the write applied earlier, at an
+                    // index before this one.
+                    done.insert("duplicate".into(), json!(true));
+                }
+                if matches!(self.opts.kind, Kind::Session | Kind::Watch) {
                     done.insert("index".into(), json!(r.index));
                     w.token = w.token.max(r.index);
                 }
@@ -504,7 +550,7 @@ impl Shared {
 
 /// A value as the harness wrote it (a decimal number), or the raw text if
 /// something else was read: the checker then reports it as never written.
-fn parse_value(text: &str) -> Value {
+pub(crate) fn parse_value(text: &str) -> Value {
     text.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 

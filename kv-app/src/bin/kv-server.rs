@@ -437,6 +437,11 @@ struct Args {
     /// applies again. Give all nodes of a cluster the same value.
     #[arg(long, help_heading = FAULTS)]
     unsafe_no_dedup: bool,
+    /// Start every watch at this node's latest index, whatever from_index
+    /// it asked for: a watcher that reconnects misses the changes made
+    /// meanwhile.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_watch_from_latest: bool,
 }
 
 /// The peer TLS of `--peer-ca`, `--peer-cert` and `--peer-key`: all three
@@ -745,8 +750,11 @@ async fn main() -> Result<()> {
         lose_unsynced_writes: args.fault_lose_unsynced_writes,
         unsafe_no_fsync: args.unsafe_no_fsync,
     };
-    config.faults =
-        Faults { unsafe_local_reads: args.unsafe_local_reads, unsafe_no_dedup: args.unsafe_no_dedup };
+    config.faults = Faults {
+        unsafe_local_reads: args.unsafe_local_reads,
+        unsafe_no_dedup: args.unsafe_no_dedup,
+        unsafe_watch_from_latest: args.unsafe_watch_from_latest,
+    };
     config.auth = match (args.token_file, args.cluster_secret_file) {
         (Some(token_file), Some(cluster_secret_file)) => Some(AuthFiles { token_file, cluster_secret_file }),
         // clap's `requires` lets only both or neither through.

@@ -117,6 +117,11 @@ pub struct Faults {
     /// compare-and-swap whose answer was lost, it applies twice, which the
     /// Jepsen harness's linearizability checker must report.
     pub unsafe_no_dedup: bool,
+    /// Start every watch at this node's latest index, whatever
+    /// `from_index` it asked for: a watcher that reconnects misses the
+    /// changes made while it was away, which the Jepsen harness's watch
+    /// checker must report.
+    pub unsafe_watch_from_latest: bool,
 }
 
 impl ServerConfig {
@@ -189,6 +194,9 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     let app = app.with_change_log(changes.clone());
     if config.faults.unsafe_local_reads {
         tracing::warn!(node_id = config.id, "fault injection: linearizable reads served from local state");
+    }
+    if config.faults.unsafe_watch_from_latest {
+        tracing::warn!(node_id = config.id, "fault injection: watches start at the latest index");
     }
     if let Some(tls) = &config.raft.peer_tls {
         // A node whose certificate names another node would be refused by

@@ -128,6 +128,10 @@ pub async fn watch(State(ctx): State<Ctx>, params: Result<Query<WatchParams>, Qu
     let log = ctx.changes.clone();
     let next = log.next_index();
     let from = request.from_index.unwrap_or(next);
+    // Fault injection (`--unsafe-watch-from-latest`): a watch asked to
+    // start in the past starts at this node's latest index instead, so a
+    // watcher that reconnects silently misses what happened meanwhile.
+    let from = if ctx.config.faults.unsafe_watch_from_latest { from.max(next) } else { from };
     let oldest = log.oldest_index();
     if from < oldest {
         return compacted(ctx.id, from, oldest);

@@ -7,14 +7,18 @@
 //! a key; watchers on random nodes follow the prefix, and each reconnects
 //! (to any node) from the index after the last one it was sure of. In the
 //! history, a writer's operations are ordinary writes and deletes, each
-//! `ok` one carrying the log `index` it was committed at; a watcher's
+//! `ok` one carrying the log `index` it was committed at (and a delete
+//! whether the key `existed`: deleting an absent key changes nothing and
+//! has no event; and `"duplicate": true` for the answer to a retry of a
+//! write that had already applied, whose `index` is the retry's, later
+//! than the write's own); a watcher's
 //! connection is one `watch` operation whose key is the prefix:
 //!
 //! ```text
 //! {"process":0,"type":"invoke","f":"write","key":"w/3","value":17}
 //! {"process":0,"type":"ok","f":"write","key":"w/3","value":17,"index":41}
 //! {"process":1,"type":"invoke","f":"delete","key":"w/3","value":null}
-//! {"process":1,"type":"ok","f":"delete","key":"w/3","value":null,"index":44}
+//! {"process":1,"type":"ok","f":"delete","key":"w/3","value":null,"index":44,"existed":true}
 //! {"process":9,"type":"invoke","f":"watch","key":"w/","value":{"from_index":1},"node":2}
 //! {"process":9,"type":"info","f":"watch","key":"w/","value":{"from_index":1,"through":44,
 //!   "events":[{"index":41,"op":"put","key":"w/3","value":17,"prev_value":null},
@@ -42,6 +46,8 @@
 //! * **before from_index**: an event older than the index asked for (a
 //!   resumed watcher would see it twice);
 //! * **outside prefix**: an event for a key the watch did not ask for;
+//! * **unreadable**: a line the watcher could not parse (recorded as
+//!   `{"unreadable": line, "error": why}` among the events);
 //! * **repeated**: one watcher (process) was delivered the same index by
 //!   two connections (a resume that went back), or the same event twice;
 //! * **gap**: a watcher's next connection started past the index after the
@@ -199,14 +205,23 @@ struct Connection {
     from: u64,
     through: u64,
     changes: Vec<Change>,
+    /// Lines the watcher could not read (recorded as `{"unreadable": ...}`).
+    unreadable: Vec<Value>,
     invoke_index: usize,
 }
 
-/// What the history says about a value written.
+/// What the history says about a value written, or a key deleted.
 struct Written {
     key: String,
     outcome: Outcome,
     index: Option<u64>,
+    /// For an `ok` delete: whether the key existed (`"existed"` on the
+    /// completion). A delete of an absent key changes nothing, so it has
+    /// no event.
+    existed: Option<bool>,
+    /// The answer said `"duplicate": true`: a retry of a write that had
+    /// already applied, at an earlier index than the retry's `index`.
+    duplicate: bool,
     invoke_index: usize,
 }
 
@@ -253,6 +268,9 @@ pub fn check(ops: &[Op], events: &[Event]) -> Result<WatchResult, WatchError> {
 
     // Each connection on its own.
     for c in &connections {
+        for line in &c.unreadable {
+            found.add("unreadable", Some(&c.process), c.from, format!("the watcher could not read {line}"));
+        }
         let mut last = 0;
         for (n, change) in c.changes.iter().enumerate() {
             if change.index < last {
@@ -394,7 +412,9 @@ pub fn check(ops: &[Op], events: &[Event]) -> Result<WatchResult, WatchError> {
                         format!("{} from a write that failed", change.shown),
                     ),
                     Some(w) => {
-                        if w.index.is_some_and(|i| i != index) {
+                        // A duplicate's answer names the retry's index; the
+                        // write itself applied earlier.
+                        if w.index.is_some_and(|i| if w.duplicate { index > i } else { index != i }) {
                             found.add(
                                 "wrong index",
                                 None,
@@ -423,7 +443,9 @@ pub fn check(ops: &[Op], events: &[Event]) -> Result<WatchResult, WatchError> {
                     let of_key = deletes.get(&change.key).map(Vec::as_slice).unwrap_or_default();
                     let explained = of_key.iter().any(|d| match (d.outcome, d.index) {
                         (Outcome::Fail, _) => false,
-                        (Outcome::Ok, Some(i)) => i == index,
+                        (Outcome::Ok, Some(i)) => {
+                            (if d.duplicate { index <= i } else { index == i }) && d.existed != Some(false)
+                        }
                         _ => true,
                     });
                     if !explained {
@@ -446,12 +468,21 @@ pub fn check(ops: &[Op], events: &[Event]) -> Result<WatchResult, WatchError> {
     }
 
     // Acknowledged writes and deletes must be at their index.
+    // The coverage that starts at index 1, with no hole: a duplicate's
+    // write applied somewhere in it, before the retry's index.
+    let from_start = covered.first().filter(|r| r.0 <= 1).map_or(0, |r| r.1);
     let mut acknowledged_checked = 0;
     for (value, w) in &writes {
-        let Some(index) = w.index.filter(|&i| w.outcome == Outcome::Ok && covers(i)) else { continue };
+        let judged =
+            |i: u64| w.outcome == Outcome::Ok && if w.duplicate { i <= from_start } else { covers(i) };
+        let Some(index) = w.index.filter(|&i| judged(i)) else { continue };
         acknowledged_checked += 1;
-        let there =
-            canonical_at.get(&index).is_some_and(|l| l.iter().any(|c| c.op == "put" && &c.value == value));
+        let put_here = |l: &Vec<Change>| l.iter().any(|c| c.op == "put" && &c.value == value);
+        let there = if w.duplicate {
+            canonical_at.range(..=index).any(|(_, l)| put_here(l))
+        } else {
+            canonical_at.get(&index).is_some_and(put_here)
+        };
         if !there {
             found.add(
                 "missing",
@@ -463,7 +494,12 @@ pub fn check(ops: &[Op], events: &[Event]) -> Result<WatchResult, WatchError> {
     }
     for (key, list) in &deletes {
         for d in list {
-            let Some(index) = d.index.filter(|&i| d.outcome == Outcome::Ok && covers(i)) else { continue };
+            // A duplicate names the retry's index, and a delete's event
+            // names only its key: which earlier event was its is unknown.
+            let changed = d.existed != Some(false) && !d.duplicate;
+            let Some(index) = d.index.filter(|&i| d.outcome == Outcome::Ok && changed && covers(i)) else {
+                continue;
+            };
             acknowledged_checked += 1;
             let there =
                 canonical_at.get(&index).is_some_and(|l| l.iter().any(|c| c.op == "delete" && &c.key == key));
@@ -606,9 +642,9 @@ fn connections(ops: &[&Op], events: &[Event]) -> Result<Vec<Connection>, WatchEr
         };
         let prefix = key_text(&op.key).unwrap_or_default();
         let done = op.complete_index.and_then(|i| events.get(i).map(|e| (i, e)));
-        let (changes, through) = match done {
+        let (changes, unreadable, through) = match done {
             Some((i, e)) => read_delivery(i, &e.value, from)?,
-            None => (Vec::new(), from - 1),
+            None => (Vec::new(), Vec::new(), from - 1),
         };
         out.push(Connection {
             process: op.process.as_json().clone(),
@@ -616,6 +652,7 @@ fn connections(ops: &[&Op], events: &[Event]) -> Result<Vec<Connection>, WatchEr
             from,
             through,
             changes,
+            unreadable,
             invoke_index: op.invoke_index,
         });
     }
@@ -623,8 +660,9 @@ fn connections(ops: &[&Op], events: &[Event]) -> Result<Vec<Connection>, WatchEr
     Ok(out)
 }
 
-/// A completion's `events` and `through`.
-fn read_delivery(at: usize, value: &Value, from: u64) -> Result<(Vec<Change>, u64), WatchError> {
+/// A completion's `events` (the readable ones, and the lines the watcher
+/// could not read) and `through`.
+fn read_delivery(at: usize, value: &Value, from: u64) -> Result<(Vec<Change>, Vec<Value>, u64), WatchError> {
     let malformed = |problem: String| WatchError::MalformedEvents { index: at, problem };
     let list = match value.get("events") {
         None | Some(Value::Null) => &Vec::new(),
@@ -632,7 +670,12 @@ fn read_delivery(at: usize, value: &Value, from: u64) -> Result<(Vec<Change>, u6
         Some(other) => return Err(malformed(format!("\"events\" must be a list, not {other}"))),
     };
     let mut changes = Vec::with_capacity(list.len());
+    let mut unreadable = Vec::new();
     for e in list {
+        if e.get("unreadable").is_some() {
+            unreadable.push(e.clone());
+            continue;
+        }
         let index = e.get("index").and_then(Value::as_u64);
         let op = e.get("op").and_then(Value::as_str);
         let key = e.get("key").and_then(Value::as_str);
@@ -653,7 +696,7 @@ fn read_delivery(at: usize, value: &Value, from: u64) -> Result<(Vec<Change>, u6
         None | Some(Value::Null) => last,
         Some(t) => t.as_u64().ok_or_else(|| malformed(format!("\"through\" must be an index, not {t}")))?,
     };
-    Ok((changes, through))
+    Ok((changes, unreadable, through))
 }
 
 /// The writes (by canonical value) and deletes (by key) of watched keys.
@@ -669,7 +712,10 @@ fn writes(
         let Some(key) = key_text(&op.key).filter(|k| watched(k)) else { continue };
         let index =
             if op.outcome == Outcome::Ok { op.field(events, "index").and_then(Value::as_u64) } else { None };
-        let w = Written { key, outcome: op.outcome, index, invoke_index: op.invoke_index };
+        let existed = op.field(events, "existed").and_then(Value::as_bool);
+        let duplicate = op.field(events, "duplicate").and_then(Value::as_bool) == Some(true);
+        let w =
+            Written { key, outcome: op.outcome, index, existed, duplicate, invoke_index: op.invoke_index };
         if op.f == Function::Write {
             let value = op.value.canonical();
             if let Some(first) = writes.get(&value) {
@@ -709,7 +755,7 @@ mod tests {
 {"process":0,"type":"invoke","f":"write","key":"w/a","value":2}
 {"process":0,"type":"ok","f":"write","key":"w/a","value":2,"index":5}
 {"process":1,"type":"invoke","f":"delete","key":"w/a","value":null}
-{"process":1,"type":"ok","f":"delete","key":"w/a","value":null,"index":6}
+{"process":1,"type":"ok","f":"delete","key":"w/a","value":null,"index":6,"existed":true}
 {"process":2,"type":"invoke","f":"read","key":"w/a","value":null}
 {"process":2,"type":"ok","f":"read","key":"w/a","value":2,"index":5}
 {"process":9,"type":"invoke","f":"watch","key":"w/","value":{"from_index":1}}
@@ -807,6 +853,36 @@ mod tests {
 
         let expire = GOOD.replace(r#""op":"delete""#, r#""op":"expire""#);
         assert!(kinds(&run(&expire)).contains(&"never written"));
+    }
+
+    #[test]
+    fn a_duplicate_answer_names_the_retry_whose_write_applied_before() {
+        // The write of 2 applied at 5; its retry was answered at 6 as a
+        // duplicate (the delete moved to 7).
+        let retried = GOOD
+            .replace(r#""value":2,"index":5}"#, r#""value":2,"index":6,"duplicate":true}"#)
+            .replace(r#""index":6,"existed":true}"#, r#""index":7,"existed":true}"#)
+            .replace(r#"{"index":6,"op":"delete""#, r#"{"index":7,"op":"delete""#);
+        let r = run(&retried);
+        assert_eq!(r.verdict, Verdict::Valid, "{r:?}");
+        // A duplicate answered before its write's event is wrong.
+        let early = GOOD.replace(r#""value":2,"index":5}"#, r#""value":2,"index":4,"duplicate":true}"#);
+        assert!(kinds(&run(&early)).contains(&"wrong index"));
+        // And one whose write no watcher saw at all is missing.
+        let lost = retried.replace(r#"{"index":5,"op":"put","key":"w/a","value":2,"prev_value":1},"#, "");
+        assert!(kinds(&run(&lost)).contains(&"missing"));
+    }
+
+    #[test]
+    fn a_delete_of_an_absent_key_has_no_event() {
+        let absent = GOOD.replace(r#""index":6,"existed":true}"#, r#""index":6,"existed":false}"#);
+        let r = run(&absent);
+        assert!(kinds(&r).contains(&"never written"), "an event for a delete that changed nothing: {r:?}");
+        let none =
+            absent.replace(r#",{"index":6,"op":"delete","key":"w/a","value":null,"prev_value":2}"#, "");
+        let r = run(&none);
+        assert_eq!(r.verdict, Verdict::Valid, "{r:?}");
+        assert_eq!(r.acknowledged_checked, 2);
     }
 
     #[test]
