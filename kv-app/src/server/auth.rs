@@ -85,12 +85,19 @@ pub fn access(method: &Method, route: Option<&str>) -> Access {
     };
     match (route, method.as_str()) {
         ("/health", _) => Access::Open,
-        ("/metrics" | "/v1/kv" | "/v1/kv/{*key}" | "/v1/cluster/status" | "/v1/cluster/members", _)
-            if read =>
-        {
-            Access::Client(Role::Read)
-        }
-        ("/v1/kv/{*key}", "PUT" | "DELETE") | ("/v1/cas/{*key}", "POST") => Access::Client(Role::Write),
+        (
+            "/metrics"
+            | "/v1/kv"
+            | "/v1/kv/{*key}"
+            | "/v1/leases"
+            | "/v1/leases/{id}"
+            | "/v1/cluster/status"
+            | "/v1/cluster/members",
+            _,
+        ) if read => Access::Client(Role::Read),
+        ("/v1/kv/{*key}", "PUT" | "DELETE")
+        | ("/v1/cas/{*key}" | "/v1/leases" | "/v1/leases/{id}/keepalive", "POST")
+        | ("/v1/leases/{id}", "DELETE") => Access::Client(Role::Write),
         ("/v1/cluster/learners" | "/v1/cluster/members/{id}/promote", "POST") => Access::AdminOrPeer,
         ("/v1/cluster/members/{id}", "DELETE")
         | ("/v1/cluster/snapshot" | "/v1/cluster/campaign" | "/v1/cluster/transfer-leader", "POST")
