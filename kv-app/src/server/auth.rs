@@ -6,7 +6,8 @@
 //!
 //! * A client sends `Authorization: Bearer <token>`. The token's line in
 //!   the token file ([`crate::tokens`]) gives its role, and the route needs
-//!   one ([`access`]): reads need `read`, writes `write`, membership
+//!   one ([`access`]): reads need `read` (listing leases too), writes
+//!   `write` (granting, renewing and revoking leases too), membership
 //!   changes, snapshots and elections `admin`. `/health` is open.
 //! * A node sends the cluster secret in the [`CLUSTER_SECRET_HEADER`]
 //!   header. It opens only what nodes call on each other:
@@ -380,6 +381,12 @@ mod tests {
             (&put, Some("/v1/kv/{*key}"), Access::Client(Role::Write)),
             (&delete, Some("/v1/kv/{*key}"), Access::Client(Role::Write)),
             (&post, Some("/v1/cas/{*key}"), Access::Client(Role::Write)),
+            (&get, Some("/v1/leases"), Access::Client(Role::Read)),
+            (&get, Some("/v1/leases/{id}"), Access::Client(Role::Read)),
+            (&post, Some("/v1/leases"), Access::Client(Role::Write)),
+            (&post, Some("/v1/leases/{id}/keepalive"), Access::Client(Role::Write)),
+            (&delete, Some("/v1/leases/{id}"), Access::Client(Role::Write)),
+            (&put, Some("/v1/leases/{id}"), Access::Client(Role::Admin)),
             (&post, Some("/v1/cluster/learners"), Access::AdminOrPeer),
             (&post, Some("/v1/cluster/members/{id}/promote"), Access::AdminOrPeer),
             (&delete, Some("/v1/cluster/members/{id}"), Access::Client(Role::Admin)),

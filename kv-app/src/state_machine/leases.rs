@@ -53,13 +53,13 @@
 //!
 //! [`WriteOp::PutWithLease`] attaches its key to the lease (moving it from
 //! another lease if it had one); a lease that does not exist refuses the
-//! put ([`KvResponse::LeaseNotFound`], nothing written). A put without a
+//! put ([`crate::command::KvResponse::LeaseNotFound`], nothing written). A put without a
 //! lease, a successful compare-and-swap and a delete detach the key, as in
 //! etcd, where a put without a lease clears the key's lease.
 //!
 //! # Where keys are deleted
 //!
-//! Revoke and expiry delete keys in one place, [`end_lease`], which is
+//! Revoke and expiry delete keys in one place, `end_lease`, which is
 //! where a change stream must record them (as `delete` for a revoke and
 //! `expire` for an expiry: [`LeaseEnd`] says which).
 
