@@ -191,7 +191,12 @@ async fn expire_due(ctx: &Ctx) -> Result<(), String> {
             proposed_at_ms: now_ms,
             op: WriteOp::ExpireLeases { leases: batch.to_vec() },
         };
-        let written = ctx.node.write(&cmd).await.map_err(|e| e.to_string())?;
+        let written = match ctx.node.write(&cmd).await {
+            Ok(written) => written,
+            // Deposed, or handing leadership off: the next leader judges.
+            Err(raft_core::WriteError::NotLeader { .. }) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
         if let KvResponse::Applied(WriteOutcome::LeasesExpired { ids }) = &written.response {
             tracing::debug!(node_id = ctx.id, index = written.log_id.index, ?ids, "expired leases");
         }
