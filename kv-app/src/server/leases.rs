@@ -49,8 +49,9 @@
 //! one TTL, plus the election, longer than it would have. Neither clock
 //! can make a lease end *early*: that needs both to run fast.
 //!
-//! A production system would also persist nothing more: like etcd, the
-//! judgment is the leader's alone and starts over with each leader.
+//! The judgment itself is never persisted or replicated: as in etcd, it is
+//! the current leader's alone and starts over with each leader; only its
+//! outcome, the expire command, enters the log.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
