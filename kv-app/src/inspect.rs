@@ -235,7 +235,9 @@ fn touched_keys(payload: &EntryPayload) -> BTreeSet<String> {
             .0
             .iter()
             .filter_map(|bytes| codec::decode::<KvCommand>(bytes).ok())
-            .map(|command| command.op.key().to_string())
+            // Lease operations name no key (the keys a revoke or an
+            // expiry deletes are found only by applying it).
+            .filter_map(|command| command.op.key().map(str::to_owned))
             .collect(),
         EntryPayload::Blank | EntryPayload::Membership(_) => BTreeSet::new(),
     }

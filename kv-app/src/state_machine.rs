@@ -18,6 +18,7 @@
 //! | `d/` + key (UTF-8 bytes)         | the value, raw bytes                         |
 //! | `s/` + client id (8 bytes, BE)   | a `SessionRecord` (see below), [`codec`]     |
 //! | `m/meta`                         | a `Meta`: log time and last sweep, [`codec`] |
+//! | `l/`, `k/`, `a/`, `m/leases`     | leases and their keys: see [`leases`]        |
 //!
 //! Data keys keep the user's byte order (the map is sorted and `d/` is a
 //! common prefix), so a listing by prefix is one range scan. Client ids are
@@ -102,6 +103,13 @@
 //! raft-core reports the batch applied ([`StateMachine::on_state_event`]);
 //! [`crate::changes`] says how, and `docs/watch.md` why.
 //!
+//! # Leases
+//!
+//! Keys can be attached to a lease, which its owner renews and which ends
+//! by a revoke or by an expiry the leader decides and replicates; its keys
+//! are deleted then. The [`leases`] module explains why expiry is a
+//! command and not something a replica notices by its clock.
+//!
 //! # Shortcuts
 //!
 //! * A sweep scans every session. A production system with many clients
@@ -130,6 +138,8 @@ use crate::command::{
     KvCommand, KvResponse, SessionId, WriteOp, WriteOutcome, MAX_KEY_BYTES, SESSION_SWEEP_EVERY,
     SESSION_TTL_MS,
 };
+
+pub mod leases;
 
 /// Prefix of the user's data: `d/` + key bytes → value bytes.
 const DATA_PREFIX: &[u8] = b"d/";
@@ -225,6 +235,9 @@ enum Remembered {
     Outcome(WriteOutcome),
     /// The write was rejected for this reason.
     Rejected(String),
+    /// The write named a lease that does not exist. (Added with leases, at
+    /// the end so that older session records decode as before.)
+    LeaseNotFound(u64),
 }
 
 impl Remembered {
@@ -233,6 +246,7 @@ impl Remembered {
         match self {
             Remembered::Outcome(o) => KvResponse::Applied(o),
             Remembered::Rejected(reason) => KvResponse::Rejected { reason },
+            Remembered::LeaseNotFound(id) => KvResponse::LeaseNotFound { id },
         }
     }
 
@@ -242,6 +256,7 @@ impl Remembered {
         match self {
             Remembered::Outcome(o) => KvResponse::Duplicate(o),
             Remembered::Rejected(reason) => KvResponse::Rejected { reason },
+            Remembered::LeaseNotFound(id) => KvResponse::LeaseNotFound { id },
         }
     }
 }
@@ -298,7 +313,7 @@ impl StateMachine for KvStateMachine {
         // and outlive their TTL.
         meta.log_time_ms = meta.log_time_ms.max(command.proposed_at_ms);
 
-        trace!(index = ctx.index(), key = command.op.key(), "applying KV command");
+        trace!(index = ctx.index(), key = command.op.key(), op = command.op.name(), "applying KV command");
         let command = if self.unsafe_no_dedup { KvCommand { session: None, ..command } } else { command };
         let sink = ChangeSink { log: self.changes.as_deref(), index: ctx.index() };
         let reply = apply_in_session(state, sink, meta.log_time_ms, command)?;
@@ -372,7 +387,7 @@ fn apply_in_session(
 ) -> Result<KvResponse, StateError> {
     let Some(SessionId { client_id, seq }) = command.session else {
         // No session: no deduplication, a retry may apply twice.
-        return Ok(validate_and_write(state, sink, &command.op)?.first_reply());
+        return Ok(validate_and_write(state, sink, log_time_ms, &command.op)?.first_reply());
     };
 
     let session_key = session_key(client_id);
@@ -392,7 +407,7 @@ fn apply_in_session(
         }
     }
 
-    let reply = validate_and_write(state, sink, &command.op)?;
+    let reply = validate_and_write(state, sink, log_time_ms, &command.op)?;
     let record = SessionRecord { last_seq: seq, reply: reply.clone(), last_used_ms: log_time_ms };
     state.insert(&session_key, &codec::encode(&record))?;
     Ok(reply.first_reply())
@@ -402,18 +417,34 @@ fn apply_in_session(
 fn validate_and_write(
     state: &mut AppState<'_>,
     sink: ChangeSink<'_>,
+    log_time_ms: u64,
     op: &WriteOp,
 ) -> Result<Remembered, StateError> {
-    if let Err(e) = validate_key(op.key()) {
+    if let Some(done) = leases::apply(state, sink, log_time_ms, op)? {
+        return Ok(done);
+    }
+    let Some(key) = op.key() else {
+        unreachable!("invariant: every operation that is not a lease operation names a key")
+    };
+    if let Err(e) = validate_key(key) {
         return Ok(Remembered::Rejected(e.to_string()));
     }
-    let key = op.key();
     let outcome = match op {
         WriteOp::Put { value, .. } => {
             let prev = change_key(state, sink, ChangeKind::Put, key, Some(value))?;
+            leases::detach(state, key)?;
+            WriteOutcome::Put { created: prev.is_none() }
+        }
+        WriteOp::PutWithLease { value, lease, .. } => {
+            if let Err(refused) = leases::check_attach(state, key, *lease)? {
+                return Ok(refused);
+            }
+            let prev = change_key(state, sink, ChangeKind::Put, key, Some(value))?;
+            leases::attach(state, key, *lease)?;
             WriteOutcome::Put { created: prev.is_none() }
         }
         WriteOp::Delete { .. } => {
+            leases::detach(state, key)?;
             let prev = change_key(state, sink, ChangeKind::Delete, key, None)?;
             WriteOutcome::Delete { existed: prev.is_some() }
         }
@@ -422,10 +453,17 @@ fn validate_and_write(
             // `expected: None` matches only an absent key: create-if-absent.
             if current.as_deref() == expected.as_deref().map(|e| e.as_slice()) {
                 change_key(state, sink, ChangeKind::Put, key, Some(value))?;
+                leases::detach(state, key)?;
                 WriteOutcome::Cas { succeeded: true, current: Some(value.clone()) }
             } else {
                 WriteOutcome::Cas { succeeded: false, current: current.map(ByteBuf::from) }
             }
+        }
+        WriteOp::LeaseGrant { .. }
+        | WriteOp::LeaseKeepAlive { .. }
+        | WriteOp::LeaseRevoke { .. }
+        | WriteOp::ExpireLeases { .. } => {
+            unreachable!("invariant: lease operations were applied by leases::apply above")
         }
     };
     Ok(Remembered::Outcome(outcome))
@@ -626,16 +664,16 @@ mod tests {
     use super::*;
 
     /// A plausible wall clock at proposal (ms since the Unix epoch).
-    const T0: u64 = 1_700_000_000_000;
+    pub(super) const T0: u64 = 1_700_000_000_000;
 
     /// One replica's state machine, fed log entries one index at a time.
-    struct Replica {
-        store: StateMachineStore,
-        next_index: u64,
+    pub(super) struct Replica {
+        pub(super) store: StateMachineStore,
+        pub(super) next_index: u64,
     }
 
     impl Replica {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Self::of(KvStateMachine::new())
         }
 
@@ -646,13 +684,13 @@ mod tests {
         /// Makes the next entry land at `index`, as if openraft had applied
         /// blank or membership entries in between (the application never
         /// sees those).
-        fn jump_to(&mut self, index: u64) {
+        pub(super) fn jump_to(&mut self, index: u64) {
             assert!(index >= self.next_index, "log indexes only grow");
             self.next_index = index;
         }
 
         /// Applies one entry at the next index; returns its encoded replies.
-        async fn apply_entry(&mut self, payload: EntryPayload) -> Vec<ByteBuf> {
+        pub(super) async fn apply_entry(&mut self, payload: EntryPayload) -> Vec<ByteBuf> {
             let log_id = log_id(1, self.next_index);
             self.next_index += 1;
             let mut replies = self.store.apply_blocking(vec![Entry { log_id, payload }]).expect("apply");
@@ -661,7 +699,7 @@ mod tests {
         }
 
         /// Applies `commands` as one batch entry (sharing one log index).
-        async fn apply_batch(&mut self, commands: &[KvCommand]) -> Vec<KvResponse> {
+        pub(super) async fn apply_batch(&mut self, commands: &[KvCommand]) -> Vec<KvResponse> {
             let batch = Batch::new(commands.iter().map(|c| ByteBuf::from(codec::encode(c))).collect());
             let replies = self.apply_entry(EntryPayload::Normal(batch)).await;
             replies
@@ -675,54 +713,54 @@ mod tests {
         }
 
         /// Applies one command in its own entry.
-        async fn apply(&mut self, command: KvCommand) -> KvResponse {
+        pub(super) async fn apply(&mut self, command: KvCommand) -> KvResponse {
             self.apply_batch(&[command]).await.remove(0)
         }
 
-        fn view(&self) -> AppView {
+        pub(super) fn view(&self) -> AppView {
             self.store.view().expect("view")
         }
 
-        fn get(&self, key: &str) -> Option<Vec<u8>> {
+        pub(super) fn get(&self, key: &str) -> Option<Vec<u8>> {
             get(&self.view(), key).expect("get")
         }
 
-        fn digest(&self) -> String {
+        pub(super) fn digest(&self) -> String {
             digest(&self.view()).expect("digest")
         }
 
-        fn sessions(&self) -> usize {
+        pub(super) fn sessions(&self) -> usize {
             session_count(&self.view()).expect("session_count")
         }
     }
 
-    fn bytes(s: &str) -> ByteBuf {
+    pub(super) fn bytes(s: &str) -> ByteBuf {
         ByteBuf::from(s.as_bytes())
     }
 
-    fn put(key: &str, value: &str) -> WriteOp {
+    pub(super) fn put(key: &str, value: &str) -> WriteOp {
         WriteOp::Put { key: key.into(), value: bytes(value) }
     }
 
-    fn delete(key: &str) -> WriteOp {
+    pub(super) fn delete(key: &str) -> WriteOp {
         WriteOp::Delete { key: key.into() }
     }
 
-    fn cas(key: &str, expected: Option<&str>, value: &str) -> WriteOp {
+    pub(super) fn cas(key: &str, expected: Option<&str>, value: &str) -> WriteOp {
         WriteOp::Cas { key: key.into(), expected: expected.map(bytes), value: bytes(value) }
     }
 
     /// A command without a session, proposed at `T0`.
-    fn plain(op: WriteOp) -> KvCommand {
+    pub(super) fn plain(op: WriteOp) -> KvCommand {
         KvCommand { session: None, proposed_at_ms: T0, op }
     }
 
     /// A command of session `(client_id, seq)`, proposed at `at_ms`.
-    fn sessioned(client_id: u64, seq: u64, at_ms: u64, op: WriteOp) -> KvCommand {
+    pub(super) fn sessioned(client_id: u64, seq: u64, at_ms: u64, op: WriteOp) -> KvCommand {
         KvCommand { session: Some(SessionId { client_id, seq }), proposed_at_ms: at_ms, op }
     }
 
-    fn applied_put(created: bool) -> KvResponse {
+    pub(super) fn applied_put(created: bool) -> KvResponse {
         KvResponse::Applied(WriteOutcome::Put { created })
     }
 
@@ -1206,6 +1244,7 @@ mod tests {
                         data.insert(key.clone(), value.to_vec());
                     }
                 }
+                other => unreachable!("histories hold key writes only, not {other:?}"),
             }
         }
         data

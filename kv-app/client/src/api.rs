@@ -169,6 +169,97 @@ pub struct CasRequest {
     pub seq: Option<u64>,
 }
 
+/// The body of `POST /v1/leases`: grant a lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseGrantRequest {
+    /// Time to live without a renewal, in ms.
+    pub ttl_ms: u64,
+    /// See [`PutRequest::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// See [`PutRequest::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The body of `POST /v1/leases/{id}/keepalive` and `DELETE
+/// /v1/leases/{id}` (optional): only the session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// See [`PutRequest::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
+    /// See [`PutRequest::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The answer to a grant, a keepalive or a revoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    /// The lease.
+    pub id: u64,
+    /// Its TTL in ms (grant and keepalive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How many keys were deleted with it (revoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_deleted: Option<u64>,
+    /// See [`WriteResponse::index`].
+    pub index: u64,
+    /// See [`WriteResponse::node`].
+    pub node: u64,
+    /// See [`WriteResponse::duplicate`].
+    pub duplicate: bool,
+}
+
+/// One lease as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// Its id.
+    pub id: u64,
+    /// Time to live without a renewal, in ms.
+    pub ttl_ms: u64,
+    /// How long the leader will wait, from now, before it expires the
+    /// lease if nobody renews it; 0: it is being expired. Judged by the
+    /// leader's clocks, never less than what the lease is owed.
+    pub remaining_ms: u64,
+    /// When it was granted or last renewed, in log time (the leaders'
+    /// wall clocks, ms since the Unix epoch).
+    pub renewed_at_ms: u64,
+    /// How many times it was renewed.
+    pub renewals: u64,
+    /// How many keys are attached.
+    pub key_count: u64,
+}
+
+/// The answer to `GET /v1/leases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseListResponse {
+    /// Every lease, in id order.
+    pub leases: Vec<LeaseInfo>,
+    /// See [`ReadResponse::index`].
+    pub index: u64,
+    /// The leader that answered.
+    pub node: u64,
+}
+
+/// The answer to `GET /v1/leases/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDetailResponse {
+    /// The lease.
+    #[serde(flatten)]
+    pub lease: LeaseInfo,
+    /// Its keys, in byte order.
+    pub keys: Vec<String>,
+    /// See [`ReadResponse::index`].
+    pub index: u64,
+    /// The leader that answered.
+    pub node: u64,
+}
+
 /// The answer to a read of one key (`GET /v1/kv/{key}`), 200 only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadResponse {
@@ -285,6 +376,9 @@ pub mod codes {
     pub const TOO_LARGE: &str = "too_large";
     /// 404: the key does not exist.
     pub const KEY_NOT_FOUND: &str = "key_not_found";
+    /// 404: no such lease: never granted, or expired or revoked since
+    /// (a keepalive, a revoke, a put with `lease=`, a lease read).
+    pub const LEASE_NOT_FOUND: &str = "lease_not_found";
     /// 404: no such node in the membership.
     pub const UNKNOWN_NODE: &str = "unknown_node";
     /// The node keeps no rollback record with that id (404).
@@ -550,8 +644,10 @@ pub struct RolledBackEntry {
 /// One client write that was removed from the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolledBackWrite {
-    /// `put`, `delete` or `cas`; `undecodable` if the bytes are not a
-    /// write this build understands (`error` says why).
+    /// `put`, `delete`, `cas`, `put_with_lease`, `lease_grant`,
+    /// `lease_keepalive`, `lease_revoke` or `expire_leases`; `undecodable`
+    /// if the bytes are not a write this build understands (`error` says
+    /// why).
     pub op: String,
     /// The key written.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -562,6 +658,16 @@ pub struct RolledBackWrite {
     /// The value a CAS expected (absent with `expect_absent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<JsonValue>,
+    /// The lease a `put_with_lease` attaches its key to, or the lease a
+    /// `lease_keepalive` or `lease_revoke` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    /// The TTL a `lease_grant` asked for, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// The leases an `expire_leases` ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<u64>,
     /// The writing client's session, if it gave one: a retry with this
     /// `client_id` and `seq` applies at most once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

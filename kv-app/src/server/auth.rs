@@ -6,7 +6,8 @@
 //!
 //! * A client sends `Authorization: Bearer <token>`. The token's line in
 //!   the token file ([`crate::tokens`]) gives its role, and the route needs
-//!   one ([`access`]): reads need `read`, writes `write`, membership
+//!   one ([`access`]): reads need `read` (listing leases too), writes
+//!   `write` (granting, renewing and revoking leases too), membership
 //!   changes, snapshots and elections `admin`. `/health` is open.
 //! * A node sends the cluster secret in the [`CLUSTER_SECRET_HEADER`]
 //!   header. It opens only what nodes call on each other:
@@ -90,11 +91,15 @@ pub fn access(method: &Method, route: Option<&str>) -> Access {
             | "/v1/kv"
             | "/v1/kv/{*key}"
             | "/v1/watch"
+            | "/v1/leases"
+            | "/v1/leases/{id}"
             | "/v1/cluster/status"
             | "/v1/cluster/members",
             _,
         ) if read => Access::Client(Role::Read),
-        ("/v1/kv/{*key}", "PUT" | "DELETE") | ("/v1/cas/{*key}", "POST") => Access::Client(Role::Write),
+        ("/v1/kv/{*key}", "PUT" | "DELETE")
+        | ("/v1/cas/{*key}" | "/v1/leases" | "/v1/leases/{id}/keepalive", "POST")
+        | ("/v1/leases/{id}", "DELETE") => Access::Client(Role::Write),
         ("/v1/cluster/learners" | "/v1/cluster/members/{id}/promote", "POST") => Access::AdminOrPeer,
         ("/v1/cluster/members/{id}", "DELETE")
         | ("/v1/cluster/snapshot" | "/v1/cluster/campaign" | "/v1/cluster/transfer-leader", "POST")
@@ -378,6 +383,12 @@ mod tests {
             (&put, Some("/v1/kv/{*key}"), Access::Client(Role::Write)),
             (&delete, Some("/v1/kv/{*key}"), Access::Client(Role::Write)),
             (&post, Some("/v1/cas/{*key}"), Access::Client(Role::Write)),
+            (&get, Some("/v1/leases"), Access::Client(Role::Read)),
+            (&get, Some("/v1/leases/{id}"), Access::Client(Role::Read)),
+            (&post, Some("/v1/leases"), Access::Client(Role::Write)),
+            (&post, Some("/v1/leases/{id}/keepalive"), Access::Client(Role::Write)),
+            (&delete, Some("/v1/leases/{id}"), Access::Client(Role::Write)),
+            (&put, Some("/v1/leases/{id}"), Access::Client(Role::Admin)),
             (&post, Some("/v1/cluster/learners"), Access::AdminOrPeer),
             (&post, Some("/v1/cluster/members/{id}/promote"), Access::AdminOrPeer),
             (&delete, Some("/v1/cluster/members/{id}"), Access::Client(Role::Admin)),

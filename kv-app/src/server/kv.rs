@@ -54,7 +54,9 @@ pub struct ReadParams {
 /// Query parameters of writes.
 #[derive(Debug, Deserialize)]
 pub struct WriteParams {
-    durability: Option<String>,
+    pub(super) durability: Option<String>,
+    /// The lease to attach the key to (`PUT` only).
+    pub(super) lease: Option<u64>,
 }
 
 /// Query parameters of a listing.
@@ -66,9 +68,10 @@ pub struct ListParams {
     token: Option<u64>,
 }
 
-type ApiResult<T> = Result<T, Response>;
+/// A handler step's result: `Err` is the response to send at once.
+pub(super) type ApiResult<T> = Result<T, Response>;
 
-fn reject(e: ApiError) -> Response {
+pub(super) fn reject(e: ApiError) -> Response {
     e.into_response()
 }
 
@@ -86,7 +89,7 @@ fn key_of(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     Ok(key)
 }
 
-fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(super) fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t).map_err(|e| reject(ApiError::bad_request(format!("invalid query: {e}"))))
 }
 
@@ -94,11 +97,14 @@ fn consistency_of(s: Option<&str>) -> ApiResult<Consistency> {
     s.map_or(Ok(Consistency::default()), |s| s.parse().map_err(|e: String| reject(ApiError::bad_request(e))))
 }
 
-fn durability_of(s: Option<&str>) -> ApiResult<Durability> {
+pub(super) fn durability_of(s: Option<&str>) -> ApiResult<Durability> {
     s.map_or(Ok(Durability::default()), |s| s.parse().map_err(|e: String| reject(ApiError::bad_request(e))))
 }
 
-fn json_of<T: serde::de::DeserializeOwned>(body: &Bytes, allow_empty: bool) -> ApiResult<Option<T>> {
+pub(super) fn json_of<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+    allow_empty: bool,
+) -> ApiResult<Option<T>> {
     if body.is_empty() && allow_empty {
         return Ok(None);
     }
@@ -107,7 +113,7 @@ fn json_of<T: serde::de::DeserializeOwned>(body: &Bytes, allow_empty: bool) -> A
         .map_err(|e| reject(ApiError::bad_request(format!("invalid JSON body: {e}"))))
 }
 
-fn session_of(client_id: Option<u64>, seq: Option<u64>) -> ApiResult<Option<SessionId>> {
+pub(super) fn session_of(client_id: Option<u64>, seq: Option<u64>) -> ApiResult<Option<SessionId>> {
     match (client_id, seq) {
         (None, None) => Ok(None),
         (Some(client_id), Some(seq)) if seq >= 1 => Ok(Some(SessionId { client_id, seq })),
@@ -128,7 +134,7 @@ fn value_of(ctx: &Ctx, v: &JsonValue, what: &str) -> ApiResult<Vec<u8>> {
     Ok(bytes)
 }
 
-fn body_of(body: BodyResult) -> ApiResult<Bytes> {
+pub(super) fn body_of(body: BodyResult) -> ApiResult<Bytes> {
     body.map_err(|e| {
         let status = e.status();
         let err = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -298,33 +304,34 @@ pub async fn read_index(State(ctx): State<Ctx>) -> Response {
 }
 
 /// The request a write handler extracted, ready to propose.
-struct Write<'a> {
-    http: HttpRequest<'a>,
-    op: WriteOp,
-    session: Option<SessionId>,
-    durability: Durability,
+pub(super) struct Write<'a> {
+    pub(super) http: HttpRequest<'a>,
+    pub(super) op: WriteOp,
+    pub(super) session: Option<SessionId>,
+    pub(super) durability: Durability,
 }
 
 /// The request as received, to forward it unchanged.
-struct HttpRequest<'a> {
-    headers: &'a HeaderMap,
-    method: Method,
-    uri: &'a Uri,
-    body: Bytes,
+pub(super) struct HttpRequest<'a> {
+    pub(super) headers: &'a HeaderMap,
+    pub(super) method: Method,
+    pub(super) uri: &'a Uri,
+    pub(super) body: Bytes,
 }
 
-type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(super) type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 /// Everything a write handler needs from the request, extracted once. Each
 /// part keeps its own extraction result, so that a bad key, query or body
 /// becomes our JSON error rather than axum's plain-text rejection.
 pub struct WriteParts {
-    key: Result<Path<String>, PathRejection>,
-    params: Result<Query<WriteParams>, QueryRejection>,
-    method: Method,
-    headers: HeaderMap,
-    uri: Uri,
-    body: BodyResult,
+    /// The one path parameter: the key, or a lease id.
+    pub(super) key: Result<Path<String>, PathRejection>,
+    pub(super) params: Result<Query<WriteParams>, QueryRejection>,
+    pub(super) method: Method,
+    pub(super) headers: HeaderMap,
+    pub(super) uri: Uri,
+    pub(super) body: BodyResult,
 }
 
 impl<S: Send + Sync> FromRequest<S> for WriteParts {
@@ -349,14 +356,25 @@ async fn handle_write(
 ) -> Response {
     let run = async {
         let key = key_of(w.key)?;
-        let durability = durability_of(query_of(w.params)?.durability.as_deref())?;
+        let params = query_of(w.params)?;
+        let durability = durability_of(params.durability.as_deref())?;
         let body = body_of(w.body)?;
-        let (op, session) = parse(&ctx, key, &body)?;
-        if durability == Durability::Leader && matches!(op, WriteOp::Cas { .. }) {
-            return Err(reject(ApiError::bad_request(
-                "durability=leader cannot answer a CAS: its result is known only once applied; \
-                 use majority or all",
-            )));
+        let (mut op, session) = parse(&ctx, key, &body)?;
+        if let Some(lease) = params.lease {
+            op = match op {
+                WriteOp::Put { key, value } => WriteOp::PutWithLease { key, value, lease },
+                _ => return Err(reject(ApiError::bad_request("lease= applies to PUT only"))),
+            };
+        }
+        let needs_outcome = match op {
+            WriteOp::Cas { .. } => Some("answer a CAS: its result"),
+            WriteOp::PutWithLease { .. } => Some("attach a lease: whether the lease exists"),
+            _ => None,
+        };
+        if let (Durability::Leader, Some(what)) = (durability, needs_outcome) {
+            return Err(reject(ApiError::bad_request(format!(
+                "durability=leader cannot {what} is known only once applied; use majority or all"
+            ))));
         }
         let write_req = Write {
             http: HttpRequest { headers: &w.headers, method: w.method, uri: &w.uri, body },
@@ -413,7 +431,8 @@ pub async fn cas(State(ctx): State<Ctx>, w: WriteParts) -> Response {
     .await
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in ms since the Unix epoch: a command's `proposed_at_ms`.
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -431,11 +450,24 @@ async fn forward_write(ctx: &Ctx, http: HttpRequest<'_>, leader: Option<&LeaderH
     forward::to_leader(ctx, leader, req).await
 }
 
-/// Proposes a write on the leader, or forwards it there.
-async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
+/// A write the state machine applied (or recognised as a retry).
+pub(super) struct Applied {
+    /// What it did.
+    pub(super) outcome: WriteOutcome,
+    /// True if it was a retry of an applied write.
+    pub(super) duplicate: bool,
+    /// Its log index.
+    pub(super) index: u64,
+}
+
+/// Proposes a write on the leader, or forwards it there. `Ok` once the
+/// state machine applied it (at the durability asked for); `Err` with the
+/// response to send otherwise: the leader's answer to a forwarded write,
+/// the acknowledgement of a `leader`-durability write, or an error.
+pub(super) async fn propose(ctx: &Ctx, w: Write<'_>) -> ApiResult<Applied> {
     let cmd = KvCommand { session: w.session, proposed_at_ms: now_ms(), op: w.op };
     if w.durability == Durability::Leader {
-        return match ctx.node.write_logged(&cmd).await {
+        return Err(match ctx.node.write_logged(&cmd).await {
             // In the leader's durable log, not yet committed: no outcome.
             Ok(log_id) => Json(WriteResponse {
                 index: log_id.index,
@@ -451,36 +483,56 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
             // Not proposed here: safe to pass on to the leader.
             Err(WriteError::NotLeader { leader }) => forward_write(ctx, w.http, leader.as_ref()).await,
             Err(e) => ApiError::from(e).into_response(),
-        };
+        });
     }
     let written = match ctx.node.write(&cmd).await {
         Ok(written) => written,
         // Not proposed here: safe to pass on to the leader.
-        Err(WriteError::NotLeader { leader }) => return forward_write(ctx, w.http, leader.as_ref()).await,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(WriteError::NotLeader { leader }) => {
+            return Err(forward_write(ctx, w.http, leader.as_ref()).await)
+        }
+        Err(e) => return Err(ApiError::from(e).into_response()),
     };
     let index = written.log_id.index;
     let (outcome, duplicate) = match written.response {
         KvResponse::Applied(o) => (o, false),
         KvResponse::Duplicate(o) => (o, true),
         KvResponse::StaleSequence { last_seq } => {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 codes::STALE_SEQUENCE,
                 format!("this client already wrote seq {last_seq}; a retry of an older write is not applied"),
             )
             .with_index(index)
-            .into_response()
+            .into_response())
         }
         KvResponse::Rejected { reason } => {
-            return ApiError::bad_request(reason).with_index(index).into_response()
+            return Err(ApiError::bad_request(reason).with_index(index).into_response())
+        }
+        KvResponse::LeaseNotFound { id } => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                codes::LEASE_NOT_FOUND,
+                format!("no lease {id}: it was never granted, or it expired or was revoked"),
+            )
+            .with_index(index)
+            .into_response())
         }
     };
     if w.durability == Durability::All {
         if let Err(e) = wait_all_voters(ctx, index).await {
-            return e.into_response();
+            return Err(e.into_response());
         }
     }
+    Ok(Applied { outcome, duplicate, index })
+}
+
+/// Proposes a key write (put, delete, CAS) and answers with its outcome.
+async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
+    let Applied { outcome, duplicate, index } = match propose(ctx, w).await {
+        Ok(applied) => applied,
+        Err(response) => return response,
+    };
     let mut resp = WriteResponse {
         index,
         node: ctx.id,
@@ -501,6 +553,12 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
             if !succeeded {
                 status = StatusCode::PRECONDITION_FAILED;
             }
+        }
+        other => {
+            return ApiError::internal(format!(
+                "invariant: a key write has a key write's outcome, not {other:?}"
+            ))
+            .into_response()
         }
     }
     (status, Json(resp)).into_response()

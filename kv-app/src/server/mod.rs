@@ -6,6 +6,8 @@
 //!
 //! * [`kv`]: keys: get, put, delete, compare-and-swap, list, each read at
 //!   the consistency level the client asks for;
+//! * [`leases`]: grant, renew, revoke and list leases, and the leader's
+//!   loop that decides when a lease has expired;
 //! * [`cluster`]: status, membership changes, snapshots, elections,
 //!   leadership transfer;
 //! * [`backup`]: a consistent copy of the applied state, streamed;
@@ -33,6 +35,7 @@ pub mod error;
 pub mod follower_reads;
 pub mod forward;
 pub mod kv;
+pub mod leases;
 pub mod metrics;
 pub mod rollback;
 pub mod tls;
@@ -165,6 +168,8 @@ pub struct Ctx {
     pub changes: Arc<ChangeLog>,
     /// Becomes true when the server stops: open watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The leader's judgment of how long each lease has left.
+    pub leases: Arc<leases::LeaseClock>,
 }
 
 /// A running server.
@@ -176,6 +181,7 @@ pub struct Server {
     ctx: Ctx,
     http_task: JoinHandle<()>,
     watch_task: JoinHandle<()>,
+    lease_task: JoinHandle<()>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
 }
 
@@ -243,6 +249,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         follower_reads: Arc::default(),
         changes,
         shutdown: shutdown_rx.clone(),
+        leases: Arc::default(),
     };
 
     let app = router(ctx.clone());
@@ -254,6 +261,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         None => tokio::spawn(serve(http, app, stopped)),
     };
     let watch_task = tokio::spawn(watch_leadership(ctx.clone()));
+    let lease_task = tokio::spawn(leases::run_expiry(ctx.clone()));
 
     let (fresh, learner) = {
         let m = node.metrics().await;
@@ -270,7 +278,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         node.initialize(config.initial_members.clone()).await?;
     }
     tracing::info!(node_id = config.id, %http_addr, %raft_addr, "kv-server serving");
-    Ok(Server { http_addr, raft_addr, ctx, http_task, watch_task, shutdown_tx })
+    Ok(Server { http_addr, raft_addr, ctx, http_task, watch_task, lease_task, shutdown_tx })
 }
 
 impl Server {
@@ -321,6 +329,8 @@ impl Server {
         let _ = self.shutdown_tx.send(true);
         self.watch_task.abort();
         let _ = self.watch_task.await;
+        self.lease_task.abort();
+        let _ = self.lease_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
         let Ctx { node, .. } = self.ctx;
         match Arc::try_unwrap(node) {
@@ -376,6 +386,9 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/cas/{*key}", post(kv::cas))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/leases", get(leases::list).post(leases::grant))
+        .route("/v1/leases/{id}", get(leases::show).delete(leases::revoke))
+        .route("/v1/leases/{id}/keepalive", post(leases::keep_alive))
         .route("/v1/cluster/status", get(cluster::status))
         .route("/v1/cluster/members", get(cluster::members))
         .route("/v1/cluster/learners", post(cluster::add_learner))

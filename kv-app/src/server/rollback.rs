@@ -112,6 +112,9 @@ fn write(bytes: &[u8]) -> RolledBackWrite {
         key: String::new(),
         value: None,
         expected: None,
+        lease: None,
+        ttl_ms: None,
+        leases: Vec::new(),
         client_id: None,
         seq: None,
         proposed_at_ms: 0,
@@ -128,16 +131,21 @@ fn write(bytes: &[u8]) -> RolledBackWrite {
     w.client_id = cmd.session.map(|s| s.client_id);
     w.seq = cmd.session.map(|s| s.seq);
     w.proposed_at_ms = cmd.proposed_at_ms;
+    w.op = cmd.op.name().into();
     match cmd.op {
-        WriteOp::Put { key, value } => {
-            (w.op, w.key, w.value) = ("put".into(), key, Some(JsonValue::from_bytes(&value)));
-        }
-        WriteOp::Delete { key } => (w.op, w.key) = ("delete".into(), key),
+        WriteOp::Put { key, value } => (w.key, w.value) = (key, Some(JsonValue::from_bytes(&value))),
+        WriteOp::Delete { key } => w.key = key,
         WriteOp::Cas { key, expected, value } => {
-            (w.op, w.key) = ("cas".into(), key);
+            w.key = key;
             w.value = Some(JsonValue::from_bytes(&value));
             w.expected = expected.map(|x| JsonValue::from_bytes(&x));
         }
+        WriteOp::PutWithLease { key, value, lease } => {
+            (w.key, w.value, w.lease) = (key, Some(JsonValue::from_bytes(&value)), Some(lease));
+        }
+        WriteOp::LeaseGrant { ttl_ms } => w.ttl_ms = Some(ttl_ms),
+        WriteOp::LeaseKeepAlive { id } | WriteOp::LeaseRevoke { id } => w.lease = Some(id),
+        WriteOp::ExpireLeases { leases } => w.leases = leases.iter().map(|l| l.id).collect(),
     }
     w
 }

@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::bench::{self, BenchArgs, ElectionsArgs, FailoverArgs};
 use crate::endpoint;
+use crate::lease::{self, LeaseCommand};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster, NodeRestart, Stopped};
 use crate::{rollback, snapshot};
 
@@ -115,12 +116,16 @@ impl GlobalArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Store VALUE under KEY.
+    /// Store VALUE under KEY (--lease ID: attached to a lease, deleted
+    /// when it ends; without it the key is detached from any lease).
     Put {
         /// The key.
         key: String,
         /// The value (UTF-8).
         value: String,
+        /// The lease to attach the key to (`kvctl lease grant`).
+        #[arg(long)]
+        lease: Option<u64>,
     },
     /// Print KEY's value (exit 1 if it does not exist).
     Get {
@@ -170,6 +175,11 @@ pub enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Leases: `lease grant TTL`, `lease keepalive ID [--once]`, `lease
+    /// revoke ID`, `lease list`, `lease show ID`. Keys put with `--lease
+    /// ID` are deleted when the lease expires or is revoked.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
     /// Show the status of the first reachable endpoint (--all: of every one).
     Status {
         /// Ask every endpoint.
@@ -465,7 +475,8 @@ fn server_tool(subcommand: &str, args: &[String], bin: Option<PathBuf>) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
+/// A positive number of seconds, for clap.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s:?} is not a positive number of seconds")),
@@ -549,6 +560,7 @@ impl Command {
             | Command::Compact { .. }
             | Command::Campaign { .. }
             | Command::TransferLeader { .. } => true,
+            Command::Lease(command) => command.changes_state(),
             Command::Get { .. }
             | Command::List { .. }
             | Command::Watch { .. }
@@ -619,8 +631,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::with_options(g.endpoints.clone(), options).context("bad --endpoints")?;
     let first_endpoint = client.endpoints()[0].clone();
     match cli.command {
-        Command::Put { key, value } => {
-            let w = client.put(&key, value.as_bytes(), None).await.with_context(|| format!("put {key:?}"))?;
+        Command::Put { key, value, lease } => {
+            let w = match lease {
+                None => client.put(&key, value.as_bytes(), None).await,
+                Some(id) => client.put_with_lease(&key, value.as_bytes(), id, None).await,
+            }
+            .with_context(|| format!("put {key:?}"))?;
             print_write(g.json, &w, w.created.map(|c| if c { "created" } else { "updated" }))?;
         }
         Command::Get { key } => match client.get(&key, None).await.with_context(|| format!("get {key:?}"))? {
@@ -725,6 +741,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Lease(command) => return lease::run(command, &client, g.json).await,
         Command::Endpoint(command) => {
             return run_endpoint(command, &client, &g.endpoints, deadline, g.json).await
         }

@@ -11,11 +11,13 @@
 //! 2. [`endpoint`]: `kvctl endpoint status` and `kvctl endpoint health`,
 //!    every endpoint's view of the cluster side by side.
 //! 3. [`snapshot`]: `kvctl snapshot save` and `status`, online backups.
-//! 4. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
+//! 4. [`lease`]: `kvctl lease`, leases whose keys end with them.
+//! 5. [`bench`](mod@bench): `kvctl bench`, a load generator for kv and etcd.
 
 pub mod bench;
 pub mod cli;
 pub mod endpoint;
+pub mod lease;
 pub mod local_cluster;
 pub mod rollback;
 pub mod snapshot;

@@ -1,6 +1,6 @@
 //! `kvctl` end to end, as a user runs it: `cluster up` starts real
-//! `kv-server` processes and writes `cluster.json`; the key commands print
-//! values and use exit codes; `status --json` names the leader;
+//! `kv-server` processes and writes `cluster.json`; the key and lease
+//! commands print values and use exit codes; `status --json` names the leader;
 //! `transfer-leader --to N` makes N leader; `endpoint status` and `endpoint
 //! health` show every node, and a stopped one; `cluster restart --rolling`
 //! restarts every node, the leader last, and stops at a node that does not
@@ -76,6 +76,39 @@ fn cluster_up_put_get_cas_status_transfer_leader_and_down() {
         let out = with(&["cas", "greeting", "hello", "hi"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&with(&["get", "greeting"]).stdout).trim(), "hi");
+
+        // Leases: grant, put a key with it, list it, revoke it; a lease
+        // that is gone exits 1, as a missing key does.
+        let out = with(&["--json", "lease", "grant", "60"]);
+        assert!(out.status.success(), "lease grant: {}", text(&out.stderr));
+        let granted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = granted["id"].as_u64().expect("a lease id").to_string();
+        assert_eq!(granted["ttl_ms"], 60_000, "{granted}");
+        let out = with(&["put", "--lease", &id, "leased", "v"]);
+        assert!(out.status.success(), "put --lease: {}", text(&out.stderr));
+        let out = with(&["lease", "keepalive", "--once", &id]);
+        assert!(out.status.success(), "keepalive --once: {}", text(&out.stderr));
+        let out = with(&["--json", "lease", "list"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(listed["leases"][0]["key_count"], 1, "{listed}");
+        let out = with(&["lease", "show", &id]);
+        assert!(text(&out.stdout).contains("\n  leased\n"), "{}", text(&out.stdout));
+        let out = with(&["lease", "revoke", &id]);
+        assert!(text(&out.stdout).contains("1 keys deleted"), "{}", text(&out.stdout));
+        assert_eq!(with(&["get", "leased"]).status.code(), Some(1), "revoked with its lease");
+        for gone in
+            [&["lease", "keepalive", "--once", &id][..], &["lease", "show", &id], &["lease", "revoke", &id]]
+        {
+            let out = with(gone);
+            assert_eq!(out.status.code(), Some(1), "{gone:?}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("not found"), "{gone:?}: {}", text(&out.stderr));
+        }
+        let out = with(&["put", "--lease", &id, "leased", "v"]);
+        assert_eq!(out.status.code(), Some(2), "a put naming a gone lease is refused");
+        assert!(text(&out.stderr).contains("lease_not_found"), "{}", text(&out.stderr));
+        let out = with(&["lease", "grant", "0.1"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("it must be 500 to 86400000"), "{}", text(&out.stderr));
 
         let out = with(&["--json", "status"]);
         assert!(out.status.success(), "{}", text(&out.stderr));

@@ -194,14 +194,26 @@ impl Client {
         value: &[u8],
         durability: impl Into<Option<Durability>>,
     ) -> Result<WriteResponse, ClientError> {
+        self.put_in_lease(key, value, None, durability.into()).await
+    }
+
+    /// A put, attaching the key to `lease` if given (`PUT ...?lease=ID`).
+    pub(super) async fn put_in_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<u64>,
+        durability: Option<Durability>,
+    ) -> Result<WriteResponse, ClientError> {
         let path = kv_path(key)?;
-        let lease = self.lease();
+        let session = self.lease();
         let body = PutRequest {
             value: JsonValue::from_bytes(value),
-            client_id: Some(lease.client_id),
-            seq: Some(lease.seq),
+            client_id: Some(session.client_id),
+            seq: Some(session.seq),
         };
-        let call = self.write_call(Method::PUT, path, &body, durability.into(), &lease, &[]);
+        let mut call = self.write_call(Method::PUT, path, &body, durability, &session, &[]);
+        call.query.extend(lease.map(|id| ("lease", id.to_string())));
         let reply = self.execute(&call).await?;
         self.write_response(&reply)
     }
@@ -309,7 +321,7 @@ impl Client {
         Ok(Listing { items, more: l.more, index: l.index, node: l.node, committed_index: l.committed_index })
     }
 
-    fn write_call<'a>(
+    pub(super) fn write_call<'a>(
         &self,
         method: Method,
         path: String,
@@ -333,7 +345,7 @@ impl Client {
         }
     }
 
-    fn write_response(&self, reply: &Reply) -> Result<WriteResponse, ClientError> {
+    pub(super) fn write_response(&self, reply: &Reply) -> Result<WriteResponse, ClientError> {
         let w: WriteResponse = decode(reply)?;
         self.observe(w.index);
         Ok(w)

@@ -87,8 +87,8 @@
 //!
 //! # The code
 //!
-//! This file holds the [`Client`] handle and its options. `kv.rs` and
-//! `cluster.rs` turn each operation into a request and its answer into a
+//! This file holds the [`Client`] handle and its options. `kv.rs`,
+//! `leases.rs` and `cluster.rs` turn each operation into a request and its answer into a
 //! typed result; `session.rs` leases exactly-once sessions to writes;
 //! `leader.rs` chooses the endpoint for each attempt; `retry.rs` sends a
 //! request until it succeeds, fails definitely or runs out of time; and
@@ -124,6 +124,7 @@ mod cluster;
 mod error;
 mod kv;
 mod leader;
+mod leases;
 mod retry;
 mod session;
 mod watch;
@@ -133,6 +134,7 @@ pub use error::ClientError;
 pub use kv::{encode_key, kv_path, CasOutcome, KeyValue, Listing, Read};
 use leader::Routing;
 pub use leader::{normalize_endpoint, normalize_endpoint_for};
+pub use leases::{is_lease_not_found, LeaseKeeper};
 use session::WriteSession;
 pub use watch::{Watch, WatchOptions};
 
