@@ -826,6 +826,39 @@ mod tests {
         assert_eq!(log.next_index(), 10);
     }
 
+    /// A lease's keys leave through the same path as any delete: watchers
+    /// see `delete` for a revoke and `expire` for an expiry, with the value
+    /// before; a put that moves a key off its lease is an ordinary put.
+    #[tokio::test]
+    async fn a_lease_ending_records_each_of_its_keys_as_deleted_or_expired() {
+        let log = Arc::new(ChangeLog::new(Default::default()));
+        let mut r = Replica::of(KvStateMachine::new().with_change_log(log.clone()));
+        use ChangeKind::{Delete, Expire, Put};
+        let at = |ms: u64, op: WriteOp| KvCommand { session: None, proposed_at_ms: ms, op };
+        let leased = |key: &str, value: &str, lease: u64| WriteOp::PutWithLease {
+            key: key.into(),
+            value: ByteBuf::from(value.as_bytes().to_vec()),
+            lease,
+        };
+        r.apply(at(T0, WriteOp::LeaseGrant { ttl_ms: 2_000 })).await; // 1: lease 1
+        r.apply(at(T0, WriteOp::LeaseGrant { ttl_ms: 2_000 })).await; // 2: lease 2
+        r.apply(at(T0, leased("a", "1", 1))).await; // 3
+        r.apply(at(T0, leased("b", "2", 2))).await; // 4
+        r.apply(at(T0, WriteOp::LeaseRevoke { id: 1 })).await; // 5
+        let expire =
+            WriteOp::ExpireLeases { leases: vec![crate::command::ExpiredLease { id: 2, renewals: 0 }] };
+        r.apply(at(T0 + 2_000, expire)).await; // 6
+        assert_eq!(
+            changes(&log),
+            owned(&[
+                (3, Put, "a", Some("1"), None),
+                (4, Put, "b", Some("2"), None),
+                (5, Delete, "a", None, Some("1")),
+                (6, Expire, "b", None, Some("2")),
+            ])
+        );
+    }
+
     #[tokio::test]
     async fn recording_changes_does_not_change_what_apply_does() {
         let log = Arc::new(ChangeLog::new(Default::default()));
