@@ -209,6 +209,14 @@ impl ChangeLog {
         lock(&self.history).read(from, limit, backlog_from, Instant::now())
     }
 
+    /// [`ChangeLog::oldest_index`] and [`ChangeLog::next_index`], read
+    /// together (a snapshot install between two separate reads could move
+    /// both).
+    pub fn bounds(&self) -> (u64, u64) {
+        let h = lock(&self.history);
+        (h.oldest, h.next)
+    }
+
     /// The smallest index a watch can start from.
     pub fn oldest_index(&self) -> u64 {
         lock(&self.history).oldest

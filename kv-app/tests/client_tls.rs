@@ -145,6 +145,11 @@ async fn an_https_cluster_forwards_and_refuses_plain_http_and_unknown_cas() {
     let client = client_of(&c, follower, Some(trust(&dir, None)));
     forwarded_writes_and_reads_work(&client, leader, follower).await;
 
+    // The change stream is served over HTTPS like the rest.
+    let from_one = kv_client::client::WatchOptions { from_index: Some(1), ..Default::default() };
+    let mut watch = client.watch("k", from_one).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().key, "k0");
+
     // Plain HTTP on the HTTPS port: a 400 that says what to do.
     let plain = kv_client::tls::http_client_builder(None).build().unwrap();
     let resp = plain.get(format!("http://{}/v1/kv/k1", c.nodes[&follower].http)).send().await.unwrap();

@@ -236,6 +236,12 @@ async fn a_watcher_that_does_not_read_is_cut_off_and_resuming_from_its_index_los
     let all: Vec<WatchEvent> = delivered.into_iter().chain(rest).collect();
     assert_eq!(keys_in_order(&all), written);
     assert!(all.iter().all(|e| e.value.as_deref() == Some(&value[..])));
+
+    // /metrics counted the cut-off, and the resumed watch is open.
+    let metrics = http().get(format!("http://{}/metrics", node.server.http_addr)).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("kv_watch_ends_total{reason=\"slow_watcher\"} 1"), "{text}");
+    assert!(text.lines().any(|l| l == "kv_watches 1"), "{text}");
     node.server.shutdown().await;
 }
 

@@ -48,6 +48,11 @@ pub struct Metrics {
     follower_matched: Family<Labels, Gauge<i64, AtomicI64>>,
     sessions: Gauge,
     auth_refusals: Family<Labels, Counter>,
+    /// Watches open now (`GET /v1/watch`).
+    pub watches: Gauge,
+    watch_ends: Family<Labels, Counter>,
+    watch_history_changes: Gauge,
+    watch_history_oldest: Gauge,
 }
 
 impl Metrics {
@@ -68,6 +73,10 @@ impl Metrics {
             follower_matched: Family::default(),
             sessions: Gauge::default(),
             auth_refusals: Family::default(),
+            watches: Gauge::default(),
+            watch_ends: Family::default(),
+            watch_history_changes: Gauge::default(),
+            watch_history_oldest: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,8 +117,29 @@ impl Metrics {
                 "Requests refused before their handler ran: no or unknown credentials (unauthenticated), or a role that does not allow them (forbidden)",
                 m.auth_refusals.clone(),
             );
+            r.register("watches", "Watches (GET /v1/watch) open now", m.watches.clone());
+            r.register(
+                "watch_ends",
+                "Watches the server ended, by reason: slow_watcher, compacted or shutting_down",
+                m.watch_ends.clone(),
+            );
+            r.register(
+                "watch_history_changes",
+                "Changes kept for watches to start from",
+                m.watch_history_changes.clone(),
+            );
+            r.register(
+                "watch_history_oldest_index",
+                "The oldest index a watch can start from (older: 410 compacted)",
+                m.watch_history_oldest.clone(),
+            );
         }
         m
+    }
+
+    /// Counts a watch the server ended, by `reason` (the end line's error code).
+    pub fn watch_ended(&self, reason: &str) {
+        self.watch_ends.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
     }
 
     fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
@@ -166,6 +196,9 @@ pub async fn scrape(State(ctx): State<Ctx>) -> Response {
             .set(as_i64(m.last_log_index.saturating_sub(matched.unwrap_or(0))));
         g.follower_matched.get_or_create(&labels).set(matched.map_or(-1, as_i64));
     }
+    let (oldest, _) = ctx.changes.bounds();
+    g.watch_history_oldest.set(as_i64(oldest));
+    g.watch_history_changes.set(as_i64(ctx.changes.len() as u64));
     if let Ok(view) = ctx.node.view() {
         if let Ok(n) = crate::state_machine::session_count(&view) {
             g.sessions.set(as_i64(n as u64));

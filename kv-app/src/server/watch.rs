@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::ApiError;
+use super::metrics::Metrics;
 use super::Ctx;
 use crate::changes::{Change, ChangeKind, ChangeLog, Read, Retention};
 use crate::command::MAX_KEY_BYTES;
@@ -126,17 +127,17 @@ pub async fn watch(State(ctx): State<Ctx>, params: Result<Query<WatchParams>, Qu
         Err(e) => return e.into_response(),
     };
     let log = ctx.changes.clone();
-    let next = log.next_index();
+    let (oldest, next) = log.bounds();
     let from = request.from_index.unwrap_or(next);
     // Fault injection (`--unsafe-watch-from-latest`): a watch asked to
     // start in the past starts at this node's latest index instead, so a
     // watcher that reconnects silently misses what happened meanwhile.
     let from = if ctx.config.faults.unsafe_watch_from_latest { from.max(next) } else { from };
-    let oldest = log.oldest_index();
     if from < oldest {
         return compacted(ctx.id, from, oldest);
     }
     tracing::debug!(node_id = ctx.id, prefix = %request.prefix, from, "watch started");
+    ctx.metrics.watches.inc();
     let watcher = Watcher {
         woken: log.subscribe(),
         log,
@@ -147,6 +148,7 @@ pub async fn watch(State(ctx): State<Ctx>, params: Result<Query<WatchParams>, Qu
         shutdown: ctx.shutdown.clone(),
         config: ctx.config.watch,
         node_id: ctx.id,
+        metrics: Some(ctx.metrics.clone()),
         last_line: Instant::now(),
         started: false,
         ended: false,
@@ -192,6 +194,8 @@ struct Watcher {
     shutdown: watch::Receiver<bool>,
     config: WatchConfig,
     node_id: u64,
+    /// Counts open watches and their ends; `None` in unit tests.
+    metrics: Option<Arc<Metrics>>,
     /// When the last line was sent, for progress lines.
     last_line: Instant,
     /// Whether the first progress line was sent.
@@ -301,6 +305,9 @@ impl Watcher {
     /// The last line: why the stream ends, and where to resume.
     fn end(&mut self, code: &str, message: String, oldest_index: Option<u64>) -> Bytes {
         self.ended = true;
+        if let Some(metrics) = &self.metrics {
+            metrics.watch_ended(code);
+        }
         let end = WatchEnd {
             error: code.into(),
             message,
@@ -311,6 +318,15 @@ impl Watcher {
         let mut line = Vec::new();
         write_line(&mut line, &end);
         line.into()
+    }
+}
+
+impl Drop for Watcher {
+    /// The watch is over: ended by the server, or its connection closed.
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.watches.dec();
+        }
     }
 }
 
@@ -370,6 +386,7 @@ mod tests {
                 ..WatchConfig::default()
             },
             node_id: 1,
+            metrics: None,
             last_line: Instant::now(),
             started: false,
             ended: false,
