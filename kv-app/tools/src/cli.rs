@@ -28,7 +28,7 @@ use kv_client::client::{BearerToken, Client, ClientError, ClientOptions, WatchOp
 use kv_client::tls::ClientTls;
 use serde::Serialize;
 
-use crate::bench::{self, BenchArgs, ElectionsArgs, FailoverArgs};
+use crate::bench::{self, BenchArgs, ElectionsArgs, FailoverArgs, WatchArgs};
 use crate::endpoint;
 use crate::lease::{self, LeaseCommand};
 use crate::local_cluster::{self, ClusterConfig, LocalCluster, NodeRestart, Stopped};
@@ -341,6 +341,11 @@ pub enum BenchScenario {
     /// than the timeout) every few seconds, and count the elections that
     /// start though nothing failed, per minute.
     Elections(ElectionsArgs),
+    /// Start a 3-node kv (or etcd) cluster, open --watchers watches on one
+    /// node, put at a fixed rate through the leader, and report the time
+    /// from each put's acknowledgement to its event at each watcher (p50,
+    /// p99, max) and the node's memory with the watches open.
+    Watch(WatchArgs),
 }
 
 /// `kvctl rollback ...`.
@@ -618,6 +623,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand { scenario: Some(BenchScenario::Elections(args)), .. }) => {
             return run_elections(&args, g.json).await;
+        }
+        Command::Bench(BenchCommand { scenario: Some(BenchScenario::Watch(args)), .. }) => {
+            return run_watch_bench(&args, g.json).await;
         }
         Command::Bench(BenchCommand { scenario: None, load }) => {
             let mut config = load.config(&g.endpoints, g.consistency, g.durability, deadline)?;
@@ -1061,6 +1069,23 @@ async fn run_failover(args: &FailoverArgs, json: bool) -> anyhow::Result<ExitCod
     let failed = report.failed_rounds();
     if failed > 0 {
         eprintln!("kvctl: bench failover: {failed} rounds saw no put succeed in time");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvctl bench watch`: measures every system and number of watchers,
+/// prints the table; exits 2 if a watcher missed a change.
+async fn run_watch_bench(args: &WatchArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let report = bench::run_watch(args).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.table());
+    }
+    let missed: u64 = report.rows.iter().map(|r| r.missed).sum();
+    if missed > 0 {
+        eprintln!("kvctl: bench watch: {missed} deliveries never arrived");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     Ok(ExitCode::SUCCESS)

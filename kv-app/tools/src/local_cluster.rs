@@ -731,6 +731,11 @@ impl LocalCluster {
         })
     }
 
+    /// Node `id`'s process id, if this cluster started it.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
+    }
+
     /// Sends `signal` to node `id` and returns at once; the node stays ours
     /// until [`LocalCluster::wait_exit`] reaps it (for measuring what
     /// happens while it stops).

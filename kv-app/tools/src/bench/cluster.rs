@@ -186,6 +186,19 @@ impl Cluster {
         Ok(Cluster { system, nodes, endpoints })
     }
 
+    /// The system it is.
+    pub fn system(&self) -> System {
+        self.system
+    }
+
+    /// Node `id`'s process id, if this cluster started it and it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        match &self.nodes {
+            Nodes::Kv(kv) => kv.pid(id),
+            Nodes::Etcd(etcd) => etcd.pid(id),
+        }
+    }
+
     pub fn protocol(&self) -> Protocol {
         self.system.protocol()
     }

@@ -219,6 +219,11 @@ impl EtcdCluster {
     }
 
     /// Sends `sig` to member `id` and returns at once.
+    /// Member `id`'s process id, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(std::process::Child::id)
+    }
+
     pub fn signal(&self, id: u64, sig: Signal) -> anyhow::Result<()> {
         let child = self.children.get(&id).with_context(|| format!("etcd member {id} is not running"))?;
         let pid = i32::try_from(child.id()).context("a pid out of range")?;

@@ -93,6 +93,9 @@
 //!    followers pause briefly, though nothing failed ([`run_elections`]).
 //! 9. `plot.rs`: the SVG plots of those two: cumulative distributions of
 //!    failover times, and the trade-off.
+//! 10. `watch.rs`: `kvctl bench watch`: how long a change takes to reach
+//!     1, 100 or 1,000 watchers on one node, and the node's memory with
+//!     them ([`run_watch`]).
 
 mod cluster;
 mod elections;
@@ -102,6 +105,7 @@ mod instant;
 mod plot;
 mod report;
 mod run;
+mod watch;
 mod worker;
 
 use std::time::Duration;
@@ -124,6 +128,7 @@ pub use failover::{
 pub use instant::{instant_router, serve_instant};
 pub use report::{Latency, Report};
 pub use run::run_load;
+pub use watch::{run_watch, WatchArgs, WatchOn, WatchReport, WatchRow};
 pub use worker::ERROR_PAUSE;
 
 /// The measured phase's length when neither `--duration` nor `--ops` is
