@@ -494,29 +494,25 @@ pub(super) async fn propose(ctx: &Ctx, w: Write<'_>) -> ApiResult<Applied> {
         Err(e) => return Err(ApiError::from(e).into_response()),
     };
     let index = written.log_id.index;
+    // The state machine refused it, at `index`: nothing changed.
+    let refused = |e: ApiError| e.with_index(index).into_response();
     let (outcome, duplicate) = match written.response {
         KvResponse::Applied(o) => (o, false),
         KvResponse::Duplicate(o) => (o, true),
         KvResponse::StaleSequence { last_seq } => {
-            return Err(ApiError::new(
+            return Err(refused(ApiError::new(
                 StatusCode::CONFLICT,
                 codes::STALE_SEQUENCE,
                 format!("this client already wrote seq {last_seq}; a retry of an older write is not applied"),
-            )
-            .with_index(index)
-            .into_response())
+            )))
         }
-        KvResponse::Rejected { reason } => {
-            return Err(ApiError::bad_request(reason).with_index(index).into_response())
-        }
+        KvResponse::Rejected { reason } => return Err(refused(ApiError::bad_request(reason))),
         KvResponse::LeaseNotFound { id } => {
-            return Err(ApiError::new(
+            return Err(refused(ApiError::new(
                 StatusCode::NOT_FOUND,
                 codes::LEASE_NOT_FOUND,
                 format!("no lease {id}: it was never granted, or it expired or was revoked"),
-            )
-            .with_index(index)
-            .into_response())
+            )))
         }
     };
     if w.durability == Durability::All {
