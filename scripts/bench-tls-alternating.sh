@@ -151,9 +151,19 @@ measure() { # variant, round
   local token_env="" spin=0
   if [[ "$v" == secure || "$v" == tokens ]]; then token_env="$token"; fi
   if [[ "$v" == plain-spin ]]; then spin="$control"; fi
-  wrk_line="$(KV_TOKEN="$token_env" KV_WRK_SPIN="$spin" wrk_measured "${scheme}$leader" "$tmp/wrk-$v-$n.txt")"
+  if ! wrk_line="$(KV_TOKEN="$token_env" KV_WRK_SPIN="$spin" wrk_measured "${scheme}$leader" "$tmp/wrk-$v-$n.txt")"; then
+    # An election in the middle of the run (a busy machine can delay
+    # heartbeats) answers some puts 503: this measurement does not count.
+    echo "variant $v, round $n: left out" >&2
+    kill "${pids[@]}"
+    wait "${pids[@]}" 2>/dev/null || true
+    pids=()
+    return
+  fi
+  # The 1-minute load average: how busy the machine was (other work included).
   jq -nc --arg v "$v" --argjson n "$n" --argjson bench "$line" --argjson wrk "$wrk_line" \
-    '{variant: $v, round: $n, bench: $bench, wrk: $wrk}' | tee -a "$tmp/all.jsonl"
+    --argjson load "$(cut -d' ' -f1 /proc/loadavg)" \
+    '{variant: $v, round: $n, bench: $bench, wrk: $wrk, load: $load}' | tee -a "$tmp/all.jsonl"
   kill "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true
   pids=()
@@ -164,7 +174,7 @@ for n in $(seq "$rounds"); do
 done
 
 echo
-echo "$(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), kv $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $rounds rounds, puts at 64 clients, ${seconds} s each"
+echo "$(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), kv $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $rounds rounds, puts at 64 clients, ${seconds} s each, load average $(jq -s 'map(.load) | "\(min) to \(max)"' -r "$tmp/all.jsonl")"
 jq -rs 'def mean(f): map(f) | add / length;
   group_by(.variant) | map({v: .[0].variant, bench: (mean(.bench.ops) | round), cpu: (mean(.bench.cpu_us) | round),
     wrk: (mean(.wrk.req_s) | round), wsrv: (mean(.wrk.server_cpu_us) | round),
