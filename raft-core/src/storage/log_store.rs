@@ -453,7 +453,15 @@ fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
                 Op::Purge { upto, .. } => {
                     // Acknowledged entries not known to be committed get a
                     // record before they go (a snapshot installed over an
-                    // old leader's tail).
+                    // old leader's tail). Known to be committed is judged
+                    // again here, against the log as this transaction has
+                    // it: the entry at the commit index may have been
+                    // appended earlier in this same group.
+                    if let Some(committed) = *lock(&state.committed) {
+                        rollback::forget_committed(&tx, committed, |i| {
+                            Ok(entry_at(&log, i)?.map(|e| e.log_id))
+                        })?;
+                    }
                     let vote = new_vote.or(*lock(&state.vote));
                     let term = vote.map_or(0, |v| v.leader_id.term);
                     rollback::record_purged(&tx, *upto, term, |i| entry_at(&log, i))?;
@@ -576,6 +584,39 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer may take an append and a purge in one group (it was
+    /// slow to wake, and both were queued). The entry at the commit index
+    /// is then appended in the same transaction as the purge: the purge
+    /// must still see that the entries behind it are committed, and keep
+    /// no rollback record of them.
+    #[test]
+    fn a_purge_in_the_group_that_appended_the_commit_index_records_nothing() {
+        use crate::types::log_id;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let state = State {
+            db: db.clone(),
+            pending: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new(Some(log_id(1, 3))),
+            vote: Mutex::new(Some(Vote::new(1, 1))),
+            failed: Mutex::new(None),
+        };
+        let (noted, _durable) = crate::types::Batch::noted(vec![serde_bytes::ByteBuf::from(vec![2u8])]);
+        let mut entries: Vec<Entry> = (1..=3)
+            .map(|i| Entry {
+                log_id: log_id(1, i),
+                payload: EntryPayload::Normal(crate::types::Batch::one(vec![1])),
+            })
+            .collect();
+        entries[1].payload = EntryPayload::Normal(noted);
+        let (purged, _) = oneshot::channel();
+        let ops =
+            [Op::Append { entries, done: IOFlushed::noop() }, Op::Purge { upto: log_id(1, 2), done: purged }];
+        write_group(&state, &ops).unwrap();
+        let records = rollback::records(&db).unwrap();
+        assert!(records.is_empty(), "committed entries are not rolled back: {records:?}");
+    }
 
     #[test]
     fn empty_ranges() {
