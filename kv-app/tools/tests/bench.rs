@@ -224,3 +224,28 @@ fn kvctl_bench_elections_counts_elections_and_plots_the_tradeoff() {
     assert!(is_svg(&plot), "{}", std::fs::read_to_string(&plot).unwrap_or_default());
     assert_stopped(&dir.path().join("run/kv-300"));
 }
+
+/// `kvctl bench watch` opens the watches on a follower of a fresh cluster,
+/// puts at a fixed rate through the leader, and finds every put's event at
+/// every watcher, with both probers. The latencies are not asserted.
+#[test]
+fn kvctl_bench_watch_delivers_every_put_to_every_watcher_with_both_probers() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["bench", "watch", "--watchers", "1,3", "--rate", "20", "--seconds", "1", "--drain", "3"];
+    let (report, stderr): (bench::WatchReport, _) = kvctl_json(&args, &dir.path().join("run"));
+    let rows: Vec<_> = report.rows.iter().map(|r| (r.prober, r.watchers)).collect();
+    use bench::Prober::{Json, Scan};
+    assert_eq!(rows, [(Json, 1), (Json, 3), (Scan, 1), (Scan, 3)], "{stderr}");
+    for r in &report.rows {
+        assert_eq!((r.puts + r.failed_puts, r.failed_puts), (20, 0), "{r:?}");
+        assert_eq!((r.deliveries, r.missed), (r.puts * r.watchers as u64, 0), "{r:?}");
+        assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms, "{r:?}");
+        // The CPU time is read in 10 ms ticks: a second of light load may
+        // show none.
+        assert!(
+            r.rss_watching_mib > 0.0 && r.generator_cpu_us.is_finite() && r.generator_cpu_us >= 0.0,
+            "{r:?}"
+        );
+    }
+    assert_stopped(&dir.path().join("run/kv"));
+}

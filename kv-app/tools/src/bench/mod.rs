@@ -128,7 +128,7 @@ pub use failover::{
 pub use instant::{instant_router, serve_instant};
 pub use report::{Latency, Report};
 pub use run::run_load;
-pub use watch::{run_watch, WatchArgs, WatchOn, WatchReport, WatchRow};
+pub use watch::{run_watch, Prober, WatchArgs, WatchOn, WatchReport, WatchRow};
 pub use worker::ERROR_PAUSE;
 
 /// The measured phase's length when neither `--duration` nor `--ops` is
