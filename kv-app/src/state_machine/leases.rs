@@ -238,6 +238,8 @@ pub(super) fn end_lease(
         LeaseEnd::Revoked => ChangeKind::Delete,
         LeaseEnd::Expired => ChangeKind::Expire,
     };
+    // Every change recorded below names the lease that ended.
+    let sink = ChangeSink { lease: Some(id), ..sink };
     let prefix = lease_keys_prefix(id);
     let mut deleted = 0;
     loop {
