@@ -273,3 +273,41 @@ async fn lease_metrics_are_the_same_on_every_node_and_survive_a_restart() {
     assert_figures(&c, at, expected, "after a follower restarted").await;
 }
 
+/// Regression: a client that used one `(client_id, seq)` for a put and
+/// then for a lease grant (or the reverse) got `500 internal`, "invariant:
+/// a lease write has a lease outcome": the session answered the second
+/// write with the first one's remembered outcome, which the handler did
+/// not expect. It is the client's mistake, and now a `409
+/// sequence_reused` that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_reused_across_a_key_write_and_a_lease_write_is_a_409_not_a_500() {
+    let c = ProcCluster::start(1, &[]).await;
+    let put = r#"{"value": "v", "client_id": 7, "seq": 1}"#;
+    assert_eq!(c.request(1, Method::PUT, "/v1/kv/k", Some(put)).await.0, 200);
+    let grant = r#"{"ttl_ms": 60000, "client_id": 8, "seq": 1}"#;
+    let (status, body) = c.request(1, Method::POST, "/v1/leases", Some(grant)).await;
+    assert_eq!(status, 200, "{body}");
+    let before = c.status(1).await.unwrap().state_digest;
+
+    let reused: &[(Method, &str, &str)] = &[
+        (Method::POST, "/v1/leases", r#"{"ttl_ms": 60000, "client_id": 7, "seq": 1}"#),
+        (Method::POST, "/v1/leases/1/keepalive", r#"{"client_id": 7, "seq": 1}"#),
+        (Method::PUT, "/v1/kv/other", r#"{"value": "w", "client_id": 8, "seq": 1}"#),
+        (Method::DELETE, "/v1/kv/k", r#"{"client_id": 8, "seq": 1}"#),
+    ];
+    for (method, path, body) in reused {
+        let (status, answer) = c.request(1, method.clone(), path, Some(body)).await;
+        assert_eq!(
+            (status, &answer["error"]),
+            (409, &Value::from("sequence_reused")),
+            "{method} {path} {body}: {answer}"
+        );
+        assert!(answer["index"].as_u64().is_some(), "{answer}");
+    }
+    assert_eq!(c.status(1).await.unwrap().state_digest, before, "nothing was applied");
+    let (_, list) = c.request(1, Method::GET, "/v1/leases", None).await;
+    assert_eq!(list["leases"].as_array().map(Vec::len), Some(1), "one grant, not two: {list}");
+    // A retry of the same write is still answered as a duplicate.
+    let (status, answer) = c.request(1, Method::PUT, "/v1/kv/k", Some(put)).await;
+    assert_eq!((status, &answer["duplicate"]), (200, &Value::from(true)), "{answer}");
+}
