@@ -85,6 +85,13 @@ struct WriteLine {
     value: Option<String>,
     #[serde(default)]
     value_b64: Option<String>,
+    /// Set on a key that a lease's end deleted (the command's name), with
+    /// `lease`. The checkers need only the value after the entry, so both
+    /// are read and not used.
+    #[serde(default, rename = "deleted_by")]
+    _deleted_by: Option<String>,
+    #[serde(default, rename = "lease")]
+    _lease: Option<u64>,
 }
 
 /// The writes in the lines `kv-server inspect --writes` printed.
@@ -120,6 +127,12 @@ mod tests {
         let w = |index, value| LogWrite { index, key: json!("a"), value };
         assert_eq!(log.entries, vec![w(3, json!("1")), w(5, Value::Null)]);
         assert!(parse_writes("").unwrap().entries.is_empty());
+        // A key deleted because its lease was revoked is a deletion too.
+        let log = parse_writes(
+            "{\"index\":9,\"key\":\"a\",\"value\":null,\"deleted_by\":\"lease_revoke\",\"lease\":3}\n",
+        )
+        .unwrap();
+        assert_eq!(log.entries, vec![w(9, Value::Null)]);
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
     /// The value before the change; `None` if the key did not exist.
     pub prev: Option<Vec<u8>>,
+    /// The lease whose end deleted the key (a revoke, [`ChangeKind::Delete`],
+    /// or an expiry, [`ChangeKind::Expire`]); `None` for a change made by a
+    /// command that names the key.
+    pub lease: Option<u64>,
 }
 
 impl Change {
@@ -375,6 +379,7 @@ mod tests {
             key: key.into(),
             value: Some(value.as_bytes().to_vec()),
             prev: None,
+            lease: None,
         }
     }
 

@@ -13,7 +13,10 @@
 //! * [`committed_writes`]: the committed log replayed from index 1, one
 //!   [`LogWrite`] per (entry, key it wrote): the key's value right after
 //!   that entry. A session checker needs exactly this to ask whether a read
-//!   saw a *prefix* of the log.
+//!   saw a *prefix* of the log. The keys a lease's end deleted (a revoke,
+//!   or the leader's expiry) are among them, marked with the command and
+//!   the lease: no command of the entry names them, so they are learnt from
+//!   the replay's change stream ([`crate::changes`]).
 //!
 //! The node must be stopped: a running node holds the database's lock,
 //! and opening fails with a clear error. Opening a directory that a crash
@@ -30,8 +33,9 @@
 //! committed by definition) passes it as [`ReplayOptions::committed`]; the
 //! replay goes to the larger of the two and fails if the log ends before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use raft_core::codec;
@@ -42,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use kv_client::api::JsonValue;
 
-use crate::command::KvCommand;
+use crate::changes::{ChangeKind, ChangeLog, Read, Retention};
+use crate::command::{KvCommand, WriteOp};
 use crate::state_machine::{self, KvStateMachine};
 
 /// What a data directory holds, as `kv-server inspect` prints it.
@@ -78,7 +83,9 @@ pub struct Summary {
 /// In JSON (`kv-server inspect --writes`, one per line): `value` is the
 /// value as a UTF-8 string, or `null` if the entry left the key absent
 /// (a delete); a value that is not UTF-8 has `"value": null` and its bytes
-/// in standard base64 under `value_b64`.
+/// in standard base64 under `value_b64`. A key deleted because a lease
+/// ended in the entry also has `deleted_by` and `lease`:
+/// `{"index":9,"key":"k","value":null,"deleted_by":"lease_revoke","lease":3}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogWrite {
     /// The entry's log index.
@@ -90,18 +97,41 @@ pub struct LogWrite {
     /// The key's value after the entry, if it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,
+    /// For a key that a lease's end deleted in this entry: the command
+    /// that ended the lease, as [`WriteOp::name`] names it:
+    /// `lease_revoke` (a client's revoke) or `expire_leases` (the leader's
+    /// expiry). `value` is still the value after the whole entry, which is
+    /// `null` unless a later command of the same entry wrote the key again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+    /// With `deleted_by`: the lease that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 impl LogWrite {
-    fn new(index: u64, key: String, value: Option<Vec<u8>>) -> Self {
-        match value {
-            None => LogWrite { index, key, value: None, value_b64: None },
-            Some(bytes) => {
-                let JsonValue { value, value_b64 } = JsonValue::from_bytes(&bytes);
-                LogWrite { index, key, value, value_b64 }
-            }
+    fn new(index: u64, key: String, value: Option<Vec<u8>>, ended: Option<LeaseDeletion>) -> Self {
+        let JsonValue { value, value_b64 } = match value {
+            None => JsonValue { value: None, value_b64: None },
+            Some(bytes) => JsonValue::from_bytes(&bytes),
+        };
+        LogWrite {
+            index,
+            key,
+            value,
+            value_b64,
+            deleted_by: ended.map(|d| d.command.to_owned()),
+            lease: ended.map(|d| d.lease),
         }
     }
+}
+
+/// A key deleted because a lease ended: by which command, and which lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseDeletion {
+    /// [`WriteOp::name`] of the command that ended the lease.
+    command: &'static str,
+    lease: u64,
 }
 
 /// How to replay a directory's log: see the [module docs](self).
@@ -207,7 +237,11 @@ pub fn committed_writes(dir: &Path, options: ReplayOptions) -> anyhow::Result<Ve
     }
 
     let entries = log.read_entries(1..=committed).with_context(|| format!("{shown}: reading the log"))?;
-    let sm = StateMachineStore::open(Db::in_memory(), options.state_machine)
+    // The replay's change stream says which keys a lease's end deleted.
+    // Only the newest entry's changes are read, and a history keeps at
+    // least its newest index, so one change is the bound to ask for.
+    let changes = Arc::new(ChangeLog::new(Retention { max_changes: 1, ..Retention::default() }));
+    let sm = StateMachineStore::open(Db::in_memory(), options.state_machine.with_change_log(changes.clone()))
         .context("an in-memory state machine")?;
     let mut writes = Vec::new();
     for (entry, expected_index) in entries.into_iter().zip(1..) {
@@ -215,15 +249,41 @@ pub fn committed_writes(dir: &Path, options: ReplayOptions) -> anyhow::Result<Ve
         if index != expected_index {
             bail!("{shown}: the log has a hole: index {index} follows {}", expected_index - 1);
         }
-        let keys = touched_keys(&entry.payload);
+        let mut keys: BTreeMap<String, Option<LeaseDeletion>> =
+            touched_keys(&entry.payload).into_iter().map(|key| (key, None)).collect();
         sm.apply_blocking(vec![entry]).with_context(|| format!("{shown}: applying entry {index}"))?;
+        for (key, deletion) in lease_deletions(&changes, index) {
+            keys.insert(key, Some(deletion));
+        }
         let view = sm.view().with_context(|| format!("reading the state after entry {index}"))?;
-        for key in keys {
+        for (key, ended) in keys {
             let value = state_machine::get(&view, &key)?;
-            writes.push(LogWrite::new(index, key, value));
+            writes.push(LogWrite::new(index, key, value, ended));
         }
     }
     Ok(writes)
+}
+
+/// The keys that a lease's end deleted at `index`, the entry just
+/// applied, from the replay's change log. A key deleted by two lease
+/// commands of one entry (deleted, written again, attached to another
+/// lease that ends too) names the last.
+fn lease_deletions(changes: &ChangeLog, index: u64) -> Vec<(String, LeaseDeletion)> {
+    let Read::Changes { indexes, .. } = changes.read(index, usize::MAX, index) else {
+        // The newest index is always kept; nothing older is asked for.
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for change in indexes.iter().filter(|c| c.index == index).flat_map(|c| c.changes.iter()) {
+        let Some(lease) = change.lease else { continue };
+        let command = match change.kind {
+            ChangeKind::Expire => WriteOp::ExpireLeases { leases: Vec::new() }.name(),
+            // A lease's end only deletes: a revoke's deletions are deletes.
+            ChangeKind::Delete | ChangeKind::Put => WriteOp::LeaseRevoke { id: lease }.name(),
+        };
+        out.push((change.key.clone(), LeaseDeletion { command, lease }));
+    }
+    out
 }
 
 /// The keys the commands of an entry write, each once, in key order. Blank
@@ -236,7 +296,7 @@ fn touched_keys(payload: &EntryPayload) -> BTreeSet<String> {
             .iter()
             .filter_map(|bytes| codec::decode::<KvCommand>(bytes).ok())
             // Lease operations name no key (the keys a revoke or an
-            // expiry deletes are found only by applying it).
+            // expiry deletes are found by applying it: `lease_deletions`).
             .filter_map(|command| command.op.key().map(str::to_owned))
             .collect(),
         EntryPayload::Blank | EntryPayload::Membership(_) => BTreeSet::new(),
@@ -297,7 +357,7 @@ mod tests {
     }
 
     fn w(index: u64, key: &str, value: Option<&str>) -> LogWrite {
-        LogWrite { index, key: key.into(), value: value.map(String::from), value_b64: None }
+        LogWrite::new(index, key.into(), value.map(|v| v.as_bytes().to_vec()), None)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,8 +379,7 @@ mod tests {
         let ix = run_node(dir.path(), &commands).await;
 
         let writes = committed_writes(dir.path(), ReplayOptions::default()).unwrap();
-        let binary =
-            LogWrite { index: ix[8], key: "bin".into(), value: None, value_b64: Some("/wA=".into()) };
+        let binary = LogWrite { value_b64: Some("/wA=".into()), ..w(ix[8], "bin", None) };
         assert_eq!(
             writes,
             vec![
@@ -352,6 +411,66 @@ mod tests {
         assert!(summary.last_index >= ix[8], "{summary:?}");
         assert!(summary.committed_index >= ix[8], "a clean stop saves everything it applied: {summary:?}");
         assert!(summary.checkpoint_index >= ix[8], "a clean stop checkpoints: {summary:?}");
+    }
+
+    /// The keys a revoke or an expiry deletes are named by no command of
+    /// their entry; the replay lists them as deletions all the same, with
+    /// the command and the lease that deleted them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replays_the_keys_a_lease_revoke_or_expiry_deleted_naming_the_command_and_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        // A TTL of a day, granted at log time 1: the running leader's own
+        // expiry check waits a day of its clock before proposing, so the
+        // only expiry is the one below, whose log time is past the TTL.
+        let day = crate::command::MAX_LEASE_TTL_MS;
+        let leased = |key: &str, lease| {
+            command(WriteOp::PutWithLease { key: key.into(), value: b"v".to_vec().into(), lease })
+        };
+        let expiry = KvCommand {
+            proposed_at_ms: 1 + day,
+            ..command(WriteOp::ExpireLeases {
+                leases: vec![crate::command::ExpiredLease { id: 2, renewals: 0 }],
+            })
+        };
+        let commands = [
+            command(WriteOp::LeaseGrant { ttl_ms: day }),
+            command(WriteOp::LeaseGrant { ttl_ms: day }),
+            leased("a", 1),
+            leased("b", 1),
+            leased("c", 2),
+            put("free", b"v"),
+            command(WriteOp::LeaseRevoke { id: 1 }),
+            expiry,
+            // Lease 1 is gone: this revoke deletes nothing.
+            command(WriteOp::LeaseRevoke { id: 1 }),
+        ];
+        let ix = run_node(dir.path(), &commands).await;
+
+        let writes = committed_writes(dir.path(), ReplayOptions::default()).unwrap();
+        let ended = |index, key: &str, by: &str, lease| LogWrite {
+            deleted_by: Some(by.into()),
+            lease: Some(lease),
+            ..w(index, key, None)
+        };
+        assert_eq!(
+            writes,
+            vec![
+                w(ix[2], "a", Some("v")),
+                w(ix[3], "b", Some("v")),
+                w(ix[4], "c", Some("v")),
+                w(ix[5], "free", Some("v")),
+                ended(ix[6], "a", "lease_revoke", 1),
+                ended(ix[6], "b", "lease_revoke", 1),
+                ended(ix[7], "c", "expire_leases", 2),
+            ]
+        );
+        let line = serde_json::to_string(&writes[4]).unwrap();
+        assert_eq!(
+            line,
+            format!(r#"{{"index":{},"key":"a","value":null,"deleted_by":"lease_revoke","lease":1}}"#, ix[6])
+        );
+        let plain = serde_json::to_string(&writes[0]).unwrap();
+        assert!(!plain.contains("deleted_by") && !plain.contains("lease"), "{plain}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

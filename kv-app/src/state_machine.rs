@@ -315,7 +315,7 @@ impl StateMachine for KvStateMachine {
 
         trace!(index = ctx.index(), key = command.op.key(), op = command.op.name(), "applying KV command");
         let command = if self.unsafe_no_dedup { KvCommand { session: None, ..command } } else { command };
-        let sink = ChangeSink { log: self.changes.as_deref(), index: ctx.index() };
+        let sink = ChangeSink { log: self.changes.as_deref(), index: ctx.index(), lease: None };
         let reply = apply_in_session(state, sink, meta.log_time_ms, command)?;
 
         // Integer division: true at the first command whose index is at or
@@ -341,11 +341,14 @@ impl StateMachine for KvStateMachine {
 }
 
 /// Where [`change_key`] records: the node's change log, if it keeps one,
-/// and the index of the command being applied.
+/// the index of the command being applied, and the lease whose end is
+/// deleting keys, if that is what the command is doing.
 #[derive(Debug, Clone, Copy)]
 struct ChangeSink<'a> {
     log: Option<&'a ChangeLog>,
     index: u64,
+    /// Set by `leases::end_lease` for the keys it deletes.
+    lease: Option<u64>,
 }
 
 /// Sets the data key `key` to `value` (`None`: removes it), and records the
@@ -373,7 +376,14 @@ fn change_key(
     }
     if let Some(log) = sink.log {
         let value = value.map(<[u8]>::to_vec);
-        log.stage(Change { index: sink.index, kind, key: key.to_owned(), value, prev: prev.clone() });
+        log.stage(Change {
+            index: sink.index,
+            kind,
+            key: key.to_owned(),
+            value,
+            prev: prev.clone(),
+            lease: sink.lease,
+        });
     }
     Ok(prev)
 }

@@ -13,7 +13,15 @@
 //! * a PUT whose body is not a valid `PutRequest` gets 400 with our JSON
 //!   error body (`"error":"bad_request"`), not axum's plain-text rejection;
 //! * nothing panics (a panic hook counts panics in every task), and the
-//!   server answers or closes every connection (no hangs).
+//!   server answers or closes every connection (no hangs);
+//! * a watch (`GET /v1/watch`) with drawn parameters (repeated, unknown,
+//!   percent-encoded; indexes huge, negative, not numbers) streams, first
+//!   a progress line, exactly when its parameters are valid, and gets our
+//!   400 otherwise; the stream is dropped after its first line;
+//! * a lease request (grant, keepalive, revoke, read, a put with `lease=`)
+//!   with a drawn id, body or `lease=` value is carried out (200, or 404
+//!   for a lease that does not exist) exactly when it is valid, and gets
+//!   our 400 otherwise.
 
 mod common;
 
@@ -23,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::fuzz::{self, Answer};
+use common::fuzz::{self, Answer, LeaseVerdict, Verdict};
 use common::mutate::{counted_runtime, PANICS};
 use kv_app::server::{self, Server, ServerConfig};
 use kv_client::api::{ErrorBody, PutRequest};
@@ -110,6 +118,56 @@ proptest! {
             prop_assert_eq!(error.error, "bad_request");
         } else {
             prop_assert!(status < 500, "{} for a valid-JSON body: {}", status, String::from_utf8_lossy(&reply));
+        }
+        assert_no_panic()?;
+    }
+}
+
+/// `answer` is one of our JSON error bodies (an `ErrorBody`, or a watch's
+/// `WatchEnd`) with code `error`.
+fn is_our_error(answer: &[u8], error: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(answer).is_ok_and(|e| e["error"] == error)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_watch_streams_exactly_when_its_parameters_are_valid(query in fuzz::watch_query()) {
+        let verdict = fuzz::watch_verdict(&query.pairs);
+        let answer = send(&query.request());
+        let shown = format!("{} for {:?} ({:?})", answer.shown(), query.encoded, verdict);
+        match (&verdict, &answer) {
+            (Verdict::Streams { .. }, Answer::Stream(200, first)) => {
+                prop_assert!(String::from_utf8_lossy(first).contains(r#"{"progress_index":"#), "{}", shown);
+            }
+            // Older than the node's history (possible only with a from_index).
+            (Verdict::Streams { from_index: Some(_) }, Answer::Status(410, body)) => {
+                prop_assert!(is_our_error(body, "compacted"), "{}", shown);
+            }
+            (Verdict::BadRequest, Answer::Status(400, body)) => {
+                prop_assert!(is_our_error(body, "bad_request"), "{}", shown);
+            }
+            _ => prop_assert!(false, "{}", shown),
+        }
+        assert_no_panic()?;
+    }
+
+    #[test]
+    fn a_lease_request_is_carried_out_exactly_when_it_is_valid(call in fuzz::lease_call(), seed in any::<u64>()) {
+        let verdict = call.verdict();
+        let request = call.request(seed);
+        let answer = send(&request);
+        let shown = format!("{} for {:?} ({:?})", answer.shown(), String::from_utf8_lossy(&request), verdict);
+        let Answer::Status(status, body) = &answer else {
+            return Err(TestCaseError::fail(format!("not an answer: {shown}")));
+        };
+        match (verdict, *status) {
+            (LeaseVerdict::Done, 200) => {}
+            (LeaseVerdict::Done, 404) => prop_assert!(is_our_error(body, "lease_not_found"), "{}", shown),
+            (LeaseVerdict::InSession, 200 | 400 | 404 | 409) => {}
+            (LeaseVerdict::BadRequest, 400) => prop_assert!(is_our_error(body, "bad_request"), "{}", shown),
+            _ => prop_assert!(false, "{}", shown),
         }
         assert_no_panic()?;
     }

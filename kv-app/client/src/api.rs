@@ -391,6 +391,11 @@ pub mod codes {
     pub const CAS_MISMATCH: &str = "cas_mismatch";
     /// 409: this (client_id, seq) is older than the client's latest write.
     pub const STALE_SEQUENCE: &str = "stale_sequence";
+    /// 409: this (client_id, seq) was used before for another kind of
+    /// write (a put and a lease grant, say), whose remembered outcome
+    /// cannot answer this one. Nothing changed: a retry must repeat the
+    /// same write, and a new write needs a new seq.
+    pub const SEQUENCE_REUSED: &str = "sequence_reused";
     /// 409: another membership change is in progress, or the change is invalid.
     pub const CONFLICT: &str = "conflict";
     /// 503: no leader is known, or the leader cannot be reached; the request

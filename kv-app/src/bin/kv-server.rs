@@ -237,8 +237,10 @@ struct InspectArgs {
     /// Replay the committed log from index 1 and print, for every entry and
     /// every key it wrote, the key's value right after it: one JSON object
     /// per line, {"index", "key", "value"} (`null`: deleted; a value that is
-    /// not UTF-8 comes as base64 in "value_b64"). Needs the whole log: a
-    /// node that purged its log behind a snapshot is refused.
+    /// not UTF-8 comes as base64 in "value_b64"). A key deleted because a
+    /// lease ended also has "deleted_by" (lease_revoke or expire_leases)
+    /// and "lease". Needs the whole log: a node that purged its log behind
+    /// a snapshot is refused.
     #[arg(long)]
     writes: bool,
     /// With --writes: an index known to be committed (such as the node's

@@ -550,6 +550,7 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
                 status = StatusCode::PRECONDITION_FAILED;
             }
         }
+        other if duplicate => return sequence_reused(index, &other),
         other => {
             return ApiError::internal(format!(
                 "invariant: a key write has a key write's outcome, not {other:?}"
@@ -558,6 +559,33 @@ async fn write(ctx: &Ctx, w: Write<'_>) -> Response {
         }
     }
     (status, Json(resp)).into_response()
+}
+
+/// The answer to a write whose session repeated the remembered outcome of
+/// another kind of write: the client used one `(client_id, seq)` for two
+/// different writes. The outcome the session holds belongs to the first
+/// and cannot answer this one; nothing was applied (`409
+/// sequence_reused`).
+pub(super) fn sequence_reused(index: u64, remembered: &WriteOutcome) -> Response {
+    let first = match remembered {
+        WriteOutcome::Put { .. } => "a put",
+        WriteOutcome::Delete { .. } => "a delete",
+        WriteOutcome::Cas { .. } => "a compare-and-swap",
+        WriteOutcome::LeaseGranted { .. } => "a lease grant",
+        WriteOutcome::LeaseRenewed { .. } => "a lease keepalive",
+        WriteOutcome::LeaseRevoked { .. } => "a lease revoke",
+        WriteOutcome::LeasesExpired { .. } => "a lease expiry",
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        codes::SEQUENCE_REUSED,
+        format!(
+            "this client_id and seq were used for {first}, which applied; a retry must repeat that write, \
+             and this one needs a new seq. Nothing was applied now"
+        ),
+    )
+    .with_index(index)
+    .into_response()
 }
 
 /// Waits until every voter's log holds `index` (fully synchronous

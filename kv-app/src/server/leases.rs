@@ -72,8 +72,8 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::forward::{self, Forward, Kind, FORWARD_SLACK};
 use super::kv::{
-    body_of, durability_of, json_of, now_ms, propose, query_of, reject, session_of, ApiResult, Applied,
-    HttpRequest, Write, WriteParams, WriteParts,
+    body_of, durability_of, json_of, now_ms, propose, query_of, reject, sequence_reused, session_of,
+    ApiResult, Applied, HttpRequest, Write, WriteParams, WriteParts,
 };
 use super::Ctx;
 use crate::command::{
@@ -260,6 +260,8 @@ async fn handle_lease_write(
             WriteOutcome::LeaseRevoked { id, keys_deleted } => {
                 (resp.id, resp.keys_deleted) = (id, Some(keys_deleted))
             }
+            // A `(client_id, seq)` used before for a key write.
+            other if duplicate => return Err(sequence_reused(index, &other)),
             other => {
                 return Err(reject(ApiError::internal(format!(
                     "invariant: a lease write has a lease outcome, not {other:?}"

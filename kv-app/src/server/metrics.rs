@@ -5,9 +5,12 @@
 //! complete. Raft's own figures (term, indexes, per-follower replication
 //! lag) are read from the node when the endpoint is scraped, so they are
 //! never stale. Leader changes are counted by a task that watches the
-//! node's metrics.
+//! node's metrics. The lease figures are read from the applied state when
+//! scraped (`state_machine::leases::stats`): its totals are replicated
+//! state, so a follower shows the same numbers as the leader once it has
+//! applied as far, and a restart does not set them back to zero.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -53,6 +56,12 @@ pub struct Metrics {
     watch_ends: Family<Labels, Counter>,
     watch_history_changes: Gauge,
     watch_history_oldest: Gauge,
+    leases: Gauge,
+    lease_keys: Gauge,
+    leases_granted: Counter,
+    leases_revoked: Counter,
+    leases_expired: Counter,
+    lease_keepalives: Counter,
 }
 
 impl Metrics {
@@ -77,6 +86,12 @@ impl Metrics {
             watch_ends: Family::default(),
             watch_history_changes: Gauge::default(),
             watch_history_oldest: Gauge::default(),
+            leases: Gauge::default(),
+            lease_keys: Gauge::default(),
+            leases_granted: Counter::default(),
+            leases_revoked: Counter::default(),
+            leases_expired: Counter::default(),
+            lease_keepalives: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -132,6 +147,16 @@ impl Metrics {
                 "watch_history_oldest_index",
                 "The oldest index a watch can start from (older: 410 compacted)",
                 m.watch_history_oldest.clone(),
+            );
+            r.register("leases", "Leases that exist in this node's applied state", m.leases.clone());
+            r.register("lease_keys", "Keys attached to a lease", m.lease_keys.clone());
+            r.register("leases_granted", "Leases granted", m.leases_granted.clone());
+            r.register("leases_revoked", "Leases ended by a revoke", m.leases_revoked.clone());
+            r.register("leases_expired", "Leases ended by the leader's expiry", m.leases_expired.clone());
+            r.register(
+                "lease_keepalives",
+                "Keepalives applied to a lease that existed",
+                m.lease_keepalives.clone(),
             );
         }
         m
@@ -202,6 +227,20 @@ pub async fn scrape(State(ctx): State<Ctx>) -> Response {
     if let Ok(view) = ctx.node.view() {
         if let Ok(n) = crate::state_machine::session_count(&view) {
             g.sessions.set(as_i64(n as u64));
+        }
+        if let Ok(l) = crate::state_machine::leases::stats(&view) {
+            g.leases.set(as_i64(l.alive));
+            g.lease_keys.set(as_i64(l.attached_keys));
+            // Totals kept in the replicated state: the counters show them
+            // as they are, rather than counting on their own.
+            for (counter, total) in [
+                (&g.leases_granted, l.granted),
+                (&g.leases_revoked, l.revoked),
+                (&g.leases_expired, l.expired),
+                (&g.lease_keepalives, l.keepalives),
+            ] {
+                counter.inner().store(total, Ordering::Relaxed);
+            }
         }
     }
     let mut out = String::new();

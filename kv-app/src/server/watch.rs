@@ -403,6 +403,7 @@ mod tests {
                 key: (*key).into(),
                 value: Some(b"v".to_vec()),
                 prev: None,
+                lease: None,
             };
             log.stage(change);
         }

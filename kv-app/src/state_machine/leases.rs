@@ -42,12 +42,21 @@
 //! | `k/` + lease id (BE) + key       | empty: the key is attached to the lease |
 //! | `a/` + key                       | the key's lease id (8 bytes, BE)      |
 //! | `m/leases`                       | a `LeaseMeta`: next id, lease count   |
+//! | `m/lease-totals`                 | a `LeaseTotals`: renewals, revokes, expiries |
 //!
 //! `k/` lists a lease's keys (to delete them), `a/` finds a key's lease (to
 //! detach it when the key is overwritten without one). Ids come from a
 //! counter that never goes back, so an id is never reused, and a keepalive
 //! meant for a lease that expired cannot renew a later one. All of it is
 //! replicated state: snapshots carry it, as they carry sessions.
+//!
+//! `LeaseTotals` counts what happened to leases for `/metrics` ([`stats`]).
+//! It is replicated state like the rest, so every replica shows the same
+//! totals at the same applied index, followers included, and they survive
+//! restarts and travel in snapshots. It came after `LeaseMeta` under a key
+//! of its own, since bincode cannot decode a record that gained fields: a
+//! state written before it counts renewals, revokes and expiries from the
+//! first one applied after.
 //!
 //! # Attaching and detaching
 //!
@@ -87,6 +96,9 @@ const ATTACHED_PREFIX: &[u8] = b"a/";
 /// The lease counters (`LeaseMeta`).
 const LEASE_META_KEY: &[u8] = b"m/leases";
 
+/// What happened to leases, for `/metrics` (`LeaseTotals`).
+const LEASE_TOTALS_KEY: &[u8] = b"m/lease-totals";
+
 /// One lease, stored under `l/` + id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaseRecord {
@@ -107,6 +119,39 @@ struct LeaseMeta {
     last_id: u64,
     /// How many leases exist.
     count: u64,
+}
+
+/// What happened to leases since the state began, stored under
+/// `m/lease-totals`. Absent means all zeros. (Grants need no count: ids
+/// are handed out one by one, so `LeaseMeta::last_id` is the number of
+/// grants.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct LeaseTotals {
+    /// Keepalives applied to a lease that existed.
+    keepalives: u64,
+    /// Leases ended by a revoke.
+    revoked: u64,
+    /// Leases ended by the leader's expiry.
+    expired: u64,
+}
+
+/// The lease figures `/metrics` shows, read from the applied state: the
+/// same on every replica that applied the same entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Leases that exist now.
+    pub alive: u64,
+    /// Keys attached to those leases.
+    pub attached_keys: u64,
+    /// Leases ever granted.
+    pub granted: u64,
+    /// Keepalives applied (to a lease that existed; a retry answered from
+    /// the session is not counted again).
+    pub keepalives: u64,
+    /// Leases ended by a revoke.
+    pub revoked: u64,
+    /// Leases ended by the leader's expiry.
+    pub expired: u64,
 }
 
 /// A lease as the read API shows it.
@@ -188,6 +233,7 @@ fn keep_alive(state: &mut AppState<'_>, log_time_ms: u64, id: u64) -> Result<Rem
     record.renewed_at_ms = log_time_ms;
     record.renewals += 1;
     state.insert(&lease_key(id), &codec::encode(&record))?;
+    count(state, |t| t.keepalives += 1)?;
     Ok(Remembered::Outcome(WriteOutcome::LeaseRenewed { id, ttl_ms: record.ttl_ms }))
 }
 
@@ -196,6 +242,7 @@ fn revoke(state: &mut AppState<'_>, sink: ChangeSink<'_>, id: u64) -> Result<Rem
         return Ok(Remembered::LeaseNotFound(id));
     }
     let keys_deleted = end_lease(state, sink, id, LeaseEnd::Revoked)?;
+    count(state, |t| t.revoked += 1)?;
     Ok(Remembered::Outcome(WriteOutcome::LeaseRevoked { id, keys_deleted }))
 }
 
@@ -220,7 +267,17 @@ fn expire(
             ids.push(judged.id);
         }
     }
+    if !ids.is_empty() {
+        count(state, |t| t.expired += ids.len() as u64)?;
+    }
     Ok(Remembered::Outcome(WriteOutcome::LeasesExpired { ids }))
+}
+
+/// Adds to the lease totals.
+fn count(state: &mut AppState<'_>, add: impl FnOnce(&mut LeaseTotals)) -> Result<(), StateError> {
+    let mut totals: LeaseTotals = or_default(LEASE_TOTALS_KEY, state.get(LEASE_TOTALS_KEY)?)?;
+    add(&mut totals);
+    state.insert(LEASE_TOTALS_KEY, &codec::encode(&totals))
 }
 
 /// Ends lease `id`: deletes every key attached to it, their index entries
@@ -238,6 +295,8 @@ pub(super) fn end_lease(
         LeaseEnd::Revoked => ChangeKind::Delete,
         LeaseEnd::Expired => ChangeKind::Expire,
     };
+    // Every change recorded below names the lease that ended.
+    let sink = ChangeSink { lease: Some(id), ..sink };
     let prefix = lease_keys_prefix(id);
     let mut deleted = 0;
     loop {
@@ -336,10 +395,16 @@ fn lease_record(state: &AppState<'_>, id: u64) -> Result<Option<LeaseRecord>, St
 }
 
 fn lease_meta(state: &AppState<'_>) -> Result<LeaseMeta, StateError> {
-    match state.get(LEASE_META_KEY)? {
-        Some(bytes) => decode_record(LEASE_META_KEY, &bytes),
-        None => Ok(LeaseMeta::default()),
-    }
+    or_default(LEASE_META_KEY, state.get(LEASE_META_KEY)?)
+}
+
+/// The record stored under `key` (read as `bytes`), or its default if
+/// there is none.
+fn or_default<T: serde::de::DeserializeOwned + Default>(
+    key: &[u8],
+    bytes: Option<Vec<u8>>,
+) -> Result<T, StateError> {
+    bytes.map_or_else(|| Ok(T::default()), |bytes| decode_record(key, &bytes))
 }
 
 /// Every lease, in id order.
@@ -355,6 +420,23 @@ pub fn leases(view: &AppView) -> Result<Vec<Lease>, StateError> {
         },
     )?;
     Ok(out)
+}
+
+/// The lease figures of the applied state `view`, for `/metrics`. Reads
+/// every lease record (at most [`MAX_LEASES`]) to add up their keys, the
+/// same work as one expiry check of the leader.
+pub fn stats(view: &AppView) -> Result<LeaseStats, StateError> {
+    let leases = leases(view)?;
+    let meta: LeaseMeta = or_default(LEASE_META_KEY, view.get(LEASE_META_KEY)?)?;
+    let totals: LeaseTotals = or_default(LEASE_TOTALS_KEY, view.get(LEASE_TOTALS_KEY)?)?;
+    Ok(LeaseStats {
+        alive: leases.len() as u64,
+        attached_keys: leases.iter().map(|l| l.keys).sum(),
+        granted: meta.last_id,
+        keepalives: totals.keepalives,
+        revoked: totals.revoked,
+        expired: totals.expired,
+    })
 }
 
 /// Lease `id` and its keys in byte order, if it exists.
@@ -712,6 +794,39 @@ mod tests {
         assert_eq!(r.apply(at(T0 + TTL, expire(&[(1, 0), (2, 0), (2, 0)]))).await, expired(&[2]));
         let too_many: Vec<(u64, u64)> = (0..=MAX_EXPIRE_BATCH as u64).map(|i| (i, 0)).collect();
         assert!(matches!(r.apply(at(T0 + TTL, expire(&too_many))).await, KvResponse::Rejected { .. }));
+    }
+
+    /// What `/metrics` shows comes from the applied state: each grant,
+    /// applied keepalive, revoke and expiry counts once (a refused or
+    /// retried one not at all), the gauges follow the leases and their
+    /// keys, and a replica that installed a snapshot shows the same.
+    #[tokio::test]
+    async fn stats_count_what_applied_once_and_travel_in_snapshots() {
+        let mut r = Replica::new();
+        assert_eq!(stats(&r.view()).unwrap(), LeaseStats::default());
+        for _ in 0..3 {
+            r.apply(at(T0, grant(TTL))).await;
+        }
+        r.apply(at(T0, grant(1))).await; // refused: out of range
+        for (key, lease) in [("a", 1), ("b", 1), ("c", 2), ("d", 3)] {
+            r.apply(at(T0, put_leased(key, "v", lease))).await;
+        }
+        r.apply(at(T0, put_leased("e", "v", 9))).await; // no lease 9
+        let renew = sessioned(5, 1, T0, keep_alive(1));
+        r.apply(renew.clone()).await;
+        r.apply(renew).await; // a retry: answered from the session
+        r.apply(at(T0, keep_alive(2))).await;
+        r.apply(at(T0, keep_alive(9))).await; // no lease 9
+        r.apply(at(T0, revoke(2))).await;
+        r.apply(at(T0, revoke(2))).await; // gone already
+                                          // Lease 3 was never renewed: due at T0 + TTL. Lease 1 was renewed,
+                                          // so an expiry judged at renewal 0 leaves it alone.
+        r.apply(at(T0 + TTL, expire(&[(3, 0), (1, 0)]))).await;
+        let expected =
+            LeaseStats { alive: 1, attached_keys: 2, granted: 3, keepalives: 2, revoked: 1, expired: 1 };
+        assert_eq!(stats(&r.view()).unwrap(), expected);
+        let copy = copy_by_snapshot(&mut r).await;
+        assert_eq!(stats(&copy.view()).unwrap(), expected);
     }
 
     #[tokio::test]
