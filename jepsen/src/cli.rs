@@ -173,6 +173,12 @@ pub struct TestArgs {
     /// their lease gone, while the owner renews in time. Expect invalid.
     #[arg(long)]
     pub unsafe_lease_expire_early: bool,
+    /// Negative control for the register workload's leases: the leader
+    /// never expires a lease (`kv-server --unsafe-lease-never-expire`), so
+    /// keys outlive their leases past the TTL plus one election timeout.
+    /// Expect invalid wherever the history proves a steady leader.
+    #[arg(long)]
+    pub unsafe_lease_never_expire: bool,
     /// An extra kv-server argument for every node, repeatable, for the
     /// server configuration under test (`--server-arg=--max-inflight-batches=8`);
     /// recorded with the options in results.json.
@@ -312,6 +318,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         (args.unsafe_no_fsync, "--unsafe-no-fsync"),
         (args.unsafe_watch_from_latest, "--unsafe-watch-from-latest"),
         (args.unsafe_lease_expire_early, "--unsafe-lease-expire-early"),
+        (args.unsafe_lease_never_expire, "--unsafe-lease-never-expire"),
     ] {
         if on {
             server_args.push(flag.to_string());

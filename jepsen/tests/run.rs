@@ -18,7 +18,9 @@
 //!   checker);
 //! * `--unsafe-lease-expire-early`: the leader ends leases at half their
 //!   TTL, so leased keys vanish while their owner renews in time (the lease
-//!   check).
+//!   check);
+//! * `--unsafe-lease-never-expire`: the leader never expires a lease, so
+//!   keys outlive their leases (the lease check's *outlived* rule).
 //!
 //! One more run does the same with `--tls`: every security layer of the
 //! server on, and the harness as an authenticated HTTPS client. Two runs
@@ -289,6 +291,26 @@ async fn negative_control_lease_expire_early_is_caught_by_the_lease_check() {
     let early = counts["vanished while renewed"].as_u64().unwrap_or(0)
         + counts["refused while alive"].as_u64().unwrap_or(0);
     assert!(early > 0, "{summary}");
+}
+
+/// The second lease control: a leader that never expires a lease. Keys
+/// stay after their owners stop renewing, and where the history proves one
+/// undisturbed leader past a lease's TTL plus the longest election timeout,
+/// a read that still finds the key is `outlived`. A run without faults
+/// proves such stretches throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_lease_never_expire_is_caught_as_outlived() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[], 12);
+    opts.lease_clients = 2;
+    opts.server_args = vec!["--unsafe-lease-never-expire".into()];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
+    assert_eq!(verdict_of(&outcome, "lease"), "invalid", "{summary}");
+    assert_eq!(verdict_of(&outcome, "linearizability"), "valid", "{summary}");
+    let counts = &outcome.results["checkers"]["lease"]["violation_counts"];
+    assert!(counts["outlived"].as_u64() > Some(0), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,3 +176,23 @@ async fn unsafe_lease_expire_early_deletes_a_leased_key_before_its_ttl() {
     let renewed = client.lease_keep_alive(id).await.unwrap_err();
     assert_eq!(renewed.code(), Some(kv_client::api::codes::LEASE_NOT_FOUND), "{renewed}");
 }
+
+/// `--unsafe-lease-never-expire`: the leader never expires a lease. A key
+/// whose owner stopped renewing is still there well past its TTL plus the
+/// documented bound (one election timeout), where a correct leader must
+/// have deleted it; only its owner's revoke removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_lease_never_expire_keeps_a_leased_key_past_its_deadline() {
+    // The cluster runs with election timeouts of 1 to 2 s: the deadline is
+    // the TTL plus 2 s.
+    let c = ProcCluster::start(1, &["--unsafe-lease-never-expire"]).await;
+    let client = c.client();
+    let ttl = Duration::from_millis(500);
+    let id = client.lease_grant(ttl).await.unwrap().id;
+    client.put_with_lease("owned", b"x", id, None).await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_secs(4)).await;
+    let read = client.get("owned", Consistency::Linearizable).await.unwrap();
+    assert!(read.is_some(), "the key went: the fault changed nothing");
+    assert_eq!(client.lease_revoke(id).await.unwrap().keys_deleted, Some(1));
+    assert!(client.get("owned", Consistency::Linearizable).await.unwrap().is_none());
+}

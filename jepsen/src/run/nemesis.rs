@@ -548,8 +548,9 @@ impl Nemesis {
     }
 
     /// The final phase's first step: heals every link, resumes and restarts
-    /// every node. Recorded as `final-heal`.
+    /// every node. Recorded as `final-heal`, with when it `began`.
     pub async fn heal_all(&mut self) {
+        let began = self.rec.elapsed_nanos();
         let mut cluster = self.cluster.lock().await;
         cluster.reap();
         cluster.net.heal();
@@ -561,7 +562,7 @@ impl Nemesis {
             }
         }
         drop(cluster);
-        self.record("final-heal".into(), Value::Null);
+        self.record("final-heal".into(), json!({"began": began}));
     }
 }
 

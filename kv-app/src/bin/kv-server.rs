@@ -446,6 +446,10 @@ struct Args {
     /// renewal: its keys vanish while the owner still renews in time.
     #[arg(long, help_heading = FAULTS)]
     unsafe_lease_expire_early: bool,
+    /// As leader, never expire a lease: keys stay after their owner stopped
+    /// renewing, past their TTL.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_lease_never_expire: bool,
 }
 
 /// The peer TLS of `--peer-ca`, `--peer-cert` and `--peer-key`: all three
@@ -759,6 +763,7 @@ async fn main() -> Result<()> {
         unsafe_no_dedup: args.unsafe_no_dedup,
         unsafe_watch_from_latest: args.unsafe_watch_from_latest,
         unsafe_lease_expire_early: args.unsafe_lease_expire_early,
+        unsafe_lease_never_expire: args.unsafe_lease_never_expire,
     };
     config.auth = match (args.token_file, args.cluster_secret_file) {
         (Some(token_file), Some(cluster_secret_file)) => Some(AuthFiles { token_file, cluster_secret_file }),

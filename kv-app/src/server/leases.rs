@@ -169,6 +169,12 @@ pub async fn run_expiry(ctx: Ctx) {
 
 /// One check of [`run_expiry`].
 async fn expire_due(ctx: &Ctx) -> Result<(), String> {
+    if ctx.config.faults.unsafe_lease_never_expire {
+        // Fault injection (`--unsafe-lease-never-expire`), a negative
+        // control for the Jepsen harness's lease check: keys outlive their
+        // leases.
+        return Ok(());
+    }
     let view = ctx.node.view().map_err(|e| e.to_string())?;
     let leases = sm_leases::leases(&view).map_err(|e| e.to_string())?;
     if leases.is_empty() {

@@ -131,6 +131,10 @@ pub struct Faults {
     /// renewing within the TTL, which the Jepsen harness's lease check
     /// must report.
     pub unsafe_lease_expire_early: bool,
+    /// The leader never expires a lease: keys stay after their owner
+    /// stopped renewing, past the TTL and the documented bound, which the
+    /// Jepsen harness's lease check must report (as `outlived`).
+    pub unsafe_lease_never_expire: bool,
 }
 
 impl ServerConfig {
@@ -212,6 +216,9 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     }
     if config.faults.unsafe_lease_expire_early {
         tracing::warn!(node_id = config.id, "fault injection: leases end at half their TTL");
+    }
+    if config.faults.unsafe_lease_never_expire {
+        tracing::warn!(node_id = config.id, "fault injection: leases never expire");
     }
     if let Some(tls) = &config.raft.peer_tls {
         // A node whose certificate names another node would be refused by

@@ -94,7 +94,7 @@
 //!     from its start event's `began` (or, lacking it, from the nemesis
 //!     event before it) to its stop event; any other nemesis event
 //!     (`fault-failed`, `restarted-node`, `final-heal`) counts as a fault
-//!     from the nemesis event before it to itself;
+//!     from its own `began` (or the nemesis event before it) to itself;
 //!   * the read was sent after `D` (`s > D`).
 //!
 //!   Then that leader, undisturbed and leading since before `p1`, saw the
@@ -115,11 +115,13 @@
 //!
 //! The verdict is **invalid** with any violation, **unknown** if the
 //! history has lease operations but no read could be judged by any rule
-//! (nothing was shown), **valid** otherwise. The negative control is a
-//! server whose leader ends a lease at half its TTL
-//! (`kv-server --unsafe-lease-expire-early`): readers then find keys gone,
-//! and owners find their leases gone, while a keepalive sent less than a
-//! TTL ago was acknowledged.
+//! (nothing was shown), **valid** otherwise. Two negative controls show
+//! that it can fail: a server whose leader ends a lease at half its TTL
+//! (`kv-server --unsafe-lease-expire-early`), whose readers find keys gone,
+//! and whose owners find their leases gone, while a keepalive sent less
+//! than a TTL ago was acknowledged; and one whose leader never expires a
+//! lease (`--unsafe-lease-never-expire`), whose readers find keys past
+//! their deadline (**outlived**).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -873,6 +875,16 @@ mod tests {
         ]);
         more.extend(read(3700, 3710, "5"));
         assert_eq!(kinds(&run(&history(500, &more))), ["outlived"]);
+        // Nor does a final heal that began after the deadline; one that
+        // does not say when it began runs from the event before it.
+        let healed = |value: &str| {
+            let mut more = steady_leader(100, 5000);
+            more.push(line(r#""nemesis""#, "info", "final-heal", value, 4600));
+            more.extend(read(3700, 3710, "5"));
+            run(&history(500, &more))
+        };
+        assert_eq!(kinds(&healed(r#""value":{"began":4500000000}"#)), ["outlived"]);
+        assert_eq!(healed(r#""value":null"#).verdict, Verdict::Valid);
     }
 
     #[test]
