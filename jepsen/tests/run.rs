@@ -270,24 +270,32 @@ async fn register_run_with_leases_under_kills_and_partitions_is_valid() {
     assert_eq!(again.lease.map(|l| l.reads), lease["reads"].as_u64().map(|n| n as usize));
 }
 
-/// The negative control: a leader that ends leases at half their TTL.
-/// Owners renew every 0.2 to 0.7 TTLs, so keys vanish, and keepalives find
-/// their lease gone, while a keepalive sent less than a TTL before was
-/// acknowledged; the lease check must say so, and the registers stay
-/// valid (the check, not the register checker, caught it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negative_control_lease_expire_early_is_caught_by_the_lease_check() {
+/// A 12 s register run with leases on nodes started with `flag`, under
+/// `faults` (a fault every 1.5 to 4.5 s): it must be invalid for the lease
+/// check while the registers stay valid (the lease check, not the register
+/// checker, caught it). Returns the lease check's violation counts and the
+/// run's summary.
+async fn lease_control(flag: &str, faults: &[Fault]) -> (Value, String) {
     let store = tempfile::tempdir().unwrap();
-    let mut opts = options(store.path(), Kind::Register, &[Fault::Partition], 12);
+    let mut opts = options(store.path(), Kind::Register, faults, 12);
     opts.interval = Duration::from_secs(3);
     opts.lease_clients = 2;
-    opts.server_args = vec!["--unsafe-lease-expire-early".into()];
+    opts.server_args = vec![flag.into()];
     let outcome = run_one(opts).await;
     let summary = jepsen::run::report::summary(&outcome);
     assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
     assert_eq!(verdict_of(&outcome, "lease"), "invalid", "{summary}");
     assert_eq!(verdict_of(&outcome, "linearizability"), "valid", "{summary}");
-    let counts = &outcome.results["checkers"]["lease"]["violation_counts"];
+    (outcome.results["checkers"]["lease"]["violation_counts"].clone(), summary)
+}
+
+/// The negative control: a leader that ends leases at half their TTL.
+/// Owners renew every 0.2 to 0.7 TTLs, so keys vanish, and keepalives find
+/// their lease gone, while a keepalive sent less than a TTL before was
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_lease_expire_early_is_caught_by_the_lease_check() {
+    let (counts, summary) = lease_control("--unsafe-lease-expire-early", &[Fault::Partition]).await;
     let early = counts["vanished while renewed"].as_u64().unwrap_or(0)
         + counts["refused while alive"].as_u64().unwrap_or(0);
     assert!(early > 0, "{summary}");
@@ -300,16 +308,7 @@ async fn negative_control_lease_expire_early_is_caught_by_the_lease_check() {
 /// proves such stretches throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_lease_never_expire_is_caught_as_outlived() {
-    let store = tempfile::tempdir().unwrap();
-    let mut opts = options(store.path(), Kind::Register, &[], 12);
-    opts.lease_clients = 2;
-    opts.server_args = vec!["--unsafe-lease-never-expire".into()];
-    let outcome = run_one(opts).await;
-    let summary = jepsen::run::report::summary(&outcome);
-    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
-    assert_eq!(verdict_of(&outcome, "lease"), "invalid", "{summary}");
-    assert_eq!(verdict_of(&outcome, "linearizability"), "valid", "{summary}");
-    let counts = &outcome.results["checkers"]["lease"]["violation_counts"];
+    let (counts, summary) = lease_control("--unsafe-lease-never-expire", &[]).await;
     assert!(counts["outlived"].as_u64() > Some(0), "{summary}");
 }
 
