@@ -36,7 +36,7 @@
 //! run on the same machine): when it sent each request (the invocation's
 //! `time`, `s`) and when it learnt the answer (the completion's `time`,
 //! `a`). An `ok` operation took effect at some instant in `[s, a]`. The
-//! rules below use nothing else, plus, for the first rule, the leaders the
+//! rules below use nothing else, plus, for the last rule, the leaders the
 //! harness saw and the faults it injected.
 //!
 //! Two facts about the server carry the rules. An expiry names the
@@ -105,7 +105,13 @@
 //!   shortest timeout) and the commit, as the server's own documentation
 //!   of the bound assumes. A linearizable read sent after the commit must
 //!   see the key gone. Without `election_timeout_ms` in the history no
-//!   read is judged by this rule.
+//!   read is judged by this rule. What the rule takes on trust, as the
+//!   bound itself does, is timing on an undisturbed cluster: that such a
+//!   leader commits within the bound's slack (two seconds less two
+//!   expiry checks, on the harness's timing), and that a status answer
+//!   saying "leader" is not older than that. A machine that stalls a
+//!   node for seconds with no fault injected breaks both, and would be
+//!   reported here; the first two rules assume nothing of the kind.
 //!
 //! Reads of keys whose put was not acknowledged (`info`, `fail`) are not
 //! judged: whether and when they were attached is unknown. Every key must
