@@ -60,7 +60,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// register: linearizable registers (read, write, compare-and-set) on
-    /// rotating keys. set: unique adds, whole-set reads; checks lost and
+    /// rotating keys, with leases beside them (--lease-clients). set: unique adds, whole-set reads; checks lost and
     /// duplicated elements. session: session and stale reads through
     /// followers; checks read-your-writes, monotonic reads and consistent
     /// prefix.
@@ -105,6 +105,12 @@ pub struct TestArgs {
     /// a random node, besides the client workers.
     #[arg(long, default_value_t = 3)]
     pub watchers: usize,
+    /// Register workload: lease owners (granting, renewing, revoking and
+    /// abandoning short leases with keys of their own), and as many
+    /// readers of those keys, besides the client workers; judged by the
+    /// lease check. 0 for none.
+    #[arg(long, default_value_t = 2)]
+    pub lease_clients: usize,
     /// Seed of every random choice (operations, faults, victims, gaps);
     /// random if not given, and printed either way.
     #[arg(long)]
@@ -161,6 +167,18 @@ pub struct TestArgs {
     /// reconnects misses what happened meanwhile. Expect invalid.
     #[arg(long)]
     pub unsafe_watch_from_latest: bool,
+    /// Negative control for the register workload's leases: the leader
+    /// ends a lease at half its TTL (`kv-server
+    /// --unsafe-lease-expire-early`), so keys vanish, and keepalives find
+    /// their lease gone, while the owner renews in time. Expect invalid.
+    #[arg(long)]
+    pub unsafe_lease_expire_early: bool,
+    /// Negative control for the register workload's leases: the leader
+    /// never expires a lease (`kv-server --unsafe-lease-never-expire`), so
+    /// keys outlive their leases past the TTL plus one election timeout.
+    /// Expect invalid wherever the history proves a steady leader.
+    #[arg(long)]
+    pub unsafe_lease_never_expire: bool,
     /// An extra kv-server argument for every node, repeatable, for the
     /// server configuration under test (`--server-arg=--max-inflight-batches=8`);
     /// recorded with the options in results.json.
@@ -299,6 +317,8 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         (args.unsafe_no_dedup, "--unsafe-no-dedup"),
         (args.unsafe_no_fsync, "--unsafe-no-fsync"),
         (args.unsafe_watch_from_latest, "--unsafe-watch-from-latest"),
+        (args.unsafe_lease_expire_early, "--unsafe-lease-expire-early"),
+        (args.unsafe_lease_never_expire, "--unsafe-lease-never-expire"),
     ] {
         if on {
             server_args.push(flag.to_string());
@@ -314,6 +334,7 @@ pub fn test_options(args: TestArgs) -> anyhow::Result<TestOptions> {
         rate: args.rate,
         concurrency: args.concurrency,
         watchers: args.watchers,
+        lease_clients: args.lease_clients,
         seed: args.seed.unwrap_or_else(rand::random),
         interval: args.nemesis_interval,
         quiet: args.quiet,

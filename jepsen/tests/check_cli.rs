@@ -302,3 +302,30 @@ fn every_example_in_the_documented_format_is_valid() {
         assert_eq!(judged(example), VALID_EXIT, "{example}");
     }
 }
+
+#[test]
+fn lease_history_is_judged_by_the_lease_check_and_its_violation_exits_1() {
+    // A lease of 1,000 ms granted by a request sent at 1 ms, its key put,
+    // and a read that found the key: valid. The same read finding the key
+    // gone at 500 ms, while the grant still owes the lease, is invalid.
+    let text = r#"{"process":"nemesis","type":"info","f":"setup","value":{"election_timeout_ms":[1000,2000]},"time":0}
+{"process":0,"type":"invoke","f":"lease-grant","value":{"ttl_ms":1000},"time":1000000}
+{"process":0,"type":"ok","f":"lease-grant","value":{"ttl_ms":1000},"lease":4,"time":2000000}
+{"process":0,"type":"invoke","f":"lease-put","key":"lease/0/1","value":9,"lease":4,"time":3000000}
+{"process":0,"type":"ok","f":"lease-put","key":"lease/0/1","value":9,"lease":4,"time":4000000}
+{"process":1,"type":"invoke","f":"lease-read","key":"lease/0/1","time":400000000}
+{"process":1,"type":"ok","f":"lease-read","key":"lease/0/1","value":9,"time":500000000}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, json, stderr) = check(&write(dir.path(), "lease.jsonl", text), &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let json = json.expect("a verdict on stdout");
+    assert_eq!((&json["lease"]["verdict"], &json["lease"]["bound_ms"]), (&"valid".into(), &2000.into()));
+    assert!(json["linearizability"]["keys"].as_array().unwrap().is_empty(), "no lease key is a register");
+
+    let gone = text.replace(r#""value":9,"time":500000000"#, r#""value":null,"time":500000000"#);
+    let (code, json, stderr) = check(&write(dir.path(), "gone.jsonl", &gone), &[]);
+    assert_eq!(code, 1, "stderr: {stderr}");
+    let json = json.expect("a verdict on stdout");
+    assert_eq!(json["lease"]["violation_counts"]["vanished while renewed"], 1);
+}

@@ -13,7 +13,14 @@
 //!   compare-and-set applies twice, or reports a mismatch for a change that
 //!   did happen (the linearizability checker);
 //! * `--unsafe-no-fsync` with the lose-unsynced-writes crash of every node:
-//!   acknowledged elements vanish (the set checker).
+//!   acknowledged elements vanish (the set checker);
+//! * `--unsafe-watch-from-latest`: a resumed watch skips changes (the watch
+//!   checker);
+//! * `--unsafe-lease-expire-early`: the leader ends leases at half their
+//!   TTL, so leased keys vanish while their owner renews in time (the lease
+//!   check);
+//! * `--unsafe-lease-never-expire`: the leader never expires a lease, so
+//!   keys outlive their leases (the lease check's *outlived* rule).
 //!
 //! One more run does the same with `--tls`: every security layer of the
 //! server on, and the harness as an authenticated HTTPS client. Two runs
@@ -50,6 +57,7 @@ fn options(store: &std::path::Path, workload: Kind, faults: &[Fault], secs: u64)
         rate: 100.0,
         concurrency: 6,
         watchers: 3,
+        lease_clients: 0,
         seed: 42,
         interval: Duration::from_secs(4),
         quiet: Duration::from_secs(2),
@@ -89,7 +97,7 @@ fn explain(outcome: &RunOutcome) -> String {
     if !linearizability.is_null() && linearizability != "valid" {
         text.push_str(&format!("linearizability: {linearizability}\n"));
     }
-    for checker in ["set", "session", "leaders", "convergence", "exits", "logs", "final_log"] {
+    for checker in ["set", "session", "lease", "leaders", "convergence", "exits", "logs", "final_log"] {
         let result = &outcome.results["checkers"][checker];
         if !result.is_null() && result["verdict"] != "valid" {
             text.push_str(&format!("{checker}: {result}\n"));
@@ -219,6 +227,89 @@ async fn negative_control_watch_from_latest_is_caught_by_the_watch_checker() {
         outcome.results["checkers"]["watch"]["violation_counts"]["missing"].as_u64() > Some(0),
         "{summary}"
     );
+}
+
+/// Lease owners and readers beside the register clients, through kills
+/// and partitions: no key vanishes while its lease is provably alive, none
+/// outlives a deadline the history proves, and the register keys are
+/// judged as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_run_with_leases_under_kills_and_partitions_is_valid() {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, &[Fault::Kill, Fault::Partition], 15);
+    opts.interval = Duration::from_secs(3);
+    opts.lease_clients = 2;
+    let outcome = run_one(opts).await;
+    let summary = valid_summary(&outcome, "register run with leases");
+    assert_eq!(verdict_of(&outcome, "lease"), "valid", "{summary}");
+    assert!(fault_count(&outcome, "kill") + fault_count(&outcome, "partition") >= 1, "{summary}");
+    // Something was shown: leases renewed, reads judged on both sides of
+    // their leases' ends.
+    let lease = &outcome.results["checkers"]["lease"];
+    assert!(lease["leases"].as_u64() >= Some(4), "{lease}");
+    assert!(lease["keepalives_ok"].as_u64() >= Some(5), "{lease}");
+    assert!(lease["reads_while_alive"].as_u64() >= Some(20), "{lease}");
+    assert!(lease["absent_reads_judged"].as_u64() >= Some(1), "{lease}");
+    assert_eq!(lease["bound_ms"], 2000, "the bound is the longest election timeout: {lease}");
+    assert!(summary.contains("lease: "), "{summary}");
+    let writes = acknowledged(&outcome, "write") + acknowledged(&outcome, "cas");
+    assert!(writes > 0, "no register write was acknowledged: {summary}");
+
+    // The history holds what the check needs, and re-checks the same.
+    let history = outcome.dir.join("history.jsonl");
+    let text = std::fs::read_to_string(&history).unwrap();
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["value"]["election_timeout_ms"], serde_json::json!([1000, 2000]));
+    assert!(events.iter().any(|e| e["f"] == "leader-seen" && e["value"]["sent"].is_u64()));
+    assert!(events
+        .iter()
+        .filter(|e| e["f"].as_str().is_some_and(|f| f.starts_with("start-")))
+        .all(|e| e["value"]["began"].is_u64()));
+    let again = jepsen_checker::check_file(&history, Duration::from_secs(60)).unwrap();
+    assert_eq!(again.valid, Verdict::Valid);
+    assert_eq!(again.lease.map(|l| l.reads), lease["reads"].as_u64().map(|n| n as usize));
+}
+
+/// A 12 s register run with leases on nodes started with `flag`, under
+/// `faults` (a fault every 1.5 to 4.5 s): it must be invalid for the lease
+/// check while the registers stay valid (the lease check, not the register
+/// checker, caught it). Returns the lease check's violation counts and the
+/// run's summary.
+async fn lease_control(flag: &str, faults: &[Fault]) -> (Value, String) {
+    let store = tempfile::tempdir().unwrap();
+    let mut opts = options(store.path(), Kind::Register, faults, 12);
+    opts.interval = Duration::from_secs(3);
+    opts.lease_clients = 2;
+    opts.server_args = vec![flag.into()];
+    let outcome = run_one(opts).await;
+    let summary = jepsen::run::report::summary(&outcome);
+    assert_eq!(outcome.verdict, Verdict::Invalid, "{summary}");
+    assert_eq!(verdict_of(&outcome, "lease"), "invalid", "{summary}");
+    assert_eq!(verdict_of(&outcome, "linearizability"), "valid", "{summary}");
+    (outcome.results["checkers"]["lease"]["violation_counts"].clone(), summary)
+}
+
+/// The negative control: a leader that ends leases at half their TTL.
+/// Owners renew every 0.2 to 0.7 TTLs, so keys vanish, and keepalives find
+/// their lease gone, while a keepalive sent less than a TTL before was
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_lease_expire_early_is_caught_by_the_lease_check() {
+    let (counts, summary) = lease_control("--unsafe-lease-expire-early", &[Fault::Partition]).await;
+    let early = counts["vanished while renewed"].as_u64().unwrap_or(0)
+        + counts["refused while alive"].as_u64().unwrap_or(0);
+    assert!(early > 0, "{summary}");
+}
+
+/// The second lease control: a leader that never expires a lease. Keys
+/// stay after their owners stop renewing, and where the history proves one
+/// undisturbed leader past a lease's TTL plus the longest election timeout,
+/// a read that still finds the key is `outlived`. A run without faults
+/// proves such stretches throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_lease_never_expire_is_caught_as_outlived() {
+    let (counts, summary) = lease_control("--unsafe-lease-never-expire", &[]).await;
+    assert!(counts["outlived"].as_u64() > Some(0), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,17 @@
 //! `kv-server`'s fault-injection flags on real processes: each breaks the
-//! guarantee it says it breaks, and nothing else changes without it. Also
+//! guarantee it says it breaks, and nothing else changes without it (the
+//! lease flag's correct twin is in `leases.rs`: a key renewed in time stays,
+//! through a failover too). Also
 //! `--advertise-raft-addr`, the address a joining node records for itself.
 //! (`--unsafe-no-dedup` is checked on the state machine itself, in
 //! `state_machine.rs`.)
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::ProcCluster;
+use kv_client::api::Consistency;
 use reqwest::Method;
 
 /// Writes `value` under `key` on node `id`; panics unless acknowledged.
@@ -147,4 +152,47 @@ async fn join_registers_the_advertised_raft_address() {
         assert!(std::time::Instant::now() < deadline, "node 2 was not promoted");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// `--unsafe-lease-expire-early`, the Jepsen harness's negative control for
+/// leases: the leader ends a lease once half its TTL has passed without a
+/// renewal. A correct leader never deletes a leased key before its TTL; this
+/// one must, and not before half of it. Both bounds are on the safe side of
+/// the timing: the grant was sent after `granted`, and the leader checks
+/// four times per minimum election timeout, far within the TTL's other half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_lease_expire_early_deletes_a_leased_key_before_its_ttl() {
+    let c = ProcCluster::start(1, &["--unsafe-lease-expire-early"]).await;
+    let client = c.client();
+    let ttl = Duration::from_secs(10);
+    let granted = Instant::now();
+    let id = client.lease_grant(ttl).await.unwrap().id;
+    client.put_with_lease("owned", b"x", id, None).await.unwrap();
+    while client.get("owned", Consistency::Linearizable).await.unwrap().is_some() {
+        assert!(granted.elapsed() < ttl, "the key lived out its TTL: the fault changed nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(granted.elapsed() >= ttl / 2, "ended before half its TTL: {:?}", granted.elapsed());
+    let renewed = client.lease_keep_alive(id).await.unwrap_err();
+    assert_eq!(renewed.code(), Some(kv_client::api::codes::LEASE_NOT_FOUND), "{renewed}");
+}
+
+/// `--unsafe-lease-never-expire`: the leader never expires a lease. A key
+/// whose owner stopped renewing is still there well past its TTL plus the
+/// documented bound (one election timeout), where a correct leader must
+/// have deleted it; only its owner's revoke removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_lease_never_expire_keeps_a_leased_key_past_its_deadline() {
+    // The cluster runs with election timeouts of 1 to 2 s: the deadline is
+    // the TTL plus 2 s.
+    let c = ProcCluster::start(1, &["--unsafe-lease-never-expire"]).await;
+    let client = c.client();
+    let ttl = Duration::from_millis(500);
+    let id = client.lease_grant(ttl).await.unwrap().id;
+    client.put_with_lease("owned", b"x", id, None).await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_secs(4)).await;
+    let read = client.get("owned", Consistency::Linearizable).await.unwrap();
+    assert!(read.is_some(), "the key went: the fault changed nothing");
+    assert_eq!(client.lease_revoke(id).await.unwrap().keys_deleted, Some(1));
+    assert!(client.get("owned", Consistency::Linearizable).await.unwrap().is_none());
 }

@@ -9,7 +9,7 @@
 //!
 //! # Which checker sees which operations
 //!
-//! A history file alone decides three checkers; the leader, convergence and
+//! A history file alone decides five checkers; the leader, convergence and
 //! log checkers need what the harness polled from the nodes, so they are not
 //! run here.
 //!
@@ -35,6 +35,11 @@
 //!   deletes and reads), and none of those reaches the other checkers: a
 //!   `delete` is not a register operation, and the watch checker judges
 //!   each read against the changes at the index it was served at.
+//! * **Lease** ([`crate::checker::lease`]): runs if the history has an
+//!   operation whose function starts with `lease-`. Those operations (the
+//!   lease activity's grants, keepalives, revokes, puts and reads) belong
+//!   to it alone; it reads the nemesis events too (the bound in `setup`,
+//!   the leaders seen, the faults).
 //! * **Session** ([`crate::checker::session`]): runs if some `ok` read
 //!   carries an `index`. Read-your-writes and monotonic reads are decided
 //!   from the history; consistent prefix needs the final log, which a
@@ -53,6 +58,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::checker::lease::{self, LeaseError, LeaseResult};
 use crate::checker::linear::{self, LinearError, LinearResult};
 use crate::checker::session::{self, FinalLog, SessionError, SessionResult};
 use crate::checker::set::{self, SetError, SetResult};
@@ -83,6 +89,9 @@ pub struct CheckReport {
     /// The watch workload's check, if the history has `watch` operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchResult>,
+    /// The lease check, if the history has `lease-` operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseResult>,
 }
 
 /// A history that cannot be judged at all.
@@ -104,6 +113,9 @@ pub enum CheckError {
     /// The watch checker cannot judge these operations.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The lease check cannot judge these operations.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// The rollback records next to the history cannot be read.
     #[error(transparent)]
     Rollback(#[from] RollbackError),
@@ -167,10 +179,15 @@ pub fn check_events_with(
         f.as_str() == watch::WATCH || key.as_str().is_some_and(|k| prefixes.iter().any(|p| k.starts_with(p)))
     };
 
+    let lease = if ops.iter().any(lease::is_lease) { Some(lease::check(&ops, events)?) } else { None };
+
     let register_ops: Vec<Op> = ops
         .iter()
         .filter(|op| {
-            !set_keys.contains(&op.key.canonical()) && !weaker_read(op, events) && !watched(&op.f, &op.key)
+            !set_keys.contains(&op.key.canonical())
+                && !weaker_read(op, events)
+                && !watched(&op.f, &op.key)
+                && !lease::is_lease(op)
         })
         .cloned()
         .collect();
@@ -195,11 +212,12 @@ pub fn check_events_with(
             set.as_ref().map(|s| s.verdict),
             session.as_ref().map(|s| s.verdict),
             watch.as_ref().map(|w| w.verdict),
+            lease.as_ref().map(|l| l.verdict),
         ]
         .into_iter()
         .flatten(),
     );
-    Ok(CheckReport { valid, linearizability, set, session, watch })
+    Ok(CheckReport { valid, linearizability, set, session, watch, lease })
 }
 
 /// A read that asked for less than linearizability.
@@ -306,6 +324,27 @@ mod tests {
             &history.replace(r#",{"index":4,"op":"delete","key":"w/a","value":null,"prev_value":1}"#, ""),
         );
         assert_eq!((missed.valid, missed.watch.unwrap().verdict), (Verdict::Invalid, Verdict::Invalid));
+    }
+
+    #[test]
+    fn lease_operations_go_to_the_lease_check_only() {
+        // As register operations these would be errors (unknown
+        // functions); the read of "lease/k" must not reach linearizability.
+        let history = r#"{"process":0,"type":"invoke","f":"lease-grant","value":{"ttl_ms":1000},"time":0}
+{"process":0,"type":"ok","f":"lease-grant","value":{"ttl_ms":1000},"lease":3,"time":10}
+{"process":0,"type":"invoke","f":"lease-put","key":"lease/k","value":1,"lease":3,"time":20}
+{"process":0,"type":"ok","f":"lease-put","key":"lease/k","value":1,"lease":3,"time":30}
+{"process":1,"type":"invoke","f":"lease-read","key":"lease/k","time":40}
+{"process":1,"type":"ok","f":"lease-read","key":"lease/k","value":1,"time":50}
+{"process":2,"type":"invoke","f":"write","key":"x","value":1}
+{"process":2,"type":"ok","f":"write","key":"x","value":1}"#;
+        let r = report(history);
+        assert_eq!(r.valid, Verdict::Valid, "{r:?}");
+        assert_eq!(r.lease.as_ref().unwrap().reads_while_alive, 1);
+        assert_eq!(r.linearizability.keys.len(), 1, "only x is a register");
+
+        let vanished = report(&history.replace(r#""value":1,"time":50"#, r#""value":null,"time":50"#));
+        assert_eq!((vanished.valid, vanished.lease.unwrap().verdict), (Verdict::Invalid, Verdict::Invalid));
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //!    by value, objects by their members in any order) and printed as
 //!    written.
 //! 3. [`checker`]: the verdict (valid, invalid, unknown) and the checkers;
-//!    [`checker::linear`] decides linearizability per key, [`checker::set`]
-//!    and [`checker::session`] judge the other workloads' histories, and
+//!    [`checker::linear`] decides linearizability per key, [`checker::set`],
+//!    [`checker::session`] and [`checker::watch`] judge the other workloads'
+//!    histories, [`checker::lease`] the leases beside the registers, and
 //!    [`checker::leaders`], [`checker::convergence`] and [`checker::logs`]
 //!    judge what the harness polls and collects from the nodes.
 //! 4. [`check`]: re-checking a stored history with every checker, which is

@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant};
 
 use kv_client::api::{
-    codes, CasRequest, DeleteRequest, Durability, ErrorBody, JsonValue, ListResponse, PutRequest,
-    ReadResponse, RollbackList, StatusResponse, WriteResponse,
+    codes, CasRequest, DeleteRequest, Durability, ErrorBody, JsonValue, LeaseGrantRequest, LeaseRequest,
+    LeaseResponse, ListResponse, PutRequest, ReadResponse, RollbackList, StatusResponse, WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -59,8 +59,13 @@ impl Failure {
 pub enum WriteOutcome {
     /// Applied (or a CAS whose expected value matched).
     Ok(WriteResponse),
+    /// A lease grant, keepalive or revoke applied.
+    Lease(LeaseResponse),
     /// A CAS whose expected value did not match: certainly not applied.
     Mismatch,
+    /// A lease request (or a put with `lease=`) refused because the lease
+    /// does not exist: certainly not applied, and decisive.
+    LeaseNotFound,
     /// Anything else.
     Failed(Failure),
 }
@@ -115,6 +120,53 @@ pub enum Write {
         /// The key.
         key: String,
     },
+    /// `PUT /v1/kv/{key}?lease={lease}`: put and attach to a lease.
+    LeasePut {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The lease.
+        lease: u64,
+    },
+    /// `POST /v1/leases`: grant a lease of `ttl_ms`.
+    LeaseGrant {
+        /// Its time to live, in ms.
+        ttl_ms: u64,
+    },
+    /// `POST /v1/leases/{id}/keepalive`.
+    LeaseKeepAlive {
+        /// The lease.
+        id: u64,
+    },
+    /// `DELETE /v1/leases/{id}`.
+    LeaseRevoke {
+        /// The lease.
+        id: u64,
+    },
+}
+
+impl Write {
+    /// The KV key it writes, if it writes one.
+    pub fn kv_key(&self) -> Option<&str> {
+        match self {
+            Write::Put { key, .. }
+            | Write::Cas { key, .. }
+            | Write::Delete { key }
+            | Write::LeasePut { key, .. } => Some(key),
+            Write::LeaseGrant { .. } | Write::LeaseKeepAlive { .. } | Write::LeaseRevoke { .. } => None,
+        }
+    }
+
+    /// When it is acknowledged: a put at the durability it asks for,
+    /// everything else once committed (a CAS and the lease requests need
+    /// their applied outcome).
+    pub fn durability(&self) -> Durability {
+        match self {
+            Write::Put { durability, .. } => *durability,
+            _ => Durability::Majority,
+        }
+    }
 }
 
 /// HTTP access to the nodes, shared by every worker.
@@ -236,6 +288,27 @@ impl Http {
                 let req = self.client.delete(self.url(node, &format!("/v1/kv/{key}")));
                 self.send_json::<WriteResponse>(req, &body).await
             }
+            Write::LeasePut { key, value, lease } => {
+                let body =
+                    PutRequest { value: json_value(value), client_id: Some(client_id), seq: Some(seq) };
+                let req =
+                    self.client.put(self.url(node, &format!("/v1/kv/{key}"))).query(&[("lease", lease)]);
+                self.send_json::<WriteResponse>(req, &body).await
+            }
+            Write::LeaseGrant { ttl_ms } => {
+                let body = LeaseGrantRequest { ttl_ms: *ttl_ms, client_id: Some(client_id), seq: Some(seq) };
+                return self.lease_write(self.client.post(self.url(node, "/v1/leases")), &body).await;
+            }
+            Write::LeaseKeepAlive { id } => {
+                let body = LeaseRequest { client_id: Some(client_id), seq: Some(seq) };
+                let req = self.client.post(self.url(node, &format!("/v1/leases/{id}/keepalive")));
+                return self.lease_write(req, &body).await;
+            }
+            Write::LeaseRevoke { id } => {
+                let body = LeaseRequest { client_id: Some(client_id), seq: Some(seq) };
+                let req = self.client.delete(self.url(node, &format!("/v1/leases/{id}")));
+                return self.lease_write(req, &body).await;
+            }
         };
         match sent {
             Ok(r) if r.succeeded == Some(false) => WriteOutcome::Mismatch,
@@ -243,6 +316,16 @@ impl Http {
             // A CAS whose expected value did not match answers 412 with a
             // WriteResponse (`succeeded: false`) as its body.
             Err((412, _)) => WriteOutcome::Mismatch,
+            Err((404, f)) if f.error == codes::LEASE_NOT_FOUND => WriteOutcome::LeaseNotFound,
+            Err((_, f)) => WriteOutcome::Failed(f),
+        }
+    }
+
+    /// One attempt at a lease grant, keepalive or revoke.
+    async fn lease_write(&self, req: reqwest::RequestBuilder, body: &impl Serialize) -> WriteOutcome {
+        match self.send_json::<LeaseResponse>(req, body).await {
+            Ok(r) => WriteOutcome::Lease(r),
+            Err((404, f)) if f.error == codes::LEASE_NOT_FOUND => WriteOutcome::LeaseNotFound,
             Err((_, f)) => WriteOutcome::Failed(f),
         }
     }
@@ -348,6 +431,7 @@ fn classify(status: u16, body: &[u8]) -> Failure {
                     codes::BAD_REQUEST
                         | codes::TOO_LARGE
                         | codes::KEY_NOT_FOUND
+                        | codes::LEASE_NOT_FOUND
                         | codes::CAS_MISMATCH
                         | codes::STALE_SEQUENCE
                         | codes::UNKNOWN_NODE
@@ -438,6 +522,7 @@ mod tests {
         assert!(classify(503, &body(codes::NO_LEADER, true)).definite);
         assert!(classify(412, &body(codes::CAS_MISMATCH, false)).definite);
         assert!(classify(400, &body(codes::BAD_REQUEST, false)).definite);
+        assert!(classify(404, &body(codes::LEASE_NOT_FOUND, false)).definite);
         // A refused token: no handler ran, nothing was forwarded.
         assert!(classify(401, &body(codes::UNAUTHENTICATED, false)).definite);
         assert!(classify(403, &body(codes::FORBIDDEN, false)).definite);

@@ -9,9 +9,11 @@
 //!    first event (`setup`, from the nemesis process, which the checkers
 //!    skip) and the report's options say which.
 //! 2. **Run.** For `time_limit`, the workers ([`workload`]) send operations
-//!    and record each invocation and outcome in the history; the nemesis
-//!    ([`nemesis`]) injects faults on its schedule; the poller ([`poll`])
-//!    records every node's status.
+//!    and record each invocation and outcome in the history; in a register
+//!    run, lease owners and readers ([`leases`]) work beside them on keys
+//!    of their own; the nemesis ([`nemesis`]) injects faults on its
+//!    schedule; the poller ([`poll`]) records every node's status (and,
+//!    with leases, every answer that names a leader, in the history).
 //! 3. **Final phase.** Stop the fault in force, heal every link, resume and
 //!    restart every node (`final-heal` in the history), wait a quiet period,
 //!    then read every key from every node (operations marked
@@ -19,7 +21,8 @@
 //!    index and state digest. Then collect every node's rollback records
 //!    (the log entries it removed because a new leader's log replaced
 //!    them), each in full, for the set checker and `rollback.json`.
-//! 4. **Check.** Judge the history (linearizability, set, session), the
+//! 4. **Check.** Judge the history (linearizability, set, session, watch,
+//!    lease), the
 //!    polled statuses (one leader per term), the final statuses
 //!    (convergence) and the node logs (panics), and write the report
 //!    ([`report`]).
@@ -29,6 +32,7 @@
 //! two runs with one seed are alike, not identical.
 
 pub mod client;
+pub mod leases;
 pub mod nemesis;
 pub mod poll;
 pub mod report;
@@ -82,6 +86,9 @@ pub struct TestOptions {
     /// Watch workload: watchers following the writers' changes (besides
     /// the `concurrency` writers).
     pub watchers: usize,
+    /// Register workload: lease owners, and as many lease readers,
+    /// besides the `concurrency` register clients ([`leases`]); 0 for none.
+    pub lease_clients: usize,
     /// Seed of every random choice.
     pub seed: u64,
     /// Mean length of a fault and of the gap between faults.
@@ -183,6 +190,7 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         args.extend(["--watch-progress-ms".into(), watcher::PROGRESS_MS.to_string()]);
     }
     args.extend(opts.server_args.iter().cloned());
+    let election_timeout = election_timeout_ms(&args);
     let tls = if opts.tls {
         let made = Credentials::create(&opts.server_bin, &dir.join("tls"), opts.nodes)
             .context("making the run's certificates and tokens (--tls)")?;
@@ -211,19 +219,24 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     let rec = Recorder::new(start);
     // What the cluster runs with, first in the history, so that a history
     // read on its own says whether it was taken over TLS.
+    // The election timeout is the lease check's bound (a lease nobody
+    // renews expires within its TTL plus one election timeout).
     let setup = json!({
         "nodes": opts.nodes,
         "tls": tls.as_ref().map_or(Value::Bool(false), Credentials::describe),
+        "election_timeout_ms": election_timeout,
     });
     rec.record(Process::Nemesis, EventType::Info, Function::Other("setup".into()), Value::Null, setup);
     let leader = Arc::new(LeaderView::default());
     let stop_poll = Arc::new(tokio::sync::Notify::new());
+    let leases_on = opts.workload == Kind::Register && opts.lease_clients > 0;
     let poller = tokio::spawn(poll::poll(
         poll_http.clone(),
         nodes.clone(),
         rec.clone(),
         leader.clone(),
         stop_poll.clone(),
+        leases_on,
     ));
 
     let wopts = WorkloadOptions {
@@ -268,10 +281,23 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
         interval: opts.interval,
         min_pause: MIN_PAUSE,
     };
+    // Seeded after everything else, so that a run with leases draws the
+    // same operations and faults from its seed as one without.
+    let mut lease_tasks = tokio::task::JoinSet::new();
+    if leases_on {
+        let board = Arc::new(leases::Board::default());
+        for id in 0..opts.lease_clients {
+            let owner = leases::Owner::new(id, &shared, StdRng::seed_from_u64(rng.gen()));
+            lease_tasks.spawn(owner.run(shared.clone(), board.clone(), stop));
+            let seed = StdRng::seed_from_u64(rng.gen());
+            lease_tasks.spawn(leases::read(shared.clone(), board.clone(), seed, stop));
+        }
+    }
     let nemesis = tokio::spawn(nemesis.run(stop));
     let progress = report::Progress::start(opts.progress, opts.time_limit, rec.clone());
 
     while workers.join_next().await.is_some() {}
+    while lease_tasks.join_next().await.is_some() {}
     let mut watchers: Vec<Watcher> = watchers.join_all().await;
     let (mut nemesis, active) = nemesis.await.context("the nemesis task failed")?;
     progress.phase("final phase: healing, quiet period, final reads");
@@ -349,6 +375,26 @@ pub async fn run(opts: TestOptions) -> anyhow::Result<RunOutcome> {
     report::write(inputs)
 }
 
+/// The `--election-timeout-ms MIN-MAX` the nodes run with (the last one
+/// given, as the server reads it), as `[MIN, MAX]`; `null` if absent or
+/// unreadable.
+pub fn election_timeout_ms(args: &[String]) -> Value {
+    let mut found = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--election-timeout-ms" {
+            found = iter.next().map(String::as_str);
+        } else if let Some(v) = arg.strip_prefix("--election-timeout-ms=") {
+            found = Some(v);
+        }
+    }
+    let range = found.and_then(|v| {
+        let (min, max) = v.split_once('-')?;
+        Some([min.trim().parse::<u64>().ok()?, max.trim().parse::<u64>().ok()?])
+    });
+    range.map_or(Value::Null, |r| json!(r))
+}
+
 /// Every node's rollback records, each in full, as `rollback.json` holds
 /// them ([`jepsen_checker::rollback`]): for node `i + 1` at `nodes[i]`, its
 /// records, or why they could not be read. A node that does not answer is
@@ -418,5 +464,20 @@ async fn wait_for_leader(http: &Http, nodes: &[String], within: Duration) -> any
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_election_timeout_is_read_from_the_server_arguments_last_one_winning() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(election_timeout_ms(&args(&SERVER_TIMING)), json!([1000, 2000]));
+        let overridden = args(&["--election-timeout-ms", "1000-2000", "--election-timeout-ms=300-600"]);
+        assert_eq!(election_timeout_ms(&overridden), json!([300, 600]));
+        assert_eq!(election_timeout_ms(&args(&["--heartbeat-ms", "150"])), Value::Null);
+        assert_eq!(election_timeout_ms(&args(&["--election-timeout-ms", "soon"])), Value::Null);
     }
 }

@@ -5,7 +5,9 @@
 //! [0.5, 1.5), so faults start and stop at irregular moments. Each start
 //! and stop is a nemesis event in the history (`start-<fault>`,
 //! `stop-<fault>`), whose value names the shape or target, the nodes hit,
-//! and the leader at that moment (as the status poller last saw it).
+//! and the leader at that moment (as the status poller last saw it); a
+//! start's `began` is when the nemesis began the fault (nanoseconds, as
+//! event times), before the event itself was recorded.
 //!
 //! | fault | start | stop |
 //! |-------|-------|------|
@@ -250,6 +252,10 @@ impl Nemesis {
     /// Starts `fault`; `None` if it could not be started (it is recorded
     /// as a `fault-failed` nemesis event).
     pub async fn start(&mut self, fault: Fault) -> Option<Active> {
+        // When the fault began, before anything was done: the start event
+        // is recorded once it is in force, which may be much later (a
+        // graceful stop, a membership change).
+        let began = self.rec.elapsed_nanos();
         self.cluster.lock().await.reap();
         let leader = self.leader.leader();
         let ids = self.ids();
@@ -350,7 +356,7 @@ impl Nemesis {
                     Ok(stop) => stop,
                     Err(e) => {
                         drop(cluster);
-                        let value = json!({"fault": fault.name(), "node": victim, "error": e.to_string()});
+                        let value = json!({"fault": fault.name(), "began": began, "node": victim, "error": e.to_string()});
                         self.record("fault-failed".into(), value);
                         return None;
                     }
@@ -360,7 +366,7 @@ impl Nemesis {
                 (Active::Killed(fault, vec![victim]), value)
             }
             Fault::RollingRestart => {
-                self.record(format!("start-{}", fault.name()), json!({"leader": leader}));
+                self.record(format!("start-{}", fault.name()), json!({"leader": leader, "began": began}));
                 let outcome = self.rolling_restart().await;
                 return Some(Active::Rolled(outcome));
             }
@@ -370,7 +376,7 @@ impl Nemesis {
                 if let Err(e) = cluster.pause(victim, true) {
                     self.record(
                         "fault-failed".into(),
-                        json!({"fault": fault.name(), "error": e.to_string()}),
+                        json!({"fault": fault.name(), "began": began, "error": e.to_string()}),
                     );
                     return None;
                 }
@@ -396,7 +402,8 @@ impl Nemesis {
                     }
                 }
                 if let Err(error) = removed {
-                    let value = json!({"fault": fault.name(), "node": victim, "error": error});
+                    let value =
+                        json!({"fault": fault.name(), "began": began, "node": victim, "error": error});
                     self.record("fault-failed".into(), value);
                     return None;
                 }
@@ -408,6 +415,7 @@ impl Nemesis {
             }
         };
         value["leader"] = json!(leader);
+        value["began"] = json!(began);
         self.record(format!("start-{}", fault.name()), value);
         Some(active)
     }
@@ -540,8 +548,9 @@ impl Nemesis {
     }
 
     /// The final phase's first step: heals every link, resumes and restarts
-    /// every node. Recorded as `final-heal`.
+    /// every node. Recorded as `final-heal`, with when it `began`.
     pub async fn heal_all(&mut self) {
+        let began = self.rec.elapsed_nanos();
         let mut cluster = self.cluster.lock().await;
         cluster.reap();
         cluster.net.heal();
@@ -553,7 +562,7 @@ impl Nemesis {
             }
         }
         drop(cluster);
-        self.record("final-heal".into(), Value::Null);
+        self.record("final-heal".into(), json!({"began": began}));
     }
 }
 

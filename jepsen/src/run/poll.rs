@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use jepsen_checker::checker::convergence::FinalStatus;
 use jepsen_checker::checker::leaders::StatusSample;
-use jepsen_checker::history::Recorder;
+use jepsen_checker::checker::lease::LEADER_SEEN;
+use jepsen_checker::history::{EventType, Function, Process, Recorder};
+use serde_json::{json, Value};
 
 use super::client::Http;
 use super::nemesis::LeaderView;
@@ -17,13 +19,19 @@ use super::nemesis::LeaderView;
 /// How often every node is asked.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
 
-/// Polls every node's status until `stop`, returning every answer.
+/// Polls every node's status until `stop`, returning every answer. With
+/// `record_leaders`, every answer that says "leader" is also a
+/// `leader-seen` nemesis event in the history, stamped when it arrived and
+/// holding when it was requested (`sent`), the node and its term: the lease
+/// check proves a steady leader from them
+/// ([`jepsen_checker::checker::lease`]).
 pub async fn poll(
     http: Http,
     nodes: Vec<String>,
     rec: Recorder,
     leader: Arc<LeaderView>,
     stop: Arc<tokio::sync::Notify>,
+    record_leaders: bool,
 ) -> Vec<StatusSample> {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let mut tick = tokio::time::interval(POLL_EVERY);
@@ -38,9 +46,15 @@ pub async fn poll(
             let (http, addr, rec, leader, samples) =
                 (http.clone(), addr.clone(), rec.clone(), leader.clone(), samples.clone());
             asks.spawn(async move {
+                let sent = rec.elapsed_nanos();
                 if let Ok(s) = http.status(&addr).await {
                     if s.role == "leader" {
                         leader.saw(s.term, s.id);
+                        if record_leaders {
+                            let value = json!({"node": s.id, "term": s.term, "sent": sent});
+                            let f = Function::Other(LEADER_SEEN.into());
+                            rec.record(Process::Nemesis, EventType::Info, f, Value::Null, value);
+                        }
                     }
                     let sample = StatusSample {
                         time: rec.elapsed_nanos(),

@@ -108,6 +108,9 @@ pub fn write(inputs: Inputs<'_>) -> anyhow::Result<RunOutcome> {
     if let Some(w) = &report.watch {
         checkers.insert("watch".into(), json!(w));
     }
+    if let Some(l) = &report.lease {
+        checkers.insert("lease".into(), json!(l));
+    }
     if let Some(e) = &log_error {
         checkers.insert("final_log".into(), json!({"verdict": "unknown", "error": e}));
     }
@@ -148,6 +151,7 @@ fn options_json(o: &TestOptions, tls: Option<&Credentials>) -> Value {
         "time_limit_s": o.time_limit.as_secs_f64(),
         "rate": o.rate,
         "concurrency": o.concurrency,
+        "lease_clients": o.lease_clients,
         "seed": o.seed,
         "interval_s": o.interval.as_secs_f64(),
         "quiet_s": o.quiet.as_secs_f64(),
@@ -307,6 +311,26 @@ pub fn summary(outcome: &RunOutcome) -> String {
                 watch["before_images_checked"],
                 watch["covered_through"],
                 watch["violation_counts"]
+            ),
+        );
+    }
+    let lease = &r["checkers"]["lease"];
+    if lease.is_object() {
+        line(
+            &mut s,
+            format!(
+                "lease: {} leases, {} keepalives ok, {} keys; {} reads ({} while provably alive, {} of an \
+                 absent key judged, {} sent past a proven deadline), {} refusals judged; bound {} ms; violations {}",
+                lease["leases"],
+                lease["keepalives_ok"],
+                lease["keys"],
+                lease["reads"],
+                lease["reads_while_alive"],
+                lease["absent_reads_judged"],
+                lease["reads_past_deadline"],
+                lease["refusals_judged"],
+                lease["bound_ms"],
+                lease["violation_counts"]
             ),
         );
     }

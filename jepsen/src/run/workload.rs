@@ -191,7 +191,8 @@ impl Shared {
         self.next_process.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn fresh_value(&self) -> u64 {
+    /// A value no other write of the run uses.
+    pub(crate) fn fresh_value(&self) -> u64 {
         self.next_value.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -431,14 +432,15 @@ impl Shared {
         // leader-durable write in the nodes' rollback records by its key
         // and session.
         let seq = w.session.next_seq();
-        let (kv_key, durability, to) = match &write {
-            Write::Put { key, value, durability } => (key, *durability, value.parse::<u64>().ok()),
-            Write::Cas { key, value, .. } => (key, Durability::Majority, value.parse::<u64>().ok()),
-            Write::Delete { key } => (key, Durability::Majority, None),
+        let to = match &write {
+            Write::Put { value, .. } | Write::Cas { value, .. } => value.parse::<u64>().ok(),
+            _ => None,
         };
         let mut inv = extra.clone();
-        inv.insert(fields::DURABILITY.into(), json!(durability.name()));
-        inv.insert(fields::KV_KEY.into(), json!(kv_key));
+        inv.insert(fields::DURABILITY.into(), json!(write.durability().name()));
+        if let Some(kv_key) = write.kv_key() {
+            inv.insert(fields::KV_KEY.into(), json!(kv_key));
+        }
         inv.insert(fields::CLIENT_ID.into(), json!(w.session.client_id));
         inv.insert(fields::SEQ.into(), json!(seq));
         self.invoke(w, &f, self.hkey(key), value.clone(), inv);
@@ -470,6 +472,13 @@ impl Shared {
                 self.failed(w, &f, self.hkey(key), value, extra, fail)
             }
             WriteOutcome::Failed(fail) => self.failed(w, &f, self.hkey(key), value, extra, fail),
+            WriteOutcome::Lease(_) | WriteOutcome::LeaseNotFound => {
+                // No workload write names a lease: an answer about one
+                // says nothing sure about this write.
+                let fail =
+                    Failure { definite: false, error: "a lease answer to a write without a lease".into() };
+                self.failed(w, &f, self.hkey(key), value, extra, fail)
+            }
         }
     }
 

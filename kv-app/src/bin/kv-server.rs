@@ -444,6 +444,14 @@ struct Args {
     /// meanwhile.
     #[arg(long, help_heading = FAULTS)]
     unsafe_watch_from_latest: bool,
+    /// As leader, end a lease once half its TTL has passed without a
+    /// renewal: its keys vanish while the owner still renews in time.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_lease_expire_early: bool,
+    /// As leader, never expire a lease: keys stay after their owner stopped
+    /// renewing, past their TTL.
+    #[arg(long, help_heading = FAULTS)]
+    unsafe_lease_never_expire: bool,
 }
 
 /// The peer TLS of `--peer-ca`, `--peer-cert` and `--peer-key`: all three
@@ -756,6 +764,8 @@ async fn main() -> Result<()> {
         unsafe_local_reads: args.unsafe_local_reads,
         unsafe_no_dedup: args.unsafe_no_dedup,
         unsafe_watch_from_latest: args.unsafe_watch_from_latest,
+        unsafe_lease_expire_early: args.unsafe_lease_expire_early,
+        unsafe_lease_never_expire: args.unsafe_lease_never_expire,
     };
     config.auth = match (args.token_file, args.cluster_secret_file) {
         (Some(token_file), Some(cluster_secret_file)) => Some(AuthFiles { token_file, cluster_secret_file }),

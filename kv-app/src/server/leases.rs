@@ -169,6 +169,12 @@ pub async fn run_expiry(ctx: Ctx) {
 
 /// One check of [`run_expiry`].
 async fn expire_due(ctx: &Ctx) -> Result<(), String> {
+    if ctx.config.faults.unsafe_lease_never_expire {
+        // Fault injection (`--unsafe-lease-never-expire`), a negative
+        // control for the Jepsen harness's lease check: keys outlive their
+        // leases.
+        return Ok(());
+    }
     let view = ctx.node.view().map_err(|e| e.to_string())?;
     let leases = sm_leases::leases(&view).map_err(|e| e.to_string())?;
     if leases.is_empty() {
@@ -179,9 +185,11 @@ async fn expire_due(ctx: &Ctx) -> Result<(), String> {
     // checks `renewed_at + ttl <= log time`, and log time is at least
     // this command's `proposed_at_ms`.
     let now_ms = now_ms();
-    let due: Vec<ExpiredLease> = ctx
-        .leases
-        .judge(term, &leases, Instant::now(), now_ms)
+    let judged = ctx.leases.judge(term, &leases, Instant::now(), now_ms);
+    if ctx.config.faults.unsafe_lease_expire_early {
+        return end_early(ctx, &judged).await;
+    }
+    let due: Vec<ExpiredLease> = judged
         .into_iter()
         .filter(|j| j.remaining.is_zero())
         .map(|j| ExpiredLease { id: j.lease.id, renewals: j.lease.renewals })
@@ -200,6 +208,34 @@ async fn expire_due(ctx: &Ctx) -> Result<(), String> {
         };
         if let KvResponse::Applied(WriteOutcome::LeasesExpired { ids }) = &written.response {
             tracing::debug!(node_id = ctx.id, index = written.log_id.index, ?ids, "expired leases");
+        }
+    }
+    Ok(())
+}
+
+/// Fault injection (`--unsafe-lease-expire-early`), a negative control for
+/// the Jepsen harness's lease check: ends every lease with half its TTL or
+/// less left by proposing a revoke, which apply does not check against log
+/// time as it checks an expiry. An owner renewing every two thirds of the
+/// TTL then loses its keys, and its lease, while it is owed them.
+async fn end_early(ctx: &Ctx, judged: &[Judged]) -> Result<(), String> {
+    for j in judged.iter().filter(|j| j.remaining <= Duration::from_millis(j.lease.ttl_ms / 2)) {
+        let cmd = KvCommand {
+            session: None,
+            proposed_at_ms: now_ms(),
+            op: WriteOp::LeaseRevoke { id: j.lease.id },
+        };
+        match ctx.node.write(&cmd).await {
+            Ok(written) => {
+                tracing::debug!(
+                    node_id = ctx.id,
+                    index = written.log_id.index,
+                    lease = j.lease.id,
+                    "ended early"
+                )
+            }
+            Err(raft_core::WriteError::NotLeader { .. }) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(())

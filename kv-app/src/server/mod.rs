@@ -125,6 +125,16 @@ pub struct Faults {
     /// changes made while it was away, which the Jepsen harness's watch
     /// checker must report.
     pub unsafe_watch_from_latest: bool,
+    /// The leader ends a lease once half its TTL has passed without a
+    /// renewal, by revoking it (a revoke is not checked against log time
+    /// in apply, as an expiry is): keys vanish while their owner is still
+    /// renewing within the TTL, which the Jepsen harness's lease check
+    /// must report.
+    pub unsafe_lease_expire_early: bool,
+    /// The leader never expires a lease: keys stay after their owner
+    /// stopped renewing, past the TTL and the documented bound, which the
+    /// Jepsen harness's lease check must report (as `outlived`).
+    pub unsafe_lease_never_expire: bool,
 }
 
 impl ServerConfig {
@@ -203,6 +213,12 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
     }
     if config.faults.unsafe_watch_from_latest {
         tracing::warn!(node_id = config.id, "fault injection: watches start at the latest index");
+    }
+    if config.faults.unsafe_lease_expire_early {
+        tracing::warn!(node_id = config.id, "fault injection: leases end at half their TTL");
+    }
+    if config.faults.unsafe_lease_never_expire {
+        tracing::warn!(node_id = config.id, "fault injection: leases never expire");
     }
     if let Some(tls) = &config.raft.peer_tls {
         // A node whose certificate names another node would be refused by

@@ -15,19 +15,23 @@
 //! * [`set`]: the set workload: acknowledged elements kept exactly once.
 //! * [`watch`]: the watch workload: every committed change delivered once,
 //!   in log order, with its before-image, to every watcher.
+//! * [`lease`]: the lease activity beside the register workload: no key
+//!   outlives its lease's deadline, none vanishes while its lease is
+//!   provably alive.
 //! * [`session`]: read-your-writes, monotonic reads and consistent prefix per
 //!   client session, and the lag of stale reads.
 //! * [`leaders`]: at most one leader per term, from polled node statuses.
 //! * [`convergence`]: every node ends at the same applied index and state.
 //! * [`logs`]: panics and fatal errors in node logs.
 //!
-//! The first four judge a history (the session checker optionally with the
+//! The first five judge a history (the session checker optionally with the
 //! final log); the last three judge what the harness polled or collected
 //! from the nodes, so `jepsen check` on a history file alone runs only the
-//! first four (see [`crate::check`]).
+//! first five (see [`crate::check`]).
 
 pub mod convergence;
 pub mod leaders;
+pub mod lease;
 pub mod linear;
 pub mod logs;
 pub mod session;
