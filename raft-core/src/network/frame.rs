@@ -261,7 +261,7 @@ where
 /// Reads one frame and decodes its payload.
 ///
 /// Returns [`FrameError::Closed`] if the peer closed the connection before
-/// the first byte of the frame, and [`FrameError::TooLarge`] without reading
+/// the first byte of the frame (with or without TLS's close_notify), and [`FrameError::TooLarge`] without reading
 /// the payload if the announced length exceeds `max`.
 pub async fn read_frame<R, T>(r: &mut R, max: u32) -> Result<T, FrameError>
 where
@@ -269,7 +269,15 @@ where
     T: DeserializeOwned,
 {
     let mut prefix = [0u8; LEN_BYTES];
-    let n = r.read(&mut prefix).await?;
+    let n = match r.read(&mut prefix).await {
+        Ok(n) => n,
+        // Over TLS, a peer that closed without a close_notify alert (a
+        // killed process, a dropped connection) reads as an unexpected
+        // end. Before a frame's first byte nothing was cut short: it is a
+        // close like a plain TCP stream's end.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+        Err(e) => return Err(e.into()),
+    };
     if n == 0 {
         return Err(FrameError::Closed);
     }
@@ -369,6 +377,46 @@ mod tests {
         assert!(matches!(got_resp.rpc, RpcResponse::Vote(Ok(v)) if v.vote_granted));
         // A clean end of stream between frames is `Closed`, not an I/O error.
         assert!(matches!(read_frame::<_, ResponseFrame>(&mut r, 1024).await, Err(FrameError::Closed)));
+    }
+
+    /// Reads its bytes, then fails as tokio-rustls does when the peer
+    /// closed without sending close_notify.
+    struct CutOff<'a>(&'a [u8]);
+
+    impl tokio::io::AsyncRead for CutOff<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                );
+                return std::task::Poll::Ready(Err(e));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_end_without_close_notify_between_frames_is_closed_and_inside_one_is_an_error() {
+        let resp = ResponseFrame {
+            id: 7,
+            rpc: RpcResponse::Vote(Ok(VoteResponse::new(Vote::new(1, 1), None, true))),
+        };
+        let wire = encode_frame(&resp, 1024).unwrap();
+        let mut r = CutOff(&wire);
+        assert_eq!(read_frame::<_, ResponseFrame>(&mut r, 1024).await.unwrap().id, 7);
+        assert!(matches!(read_frame::<_, ResponseFrame>(&mut r, 1024).await, Err(FrameError::Closed)));
+        for cut in [1, LEN_BYTES, wire.len() - 1] {
+            let got = read_frame::<_, ResponseFrame>(&mut CutOff(&wire[..cut]), 1024).await;
+            assert!(matches!(got, Err(FrameError::Io(_))), "cut after {cut} bytes: {got:?}");
+        }
     }
 
     #[tokio::test]
