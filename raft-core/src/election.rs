@@ -193,10 +193,14 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
     // The last campaign this node started: another waits a timeout too.
     let mut campaigned: Option<Instant> = None;
     loop {
-        let timeout = if max > min { rand::thread_rng().gen_range(min..max) } else { min };
+        let timeout = if max > min { crate::deterministic::with_rng(|r| r.gen_range(min..max)) } else { min };
         let (base, spread) = after_leader_left(&config);
         let early = base
-            + if spread.is_zero() { spread } else { rand::thread_rng().gen_range(Duration::ZERO..spread) };
+            + if spread.is_zero() {
+                spread
+            } else {
+                crate::deterministic::with_rng(|r| r.gen_range(Duration::ZERO..spread))
+            };
         // Wait until neither a leader nor our own campaign has been heard
         // of for `timeout`, however often that is pushed back; or, once the
         // leader's connection has closed, for `early` (see `after_leader_left`).
@@ -214,7 +218,11 @@ pub(crate) async fn run(raft: Raft, id: NodeId, config: Config, contact: Contact
             if lone && campaigned.is_none_or(|c| now >= c + timeout) {
                 break;
             }
+            // Biased: which branch wins a tie does not matter (both only
+            // re-check the deadline), and a fixed order keeps simulations
+            // independent of tokio's random branch choice.
             tokio::select! {
+                biased;
                 () = tokio::time::sleep_until(deadline.min(now + config.heartbeat_interval)) => {}
                 () = contact.0.wake.notified() => {}
             }

@@ -30,6 +30,7 @@
 pub mod app;
 pub mod codec;
 pub mod config;
+pub mod deterministic;
 pub mod election;
 pub mod error;
 pub mod handoff;
@@ -37,6 +38,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod read_index;
+pub mod rt;
 pub mod storage;
 pub mod types;
 

@@ -172,7 +172,7 @@ impl openraft::RaftTypeConfig for TypeConfig {
     type Vote = openraft::impls::Vote<Self::LeaderId>;
     type Payload = openraft::EntryPayload<Batch, NodeId, Node>;
     type Entry = openraft::impls::Entry<CommittedLeaderId, Self::Payload>;
-    type AsyncRuntime = openraft_rt_tokio::TokioRuntime;
+    type AsyncRuntime = crate::rt::Runtime;
     type Responder<T>
         = CallbackResponder<T>
     where

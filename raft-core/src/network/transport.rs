@@ -222,7 +222,9 @@ impl<L: Link> Connection<L> {
     ) -> Result<Option<SnapshotResponse<TypeConfig>>, StreamingError<TypeConfig>> {
         let request = RpcRequest::SnapshotChunk(chunk);
         let timeout = self.settings.snapshot_timeout;
+        // Biased: a cancelled transfer stops before another piece is sent.
         let answer = tokio::select! {
+            biased;
             closed = cancel => return Err(StreamingError::Closed(closed)),
             answer = self.link.call(&request, timeout) => answer,
         };
@@ -308,7 +310,7 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Connection<L> {
         let mut cancel = std::pin::pin!(cancel);
         let data = snapshot.snapshot;
         let bytes = crate::storage::blocking(move || data.encode()).await;
-        let transfer: u64 = rand::random();
+        let transfer: u64 = crate::deterministic::random_u64();
         tracing::info!(
             node_id = self.settings.me,
             target = self.target,

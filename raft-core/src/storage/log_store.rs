@@ -108,8 +108,18 @@ impl Debug for RedbLogStore {
 struct Shared {
     state: Arc<State>,
     /// The writer's queue; `None` once shutting down.
-    queue: Mutex<Option<mpsc::Sender<Op>>>,
+    queue: Mutex<Option<Queue>>,
+    /// The writer thread; `None` in deterministic mode, where the writer is
+    /// a task.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The writer's queue: to its thread, or, in deterministic mode
+/// ([`crate::deterministic`]), to a task on the caller's runtime that does
+/// the same work in the same order.
+enum Queue {
+    Thread(mpsc::Sender<Op>),
+    Task(tokio::sync::mpsc::UnboundedSender<Op>),
 }
 
 /// What the writer thread shares with the store's clones.
@@ -159,13 +169,20 @@ impl RedbLogStore {
             vote: Mutex::new(vote),
             failed: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel();
         let writer_state = state.clone();
-        let writer = std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || run_writer(&writer_state, &rx))
-            .map_err(|e| DbError::Redb(redb::Error::Io(e)))?;
-        let shared = Shared { state, queue: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) };
+        let (queue, writer) = if crate::deterministic::is_on() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(run_writer_task(writer_state, rx));
+            (Queue::Task(tx), None)
+        } else {
+            let (tx, rx) = mpsc::channel();
+            let writer = std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || run_writer(&writer_state, &rx))
+                .map_err(|e| DbError::Redb(redb::Error::Io(e)))?;
+            (Queue::Thread(tx), Some(writer))
+        };
+        let shared = Shared { state, queue: Mutex::new(Some(queue)), writer: Mutex::new(writer) };
         Ok(RedbLogStore { shared: Arc::new(shared) })
     }
 
@@ -261,7 +278,12 @@ impl RedbLogStore {
             return Err(io::Error::other(format!("the log store failed earlier: {reason}")));
         }
         match &*lock(&self.shared.queue) {
-            Some(queue) => queue.send(op).map_err(|_| io::Error::other("the log writer thread has stopped")),
+            Some(Queue::Thread(queue)) => {
+                queue.send(op).map_err(|_| io::Error::other("the log writer thread has stopped"))
+            }
+            Some(Queue::Task(queue)) => {
+                queue.send(op).map_err(|_| io::Error::other("the log writer task has stopped"))
+            }
             None => Err(io::Error::other("the log store is shutting down")),
         }
     }
@@ -333,43 +355,64 @@ fn run_writer(state: &State, queue: &mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let failed = lock(&state.failed).clone();
-        let result = match failed {
-            Some(reason) => Err(format!("the log store failed earlier: {reason}")),
-            None => write_group(state, &ops).map_err(|e| {
-                tracing::error!(error = %e, "writing the Raft log failed; the node stops");
-                *lock(&state.failed) = Some(e.to_string());
-                e.to_string()
-            }),
-        };
-        if result.is_ok() {
-            // Entries leave `pending` only now that redb holds them durably
-            // (see `read_range`). An entry replaced in `pending` since (a
-            // truncation and a new append at its index) has another log id
-            // and stays.
-            let mut pending = lock(&state.pending);
-            for op in &ops {
-                if let Op::Append { entries, .. } = op {
-                    for e in entries {
-                        if pending.get(&e.log_id.index).is_some_and(|p| p.log_id == e.log_id) {
-                            pending.remove(&e.log_id.index);
-                        }
+        write_and_report(state, ops);
+    }
+}
+
+/// The writer of deterministic mode: [`run_writer`] as a task. It groups
+/// whatever queued while it waited, exactly as the thread does.
+async fn run_writer_task(state: Arc<State>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = queue.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < MAX_OPS_PER_TRANSACTION {
+            match queue.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        write_and_report(&state, ops);
+    }
+}
+
+/// Writes one group of queued operations in one transaction, and reports
+/// each one's completion in queue order.
+fn write_and_report(state: &State, ops: Vec<Op>) {
+    let failed = lock(&state.failed).clone();
+    let result = match failed {
+        Some(reason) => Err(format!("the log store failed earlier: {reason}")),
+        None => write_group(state, &ops).map_err(|e| {
+            tracing::error!(error = %e, "writing the Raft log failed; the node stops");
+            *lock(&state.failed) = Some(e.to_string());
+            e.to_string()
+        }),
+    };
+    if result.is_ok() {
+        // Entries leave `pending` only now that redb holds them durably
+        // (see `read_range`). An entry replaced in `pending` since (a
+        // truncation and a new append at its index) has another log id
+        // and stays.
+        let mut pending = lock(&state.pending);
+        for op in &ops {
+            if let Op::Append { entries, .. } = op {
+                for e in entries {
+                    if pending.get(&e.log_id.index).is_some_and(|p| p.log_id == e.log_id) {
+                        pending.remove(&e.log_id.index);
                     }
                 }
             }
         }
-        for op in ops {
-            let outcome = || result.clone().map_err(io::Error::other);
-            match op {
-                Op::Append { done, entries } => {
-                    if result.is_ok() {
-                        notify_durable(&entries);
-                    }
-                    done.io_completed(outcome())
+    }
+    for op in ops {
+        let outcome = || result.clone().map_err(io::Error::other);
+        match op {
+            Op::Append { done, entries } => {
+                if result.is_ok() {
+                    notify_durable(&entries);
                 }
-                Op::Vote { done, .. } | Op::TruncateAfter { done, .. } | Op::Purge { done, .. } => {
-                    let _ = done.send(outcome());
-                }
+                done.io_completed(outcome())
+            }
+            Op::Vote { done, .. } | Op::TruncateAfter { done, .. } | Op::Purge { done, .. } => {
+                let _ = done.send(outcome());
             }
         }
     }

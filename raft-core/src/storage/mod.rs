@@ -32,12 +32,16 @@ pub use options::StorageOptions;
 pub use state_machine::{SnapshotData, StateMachineStore};
 
 /// Runs blocking storage work on tokio's blocking pool and waits for it.
-/// A panic inside `f` is re-raised here, in the caller.
+/// A panic inside `f` is re-raised here, in the caller. In deterministic
+/// mode ([`crate::deterministic`]) `f` runs inline, on the caller's task.
 pub(crate) async fn blocking<T, F>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    if crate::deterministic::is_on() {
+        return f();
+    }
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
         Err(e) => match e.try_into_panic() {

@@ -264,6 +264,14 @@ impl StateMachineStore {
             return;
         }
         let this = self.clone();
+        if crate::deterministic::is_on() {
+            // No threads in deterministic mode: the checkpoint runs here.
+            if let Err(e) = this.checkpoint_inner(false) {
+                tracing::warn!(error = %e, "checkpoint failed; the next one retries");
+            }
+            this.inner.checkpointing.store(false, Ordering::Release);
+            return;
+        }
         let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             if let Err(e) = this.checkpoint_inner(false) {
                 tracing::warn!(error = %e, "background checkpoint failed; the next one retries");
