@@ -65,7 +65,7 @@ use crate::network::tcp::{TcpServer, TcpTransport};
 use crate::network::{Inbox, Network, Transport};
 use crate::proposer::{forward_hint, leader_hint, Proposer};
 use crate::read_index::ReadBatcher;
-use crate::storage::db::DbError;
+use crate::storage::db::{DbError, BACKEND_PATH};
 use crate::storage::rollback::{self, RollbackRecord};
 use crate::storage::{blocking, Db, MemLogStore, RedbLogStore, StateMachineStore};
 use crate::types::{LogId, Node, NodeId, Raft, RaftMetrics, TypeConfig};
@@ -78,6 +78,15 @@ pub enum Storage {
     Durable(std::path::PathBuf),
     /// In memory only; everything is lost when the node stops.
     InMemory,
+    /// Durable, on a database the caller opened: with the same log store
+    /// and state machine store as [`Storage::Durable`], on any redb backend
+    /// ([`Db::on_backend`]), such as a simulator's [`SimDisk`]. The
+    /// database keeps the [`StorageOptions`] it was opened with;
+    /// [`Config::storage`] does not apply.
+    ///
+    /// [`SimDisk`]: crate::storage::SimDisk
+    /// [`StorageOptions`]: crate::storage::StorageOptions
+    Opened(Db),
 }
 
 /// A node's role in the cluster.
@@ -320,10 +329,19 @@ impl<A: StateMachine> RaftNode<A> {
         // state, and openraft's start, which re-applies the log since.
         let started = std::time::Instant::now();
         let mut steps_ms = [0u128; 2];
-        let (raft, db, sm) = match storage {
-            Storage::Durable(dir) => {
-                let db = Db::open_with(&dir, config.storage)?;
-                steps_ms[0] = started.elapsed().as_millis();
+        // The durable kinds differ only in who opens the database; what
+        // errors name is its directory, or what the database is on.
+        let durable = match storage {
+            Storage::Durable(dir) => Some((Db::open_with(&dir, config.storage)?, dir)),
+            Storage::Opened(db) => {
+                let on = db.path().map_or_else(|| PathBuf::from(BACKEND_PATH), Path::to_path_buf);
+                Some((db, on))
+            }
+            Storage::InMemory => None,
+        };
+        steps_ms[0] = started.elapsed().as_millis();
+        let (raft, db, sm) = match durable {
+            Some((db, dir)) => {
                 let sm = StateMachineStore::open_shared(db.clone(), app.clone()).map_err(|e| {
                     StartError::DataDir {
                         path: dir.clone(),
@@ -338,7 +356,7 @@ impl<A: StateMachine> RaftNode<A> {
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
                 (raft, db, sm)
             }
-            Storage::InMemory => {
+            None => {
                 let db = Db::in_memory();
                 let sm = StateMachineStore::open_shared(db.clone(), app.clone())
                     .map_err(|e| StartError::Raft(format!("state machine: {e}")))?;

@@ -59,6 +59,35 @@ fn open_power_loss(path: &Path) -> Result<Database, redb::DatabaseError> {
     builder().create_with_backend(PowerLossBackend::new(redb::backends::FileBackend::new(file)?)?)
 }
 
+/// The path that errors about a database on a storage backend name
+/// ([`Db::on_backend`]): a backend has no path of its own.
+pub const BACKEND_PATH: &str = "(storage backend)";
+
+/// Warns that `options` inject storage faults into the database at `at`,
+/// if they do: such a node may lose acknowledged writes.
+fn warn_if_faulty(at: &dyn std::fmt::Display, options: StorageOptions) {
+    if options.injects_faults() {
+        tracing::warn!(
+            path = %at,
+            lose_unsynced_writes = options.lose_unsynced_writes,
+            unsafe_no_fsync = options.unsafe_no_fsync,
+            "storage fault injection enabled: this node may lose acknowledged writes"
+        );
+    }
+}
+
+/// Runs `open`, the opening of the database at `path`, turning a panic in
+/// it into [`OpenError::Corrupted`]: redb validates what it reads, but a
+/// corrupted page deep in the file might still trip an assertion.
+fn open_guarded(path: &Path, open: impl FnOnce() -> Result<Db, OpenError>) -> Result<Db, OpenError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|panic| {
+        Err(OpenError::Corrupted {
+            path: path.to_path_buf(),
+            reason: format!("redb panicked while reading the file: {}", panic_message(&panic)),
+        })
+    })
+}
+
 /// A redb builder with this crate's settings.
 pub(crate) fn builder() -> redb::Builder {
     let mut b = Database::builder();
@@ -140,21 +169,8 @@ impl Db {
     /// Like [`Db::open`], with storage faults injected as `options` says
     /// (see [`super::fault`]): for crash tests and negative controls only.
     pub fn open_with(dir: &Path, options: StorageOptions) -> Result<Db, OpenError> {
-        if options.injects_faults() {
-            tracing::warn!(
-                path = %dir.display(),
-                lose_unsynced_writes = options.lose_unsynced_writes,
-                unsafe_no_fsync = options.unsafe_no_fsync,
-                "storage fault injection enabled: this node may lose acknowledged writes"
-            );
-        }
-        // redb validates what it reads, but a corrupted page deep in the
-        // file might still trip an assertion; turn that into an error too.
-        let path = dir.join(DB_FILE);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::open_inner(dir, options)))
-            .unwrap_or_else(|_| {
-                Err(OpenError::Corrupted { path, reason: "redb panicked while reading the file".into() })
-            })
+        warn_if_faulty(&dir.display(), options);
+        open_guarded(&dir.join(DB_FILE), || Self::open_inner(dir, options))
     }
 
     fn open_inner(dir: &Path, options: StorageOptions) -> Result<Db, OpenError> {
@@ -163,8 +179,6 @@ impl Db {
         // An empty file holds no database yet: a crash right after creating
         // it, before redb's first durable commit, leaves one behind.
         let existed = path.metadata().is_ok_and(|m| m.len() > 0);
-        let corrupted = |reason: String| OpenError::Corrupted { path: path.clone(), reason };
-
         let opened = if options.lose_unsynced_writes {
             open_power_loss(&path)
         } else if existed {
@@ -172,24 +186,60 @@ impl Db {
         } else {
             builder().create(&path)
         };
+        Self::checked(opened, existed, Some(path), options)
+    }
+
+    /// Opens (or creates) a database on any redb storage backend: a
+    /// simulated disk ([`super::SimDisk`]) or one of redb's own. An empty
+    /// backend becomes a new database; a non-empty one is recovered (redb
+    /// repairs it if it was not closed cleanly) and must hold this crate's
+    /// format, exactly as a file opened by [`Db::open`] must.
+    ///
+    /// Never panics on bad bytes: a backend redb cannot read, or on which
+    /// it panics, gives [`OpenError::Corrupted`]; a failing backend call
+    /// gives [`OpenError::Io`]. Errors name the path
+    /// [`BACKEND_PATH`], since a backend has none, and so does
+    /// [`Db::path`] (`None`).
+    ///
+    /// Of `options`, `unsafe_no_fsync` applies as on a file;
+    /// `lose_unsynced_writes` opens files through
+    /// [`PowerLossBackend`](super::PowerLossBackend) and means nothing
+    /// here: a backend decides itself what a power failure keeps.
+    pub fn on_backend(backend: impl redb::StorageBackend, options: StorageOptions) -> Result<Db, OpenError> {
+        warn_if_faulty(&BACKEND_PATH, options);
+        let path = Path::new(BACKEND_PATH);
+        open_guarded(path, || {
+            let len = backend.len().map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+            Self::checked(builder().create_with_backend(backend), len > 0, None, options)
+        })
+    }
+
+    /// Turns redb's answer to opening the database at `path` (`None`: on a
+    /// backend) into a [`Db`] whose format version was checked, or written
+    /// if the database is new (`existed` false).
+    fn checked(
+        opened: Result<Database, redb::DatabaseError>,
+        existed: bool,
+        path: Option<PathBuf>,
+        options: StorageOptions,
+    ) -> Result<Db, OpenError> {
+        let named = path.clone().unwrap_or_else(|| PathBuf::from(BACKEND_PATH));
+        let corrupted = |reason: String| OpenError::Corrupted { path: named.clone(), reason };
         let db = match opened {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(OpenError::Locked { path: path.clone() })
-            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked { path: named }),
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
                 // redb reports a file that is not a database (bad magic
                 // number, short header) as an I/O error of kind InvalidData.
                 if source.kind() == std::io::ErrorKind::InvalidData {
                     return Err(corrupted(source.to_string()));
                 }
-                return Err(OpenError::Io { path: path.clone(), source });
+                return Err(OpenError::Io { path: named, source });
             }
             Err(e) => return Err(corrupted(e.to_string())),
         };
-        let db =
-            Db { inner: Arc::new(DbFile::new(db, Some(path.clone()))), path: Some(path.clone()), options };
-        db.check_format(existed).map_err(|e| match e {
+        let db = Db { inner: Arc::new(DbFile::new(db, path.clone())), path, options };
+        db.check_format(existed, &named).map_err(|e| match e {
             FormatCheck::Redb(reason) => corrupted(reason),
             FormatCheck::Open(e) => e,
         })?;
@@ -204,7 +254,7 @@ impl Db {
             .unwrap_or_else(|e| panic!("invariant: an in-memory redb always opens ({e})"));
         let db =
             Db { inner: Arc::new(DbFile::new(db, None)), path: None, options: StorageOptions::default() };
-        db.check_format(false)
+        db.check_format(false, Path::new(""))
             .unwrap_or_else(|_| panic!("invariant: a new in-memory database takes a format version"));
         db
     }
@@ -236,8 +286,10 @@ impl Db {
         })
     }
 
-    fn check_format(&self, existed: bool) -> Result<(), FormatCheck> {
-        let path = || self.path.clone().unwrap_or_default();
+    /// Checks the format version, or writes it into a new database; errors
+    /// name `path`.
+    fn check_format(&self, existed: bool, path: &Path) -> Result<(), FormatCheck> {
+        let path = || path.to_path_buf();
         let found: Option<u32> = {
             let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
             match tx.open_table(META) {

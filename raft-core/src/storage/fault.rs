@@ -49,7 +49,9 @@
 //!   a test; a node that never syncs would grow without bound.
 //! * A real power failure may also tear a write or persist unsynced writes
 //!   out of order. This backend always loses all of them, or, if the kill
-//!   lands inside `sync_data`, a prefix of the page writes.
+//!   lands inside `sync_data`, a prefix of the page writes. The simulated
+//!   disk, [`super::SimDisk`], can keep a seeded part of them and tear one
+//!   (it shares this backend's page buffer).
 //! * A clean close (the database dropped) is not a power failure: the
 //!   buffered bytes are written to the file then, as the kernel would.
 
@@ -63,7 +65,7 @@ use redb::{BackendError, StorageBackend};
 
 /// The granularity of the write buffer, in bytes: redb's own page size, so
 /// that one redb page write touches one buffered page when aligned.
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 
 /// A redb storage backend on a file that keeps every write since the last
 /// `sync_data` in memory only. See the [module docs](self).
@@ -72,72 +74,202 @@ const PAGE: u64 = 4096;
 /// running on it cannot tell the difference until it dies.
 pub struct PowerLossBackend {
     file: FileBackend,
-    unsynced: Mutex<Unsynced>,
-}
-
-/// The state of the storage as the process sees it, relative to the file.
-#[derive(Default)]
-struct Unsynced {
-    /// Pages written since the last sync: page number → the page's whole
-    /// logical content (zero beyond `len`).
-    pages: BTreeMap<u64, Box<[u8]>>,
-    /// The storage's length as the process sees it.
-    len: u64,
-    /// Bytes of the file below this offset are still the storage's content
-    /// (where no buffered page covers them); bytes at or above it were cut
-    /// off by a `set_len` since the last sync and read as zero. Never above
-    /// `len` or the file's real length.
-    file_valid: u64,
+    unsynced: Mutex<PageBuffer>,
 }
 
 impl PowerLossBackend {
     /// A backend on `file`, whose current contents count as synced.
     pub fn new(file: FileBackend) -> io::Result<Self> {
         let len = file.len()?;
-        Ok(PowerLossBackend {
-            file,
-            unsynced: Mutex::new(Unsynced { len, file_valid: len, ..Default::default() }),
-        })
+        Ok(PowerLossBackend { file, unsynced: Mutex::new(PageBuffer::new(len)) })
     }
 
-    fn state(&self) -> io::Result<MutexGuard<'_, Unsynced>> {
+    fn state(&self) -> io::Result<MutexGuard<'_, PageBuffer>> {
         // A panic while the lock was held may have left a half-updated
         // buffer; refuse to go on rather than hand redb inconsistent bytes.
         self.unsynced.lock().map_err(|_| io::Error::other("power-loss backend poisoned by an earlier panic"))
     }
+}
 
-    /// Writes the buffered pages and length to the file, then fsyncs if
-    /// `fsync`. Afterwards the file is the storage and the buffer is empty.
-    fn apply(&self, state: &mut Unsynced, fsync: bool) -> io::Result<()> {
-        // Cut what a `set_len` removed, then grow to the new length: the
-        // grown part reads as zeros, as `set_len` promises.
-        if self.file.len()? != state.file_valid {
-            self.file.set_len(state.file_valid)?;
+/// What lies under a [`PageBuffer`]: the storage that outlives a power
+/// failure (a file, or [`super::SimDisk`]'s durable image).
+pub(crate) trait Platter {
+    /// The platter's length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `dst` with the bytes at `offset`, all of which lie below `len`.
+    fn read(&self, offset: u64, dst: &mut [u8]) -> io::Result<()>;
+    /// Cuts or grows the platter to `len`; grown bytes read as zeros.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Writes `data` at `offset`, below `len`.
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+impl Platter for &FileBackend {
+    fn len(&self) -> io::Result<u64> {
+        StorageBackend::len(*self)
+    }
+
+    fn read(&self, offset: u64, dst: &mut [u8]) -> io::Result<()> {
+        StorageBackend::read(*self, offset, dst)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        StorageBackend::set_len(*self, len)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        StorageBackend::write(*self, offset, data)
+    }
+}
+
+/// The writes and length changes since the last sync, kept over a
+/// [`Platter`] as an operating system's page cache keeps them over a disk:
+/// the storage as the process sees it is the platter with these pages laid
+/// on top. Applying the buffer is what an fsync does.
+///
+/// Cost: a write costs the pages it touches (the first write to a page also
+/// reads that page from the platter); applying costs the buffered pages,
+/// never the whole platter.
+#[derive(Default)]
+pub(crate) struct PageBuffer {
+    /// Pages written since the last sync: page number → the page's whole
+    /// logical content (zero beyond `len`). A `BTreeMap`, so that
+    /// everything that walks the pages does so in one order, the pages'.
+    pages: BTreeMap<u64, Box<[u8]>>,
+    /// The storage's length as the process sees it.
+    len: u64,
+    /// Bytes of the platter below this offset are still the storage's
+    /// content (where no buffered page covers them); bytes at or above it
+    /// were cut off by a `set_len` since the last sync and read as zero.
+    /// Never above `len` or the platter's length.
+    platter_valid: u64,
+}
+
+impl PageBuffer {
+    /// An empty buffer over a platter of `len` bytes.
+    pub(crate) fn new(len: u64) -> Self {
+        PageBuffer { pages: BTreeMap::new(), len, platter_valid: len }
+    }
+
+    /// The storage's length as the process sees it.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// How many pages were written since the last sync.
+    pub(crate) fn dirty_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Reads `out.len()` bytes at `offset`, as the process sees them.
+    pub(crate) fn read(&self, platter: &impl Platter, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        if offset.checked_add(out.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the storage"));
         }
-        if state.len != state.file_valid {
-            self.file.set_len(state.len)?;
+        for_each_page(offset, out.len(), |page, in_page, range| {
+            let dst = &mut out[range];
+            match self.pages.get(&page) {
+                Some(bytes) => {
+                    dst.copy_from_slice(&bytes[in_page..in_page + dst.len()]);
+                    Ok(())
+                }
+                None => read_platter(platter, self.platter_valid, page * PAGE + in_page as u64, dst),
+            }
+        })
+    }
+
+    /// Changes the length as the process sees it.
+    pub(crate) fn set_len(&mut self, len: u64) {
+        if len < self.len {
+            // Forget pages wholly past the end, zero the tail of the one
+            // the end falls in, and stop trusting the platter beyond it: if
+            // the storage grows again, that range must read as zeros.
+            self.pages.split_off(&len.div_ceil(PAGE));
+            if let Some(page) = self.pages.get_mut(&(len / PAGE)) {
+                page[(len % PAGE) as usize..].fill(0);
+            }
+            self.platter_valid = self.platter_valid.min(len);
         }
-        for (&page, bytes) in &state.pages {
+        self.len = len;
+    }
+
+    /// Buffers a write of `data` at `offset`.
+    pub(crate) fn write(&mut self, platter: &impl Platter, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past u64::MAX"))?;
+        // Like a file: writing past the end extends it.
+        self.len = self.len.max(end);
+        let PageBuffer { pages, platter_valid, .. } = self;
+        for_each_page(offset, data.len(), |page, in_page, range| {
+            let bytes = match pages.entry(page) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let mut bytes = vec![0; PAGE as usize].into_boxed_slice();
+                    read_platter(platter, *platter_valid, page * PAGE, &mut bytes)?;
+                    e.insert(bytes)
+                }
+            };
+            bytes[in_page..in_page + range.len()].copy_from_slice(&data[range]);
+            Ok(())
+        })
+    }
+
+    /// Writes everything buffered to the platter (the caller then fsyncs,
+    /// if it models an fsync). Afterwards the platter is the storage and the
+    /// buffer is empty.
+    pub(crate) fn apply(&mut self, platter: &mut impl Platter) -> io::Result<()> {
+        self.apply_some(platter, true, |_| PAGE as usize)
+    }
+
+    /// Writes part of the buffer to the platter, as a power failure in the
+    /// middle of the kernel's write-back leaves it: the new length only if
+    /// `with_len`, and of each buffered page (in page order) the first
+    /// `keep(page)` bytes, 0 for none, [`PAGE`] or more for all of it. Pages
+    /// that start past the platter's resulting length are not offered to
+    /// `keep`, and no byte past it is written. Afterwards the
+    /// buffer is empty and the storage is whatever the platter holds.
+    pub(crate) fn apply_some(
+        &mut self,
+        platter: &mut impl Platter,
+        with_len: bool,
+        mut keep: impl FnMut(u64) -> usize,
+    ) -> io::Result<()> {
+        let len = if with_len {
+            // Cut what a `set_len` removed, then grow to the new length:
+            // the grown part reads as zeros, as `set_len` promises.
+            if platter.len()? != self.platter_valid {
+                platter.set_len(self.platter_valid)?;
+            }
+            if self.len != self.platter_valid {
+                platter.set_len(self.len)?;
+            }
+            self.len
+        } else {
+            platter.len()?
+        };
+        for (&page, bytes) in &self.pages {
             let start = page * PAGE;
-            let n = (state.len - start).min(PAGE) as usize;
-            self.file.write(start, &bytes[..n])?;
+            if start >= len {
+                break;
+            }
+            let n = keep(page).min((len - start).min(PAGE) as usize);
+            if n > 0 {
+                platter.write(start, &bytes[..n])?;
+            }
         }
-        if fsync {
-            self.file.sync_data()?;
-        }
-        state.pages.clear();
-        state.file_valid = state.len;
+        *self = PageBuffer::new(len);
         Ok(())
     }
 }
 
-/// Fills `dst` with the file's bytes at `pos`, or zeros at and after
-/// `file_valid`.
-fn read_file(file: &FileBackend, file_valid: u64, pos: u64, dst: &mut [u8]) -> io::Result<()> {
-    let from_file = file_valid.saturating_sub(pos).min(dst.len() as u64) as usize;
-    let (head, tail) = dst.split_at_mut(from_file);
+/// Fills `dst` with the platter's bytes at `pos`, or zeros at and after
+/// `platter_valid`.
+fn read_platter(platter: &impl Platter, platter_valid: u64, pos: u64, dst: &mut [u8]) -> io::Result<()> {
+    let from_platter = platter_valid.saturating_sub(pos).min(dst.len() as u64) as usize;
+    let (head, tail) = dst.split_at_mut(from_platter);
     if !head.is_empty() {
-        file.read(pos, head)?;
+        platter.read(pos, head)?;
     }
     tail.fill(0);
     Ok(())
@@ -163,74 +295,31 @@ fn for_each_page(
 
 impl StorageBackend for PowerLossBackend {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.state()?.len)
+        Ok(self.state()?.len())
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let state = self.state()?;
-        if offset.checked_add(out.len() as u64).is_none_or(|end| end > state.len) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the storage"));
-        }
-        for_each_page(offset, out.len(), |page, in_page, range| {
-            let dst = &mut out[range];
-            match state.pages.get(&page) {
-                Some(bytes) => {
-                    dst.copy_from_slice(&bytes[in_page..in_page + dst.len()]);
-                    Ok(())
-                }
-                None => read_file(&self.file, state.file_valid, page * PAGE + in_page as u64, dst),
-            }
-        })
+        self.state()?.read(&&self.file, offset, out)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut state = self.state()?;
-        if len < state.len {
-            // Forget pages wholly past the end, zero the tail of the one
-            // the end falls in, and stop trusting the file beyond it: if
-            // the storage grows again, that range must read as zeros.
-            state.pages.split_off(&len.div_ceil(PAGE));
-            if let Some(page) = state.pages.get_mut(&(len / PAGE)) {
-                page[(len % PAGE) as usize..].fill(0);
-            }
-            state.file_valid = state.file_valid.min(len);
-        }
-        state.len = len;
+        self.state()?.set_len(len);
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.state()?;
-        self.apply(&mut state, true)
+        self.state()?.apply(&mut &self.file)?;
+        self.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut state = self.state()?;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past u64::MAX"))?;
-        // Like a file: writing past the end extends it.
-        state.len = state.len.max(end);
-        let Unsynced { pages, file_valid, .. } = &mut *state;
-        for_each_page(offset, data.len(), |page, in_page, range| {
-            let bytes = match pages.entry(page) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let mut bytes = vec![0; PAGE as usize].into_boxed_slice();
-                    read_file(&self.file, *file_valid, page * PAGE, &mut bytes)?;
-                    e.insert(bytes)
-                }
-            };
-            bytes[in_page..in_page + range.len()].copy_from_slice(&data[range]);
-            Ok(())
-        })
+        self.state()?.write(&&self.file, offset, data)
     }
 
     fn close(&self) -> io::Result<()> {
         // A clean close: hand the bytes to the file as the kernel would
         // after the process exits; no fsync, because no power fails here.
-        let mut state = self.state()?;
-        self.apply(&mut state, false)?;
+        self.state()?.apply(&mut &self.file)?;
         self.file.close()
     }
 

@@ -11,6 +11,9 @@
 //! * [`fault`]: storage faults for crash tests and negative controls: a
 //!   backend that loses unsynced writes on a kill, and acknowledging log
 //!   appends before fsync.
+//! * [`sim_disk`]: a simulated disk ([`SimDisk`]) for deterministic
+//!   simulation: a database in memory that outlives its process, with power
+//!   cuts, torn writes and crash points inside a transaction.
 //!
 //! redb's calls block on disk I/O, so every call from openraft's async core
 //! runs on tokio's blocking pool (`blocking`), never on a core thread.
@@ -22,6 +25,7 @@ pub mod mem_log;
 pub mod options;
 pub mod recovery;
 pub mod rollback;
+pub mod sim_disk;
 pub mod state_machine;
 
 pub use db::{Db, OpenError};
@@ -29,6 +33,7 @@ pub use fault::PowerLossBackend;
 pub use log_store::RedbLogStore;
 pub use mem_log::MemLogStore;
 pub use options::StorageOptions;
+pub use sim_disk::{SimBackend, SimDisk, SimDiskStats, Survive};
 pub use state_machine::{SnapshotData, StateMachineStore};
 
 /// Runs blocking storage work on tokio's blocking pool and waits for it.
