@@ -28,8 +28,9 @@
 //! real disk it would stall every task of the node. Hence a thread-wide
 //! switch for simulators, not an option a service could set.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -37,6 +38,30 @@ use rand::{RngCore, SeedableRng};
 thread_local! {
     /// The seeded generator while deterministic mode is on.
     static RNG: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+    /// The simulator's settings while deterministic mode is on.
+    static KNOBS: Cell<Knobs> = const { Cell::new(Knobs::NONE) };
+}
+
+/// What a simulator may change about storage in deterministic mode, beyond
+/// the seed. Nothing here exists outside deterministic mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Knobs {
+    /// How long each write of the log writer takes, drawn uniformly from
+    /// this range (simulated time; inclusive). `None`: no time at all.
+    /// Without it a leader's own fsync would never overlap its replication
+    /// to the followers, and the orderings that overlap allows would never
+    /// be tried.
+    pub storage_latency: Option<(Duration, Duration)>,
+    /// **A bug on purpose**, for the simulator's negative control: the log
+    /// writer reports appended entries as durable *before* it commits them
+    /// (the flush callback fires first, then the write takes its time). A
+    /// power cut in between loses entries that a leader counted towards a
+    /// commit. The simulator must catch it.
+    pub unsafe_flush_before_commit: bool,
+}
+
+impl Knobs {
+    const NONE: Knobs = Knobs { storage_latency: None, unsafe_flush_before_commit: false };
 }
 
 /// Deterministic mode on this thread, until dropped. Not `Send`: it belongs
@@ -44,6 +69,7 @@ thread_local! {
 #[must_use = "deterministic mode ends when the guard is dropped"]
 pub struct Guard {
     previous: Option<StdRng>,
+    previous_knobs: Knobs,
     _thread_bound: PhantomData<*const ()>,
 }
 
@@ -52,15 +78,33 @@ pub struct Guard {
 /// while on replaces the generator; dropping the inner guard restores the
 /// outer one.
 pub fn enter(seed: u64) -> Guard {
+    enter_with(seed, Knobs::default())
+}
+
+/// [`enter`], with the simulator's [`Knobs`].
+pub fn enter_with(seed: u64, knobs: Knobs) -> Guard {
     let previous = RNG.with(|r| r.borrow_mut().replace(StdRng::seed_from_u64(seed)));
-    Guard { previous, _thread_bound: PhantomData }
+    let previous_knobs = KNOBS.with(|k| k.replace(knobs));
+    Guard { previous, previous_knobs, _thread_bound: PhantomData }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let previous = self.previous.take();
         RNG.with(|r| *r.borrow_mut() = previous);
+        KNOBS.with(|k| k.set(self.previous_knobs));
     }
+}
+
+/// The knobs in force (all off outside deterministic mode).
+pub(crate) fn knobs() -> Knobs {
+    KNOBS.with(Cell::get)
+}
+
+/// How long the next log write takes, if the knobs say it takes time.
+pub(crate) fn storage_latency() -> Option<Duration> {
+    let (min, max) = knobs().storage_latency?;
+    Some(if max > min { with_rng(|r| rand::Rng::gen_range(r, min..=max)) } else { min })
 }
 
 /// True while deterministic mode is on for this thread.

@@ -71,6 +71,10 @@ pub struct TestArgs {
     /// Negative control: the state machine applies retried writes again.
     #[arg(long)]
     pub unsafe_no_dedup: bool,
+    /// Negative control: the log writer reports appends durable before it
+    /// writes them.
+    #[arg(long)]
+    pub unsafe_flush_before_commit: bool,
 }
 
 /// A parsed `--faults`.
@@ -157,6 +161,7 @@ impl TestArgs {
             node_options: NodeOptions {
                 unsafe_no_fsync: self.unsafe_no_fsync,
                 unsafe_no_dedup: self.unsafe_no_dedup,
+                unsafe_flush_before_commit: self.unsafe_flush_before_commit,
             },
             unsafe_local_reads: self.unsafe_local_reads,
             trace: false,
@@ -176,6 +181,7 @@ impl TestArgs {
             (self.unsafe_local_reads, " --unsafe-local-reads"),
             (self.unsafe_no_fsync, " --unsafe-no-fsync"),
             (self.unsafe_no_dedup, " --unsafe-no-dedup"),
+            (self.unsafe_flush_before_commit, " --unsafe-flush-before-commit"),
         ] {
             if on {
                 flags += flag;

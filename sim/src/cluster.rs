@@ -42,6 +42,9 @@ pub struct NodeOptions {
     pub unsafe_no_fsync: bool,
     /// The state machine applies a retried write again (no sessions).
     pub unsafe_no_dedup: bool,
+    /// The log writer reports appends durable before it writes them
+    /// ([`raft_core::deterministic::Knobs::unsafe_flush_before_commit`]).
+    pub unsafe_flush_before_commit: bool,
 }
 
 /// One node's slot: its disk outlives its incarnations.

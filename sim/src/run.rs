@@ -140,6 +140,11 @@ impl DiskTotals {
     }
 }
 
+/// How long one write of a node's log writer takes: about an SSD's fsync.
+/// Long enough that a leader's own write overlaps its replication, and
+/// that crashes land while writes are in progress.
+pub const STORAGE_LATENCY: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(2));
+
 /// A value derived from the seed for one purpose, so that each part of the
 /// simulation draws from its own stream.
 pub fn derive(seed: u64, purpose: u64) -> u64 {
@@ -203,7 +208,11 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
             return report;
         }
     };
-    let _deterministic = raft_core::deterministic::enter(derive(seed, 2));
+    let knobs = Knobs {
+        storage_latency: Some(STORAGE_LATENCY),
+        unsafe_flush_before_commit: opts.node_options.unsafe_flush_before_commit,
+    };
+    let _deterministic = raft_core::deterministic::enter_with(derive(seed, 2), knobs);
     rt.block_on(simulate(seed, opts, workload, &mut report));
     // Dropping the runtime drops every task still parked (stopped nodes'
     // leftovers), inside deterministic mode.
@@ -350,6 +359,7 @@ async fn poll_roles(
     }
 }
 
+use raft_core::deterministic::Knobs;
 use raft_core::openraft::async_runtime::WatchReceiver as _;
 use raft_core::openraft::ServerState as openraft_state;
 

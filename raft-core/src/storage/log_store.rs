@@ -361,6 +361,11 @@ fn run_writer(state: &State, queue: &mpsc::Receiver<Op>) {
 
 /// The writer of deterministic mode: [`run_writer`] as a task. It groups
 /// whatever queued while it waited, exactly as the thread does.
+///
+/// The simulator's [`Knobs`](crate::deterministic::Knobs) act here: a write
+/// may take simulated time (so that other tasks, and crashes, run while it
+/// is in progress), and the negative control reports appends before they
+/// are written.
 async fn run_writer_task(state: Arc<State>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Op>) {
     while let Some(first) = queue.recv().await {
         let mut ops = vec![first];
@@ -369,6 +374,17 @@ async fn run_writer_task(state: Arc<State>, mut queue: tokio::sync::mpsc::Unboun
                 Ok(op) => ops.push(op),
                 Err(_) => break,
             }
+        }
+        if crate::deterministic::knobs().unsafe_flush_before_commit {
+            for op in &mut ops {
+                if let Op::Append { entries, done } = op {
+                    notify_durable(entries);
+                    std::mem::replace(done, IOFlushed::noop()).io_completed(Ok(()));
+                }
+            }
+        }
+        if let Some(latency) = crate::deterministic::storage_latency() {
+            tokio::time::sleep(latency).await;
         }
         write_and_report(&state, ops);
     }
