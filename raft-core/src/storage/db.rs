@@ -83,7 +83,7 @@ fn open_guarded(path: &Path, open: impl FnOnce() -> Result<Db, OpenError>) -> Re
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|panic| {
         Err(OpenError::Corrupted {
             path: path.to_path_buf(),
-            reason: format!("redb panicked while reading the file: {}", panic_message(&panic)),
+            reason: format!("redb panicked while opening the database: {}", panic_message(&panic)),
         })
     })
 }
@@ -234,7 +234,7 @@ impl Db {
     ///
     /// Of `options`, `unsafe_no_fsync` applies as on a file;
     /// `lose_unsynced_writes` opens files through
-    /// [`PowerLossBackend`](super::PowerLossBackend) and means nothing
+    /// [`PowerLossBackend`] and means nothing
     /// here: a backend decides itself what a power failure keeps.
     pub fn on_backend(backend: impl redb::StorageBackend, options: StorageOptions) -> Result<Db, OpenError> {
         warn_if_faulty(&BACKEND_PATH, options);
