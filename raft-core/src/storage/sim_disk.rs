@@ -10,6 +10,26 @@
 //! after a crash the simulator cuts the power ([`SimDisk::cut_power`]) and
 //! "restarts" the node by opening a new database on the same disk.
 //!
+//! ```
+//! use raft_core::storage::{Db, SimDisk, StorageOptions, Survive};
+//!
+//! # fn main() -> Result<(), raft_core::storage::OpenError> {
+//! let disk = SimDisk::new();
+//! let db = Db::on_backend(disk.backend(), StorageOptions::default())?;
+//! // ... the node runs on `db` (`Storage::Opened(db)`), until its machine
+//! // loses power. What of its unsynced writes survives is the seed's choice.
+//! disk.cut_power(Survive::Seeded(42));
+//! drop(db); // fenced: closing it cannot write any more
+//! let db = Db::on_backend(disk.backend(), StorageOptions::default())?; // the restart
+//!
+//! // Or let the power fail in the middle of whatever the node does next:
+//! // during the fourth call from now that changes the disk.
+//! disk.crash_after(3, Survive::Nothing);
+//! # drop(db);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What it models
 //!
 //! A disk under an operating system's page cache, as
