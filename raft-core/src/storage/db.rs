@@ -83,9 +83,31 @@ fn open_guarded(path: &Path, open: impl FnOnce() -> Result<Db, OpenError>) -> Re
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)).unwrap_or_else(|panic| {
         Err(OpenError::Corrupted {
             path: path.to_path_buf(),
-            reason: format!("redb panicked while reading the file: {}", panic_message(&panic)),
+            reason: format!("redb panicked while opening the database: {}", panic_message(&panic)),
         })
     })
+}
+
+/// The length of the magic number that opens every redb database.
+const REDB_MAGIC_LEN: usize = 9;
+
+/// Whether storage of `len` bytes, whose first bytes `read` fills, holds a
+/// database whose creation was interrupted: not empty, but no magic number,
+/// only zeros where it goes. redb creates a database by growing the
+/// storage, writing and syncing a header without the magic number, and only
+/// then writing and syncing the magic number, so that a crash in between
+/// is recognisable; it then refuses such storage as "not a redb database".
+fn creation_interrupted(
+    len: u64,
+    read: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut head = [0; REDB_MAGIC_LEN];
+    let head = &mut head[..len.min(REDB_MAGIC_LEN as u64) as usize];
+    read(head)?;
+    Ok(head.iter().all(|&b| b == 0))
 }
 
 /// A redb builder with this crate's settings.
@@ -195,6 +217,15 @@ impl Db {
     /// repairs it if it was not closed cleanly) and must hold this crate's
     /// format, exactly as a file opened by [`Db::open`] must.
     ///
+    /// One difference from a file: a backend whose first bytes are zero
+    /// holds a database whose creation a power failure interrupted (redb
+    /// writes its magic number last, once the rest of the new database is
+    /// durable), with nothing ever committed to it. It is emptied and
+    /// created anew, where [`Db::open`] would report the file
+    /// [`OpenError::Corrupted`]. (A file is left alone: another process
+    /// could be creating it at that moment, and only redb's lock, taken
+    /// later, would tell.)
+    ///
     /// Never panics on bad bytes: a backend redb cannot read, or on which
     /// it panics, gives [`OpenError::Corrupted`]; a failing backend call
     /// gives [`OpenError::Io`]. Errors name the path
@@ -203,14 +234,25 @@ impl Db {
     ///
     /// Of `options`, `unsafe_no_fsync` applies as on a file;
     /// `lose_unsynced_writes` opens files through
-    /// [`PowerLossBackend`](super::PowerLossBackend) and means nothing
+    /// [`PowerLossBackend`] and means nothing
     /// here: a backend decides itself what a power failure keeps.
     pub fn on_backend(backend: impl redb::StorageBackend, options: StorageOptions) -> Result<Db, OpenError> {
         warn_if_faulty(&BACKEND_PATH, options);
         let path = Path::new(BACKEND_PATH);
         open_guarded(path, || {
-            let len = backend.len().map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
-            Self::checked(builder().create_with_backend(backend), len > 0, None, options)
+            let io = |source| OpenError::Io { path: path.to_path_buf(), source };
+            let len = backend.len().map_err(io)?;
+            let interrupted = creation_interrupted(len, |head| backend.read(0, head)).map_err(io)?;
+            if interrupted {
+                tracing::warn!(
+                    len,
+                    "the storage holds a database whose creation was interrupted (no redb magic \
+                     number): creating it anew"
+                );
+                backend.set_len(0).map_err(io)?;
+            }
+            let existed = len > 0 && !interrupted;
+            Self::checked(builder().create_with_backend(backend), existed, None, options)
         })
     }
 

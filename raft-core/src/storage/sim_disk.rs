@@ -10,6 +10,26 @@
 //! after a crash the simulator cuts the power ([`SimDisk::cut_power`]) and
 //! "restarts" the node by opening a new database on the same disk.
 //!
+//! ```
+//! use raft_core::storage::{Db, SimDisk, StorageOptions, Survive};
+//!
+//! # fn main() -> Result<(), raft_core::storage::OpenError> {
+//! let disk = SimDisk::new();
+//! let db = Db::on_backend(disk.backend(), StorageOptions::default())?;
+//! // ... the node runs on `db` (`Storage::Opened(db)`), until its machine
+//! // loses power. What of its unsynced writes survives is the seed's choice.
+//! disk.cut_power(Survive::Seeded(42));
+//! drop(db); // fenced: closing it cannot write any more
+//! let db = Db::on_backend(disk.backend(), StorageOptions::default())?; // the restart
+//!
+//! // Or let the power fail in the middle of whatever the node does next:
+//! // during the fourth call from now that changes the disk.
+//! disk.crash_after(3, Survive::Nothing);
+//! # drop(db);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What it models
 //!
 //! A disk under an operating system's page cache, as
@@ -44,11 +64,14 @@
 //!
 //! * **Time.** Every call returns at once; an fsync takes no simulated
 //!   time. A simulator that wants slow disks adds delays above this seam.
-//! * **Finer or coarser units than a 4 KiB page.** The page cache holds
-//!   each page's latest content; a power cut keeps or drops whole pages,
-//!   plus at most one torn page (a prefix of its new bytes over the old
-//!   ones, at any byte, harsher than a disk's 512-byte sectors). An older
-//!   version of a page (written back, then changed again) never reappears.
+//! * **Units other than 4 KiB pages and 512-byte sectors.** The page cache
+//!   holds each page's latest content; a power cut keeps or drops whole
+//!   pages, plus at most one torn page: a prefix of its new sectors over
+//!   the old ones, since a disk writes one sector atomically. (Tearing
+//!   inside a sector would split redb's 9-byte magic number, which no disk
+//!   does, and turn a crash while creating a database into a false report
+//!   of corruption.) An older version of a page (written back, then
+//!   changed again) never reappears.
 //! * **Reordering while powered.** Unsynced writes reach the image in an
 //!   arbitrary order only at a power cut; while the power is on, reads
 //!   always see the latest write.
@@ -73,6 +96,10 @@ use redb::StorageBackend;
 
 use super::fault::{PageBuffer, Platter, PAGE};
 
+/// The unit a disk writes atomically, in bytes: a torn page is torn at a
+/// multiple of it.
+pub const SECTOR: u64 = 512;
+
 /// What of the writes since the last `sync_data` reaches the durable image
 /// when the power fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +113,8 @@ pub enum Survive {
     /// A part chosen by this seed: whether the new length survives, a
     /// subset of the written pages (each page kept with a probability that
     /// is itself drawn per power cut, from "none" to "all"), and possibly
-    /// one page torn, cut at a seeded byte.
+    /// one page torn: its first sectors new, the rest old, cut at a seeded
+    /// [`SECTOR`] boundary.
     Seeded(u64),
 }
 
@@ -210,7 +238,7 @@ impl Disk {
                     if Some(this) == torn {
                         stats.pages_kept += 1;
                         stats.torn_writes += 1;
-                        rng.gen_range(1..PAGE as usize)
+                        rng.gen_range(1..PAGE / SECTOR) as usize * SECTOR as usize
                     } else if rng.gen_ratio(keep_in_4, 4) {
                         stats.pages_kept += 1;
                         PAGE as usize
@@ -538,7 +566,10 @@ mod tests {
                 let old = if i < 8 { 0xAA } else { 0 };
                 let new_len = page.iter().take_while(|&&x| x == 0xBB).count();
                 assert!(page[new_len..].iter().all(|&x| x == old), "seed {seed} page {i}");
-                mixed += usize::from(new_len > 0 && new_len < page.len());
+                if new_len > 0 && new_len < page.len() {
+                    assert_eq!(new_len % SECTOR as usize, 0, "seed {seed}: torn inside a sector");
+                    mixed += 1;
+                }
             }
             assert!(mixed <= 1, "seed {seed}: {mixed} torn pages");
             images.insert(image);
