@@ -5,7 +5,7 @@
 //! timer tick, sampled election timeouts). tokio's own runtime type answers
 //! from the operating system's generator, which no seed controls; this one
 //! answers from a generator seeded by one draw from
-//! [`crate::deterministic::random_u64`]: the operating system's outside
+//! `crate::deterministic::random_u64`: the operating system's outside
 //! deterministic mode, the simulator's seed inside it. Everything else is
 //! tokio's, unchanged.
 

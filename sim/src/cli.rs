@@ -58,7 +58,7 @@ pub struct TestArgs {
     /// `register`, `set` or `session`; without it, seeds take them in turn.
     #[arg(long, value_enum)]
     pub workload: Option<Workload>,
-    /// Fault kinds, comma-separated: partition, crash, disk, net; `all`; or
+    /// Fault kinds, comma-separated: partition, crash, disk, power, net; `all`; or
     /// `none`.
     #[arg(long, default_value = "all", value_parser = parse_faults)]
     pub faults: FaultList,
@@ -89,10 +89,9 @@ fn parse_faults(text: &str) -> Result<FaultList, String> {
     }
     let mut faults = Vec::new();
     for name in text.split(',') {
-        let fault = Fault::ALL
-            .into_iter()
-            .find(|f| f.name() == name.trim())
-            .ok_or_else(|| format!("unknown fault {name:?}: use partition, crash, disk, net, all or none"))?;
+        let fault = Fault::ALL.into_iter().find(|f| f.name() == name.trim()).ok_or_else(|| {
+            format!("unknown fault {name:?}: use partition, crash, disk, power, net, all or none")
+        })?;
         faults.push(fault);
     }
     faults.sort();
@@ -490,7 +489,7 @@ mod tests {
 
     #[test]
     fn faults_parse_by_name_all_and_none() {
-        assert_eq!(parse_faults("all").map(|f| f.0.len()), Ok(4));
+        assert_eq!(parse_faults("all").map(|f| f.0.len()), Ok(5));
         assert_eq!(parse_faults("none").map(|f| f.0.len()), Ok(0));
         assert_eq!(parse_faults("net,crash").map(|f| f.0), Ok(vec![Fault::Crash, Fault::Net]));
         assert!(parse_faults("meteor").is_err());

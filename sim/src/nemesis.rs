@@ -11,6 +11,7 @@
 //! | `partition` | cuts links in one of the harness's shapes: `one` (a random node alone), `leader` (the leader alone), `majority` (a random majority and the rest), `ring` (each node sees only its neighbours), `bridge` (two halves joined by one node) | heal |
 //! | `crash` | a power cut on a random node (the leader half the time): unsynced writes lost | restart on its disk |
 //! | `disk` | a power cut *inside* one of the leader's writes: the disk dies at its n-th write or sync, a seeded part of the unsynced writes survives, the last torn | restart on its disk |
+//! | `power` | a power cut of a majority of the nodes at once, or of all of them (a rack or a data centre going dark): each keeps a seeded part of its unsynced writes | restart each on its disk |
 //! | `net` | a lossy network: drops, duplicates, late copies, slower links | back to healthy |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,13 +40,15 @@ pub enum Fault {
     Crash,
     /// Power cuts inside a write, with torn writes.
     Disk,
+    /// A power cut of a majority of the nodes at once.
+    Power,
     /// Message loss, duplication and reordering.
     Net,
 }
 
 impl Fault {
     /// Every kind.
-    pub const ALL: [Fault; 4] = [Fault::Partition, Fault::Crash, Fault::Disk, Fault::Net];
+    pub const ALL: [Fault; 5] = [Fault::Partition, Fault::Crash, Fault::Disk, Fault::Power, Fault::Net];
 
     /// The name in the history and the summary.
     pub fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Crash => "crash",
             Fault::Disk => "disk",
+            Fault::Power => "power",
             Fault::Net => "net",
         }
     }
@@ -130,6 +134,23 @@ pub async fn run(
                 } else {
                     disk.disarm();
                     history.nemesis("stop-disk", json!({"node": victim, "fired": false}));
+                }
+            }
+            Fault::Power => {
+                let mut victims = ids.clone();
+                victims.shuffle(&mut rng);
+                if rng.gen_bool(0.5) {
+                    victims.truncate(ids.len() / 2 + 1);
+                }
+                victims.sort_unstable();
+                for &victim in &victims {
+                    cluster.crash(victim, Survive::Seeded(rng.gen()));
+                }
+                history.nemesis("start-power", json!({"nodes": victims}));
+                *counts.entry("power".into()).or_default() += 1;
+                tokio::time::sleep(hold).await;
+                for &victim in &victims {
+                    restart(&cluster, &history, victim, "power").await;
                 }
             }
             Fault::Net => {

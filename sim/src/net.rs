@@ -52,8 +52,8 @@ impl NetFaults {
     /// A healthy network: latency only.
     pub fn healthy() -> NetFaults {
         NetFaults {
-            latency_min: Duration::from_micros(200),
-            latency_max: Duration::from_millis(3),
+            latency_min: Duration::from_micros(100),
+            latency_max: Duration::from_millis(2),
             drop: 0.0,
             duplicate: 0.0,
             reorder: 0.0,

@@ -140,10 +140,11 @@ impl DiskTotals {
     }
 }
 
-/// How long one write of a node's log writer takes: about an SSD's fsync.
+/// How long one write of a node's log writer takes: an SSD's fsync to a
+/// cloud volume's.
 /// Long enough that a leader's own write overlaps its replication, and
 /// that crashes land while writes are in progress.
-pub const STORAGE_LATENCY: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(2));
+pub const STORAGE_LATENCY: (Duration, Duration) = (Duration::from_micros(200), Duration::from_millis(8));
 
 /// A value derived from the seed for one purpose, so that each part of the
 /// simulation draws from its own stream.

@@ -12,7 +12,11 @@ use sim::workload::Workload;
 fn first_caught(opts: &SimOptions, limit: u64) -> Option<(u64, String)> {
     (0..limit).find_map(|seed| {
         let r = run_seed(seed, opts);
-        assert!(r.valid != Verdict::Unknown || r.error.is_none(), "seed {seed} could not be judged: {}", why(&r));
+        assert!(
+            r.valid != Verdict::Unknown || r.error.is_none(),
+            "seed {seed} could not be judged: {}",
+            why(&r)
+        );
         (r.valid == Verdict::Invalid).then(|| (seed, why(&r)))
     })
 }
@@ -42,7 +46,8 @@ fn retries_applied_twice_are_caught() {
 
 #[test]
 fn appends_acknowledged_before_fsync_are_caught() {
-    let opts = control(None, |o| o.node_options = NodeOptions { unsafe_no_fsync: true, ..NodeOptions::default() });
+    let opts =
+        control(None, |o| o.node_options = NodeOptions { unsafe_no_fsync: true, ..NodeOptions::default() });
     let caught = first_caught(&opts, 40);
     assert!(caught.is_some(), "40 seeds without fsync all passed");
 }

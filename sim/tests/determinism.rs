@@ -19,7 +19,11 @@ fn options(workload: Workload) -> SimOptions {
 }
 
 fn history_text(events: &[jepsen_checker::Event]) -> String {
-    events.iter().map(|e| serde_json::to_string(e).expect("an event serializes")).collect::<Vec<_>>().join("\n")
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("an event serializes"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -29,7 +33,11 @@ fn the_same_seed_gives_the_same_history_and_trace_twice_in_one_process() {
         let a = run_seed(seed, &opts);
         let b = run_seed(seed, &opts);
         assert!(a.error.is_none(), "seed {seed}: {:?}", a.error);
-        assert!(a.trace.len() > 1_000, "seed {seed}: the trace is too short to mean anything: {}", a.trace.len());
+        assert!(
+            a.trace.len() > 1_000,
+            "seed {seed}: the trace is too short to mean anything: {}",
+            a.trace.len()
+        );
         assert!(!a.faults.is_empty(), "seed {seed}: no fault was injected");
         assert_eq!(history_text(&a.history), history_text(&b.history), "seed {seed}: histories differ");
         let first_difference = a.trace.iter().zip(&b.trace).position(|(x, y)| x != y);
@@ -49,7 +57,17 @@ fn different_seeds_give_different_runs() {
 
 fn replay_in_a_process(seed: u64, out: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args(["replay", "--seed", &seed.to_string(), "--nodes", "5", "--ops", "150", "--workload", "register"])
+        .args([
+            "replay",
+            "--seed",
+            &seed.to_string(),
+            "--nodes",
+            "5",
+            "--ops",
+            "150",
+            "--workload",
+            "register",
+        ])
         .arg("--out")
         .arg(out)
         .stdout(std::process::Stdio::null())
