@@ -365,7 +365,7 @@ impl Clients {
                 // A set's first element is always added, so that every set
                 // read has an add beside it: a read of a set with no adds
                 // would be judged as a register's.
-                if roll < 0.05 && element % SET_SIZE != 0 {
+                if roll < 0.05 && element % SET_SIZE > 0 {
                     Op::ReadSet { set }
                 } else {
                     Op::Add { set, element }

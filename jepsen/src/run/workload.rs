@@ -235,7 +235,7 @@ impl Shared {
                 // A set's first element is always added, so that every set
                 // read has an add beside it: a read of a set with no adds
                 // would be judged as a register's (found by the simulator).
-                if roll < 0.02 && element % SET_SIZE != 0 {
+                if roll < 0.02 && element % SET_SIZE > 0 {
                     Op::ReadSet { set }
                 } else {
                     Op::Add { set, element }
