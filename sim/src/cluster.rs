@@ -1,11 +1,11 @@
 //! The simulated cluster: real `raft-core` nodes running the real KV state
 //! machine, each on its own simulated disk, all connected by the
-//! [`SimNet`](crate::net::SimNet).
+//! [`SimNet`].
 //!
 //! A node is started with [`RaftNode::start`] exactly as `kv-server` starts
 //! one, except for its two seams: the transport is a
 //! [`SimTransport`](crate::net::SimTransport) and the storage is a redb
-//! database on a [`SimDisk`](raft_core::storage::SimDisk). A crash
+//! database on a [`SimDisk`]. A crash
 //! ([`Cluster::crash`]) is a power cut, in this order:
 //!
 //! 1. the node leaves the network, so nothing it sends from now on arrives
