@@ -44,6 +44,9 @@ pub enum Command {
     Run(RunArgs),
     /// Rerun one seed with a full trace; write its history, trace and report.
     Replay(ReplayArgs),
+    /// Find a smaller run of a failing seed that still fails: fewer
+    /// operations, fewer nodes, fewer kinds of fault.
+    Shrink(ShrinkArgs),
 }
 
 /// What every simulated test shares.
@@ -145,9 +148,21 @@ pub struct ReplayArgs {
     /// The test (must match the run that failed).
     #[command(flatten)]
     pub test: TestArgs,
-    /// Where to write `history.jsonl`, `trace.txt` and `report.json`.
+    /// Where to write `history.jsonl`, `trace.txt`, `results.json` and the
+    /// plots.
     #[arg(long, default_value = "sim-replay")]
     pub out: PathBuf,
+}
+
+/// `sim shrink`.
+#[derive(Debug, Args)]
+pub struct ShrinkArgs {
+    /// The failing seed.
+    #[arg(long)]
+    pub seed: u64,
+    /// The test it failed in.
+    #[command(flatten)]
+    pub test: TestArgs,
 }
 
 impl TestArgs {
@@ -195,6 +210,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(&args),
         Command::Replay(args) => replay(&args),
+        Command::Shrink(args) => shrink(&args),
     };
     match outcome {
         Ok(verdict) => ExitCode::from(exit_code(verdict)),
@@ -448,12 +464,74 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<Verdict> {
     let trace = args.out.join("trace.txt");
     std::fs::write(&trace, report.trace.join("\n") + "\n")
         .with_context(|| format!("writing {}", trace.display()))?;
-    let json = args.out.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+    // As a `jepsen test` run directory: the history, `results.json` with
+    // every checker's verdict and the run's statistics, and the latency and
+    // throughput plots (in simulated time); plus the trace.
+    let stats = jepsen_checker::stats::summarize(&report.history)?;
+    let results = serde_json::json!({ "report": &report, "stats": stats });
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing {}", json.display()))?;
+    for (file, e) in jepsen_checker::plot::write_plots(&args.out, &report.history, &Default::default()) {
+        eprintln!("sim: could not draw {file}: {e:#}");
+    }
     println!("{}", replay_text(&report, real));
-    println!("wrote {}, {} and {}", history.display(), trace.display(), json.display());
+    println!("wrote {} (history.jsonl, trace.txt, results.json, latency.svg, rate.svg)", args.out.display());
     Ok(report.valid)
+}
+
+/// Smaller versions of `test`, most shrinking first: half the operations,
+/// three nodes instead of more, one kind of fault fewer.
+fn smaller(test: &TestArgs) -> Vec<TestArgs> {
+    let mut out = Vec::new();
+    if test.ops > 10 {
+        out.push(TestArgs { ops: test.ops / 2, ..test.clone() });
+    }
+    if test.nodes > 3 {
+        out.push(TestArgs { nodes: 3, ..test.clone() });
+    }
+    for i in 0..test.faults.0.len() {
+        let mut faults = test.faults.0.clone();
+        faults.remove(i);
+        out.push(TestArgs { faults: FaultList(faults), ..test.clone() });
+    }
+    out
+}
+
+fn shrink(args: &ShrinkArgs) -> anyhow::Result<Verdict> {
+    if let Some(why) = crate::run::unsupported() {
+        anyhow::bail!("{why}");
+    }
+    let seed = args.seed;
+    let mut test = args.test.clone();
+    // Pin the workload the seed ran, so that shrinking keeps it.
+    test.workload = Some(test.workload.unwrap_or_else(|| Workload::for_seed(seed)));
+    let verdict = |t: &TestArgs| run_seed(seed, &t.options());
+    let first = verdict(&test);
+    if first.valid == Verdict::Valid {
+        println!("seed {seed} is valid with {}: nothing to shrink", test.flags());
+        return Ok(Verdict::Valid);
+    }
+    eprintln!("seed {seed} fails with {}: {}", test.flags(), why(&first));
+    let mut tried = 1;
+    'shrinking: loop {
+        for candidate in smaller(&test) {
+            tried += 1;
+            let r = verdict(&candidate);
+            if r.valid != Verdict::Valid {
+                eprintln!("  still fails with {}: {}", candidate.flags(), why(&r));
+                test = candidate;
+                continue 'shrinking;
+            }
+        }
+        break;
+    }
+    println!(
+        "smallest failing run of seed {seed} ({tried} runs tried):
+  sim replay --seed {seed} {}",
+        test.flags()
+    );
+    Ok(first.valid)
 }
 
 /// What `sim replay` prints about its seed.
