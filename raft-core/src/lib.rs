@@ -24,6 +24,10 @@
 //! 6. [`config`] and [`error`]: the knobs with their defaults, and what each
 //!    call can fail with.
 //! 7. [`codec`]: the one binary encoding used on disk and on the wire.
+//! 8. [`deterministic`] and [`rt`]: what a simulator switches on to run a
+//!    whole cluster on one thread under one seed (seeded randomness, no
+//!    threads), and the async runtime that lets openraft's random draws
+//!    follow that seed.
 //!
 //! The design is explained in `docs/architecture/raft-core.md`.
 

@@ -28,6 +28,7 @@ use kv_app::state_machine::KvStateMachine;
 use raft_core::storage::{Db, SimDisk, StorageOptions, Survive};
 use raft_core::{Config, Node, NodeId, RaftNode, Storage};
 
+use crate::disk::TracedBackend;
 use crate::net::SimNet;
 use crate::trace::Trace;
 
@@ -134,7 +135,8 @@ impl Cluster {
     /// Opens node `id` on its disk and connects it to the network.
     async fn boot(&self, id: NodeId) -> anyhow::Result<()> {
         let disk = self.disk(id).ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
-        let db = Db::on_backend(disk.backend(), self.config.storage)?;
+        let db =
+            Db::on_backend(TracedBackend::new(disk.backend(), id, self.trace.clone()), self.config.storage)?;
         let app = if self.options.unsafe_no_dedup {
             KvStateMachine::unsafe_without_dedup()
         } else {
@@ -175,8 +177,15 @@ impl Cluster {
             return;
         }
         self.net.remove(id);
+        let before = disk.stats();
         disk.cut_power(survive);
-        self.trace.line(format_args!("node {id} crashed"));
+        let after = disk.stats();
+        self.trace.line(format_args!(
+            "node {id} crashed: power cut, {} unsynced pages lost, {} kept, {} torn",
+            after.pages_lost - before.pages_lost,
+            after.pages_kept - before.pages_kept,
+            after.torn_writes - before.torn_writes
+        ));
         if let Some(node) = node {
             stop_in_background(node);
         }

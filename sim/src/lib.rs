@@ -12,7 +12,8 @@
 //!
 //! 1. [`run`]: one seed, start to verdict, and why it is deterministic.
 //! 2. [`net`]: the network between the nodes, message by message.
-//! 3. [`cluster`]: the nodes on their simulated disks; what a crash is.
+//! 3. [`cluster`]: the nodes on their simulated disks; what a crash is
+//!    ([`disk`]: what the trace records of each disk).
 //! 4. [`nemesis`]: the fault schedule.
 //! 5. [`workload`]: the clients and the history they write.
 //! 6. [`cli`]: `sim run` and `sim replay`.
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod disk;
 pub mod nemesis;
 pub mod net;
 pub mod run;

@@ -146,6 +146,10 @@ impl DiskTotals {
 /// that crashes land while writes are in progress.
 pub const STORAGE_LATENCY: (Duration, Duration) = (Duration::from_micros(200), Duration::from_millis(8));
 
+/// The longest a run may take in simulated time before it is given up as
+/// stuck (a few hundred seconds is a long run).
+pub const MAX_SIMULATED: Duration = Duration::from_secs(3_600);
+
 /// A value derived from the seed for one purpose, so that each part of the
 /// simulation draws from its own stream.
 pub fn derive(seed: u64, purpose: u64) -> u64 {
@@ -172,8 +176,12 @@ pub fn unsupported() -> Option<&'static str> {
 fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time().start_paused(true);
+    // A panic in any task ends the run (tokio would otherwise only end
+    // that task), so that a panicking node fails its seed.
     #[cfg(tokio_unstable)]
-    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    builder
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .unhandled_panic(tokio::runtime::UnhandledPanic::ShutdownRuntime);
     #[cfg(not(tokio_unstable))]
     let _ = seed;
     builder.build()
@@ -214,7 +222,30 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
         unsafe_flush_before_commit: opts.node_options.unsafe_flush_before_commit,
     };
     let _deterministic = raft_core::deterministic::enter_with(derive(seed, 2), knobs);
-    rt.block_on(simulate(seed, opts, workload, &mut report));
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            // Simulated time: free while idle, so only a run that can never
+            // end gets here (a task waiting for what never comes).
+            let limit = MAX_SIMULATED;
+            tokio::time::timeout(limit, simulate(seed, opts, workload, &mut report)).await.is_ok()
+        })
+    }));
+    match finished {
+        Ok(true) => {}
+        Ok(false) => {
+            report.valid = Verdict::Unknown;
+            report.error = Some(format!("the run did not end within {MAX_SIMULATED:?} of simulated time"));
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a task panicked");
+            report.valid = Verdict::Invalid;
+            report.error = Some(format!("panic: {what}"));
+        }
+    }
     // Dropping the runtime drops every task still parked (stopped nodes'
     // leftovers), inside deterministic mode.
     drop(rt);
