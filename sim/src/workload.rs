@@ -22,20 +22,23 @@
 //!   follower cut off from the leader cannot serve one.
 //! * **session** and **stale** reads are served by the home node alone.
 //!
-//! The workloads are the harness's (see `jepsen/src/run/workload.rs` for
-//! the reasoning): **register** (groups of clients on one key, unique
-//! values, reads, writes and compare-and-sets, moving to a fresh key after
-//! a few dozen operations), **set** (unique adds, whole-set reads), and
-//! **session** (writes, session reads with the client's token, stale
-//! reads, all through the home node).
+//! The workloads are the harness's, drawn from the same
+//! [`Generator`] (see [`jepsen_checker::workload`] for the reasoning):
+//! **register** (groups of clients on one key, unique values, reads,
+//! writes and compare-and-sets, moving to a fresh key after a few dozen
+//! operations), **set** (unique adds, whole-set reads), and **session**
+//! (writes, session reads with the client's token, stale reads, all
+//! through the home node). Sets are smaller here (200 elements, read one
+//! time in twenty) than in the harness, so that short runs read each set
+//! several times.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jepsen_checker::checker::set::fields;
 use jepsen_checker::history::{Event, EventType, Function, Process};
+use jepsen_checker::workload::{Generator, Op, Shape};
 use kv_app::command::{KvCommand, KvResponse, SessionId, WriteOp, WriteOutcome};
 use raft_core::{AppView, NodeId, WriteError};
 use rand::rngs::StdRng;
@@ -66,6 +69,16 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// The workload, as the shared generator names it.
+    fn generator_kind(self) -> jepsen_checker::workload::Kind {
+        use jepsen_checker::workload::Kind as G;
+        match self {
+            Workload::Register => G::Register,
+            Workload::Set => G::Set,
+            Workload::Session => G::Session,
+        }
+    }
+
     /// The name in summaries and file names.
     pub fn name(self) -> &'static str {
         match self {
@@ -189,25 +202,15 @@ impl History {
     }
 }
 
-/// A register group: its key and the last value it saw.
-#[derive(Debug, Clone, Default)]
-struct Group {
-    key: u64,
-    ops: u64,
-    last: Option<u64>,
-}
-
 /// What the clients share.
 pub struct Clients {
     cluster: Arc<Cluster>,
     history: History,
     opts: ClientOptions,
     next_process: AtomicU64,
-    next_value: AtomicU64,
-    next_key: AtomicU64,
     remaining: AtomicU64,
-    groups: Mutex<Vec<Group>>,
-    used_keys: Mutex<BTreeSet<u64>>,
+    /// What each client does next (the harness's generator).
+    generator: Generator,
 }
 
 /// One client task's identity.
@@ -218,32 +221,6 @@ struct Client {
     seq: u64,
     token: u64,
     rng: StdRng,
-}
-
-/// The set workload's operation for the run-wide counter's `element` and
-/// a uniform `roll`: mostly adds, and a read of the whole set one time in
-/// twenty. A set's first element is always added, so that every set read
-/// has an add beside it: a set with reads and no adds would be judged as a
-/// register (the simulator's seed 73 found that once, a read of an empty
-/// set at the end of a run).
-/// Returns the set and the operation.
-fn set_op(element: u64, roll: f64) -> (u64, Op) {
-    let set = element / SET_SIZE;
-    if roll < 0.05 && element % SET_SIZE > 0 {
-        (set, Op::ReadSet { set })
-    } else {
-        (set, Op::Add { set, element })
-    }
-}
-
-/// One operation as chosen.
-#[derive(Debug, Clone)]
-enum Op {
-    Read { key: u64, consistency: &'static str },
-    Write { key: u64, value: u64 },
-    Cas { key: u64, from: u64, to: u64 },
-    Add { set: u64, element: u64 },
-    ReadSet { set: u64 },
 }
 
 /// Why an operation did not complete `ok`.
@@ -258,24 +235,25 @@ impl Failure {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Clients {
     /// Clients for `cluster`, writing into `history`.
     pub fn new(cluster: Arc<Cluster>, history: History, opts: ClientOptions) -> Arc<Clients> {
-        let groups = opts.clients.div_ceil(opts.clients_per_key.max(1));
+        let shape = Shape {
+            kind: opts.workload.generator_kind(),
+            clients_per_key: opts.clients_per_key,
+            ops_per_key: opts.ops_per_key,
+            set_size: SET_SIZE,
+            set_read_ratio: 0.05,
+            session_keys: SESSION_KEYS,
+            watch_keys: 1,
+        };
         Arc::new(Clients {
             cluster,
             history,
             opts,
             next_process: AtomicU64::new(opts.clients as u64),
-            next_value: AtomicU64::new(1),
-            next_key: AtomicU64::new(groups as u64),
             remaining: AtomicU64::new(opts.ops),
-            groups: Mutex::new((0..groups as u64).map(|key| Group { key, ..Group::default() }).collect()),
-            used_keys: Mutex::new(BTreeSet::new()),
+            generator: Generator::new(shape, opts.clients),
         })
     }
 
@@ -313,7 +291,7 @@ impl Clients {
             }
             let pause = Duration::from_secs_f64(think * c.rng.gen_range(0.0..2.0));
             tokio::time::sleep(pause).await;
-            let op = self.choose(&mut c);
+            let op = self.generator.choose(c.id, &mut c.rng);
             self.perform(&mut c, op, Map::new()).await;
         }
     }
@@ -323,7 +301,7 @@ impl Clients {
     /// until it succeeds or a minute of simulated time passed.
     pub async fn final_reads(&self, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let keys: Vec<u64> = lock(&self.used_keys).iter().copied().collect();
+        let keys = self.generator.used_keys();
         let deadline = Instant::now() + Duration::from_secs(60);
         for (i, _) in self.cluster.ids().iter().enumerate() {
             let mut c = Client {
@@ -335,10 +313,7 @@ impl Clients {
                 rng: StdRng::seed_from_u64(rng.gen()),
             };
             for &key in &keys {
-                let op = match self.opts.workload {
-                    Workload::Set => Op::ReadSet { set: key },
-                    _ => Op::Read { key, consistency: "linearizable" },
-                };
+                let op = self.generator.final_read(key);
                 let mut phase = Map::new();
                 phase.insert("phase".into(), json!("final"));
                 loop {
@@ -352,77 +327,20 @@ impl Clients {
         }
     }
 
-    fn fresh_value(&self) -> u64 {
-        self.next_value.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn choose(&self, c: &mut Client) -> Op {
-        let roll: f64 = c.rng.gen();
-        match self.opts.workload {
-            Workload::Register => {
-                let mut groups = lock(&self.groups);
-                let g = &mut groups[c.id / self.opts.clients_per_key.max(1)];
-                if g.ops >= self.opts.ops_per_key {
-                    *g = Group { key: self.next_key.fetch_add(1, Ordering::Relaxed), ..Group::default() };
-                }
-                g.ops += 1;
-                let key = g.key;
-                lock(&self.used_keys).insert(key);
-                match (roll, g.last) {
-                    (r, _) if r < 0.5 => Op::Read { key, consistency: "linearizable" },
-                    (r, Some(from)) if r >= 0.75 => Op::Cas { key, from, to: self.fresh_value() },
-                    _ => Op::Write { key, value: self.fresh_value() },
-                }
-            }
-            Workload::Set => {
-                let (set, op) = set_op(self.fresh_value(), roll);
-                lock(&self.used_keys).insert(set);
-                op
-            }
-            Workload::Session => {
-                let key = c.rng.gen_range(0..SESSION_KEYS);
-                lock(&self.used_keys).insert(key);
-                match roll {
-                    r if r < 0.5 => Op::Read { key, consistency: "session" },
-                    r if r < 0.7 => Op::Read { key, consistency: "stale" },
-                    _ => Op::Write { key, value: self.fresh_value() },
-                }
-            }
-        }
-    }
-
     fn learn(&self, c: &Client, key: u64, value: Option<u64>) {
-        if self.opts.workload != Workload::Register {
-            return;
-        }
-        let mut groups = lock(&self.groups);
-        let g = &mut groups[c.id / self.opts.clients_per_key.max(1)];
-        if g.key == key {
-            g.last = value;
-        }
+        self.generator.learn(c.id, key, value);
     }
 
     fn kv_key(&self, key: u64) -> String {
-        match self.opts.workload {
-            Workload::Register => format!("r/{key}"),
-            Workload::Set => format!("set/{key}/"),
-            Workload::Session => format!("s/{key}"),
-        }
+        self.generator.kv_key(key)
     }
 
     fn hkey(&self, key: u64) -> Value {
-        match self.opts.workload {
-            Workload::Session => Value::String(self.kv_key(key)),
-            _ => json!(key),
-        }
+        self.generator.hkey(key)
     }
 
     fn hvalue(&self, bytes: &[u8]) -> Value {
-        let text = String::from_utf8_lossy(bytes);
-        match self.opts.workload {
-            Workload::Session => Value::String(text.into_owned()),
-            _ => text.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(text.into_owned())),
-        }
+        self.generator.hvalue(&String::from_utf8_lossy(bytes))
     }
 
     fn home(&self, c: &Client) -> NodeId {
@@ -564,6 +482,13 @@ impl Clients {
                     extra,
                 )
                 .await
+            }
+            Op::Delete { key } => {
+                // No workload of the simulator deletes (the watch workload
+                // runs only in the harness); written as the harness would.
+                let delete = WriteOp::Delete { key: self.kv_key(key) };
+                let f = Function::Other(jepsen_checker::checker::watch::DELETE.into());
+                self.write(c, f, key, self.hkey(key), Value::Null, delete, None, extra).await
             }
         }
     }
@@ -780,33 +705,5 @@ impl Clients {
         extra.insert("error".into(), json!(fail.error));
         let kind = if fail.definite { EventType::Fail } else { EventType::Info };
         self.complete(c, kind, f, key, value, extra)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_set_read_follows_an_add_to_that_set() {
-        let mut added = BTreeSet::new();
-        let mut reads = 0;
-        for element in 1..10 * SET_SIZE {
-            // Reads as often as possible: every roll that may read does.
-            match set_op(element, 0.0).1 {
-                Op::Add { set, .. } => {
-                    added.insert(set);
-                }
-                Op::ReadSet { set } => {
-                    reads += 1;
-                    assert!(
-                        added.contains(&set),
-                        "a read of set {set}, which has no add (element {element})"
-                    );
-                }
-                other => panic!("not a set operation: {other:?}"),
-            }
-        }
-        assert!(reads > 0);
     }
 }

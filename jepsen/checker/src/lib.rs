@@ -35,6 +35,10 @@
 //! 9. [`rollback`]: the rollback records the harness collects from the
 //!    nodes after a run (`rollback.json`), which tell a leader-durable
 //!    write lost by design from one lost without a trace.
+//! 10. [`workload`]: what the workloads' clients do next, and how their
+//!     keys and values are named in the store and in the history; shared by
+//!     the harness and the simulator (`sim/`), which reach the system in
+//!     different ways but must write the same histories.
 //!
 //! The format and how to read a counterexample are described in
 //! `docs/jepsen.md`.
@@ -48,6 +52,7 @@ pub mod rollback;
 pub mod sim;
 pub mod stats;
 pub mod store;
+pub mod workload;
 
 pub use check::{check_events, check_events_with, check_file, CheckError, CheckReport};
 pub use checker::Verdict;

@@ -41,13 +41,14 @@
 //! a lost leader-durable write to a node's rollback record
 //! ([`jepsen_checker::checker::set`]).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jepsen_checker::checker::set::fields;
 use jepsen_checker::history::{EventType, Function, Process, Recorder};
+pub use jepsen_checker::workload::{parse_value, WATCH_PREFIX};
+use jepsen_checker::workload::{Generator, Op, Shape};
 use kv_client::api::Durability;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -64,9 +65,6 @@ pub const SESSION_KEYS: u64 = 10;
 /// Keys the watch workload changes, all under [`WATCH_PREFIX`].
 pub const WATCH_KEYS: u64 = 8;
 
-/// The prefix the watch workload's keys share and its watchers follow.
-pub const WATCH_PREFIX: &str = "w/";
-
 /// Which workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +80,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The workload, as the shared generator names it.
+    fn generator_kind(self) -> jepsen_checker::workload::Kind {
+        use jepsen_checker::workload::Kind as G;
+        match self {
+            Kind::Register => G::Register,
+            Kind::Set => G::Set,
+            Kind::Session => G::Session,
+            Kind::Watch => G::Watch,
+        }
+    }
+
     /// The name used in the store path and the report.
     pub fn name(self) -> &'static str {
         match self {
@@ -127,19 +136,8 @@ pub struct Shared {
     /// The options.
     pub opts: WorkloadOptions,
     next_process: AtomicU64,
-    next_value: AtomicU64,
-    register: Mutex<Vec<Group>>,
-    next_key: AtomicU64,
-    /// Every register/set key used, for the final reads.
-    used_keys: Mutex<BTreeSet<u64>>,
-}
-
-/// A register group: the key it works on and the last value it saw.
-#[derive(Debug, Clone, Default)]
-struct Group {
-    key: u64,
-    ops: u64,
-    last: Option<u64>,
+    /// What each worker does next, the run-wide counters, the keys used.
+    generator: Generator,
 }
 
 /// One worker's identity and session.
@@ -156,31 +154,24 @@ pub struct Worker {
     pub rng: StdRng,
 }
 
-/// One operation as the generator chose it.
-#[derive(Debug, Clone)]
-enum Op {
-    Read { key: u64, consistency: &'static str },
-    Write { key: u64, value: u64 },
-    Cas { key: u64, from: u64, to: u64 },
-    Add { set: u64, element: u64 },
-    Delete { key: u64 },
-    ReadSet { set: u64 },
-}
-
 impl Shared {
     /// Shared state for `opts.concurrency` workers against `nodes`.
     pub fn new(http: Http, nodes: Vec<String>, rec: Recorder, opts: WorkloadOptions) -> Shared {
-        let groups = opts.concurrency.div_ceil(opts.threads_per_key.max(1));
-        let register = (0..groups as u64).map(|g| Group { key: g, ..Group::default() }).collect();
+        let shape = Shape {
+            kind: opts.kind.generator_kind(),
+            clients_per_key: opts.threads_per_key,
+            ops_per_key: opts.ops_per_key,
+            set_size: SET_SIZE,
+            set_read_ratio: 0.02,
+            session_keys: SESSION_KEYS,
+            watch_keys: WATCH_KEYS,
+        };
         Shared {
             http,
             nodes,
             rec,
             next_process: AtomicU64::new(opts.concurrency as u64),
-            next_value: AtomicU64::new(1),
-            register: Mutex::new(register),
-            next_key: AtomicU64::new(groups as u64),
-            used_keys: Mutex::new(BTreeSet::new()),
+            generator: Generator::new(shape, opts.concurrency),
             opts,
         }
     }
@@ -193,16 +184,12 @@ impl Shared {
 
     /// A value no other write of the run uses.
     pub(crate) fn fresh_value(&self) -> u64 {
-        self.next_value.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn use_key(&self, key: u64) {
-        lock(&self.used_keys).insert(key);
+        self.generator.fresh_value()
     }
 
     /// The keys (registers) or sets used so far.
     pub fn used_keys(&self) -> Vec<u64> {
-        lock(&self.used_keys).iter().copied().collect()
+        self.generator.used_keys()
     }
 
     /// The node a worker talks to first.
@@ -210,99 +197,20 @@ impl Shared {
         w.id % self.nodes.len()
     }
 
-    fn choose(&self, w: &mut Worker) -> Op {
-        let roll: f64 = w.rng.gen();
-        match self.opts.kind {
-            Kind::Register => {
-                let mut groups = lock(&self.register);
-                let g = &mut groups[w.id / self.opts.threads_per_key.max(1)];
-                if g.ops >= self.opts.ops_per_key {
-                    *g = Group { key: self.next_key.fetch_add(1, Ordering::Relaxed), ..Group::default() };
-                }
-                g.ops += 1;
-                let key = g.key;
-                self.use_key(key);
-                match (roll, g.last) {
-                    (r, _) if r < 0.5 => Op::Read { key, consistency: "linearizable" },
-                    (r, Some(from)) if r >= 0.75 => Op::Cas { key, from, to: self.fresh_value() },
-                    _ => Op::Write { key, value: self.fresh_value() },
-                }
-            }
-            Kind::Set => {
-                let element = self.fresh_value();
-                let set = element / SET_SIZE;
-                self.use_key(set);
-                // A set's first element is always added, so that every set
-                // read has an add beside it: a read of a set with no adds
-                // would be judged as a register's (found by the simulator).
-                if roll < 0.02 && element % SET_SIZE > 0 {
-                    Op::ReadSet { set }
-                } else {
-                    Op::Add { set, element }
-                }
-            }
-            Kind::Session => {
-                let key = w.rng.gen_range(0..SESSION_KEYS);
-                self.use_key(key);
-                match roll {
-                    r if r < 0.5 => Op::Read { key, consistency: "session" },
-                    r if r < 0.7 => Op::Read { key, consistency: "stale" },
-                    _ => Op::Write { key, value: self.fresh_value() },
-                }
-            }
-            Kind::Watch => {
-                let key = w.rng.gen_range(0..WATCH_KEYS);
-                self.use_key(key);
-                match roll {
-                    r if r < 0.1 => Op::Read { key, consistency: "linearizable" },
-                    r if r < 0.2 => Op::Delete { key },
-                    _ => Op::Write { key, value: self.fresh_value() },
-                }
-            }
-        }
-    }
-
-    /// Remembers what a register group learnt from a completed operation.
     fn learn(&self, w: &Worker, key: u64, value: Option<u64>) {
-        if self.opts.kind != Kind::Register {
-            return;
-        }
-        let mut groups = lock(&self.register);
-        let g = &mut groups[w.id / self.opts.threads_per_key.max(1)];
-        if g.key == key {
-            g.last = value;
-        }
+        self.generator.learn(w.id, key, value);
     }
 
-    /// The key's name in the KV store.
     fn kv_key(&self, key: u64) -> String {
-        match self.opts.kind {
-            Kind::Register => format!("r/{key}"),
-            Kind::Set => format!("set/{key}/"),
-            Kind::Session => format!("s/{key}"),
-            Kind::Watch => format!("{WATCH_PREFIX}{key}"),
-        }
+        self.generator.kv_key(key)
     }
 
-    /// The key's name in the history: the register workload's keys are
-    /// numbers, as in Jepsen and Maelstrom; the session workload's are the
-    /// KV keys themselves, which the final log replayed from a node's data
-    /// names, and so are the watch workload's, which the watchers' events
-    /// name.
     fn hkey(&self, key: u64) -> Value {
-        match self.opts.kind {
-            Kind::Session | Kind::Watch => Value::String(self.kv_key(key)),
-            _ => json!(key),
-        }
+        self.generator.hkey(key)
     }
 
-    /// A value's form in the history: numbers, except in the session
-    /// workload, whose final log holds the stored strings.
     fn hvalue(&self, text: &str) -> Value {
-        match self.opts.kind {
-            Kind::Session => Value::String(text.to_string()),
-            _ => parse_value(text),
-        }
+        self.generator.hvalue(text)
     }
 
     /// Runs one worker until `stop`.
@@ -314,7 +222,7 @@ impl Shared {
                 return;
             }
             tokio::time::sleep(pause).await;
-            let op = self.choose(&mut w);
+            let op = self.generator.choose(w.id, &mut w.rng);
             self.perform(&mut w, op, Map::new()).await;
         }
     }
@@ -542,10 +450,7 @@ impl Shared {
                 rng: rand::SeedableRng::seed_from_u64(rng.gen()),
             };
             for &key in &keys {
-                let op = match self.opts.kind {
-                    Kind::Set => Op::ReadSet { set: key },
-                    _ => Op::Read { key, consistency: "linearizable" },
-                };
+                let op = self.generator.final_read(key);
                 let mut phase = Map::new();
                 phase.insert("phase".into(), json!("final"));
                 loop {
@@ -558,14 +463,4 @@ impl Shared {
             }
         }
     }
-}
-
-/// A value as the harness wrote it (a decimal number), or the raw text if
-/// something else was read: the checker then reports it as never written.
-pub(crate) fn parse_value(text: &str) -> Value {
-    text.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_string()))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
