@@ -327,7 +327,7 @@ impl<A: StateMachine> RaftNode<A> {
         // How long each step of a start takes, for operators: opening the
         // file (redb repairs it after a crash), loading the checkpointed
         // state, and openraft's start, which re-applies the log since.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut steps_ms = [0u128; 2];
         // The durable kinds differ only in who opens the database; what
         // errors name is its directory, or what the database is on.
