@@ -176,12 +176,8 @@ pub fn unsupported() -> Option<&'static str> {
 fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time().start_paused(true);
-    // A panic in any task ends the run (tokio would otherwise only end
-    // that task), so that a panicking node fails its seed.
     #[cfg(tokio_unstable)]
-    builder
-        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
-        .unhandled_panic(tokio::runtime::UnhandledPanic::ShutdownRuntime);
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
     #[cfg(not(tokio_unstable))]
     let _ = seed;
     builder.build()
@@ -222,6 +218,8 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
         unsafe_flush_before_commit: opts.node_options.unsafe_flush_before_commit,
     };
     let _deterministic = raft_core::deterministic::enter_with(derive(seed, 2), knobs);
+    watch_panics();
+    let _ = PANICKED.try_with(|p| p.borrow_mut().take());
     let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
             // Simulated time: free while idle, so only a run that can never
@@ -249,7 +247,38 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedReport {
     // Dropping the runtime drops every task still parked (stopped nodes'
     // leftovers), inside deterministic mode.
     drop(rt);
+    if let Some(what) = PANICKED.try_with(|p| p.borrow_mut().take()).ok().flatten() {
+        report.valid = Verdict::Invalid;
+        let earlier = report.error.take().map(|e| format!("; {e}")).unwrap_or_default();
+        report.error = Some(format!("a task panicked: {what}{earlier}"));
+    }
     report
+}
+
+thread_local! {
+    /// The first panic on this thread since the run began, if any.
+    static PANICKED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every panic on a simulation's thread fail its seed. tokio catches
+/// a panic in a spawned task and ends only that task (a node's core, its
+/// log writer), and the rest of the run might not notice; so a panic hook,
+/// installed once for the process, notes each panic in a thread-local that
+/// [`run_seed`] reads after the run, and then does what the previous hook
+/// did (print it).
+fn watch_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = PANICKED.try_with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    p.get_or_insert_with(|| info.to_string().replace('\n', " "));
+                }
+            });
+            previous(info);
+        }));
+    });
 }
 
 async fn simulate(seed: u64, opts: &SimOptions, workload: Workload, report: &mut SeedReport) {
