@@ -487,6 +487,41 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!((s, b["value"].as_str()), (200, Some("v")), "the server still serves");
 }
 
+/// A node that answers on its Raft port but is not the node asked for (a
+/// node of another cluster, or a member under another id) is refused with a
+/// 409 before anything is proposed: the membership and the log stay as
+/// they were. Before, the learner was added and the request waited for it
+/// to catch up until the change timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_of_another_cluster_or_under_another_id_is_refused() {
+    let c = ProcCluster::start(3, &[]).await;
+    let other = ProcCluster::start(1, &["--cluster-id", "another-cluster"]).await;
+    let leader = c.leader().await;
+    let before = c.status(leader).await.unwrap();
+    let (_, members_before) = c.request(leader, Method::GET, "/v1/cluster/members", None).await;
+
+    let foreign = &other.nodes[&1];
+    let member = &c.nodes[&(leader % 3 + 1)];
+    let cases = [
+        (4, foreign.raft.clone(), foreign.http.clone(), "cluster id mismatch"),
+        (5, member.raft.clone(), member.http.clone(), &*format!("this is node {}, not node 5", member.id)),
+    ];
+    for (id, raft_addr, api_addr, why) in cases {
+        let body = serde_json::json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr}).to_string();
+        let (status, reply) = c.request(leader, Method::POST, "/v1/cluster/learners", Some(&body)).await;
+        assert_eq!(status, 409, "node {id} at {raft_addr}: {reply}");
+        assert_eq!(reply["error"], "conflict", "{reply}");
+        let message = reply["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why) && message.contains("nothing changed"), "{message}");
+    }
+
+    let after = c.status(leader).await.unwrap();
+    assert_eq!(after.last_log_index, before.last_log_index, "nothing was proposed");
+    let (_, members_after) = c.request(leader, Method::GET, "/v1/cluster/members", None).await;
+    assert_eq!(members_after, members_before);
+    c.client().put("still-writable", b"v", None).await.unwrap();
+}
+
 /// How many `POST /v1/internal/read-index` requests node `id` has served
 /// (from its `/metrics`).
 async fn read_index_requests(c: &ProcCluster, id: u64) -> u64 {

@@ -73,8 +73,11 @@ insecure = true). The command line wins over a variable, a variable over the
 file, the file over the default.";
 
 /// The filter of the logs when nothing sets one: openraft's own info lines
-/// (one per vote, per replication stream) would drown kv-server's.
-const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn";
+/// (one per vote, per replication stream) would drown kv-server's, and its
+/// heartbeat worker warns at every failed heartbeat (ten a second for each
+/// peer that is down); raft-core logs a peer's reachability itself, when it
+/// changes and every 30 s while a peer stays down.
+const DEFAULT_LOG_LEVEL: &str = "info,openraft=warn,openraft::core::heartbeat=error";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -146,6 +146,23 @@ pub async fn add_learner(
     if let Some(forwarded) = forward_unless_leader(&ctx, &headers, Method::POST, &uri, body.clone()).await {
         return forwarded;
     }
+    // A node that answers on its Raft port but will not be this cluster's
+    // node `id` (another cluster id, another node id, a certificate that
+    // does not match) is refused here, before anything is proposed: added,
+    // it would stay in the membership, unreachable, and the request would
+    // wait for it to catch up until the change timed out. A node that does
+    // not answer yet may still be starting, and is added as before.
+    let transport = raft_core::network::TcpTransport::new(ctx.id, &ctx.config.raft);
+    match transport.check(req.id, &req.raft_addr).await {
+        Err(e) if e.is_refusal() => {
+            let message = format!("not added: {e}; nothing changed");
+            return ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, message).into_response();
+        }
+        Err(e) => {
+            tracing::info!(node_id = ctx.id, learner = req.id, error = %e, "adding a learner that does not answer yet")
+        }
+        Ok(()) => {}
+    }
     let result = ctx.node.add_learner(req.id, Node::new(req.raft_addr, req.api_addr)).await;
     change(&ctx, &headers, Method::POST, &uri, body, result).await
 }

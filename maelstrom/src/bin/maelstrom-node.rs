@@ -79,7 +79,8 @@ fn install_tracing() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,openraft::core::heartbeat=error")),
         )
         .finish();
     tracing::subscriber::set_global_default(subscriber).context("installing the tracing subscriber")

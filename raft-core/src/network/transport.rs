@@ -27,10 +27,19 @@
 //!   ([`super::rpc::SnapshotChunk`]), one after the other on the same
 //!   link, and the peer's [`super::rpc::Inbox`] installs it after the last.
 //!
+//! * **Reachability in the log.** openraft retries an unreachable peer
+//!   all the time (its heartbeat worker every heartbeat interval), so a
+//!   line per failed RPC would flood the log while a peer is down. A
+//!   [`Network`] logs each peer's reachability itself instead: a warning
+//!   when RPCs to it start failing, again every [`STILL_DOWN_EVERY`] while
+//!   they do, and a line when it answers again, with how long it was away.
+//!
 //! [`super::tcp`], [`super::local`] and the Maelstrom node each implement
 //! [`Transport`]; [`Network`] turns one into openraft's network.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
@@ -109,10 +118,67 @@ pub fn doubling_backoff(min: Duration, max: Duration) -> Backoff {
     Backoff::new(std::iter::successors(Some(min), move |d| Some((*d * 2).min(max))))
 }
 
+/// While RPCs to a peer keep failing, how often that is logged again
+/// (30 s).
+pub const STILL_DOWN_EVERY: Duration = Duration::from_secs(30);
+
 /// A [`Transport`], as openraft's network factory.
 pub struct Network<T> {
     transport: T,
     settings: Settings,
+    /// Each peer's reachability, shared by all the connections to it
+    /// (openraft opens several: replication, heartbeats, votes).
+    peers: HashMap<NodeId, Arc<Mutex<Reachability>>>,
+}
+
+/// Whether a peer answered its last RPC, as the log tells it.
+#[derive(Debug, Default)]
+enum Reachability {
+    /// It answered, or nothing was sent yet.
+    #[default]
+    Up,
+    /// RPCs have failed since `since`; the last line about it was logged at
+    /// `logged`.
+    Down { since: tokio::time::Instant, logged: tokio::time::Instant, failures: u64 },
+}
+
+/// What to log after an RPC's outcome, if anything.
+#[derive(Debug, PartialEq)]
+enum Change {
+    /// The first failure after answers.
+    WentDown,
+    /// Failing for `for_` now, `failures` RPCs in all.
+    StillDown { for_: Duration, failures: u64 },
+    /// Answering again after `after`, and `failures` failed RPCs.
+    CameBack { after: Duration, failures: u64 },
+}
+
+impl Reachability {
+    fn answered(&mut self, now: tokio::time::Instant) -> Option<Change> {
+        match std::mem::take(self) {
+            Reachability::Up => None,
+            Reachability::Down { since, failures, .. } => {
+                Some(Change::CameBack { after: now.saturating_duration_since(since), failures })
+            }
+        }
+    }
+
+    fn failed(&mut self, now: tokio::time::Instant) -> Option<Change> {
+        match self {
+            Reachability::Up => {
+                *self = Reachability::Down { since: now, logged: now, failures: 1 };
+                Some(Change::WentDown)
+            }
+            Reachability::Down { since, logged, failures } => {
+                *failures += 1;
+                if now.saturating_duration_since(*logged) < STILL_DOWN_EVERY {
+                    return None;
+                }
+                *logged = now;
+                Some(Change::StillDown { for_: now.saturating_duration_since(*since), failures: *failures })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +197,7 @@ impl<T: Transport> Network<T> {
             chunk_bytes: usize::try_from(config.snapshot_chunk_bytes).unwrap_or(usize::MAX).max(1),
             snapshot_timeout: config.install_snapshot_timeout,
         };
-        Network { transport, settings }
+        Network { transport, settings, peers: HashMap::new() }
     }
 }
 
@@ -139,7 +205,8 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for Network<T> {
     type Network = Connection<T::Link>;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection<T::Link> {
-        Connection { link: self.transport.link(target, node), target, settings: self.settings }
+        let reachability = self.peers.entry(target).or_default().clone();
+        Connection { link: self.transport.link(target, node), target, settings: self.settings, reachability }
     }
 }
 
@@ -148,6 +215,7 @@ pub struct Connection<L> {
     link: L,
     target: NodeId,
     settings: Settings,
+    reachability: Arc<Mutex<Reachability>>,
 }
 
 /// The error of a failed RPC, in openraft's terms.
@@ -161,6 +229,46 @@ impl<L> Connection<L> {
 }
 
 impl<L: Link> Connection<L> {
+    /// Sends `request` over the link, and logs a change of the peer's
+    /// reachability (see the [module docs](self)). Any answer counts as
+    /// reachable, a refusal too.
+    async fn call(&mut self, request: &RpcRequest, timeout: Duration) -> Result<RpcResponse, LinkError> {
+        let answer = self.link.call(request, timeout).await;
+        let now = tokio::time::Instant::now();
+        let change = {
+            let mut peer = self.reachability.lock().unwrap_or_else(|e| e.into_inner());
+            match &answer {
+                Ok(_) => peer.answered(now),
+                Err(LinkError::TooLarge { .. }) => None,
+                Err(_) => peer.failed(now),
+            }
+        };
+        let (me, target) = (self.settings.me, self.target);
+        match (change, &answer) {
+            (None, _) => {}
+            (Some(Change::WentDown), Err(e)) => {
+                tracing::warn!(node_id = me, target, error = %e, "Raft peer not answering; retrying with backoff")
+            }
+            (Some(Change::StillDown { for_, failures }), Err(e)) => tracing::warn!(
+                node_id = me,
+                target,
+                down_s = for_.as_secs(),
+                failed_rpcs = failures,
+                error = %e,
+                "Raft peer still not answering"
+            ),
+            (Some(Change::CameBack { after, failures }), _) => tracing::info!(
+                node_id = me,
+                target,
+                down_ms = after.as_millis() as u64,
+                failed_rpcs = failures,
+                "Raft peer answering again"
+            ),
+            (Some(_), Ok(_)) => {}
+        }
+        answer
+    }
+
     fn rpc_error(&self, e: LinkError, action: RPCTypes) -> RpcError {
         let (me, target) = (self.settings.me, self.target);
         match e {
@@ -204,7 +312,7 @@ impl<L: Link> Connection<L> {
         option: &RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         let name = request.name();
-        match self.link.call(&request, option.hard_ttl()).await {
+        match self.call(&request, option.hard_ttl()).await {
             Err(e) => Err(self.rpc_error(e, RPCTypes::Vote)),
             Ok(RpcResponse::Vote(Ok(resp)) | RpcResponse::PreVote(Ok(resp))) => Ok(resp),
             Ok(RpcResponse::Vote(Err(reason)) | RpcResponse::PreVote(Err(reason))) => {
@@ -226,7 +334,7 @@ impl<L: Link> Connection<L> {
         let answer = tokio::select! {
             biased;
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            answer = self.link.call(&request, timeout) => answer,
+            answer = self.call(&request, timeout) => answer,
         };
         match answer {
             Err(e) => Err(self.rpc_error(e, RPCTypes::InstallSnapshot).into()),
@@ -251,7 +359,7 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Connection<L> {
         let mut request = RpcRequest::AppendEntries(rpc);
         let mut trimmed = false;
         loop {
-            let answer = self.link.call(&request, option.hard_ttl()).await;
+            let answer = self.call(&request, option.hard_ttl()).await;
             let RpcRequest::AppendEntries(sent) = &mut request else {
                 unreachable!("invariant: the request stays an AppendEntries");
             };
@@ -349,7 +457,7 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Connection<L> {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
-        match self.link.call(&RpcRequest::TransferLeader(req), option.hard_ttl()).await {
+        match self.call(&RpcRequest::TransferLeader(req), option.hard_ttl()).await {
             Err(e) => Err(self.rpc_error(e, RPCTypes::TransferLeader)),
             Ok(RpcResponse::TransferLeader(Ok(resp))) => Ok(resp),
             Ok(RpcResponse::TransferLeader(Err(reason))) => Err(self.refused(reason)),
@@ -368,6 +476,31 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Connection<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer going down is logged once, then every 30 s while it stays
+    /// down, and its return once: not once per failed heartbeat.
+    #[test]
+    fn a_peer_down_is_logged_on_change_and_every_30s() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut peer = Reachability::default();
+        assert_eq!(peer.answered(at(0)), None);
+        assert_eq!(peer.failed(at(100)), Some(Change::WentDown));
+        for ms in (200..30_100).step_by(100) {
+            assert_eq!(peer.failed(at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(
+            peer.failed(at(30_100)),
+            Some(Change::StillDown { for_: Duration::from_secs(30), failures: 301 })
+        );
+        assert_eq!(peer.failed(at(30_200)), None);
+        assert_eq!(
+            peer.answered(at(31_100)),
+            Some(Change::CameBack { after: Duration::from_secs(31), failures: 302 })
+        );
+        assert_eq!(peer.answered(at(31_200)), None);
+        assert_eq!(peer.failed(at(40_000)), Some(Change::WentDown));
+    }
 
     #[test]
     fn backoff_doubles_from_50ms_up_to_1s() {

@@ -173,6 +173,53 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Connects to the node that should be `target` at `addr`, completes
+    /// the handshake (and peer TLS, if configured), and closes the
+    /// connection, sending no request. Before a node is added to the
+    /// cluster, this tells a misconfiguration (the node belongs to another
+    /// cluster, has another id, or its certificate does not match) from a
+    /// node that is merely not running yet.
+    ///
+    /// # Errors
+    ///
+    /// What [`TcpLink`]'s first request would have met:
+    /// [`TransportError::Refused`], [`TransportError::TlsMismatch`],
+    /// [`TransportError::Tls`] and [`TransportError::WrongIdentity`] for a
+    /// peer that answers but will not be this node's peer; the others when
+    /// it cannot be reached.
+    pub async fn check(&self, target: NodeId, addr: &str) -> Result<(), TransportError> {
+        let link = TcpLink {
+            settings: self.settings.clone(),
+            target,
+            addr: addr.to_string(),
+            stream: None,
+            last_id: 0,
+        };
+        let mut stream = link.connect(self.settings.connect_timeout).await?;
+        let _ = tokio::time::timeout(
+            self.settings.connect_timeout,
+            tokio::io::AsyncWriteExt::shutdown(&mut stream),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+impl TransportError {
+    /// Whether the peer answered and refused to be this node's peer (as
+    /// opposed to not answering at all): see [`TcpTransport::check`].
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Refused { .. }
+                | TransportError::TlsMismatch { .. }
+                | TransportError::Tls { .. }
+                | TransportError::WrongIdentity { .. }
+        )
+    }
+}
+
 impl Transport for TcpTransport {
     type Link = TcpLink;
 
@@ -232,16 +279,11 @@ impl TcpLink {
                 // an unreachable peer is reported as `Unreachable` and backed
                 // off from, not as a timeout retried at once.
                 let budget = self.settings.connect_timeout.min(ttl / 2);
+                // A refusal (another cluster, a certificate that does not
+                // match) is logged with the peer's reachability, once, not
+                // at every retry (see `transport`).
                 self.connect(budget).await.map_err(|e| {
-                    if matches!(
-                        e,
-                        TransportError::Refused { .. }
-                            | TransportError::TlsMismatch { .. }
-                            | TransportError::Tls { .. }
-                            | TransportError::WrongIdentity { .. }
-                    ) {
-                        tracing::warn!(node_id = self.settings.node_id, target = self.target, error = %e, "Raft peer refused connection");
-                    }
+                    tracing::debug!(node_id = self.settings.node_id, target = self.target, error = %e, "connecting to Raft peer failed");
                     LinkError::Unreachable(Box::new(e))
                 })?
             }

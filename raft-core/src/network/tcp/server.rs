@@ -55,6 +55,15 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// refusal always fits in a handshake-sized frame.
 const MAX_QUOTED_CHARS: usize = 64;
 
+/// A refusal of the same reason from the same address is logged again at
+/// most this often (30 s): a misconfigured peer retries at every heartbeat.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// The most (address, reason) pairs whose refusals are remembered: beyond
+/// it, the memory is cleared (a flood of distinct refusals is logged, not
+/// held).
+const REFUSAL_LOG_KEYS: usize = 1024;
+
 /// What every connection task of one server needs.
 #[derive(Debug)]
 struct ServerContext {
@@ -66,6 +75,38 @@ struct ServerContext {
     max_frame_bytes: u32,
     /// Mutual TLS on every connection, if configured.
     tls: Option<PeerTls>,
+    /// Refusals logged lately, by peer address and reason.
+    refusals: std::sync::Mutex<RefusalLog>,
+}
+
+/// When each refusal was last logged, and how many like it were not since.
+#[derive(Debug, Default)]
+struct RefusalLog(std::collections::HashMap<(std::net::IpAddr, String), (tokio::time::Instant, u64)>);
+
+impl RefusalLog {
+    /// Whether to log this refusal now, and how many like it went unlogged
+    /// since the last line.
+    fn note(&mut self, ip: std::net::IpAddr, reason: String, now: tokio::time::Instant) -> Option<u64> {
+        if self.0.len() >= REFUSAL_LOG_KEYS && !self.0.contains_key(&(ip, reason.clone())) {
+            self.0.clear();
+        }
+        match self.0.entry((ip, reason)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((now, 0));
+                Some(0)
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let (logged, unlogged) = o.get_mut();
+                if now.saturating_duration_since(*logged) < REFUSAL_LOG_EVERY {
+                    *unlogged += 1;
+                    return None;
+                }
+                let since = std::mem::take(unlogged);
+                *logged = now;
+                Some(since)
+            }
+        }
+    }
 }
 
 /// Serves Raft RPCs from peers. See the [module docs](super).
@@ -99,6 +140,7 @@ impl TcpServer {
             cluster_id: config.cluster_id.clone(),
             max_frame_bytes: config.max_frame_bytes,
             tls: config.peer_tls.clone(),
+            refusals: Default::default(),
         });
         let (stop, stopped) = oneshot::channel();
         let accept = tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
@@ -197,7 +239,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCo
             return;
         }
         Err(e) => {
-            tracing::warn!(node_id, %peer, reason = %e, "refused Raft connection");
+            let reason = e.to_string();
+            let now = tokio::time::Instant::now();
+            let log =
+                ctx.refusals.lock().unwrap_or_else(|e| e.into_inner()).note(peer.ip(), reason.clone(), now);
+            if let Some(unlogged) = log {
+                tracing::warn!(node_id, %peer, %reason, refused_since_last_logged = unlogged, "refused Raft connection");
+            }
             return;
         }
     };
@@ -205,9 +253,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCo
 
     match serve_requests(&mut stream, &ctx, from).await {
         Ok(Ended::Idle) => tracing::debug!(node_id, %peer, from, "closed an idle Raft connection"),
-        Ok(Ended::ByPeer) => {
-            tracing::debug!(node_id, %peer, from, "Raft connection closed by the peer");
-            ctx.inbox.peer_left(from);
+        Ok(Ended::ByPeer { served }) => {
+            tracing::debug!(node_id, %peer, from, served, "Raft connection closed by the peer");
+            // A connection that carried no request (a peer checking that
+            // this node is the one it means, before adding it) says
+            // nothing about the leader.
+            if served > 0 {
+                ctx.inbox.peer_left(from);
+            }
         }
         Err(e) => {
             tracing::warn!(node_id, %peer, from, error = %e, "closing Raft connection");
@@ -335,8 +388,8 @@ fn clip(s: &str) -> &str {
 
 /// How a connection that raised no error ended.
 enum Ended {
-    /// The peer closed it between two requests.
-    ByPeer,
+    /// The peer closed it between two requests, after `served` of them.
+    ByPeer { served: u64 },
     /// The peer sent nothing for [`IDLE_TIMEOUT`], and this side closed it.
     Idle,
 }
@@ -348,11 +401,12 @@ async fn serve_requests(
     ctx: &ServerContext,
     from: NodeId,
 ) -> Result<Ended, ServeError> {
+    let mut served = 0;
     loop {
         let request: RequestFrame = match timeout(IDLE_TIMEOUT, read_frame(stream, ctx.max_frame_bytes)).await
         {
             Err(_) => return Ok(Ended::Idle),
-            Ok(Err(FrameError::Closed)) => return Ok(Ended::ByPeer),
+            Ok(Err(FrameError::Closed)) => return Ok(Ended::ByPeer { served }),
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(request)) => request,
         };
@@ -360,9 +414,45 @@ async fn serve_requests(
         tracing::debug!(node_id = ctx.node_id, from, id, rpc = request.rpc.name(), "serving Raft RPC");
 
         let response = ResponseFrame { id, rpc: ctx.inbox.serve(from, request.rpc).await };
+        served += 1;
         match timeout(WRITE_TIMEOUT, write_frame(stream, &response, ctx.max_frame_bytes)).await {
             Err(_) => return Err(ServeError::WriteTimeout(WRITE_TIMEOUT)),
             Ok(result) => result?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer refused at every heartbeat is logged once per 30 s, with the
+    /// count of refusals in between; another reason or address is logged
+    /// at once.
+    #[test]
+    fn a_repeated_refusal_is_logged_every_30s_with_a_count() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (a, b) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let mut log = RefusalLog::default();
+        assert_eq!(log.note(a, "wrong cluster".into(), at(0)), Some(0));
+        for ms in (100..30_000).step_by(100) {
+            assert_eq!(log.note(a, "wrong cluster".into(), at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(log.note(a, "wrong node".into(), at(500)), Some(0));
+        assert_eq!(log.note(b, "wrong cluster".into(), at(500)), Some(0));
+        assert_eq!(log.note(a, "wrong cluster".into(), at(30_000)), Some(299));
+        assert_eq!(log.note(a, "wrong cluster".into(), at(30_100)), None);
+    }
+
+    #[test]
+    fn the_refusal_memory_is_bounded() {
+        let now = tokio::time::Instant::now();
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut log = RefusalLog::default();
+        for i in 0..3 * REFUSAL_LOG_KEYS {
+            assert_eq!(log.note(ip, format!("reason {i}"), now), Some(0));
+            assert!(log.0.len() <= REFUSAL_LOG_KEYS);
         }
     }
 }
