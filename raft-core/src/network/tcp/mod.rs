@@ -534,6 +534,30 @@ mod tests {
         timeout(Duration::from_secs(5), peer).await.unwrap().unwrap();
     }
 
+    /// `TcpTransport::check` passes for the node it means, tells a node of
+    /// another cluster or under another id (a refusal) from one that is
+    /// not there (not a refusal), and sends no request.
+    #[tokio::test]
+    async fn check_tells_the_right_node_from_a_refusal_and_from_no_answer() {
+        let (server, raft) = start_server(1).await;
+        let addr = server.local_addr().to_string();
+        let ours = TcpTransport::new(2, &Config::new(CLUSTER));
+        ours.check(1, &addr).await.unwrap();
+
+        let err = TcpTransport::new(2, &Config::new("another")).check(1, &addr).await.unwrap_err();
+        assert!(err.is_refusal() && err.to_string().contains("cluster id mismatch"), "{err}");
+        let err = ours.check(3, &addr).await.unwrap_err();
+        assert!(err.is_refusal() && err.to_string().contains("this is node 1, not node 3"), "{err}");
+
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let err = ours.check(1, &gone).await.unwrap_err();
+        assert!(!err.is_refusal(), "{err}");
+
+        // The server still serves.
+        assert_vote_is_answered(server.local_addr(), 2).await;
+        stop(server, raft).await;
+    }
+
     #[tokio::test]
     async fn a_stopped_raft_behind_the_server_is_unreachable() {
         let (server, raft) = start_server(1).await;
