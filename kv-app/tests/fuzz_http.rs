@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::fuzz::{self, Answer, LeaseVerdict, Verdict};
-use common::mutate::{counted_runtime, PANICS};
+use common::mutate::{counted_runtime, first_panic, PANICS};
 use kv_app::server::{self, Server, ServerConfig};
 use kv_client::api::{ErrorBody, PutRequest};
 use proptest::prelude::*;
@@ -83,7 +83,7 @@ fn addr() -> SocketAddr {
 }
 
 fn assert_no_panic() -> Result<(), TestCaseError> {
-    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see the output above)");
+    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked: {}", first_panic());
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use common::Register;
 use futures::executor::block_on;
-use mutate::{counted_runtime, mutated, PANICS};
+use mutate::{counted_runtime, first_panic, mutated, PANICS};
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use proptest::prelude::*;
@@ -291,7 +291,7 @@ async fn send_to_server(addr: SocketAddr, bytes: &[u8]) -> Result<(), TestCaseEr
 fn check_server(bytes: &[u8]) -> Result<(), TestCaseError> {
     let t = target();
     t.rt.block_on(send_to_server(t.addr, bytes))?;
-    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked (see the output above)");
+    prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked: {}", first_panic());
     let running = t.node.raft().metrics().borrow_watched().running_state.clone();
     prop_assert!(running.is_ok(), "the Raft stopped: {:?}", running);
     Ok(())

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::election::Contact;
 use crate::storage::SnapshotData;
-use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{EntryPayload, Membership, Node, NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// One Raft RPC, as sent by a node to a peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +178,43 @@ fn check_contiguous(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String
     Ok(())
 }
 
+/// Whether `m` keeps the rule every membership openraft makes keeps:
+/// each voter has a node (its addresses), and no configuration of a
+/// joint membership is empty. openraft does not check a membership that
+/// arrives from a peer, and a voter without a node stops it later (an
+/// `unwrap` in its broadcast to voters, found by the fuzz test
+/// `server_survives_damaged_and_random_connections`).
+fn check_membership(m: &Membership) -> Result<(), String> {
+    let nodes: std::collections::BTreeMap<NodeId, Node> = m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    Membership::new(m.get_joint_config().clone(), nodes)
+        .map(|_| ())
+        .map_err(|e| format!("a malformed membership: {e}"))
+}
+
+/// [`check_contiguous`], [`check_membership`] for every membership
+/// entry, and a committed vote: a leader's vote is committed before it
+/// sends anything (openraft asserts it, in debug builds, on the follower).
+fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    check_leader_vote(&req.vote, "AppendEntries")?;
+    check_contiguous(req)?;
+    for e in &req.entries {
+        if let EntryPayload::Membership(m) = &e.payload {
+            check_membership(m).map_err(|why| format!("AppendEntries entry {}: {why}", e.log_id.index))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `vote`, sent with a leader's request, is committed, as every
+/// leader's is.
+fn check_leader_vote(vote: &Vote, rpc: &str) -> Result<(), String> {
+    if vote.is_committed() {
+        Ok(())
+    } else {
+        Err(format!("{rpc} with vote {vote}, which is not a leader's (not committed)"))
+    }
+}
+
 fn fatal(e: Fatal<TypeConfig>) -> String {
     e.to_string()
 }
@@ -214,7 +251,7 @@ impl Inbox {
     pub async fn serve(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
         match request {
             RpcRequest::AppendEntries(req) => {
-                if let Err(reason) = check_contiguous(&req) {
+                if let Err(reason) = check_append(&req) {
                     tracing::warn!(from, %reason, "refused a malformed AppendEntries");
                     return RpcResponse::AppendEntries(Err(reason));
                 }
@@ -255,6 +292,9 @@ impl Inbox {
         // openraft stops the node (panics) on a snapshot no correct leader
         // could send: refuse the one such defect we can see from here, a
         // snapshot reaching past the sending leader's own term.
+        check_leader_vote(&vote, "a snapshot")?;
+        check_membership(snapshot.meta.last_membership.membership())
+            .map_err(|why| format!("a snapshot with {why}"))?;
         let snapshot_term = snapshot.meta.last_log_id.map_or(0, |l| l.leader_id.term);
         if snapshot_term > vote.leader_id().term {
             return Err(format!(
@@ -330,6 +370,44 @@ mod tests {
     fn what_a_correct_leader_sends_passes() {
         assert_eq!(check_contiguous(&append(3, None, &[])), Ok(()));
         assert_eq!(check_contiguous(&append(3, Some(log_id(1, 4)), &[(1, 5), (2, 6), (3, 7)])), Ok(()));
+    }
+
+    /// A membership as a peer's bytes may carry it: any configs, any
+    /// nodes (openraft's own constructor would refuse the bad ones).
+    fn membership(configs: &[&[NodeId]], nodes: &[NodeId]) -> Membership {
+        let configs: Vec<std::collections::BTreeSet<NodeId>> =
+            configs.iter().map(|c| c.iter().copied().collect()).collect();
+        let nodes: std::collections::BTreeMap<NodeId, Node> =
+            nodes.iter().map(|&id| (id, Node::new(format!("127.0.0.1:{id}"), ""))).collect();
+        crate::codec::decode(&crate::codec::encode(&(configs, nodes))).unwrap()
+    }
+
+    /// Found by the fuzz test: a membership entry whose voter has no node
+    /// was stored, and openraft's broadcast to voters panicked on it later.
+    #[test]
+    fn a_membership_with_a_voter_without_a_node_or_an_empty_config_is_refused() {
+        let with = |m: Membership| {
+            let mut req = append(1, None, &[(1, 0)]);
+            req.entries[0].payload = EntryPayload::Membership(m);
+            check_append(&req)
+        };
+        assert_eq!(with(membership(&[&[1, 2]], &[1, 2, 3])), Ok(()));
+        assert_eq!(with(membership(&[&[1, 2], &[2, 3]], &[1, 2, 3])), Ok(()));
+        let refused = with(membership(&[&[1, 2]], &[1])).unwrap_err();
+        assert!(refused.contains("entry 0: a malformed membership"), "{refused}");
+        assert!(with(membership(&[&[1], &[]], &[1])).is_err());
+        assert!(check_membership(&membership(&[&[4]], &[1])).is_err());
+    }
+
+    /// Found by the fuzz test: an AppendEntries whose vote was not
+    /// committed tripped openraft's debug assertion that a leader's is.
+    #[test]
+    fn an_append_from_an_uncommitted_vote_is_refused() {
+        let mut req = append(2, None, &[]);
+        assert_eq!(check_append(&req), Ok(()));
+        req.vote = Vote::new(2, 1);
+        let refused = check_append(&req).unwrap_err();
+        assert!(refused.contains("not committed"), "{refused}");
     }
 
     #[test]

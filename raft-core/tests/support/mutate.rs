@@ -17,12 +17,24 @@ use proptest::sample::Index;
 /// a client cannot tell from a close, so the tests count them instead.
 pub static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// Where the first of [`PANICS`] happened, and its message. A panic in a
+/// thread the test harness does not watch is printed into the output of
+/// the test that started the thread, which may be another, passing test:
+/// this keeps it for the failing test's message.
+pub static FIRST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// [`FIRST_PANIC`], for an assertion's message.
+pub fn first_panic() -> String {
+    FIRST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+}
+
 /// A two-thread tokio runtime, with a panic hook that counts into
 /// [`PANICS`] (and still prints). Call once per test process.
 pub fn counted_runtime() -> tokio::runtime::Runtime {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         PANICS.fetch_add(1, Ordering::SeqCst);
+        FIRST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| info.to_string());
         previous(info);
     }));
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
