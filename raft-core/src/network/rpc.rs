@@ -290,8 +290,9 @@ impl Inbox {
         snapshot: Snapshot,
     ) -> Result<SnapshotResponse<TypeConfig>, String> {
         // openraft stops the node (panics) on a snapshot no correct leader
-        // could send: refuse the one such defect we can see from here, a
-        // snapshot reaching past the sending leader's own term.
+        // could send: refuse the defects we can see from here, a vote that
+        // is not a leader's, a malformed membership, and a snapshot
+        // reaching past the sending leader's own term.
         check_leader_vote(&vote, "a snapshot")?;
         check_membership(snapshot.meta.last_membership.membership())
             .map_err(|why| format!("a snapshot with {why}"))?;
