@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::election::Contact;
 use crate::storage::SnapshotData;
-use crate::types::{EntryPayload, Membership, Node, NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{
+    EntryPayload, LogId, Membership, Node, NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
 
 /// One Raft RPC, as sent by a node to a peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +207,29 @@ fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the log ids `req` names agree with `committed`, this node's
+/// committed log id: at or below the committed index, a correct leader's
+/// log holds the committed entries (Leader Completeness), so none of its
+/// log ids there has a term above the committed one. openraft asserts
+/// this (in debug builds) when it compares `prev_log_id` with its log;
+/// the damaged-bytes fuzz test tripped that assertion.
+fn check_against_committed(
+    req: &AppendEntriesRequest<TypeConfig>,
+    committed: Option<LogId>,
+) -> Result<(), String> {
+    let Some(committed) = committed else { return Ok(()) };
+    let named = req.prev_log_id.iter().chain(req.entries.iter().map(|e| &e.log_id));
+    for id in named {
+        if id.index <= committed.index && id.leader_id.term > committed.leader_id.term {
+            return Err(format!(
+                "AppendEntries names log id {id} at or below this node's committed log id {committed}, \
+                 with a later term"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `vote`, sent with a leader's request, is committed, as every
 /// leader's is.
 fn check_leader_vote(vote: &Vote, rpc: &str) -> Result<(), String> {
@@ -251,7 +276,10 @@ impl Inbox {
     pub async fn serve(&self, from: NodeId, request: RpcRequest) -> RpcResponse {
         match request {
             RpcRequest::AppendEntries(req) => {
-                if let Err(reason) = check_append(&req) {
+                let committed = self.raft.metrics().borrow_watched().local_committed;
+                if let Err(reason) =
+                    check_append(&req).and_then(|()| check_against_committed(&req, committed))
+                {
                     tracing::warn!(from, %reason, "refused a malformed AppendEntries");
                     return RpcResponse::AppendEntries(Err(reason));
                 }
@@ -352,7 +380,7 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
-    use crate::types::{log_id, Entry, LogId};
+    use crate::types::{log_id, Entry};
 
     fn append(term: u64, prev: Option<LogId>, entries: &[(u64, u64)]) -> AppendEntriesRequest<TypeConfig> {
         let entries = entries
@@ -398,6 +426,24 @@ mod tests {
         assert!(refused.contains("entry 0: a malformed membership"), "{refused}");
         assert!(with(membership(&[&[1], &[]], &[1])).is_err());
         assert!(check_membership(&membership(&[&[4]], &[1])).is_err());
+    }
+
+    /// Found by the fuzz test: a `prev_log_id` below the committed index
+    /// with a later term than the committed entry's tripped openraft's
+    /// debug assertion.
+    #[test]
+    fn log_ids_at_or_below_the_committed_index_with_a_later_term_are_refused() {
+        let committed = Some(log_id(2, 3));
+        let check = |prev: Option<LogId>, entries: &[(u64, u64)]| {
+            check_against_committed(&append(5, prev, entries), committed)
+        };
+        assert_eq!(check(Some(log_id(2, 3)), &[(5, 4)]), Ok(()));
+        assert_eq!(check(Some(log_id(1, 1)), &[(1, 2), (2, 3), (5, 4)]), Ok(()));
+        assert_eq!(check(Some(log_id(5, 4)), &[]), Ok(()));
+        assert_eq!(check_against_committed(&append(5, Some(log_id(5, 1)), &[]), None), Ok(()));
+        let refused = check(Some(log_id(3, 1)), &[]).unwrap_err();
+        assert!(refused.contains("with a later term"), "{refused}");
+        assert!(check(Some(log_id(2, 2)), &[(4, 3)]).is_err());
     }
 
     /// Found by the fuzz test: an AppendEntries whose vote was not
