@@ -11,6 +11,9 @@
 //! * [`fault`]: storage faults for crash tests and negative controls: a
 //!   backend that loses unsynced writes on a kill, and acknowledging log
 //!   appends before fsync.
+//! * [`wal`]: an append-only log file of checksummed records in
+//!   preallocated segments: one fsync writes only the pages an append
+//!   covers. Not yet the node's log (see its docs).
 //! * [`sim_disk`]: a simulated disk ([`SimDisk`]) for deterministic
 //!   simulation: a database in memory that outlives its process, with power
 //!   cuts, torn writes and crash points inside a transaction.
@@ -27,13 +30,14 @@ pub mod recovery;
 pub mod rollback;
 pub mod sim_disk;
 pub mod state_machine;
+pub mod wal;
 
 pub use db::{Db, OpenError};
 pub use fault::PowerLossBackend;
 pub use log_store::RedbLogStore;
 pub use mem_log::MemLogStore;
 pub use options::StorageOptions;
-pub use sim_disk::{SimBackend, SimDisk, SimDiskStats, Survive};
+pub use sim_disk::{SimBackend, SimDir, SimDisk, SimDiskStats, Survive};
 pub use state_machine::{SnapshotData, StateMachineStore};
 
 /// Runs blocking storage work on tokio's blocking pool and waits for it.

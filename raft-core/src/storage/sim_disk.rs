@@ -436,6 +436,100 @@ impl StorageBackend for SimBackend {
     // them unsupported, and redb then runs as the single writer it is here.
 }
 
+/// A simulated directory: files that are [`SimDisk`]s, and names that a
+/// power cut can take away. For a log that lives in several files
+/// ([`super::wal`]).
+///
+/// A file created or removed is so at once for the running process, and
+/// durably only after [`WalDir::sync`](super::wal::WalDir::sync), as on a
+/// real file system, where a directory entry needs the directory fsynced.
+/// [`SimDir::cut_power`] cuts the power of every file (each decides by
+/// `survive` what of its unsynced writes it keeps; a seed is varied per
+/// file, in name order), then brings the names back to the last synced
+/// directory: a file created since is gone, a file removed since is back.
+#[derive(Clone, Default)]
+pub struct SimDir {
+    dir: Arc<Mutex<DirState>>,
+}
+
+#[derive(Default)]
+struct DirState {
+    /// The names as the running process sees them.
+    live: std::collections::BTreeMap<String, SimDisk>,
+    /// The names as of the last sync.
+    durable: std::collections::BTreeMap<String, SimDisk>,
+}
+
+impl SimDir {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirState> {
+        self.dir.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the power: see the [type's docs](SimDir). Every file's running
+    /// incarnation is fenced.
+    pub fn cut_power(&self, survive: Survive) {
+        let mut dir = self.lock();
+        for (i, disk) in dir.durable.values().enumerate() {
+            let survive = match survive {
+                Survive::Seeded(seed) => Survive::Seeded(seed.wrapping_add(i as u64)),
+                other => other,
+            };
+            disk.cut_power(survive);
+        }
+        for (name, disk) in &dir.live {
+            if !dir.durable.contains_key(name) {
+                disk.cut_power(Survive::Nothing);
+            }
+        }
+        dir.live = dir.durable.clone();
+    }
+
+    /// The file `name`, as the running process sees the directory.
+    pub fn file(&self, name: &str) -> Option<SimDisk> {
+        self.lock().live.get(name).cloned()
+    }
+}
+
+impl std::fmt::Debug for SimDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.lock();
+        f.debug_struct("SimDir").field("files", &dir.live.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl super::wal::WalDir for SimDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.lock().live.keys().cloned().collect())
+    }
+
+    fn open(&self, name: &str) -> io::Result<super::wal::WalFile> {
+        let disk = self.lock().live.entry(name.to_string()).or_default().clone();
+        Ok(Arc::new(disk.backend()))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        match self.lock().live.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut dir = self.lock();
+        dir.durable = dir.live.clone();
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!("(simulated directory)/{name}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
