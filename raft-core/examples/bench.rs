@@ -7,6 +7,8 @@
 //! * `tcp`: durable redb logs (an fsync per append) in a temporary
 //!   directory, and the TCP transport on loopback: what a real deployment on
 //!   one machine pays.
+//! * `tcp-file`: the same with each log in a file of its own
+//!   (`StorageOptions::log_file`).
 //!
 //! Prints one table. Not a test: numbers depend on the machine.
 //!
@@ -39,9 +41,10 @@ impl StateMachine for Noop {
 #[derive(Parser)]
 #[command(about = "Raft write throughput and latency on a 3-node cluster")]
 struct Args {
-    /// Which set-up to measure: memory, tcp or both; or local-durable
-    /// (durable logs, the in-process transport), to tell the network's
-    /// share from the disk's.
+    /// Which set-ups to measure, comma-separated: memory, tcp or both; or
+    /// local-durable (durable logs, the in-process transport), to tell the
+    /// network's share from the disk's; or tcp-file (tcp with the log in a
+    /// file of its own, on-disk format 3).
     #[arg(long, default_value = "both")]
     setup: String,
     /// Numbers of concurrent writers, comma-separated.
@@ -65,7 +68,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let setups: Vec<&str> = match args.setup.as_str() {
         "both" => vec!["memory", "tcp"],
-        s => vec![s],
+        s => s.split(',').collect(),
     };
     println!(
         "{:<8} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
@@ -115,11 +118,15 @@ async fn start(setup: &str, dir: &std::path::Path, config: Config) -> Result<BTr
                 let storage = Storage::Durable(dir.join(id.to_string()));
                 RaftNode::start_local(id, config.clone(), storage, Noop, &router).await?
             }
-            "tcp" => {
+            "tcp" | "tcp-file" => {
+                let mut config = config.clone();
+                config.storage.log_file = setup == "tcp-file";
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                RaftNode::open(id, config.clone(), &dir.join(id.to_string()), Noop, l).await?
+                RaftNode::open(id, config, &dir.join(id.to_string()), Noop, l).await?
             }
-            other => anyhow::bail!("unknown setup {other:?}: use memory, local-durable, tcp or both"),
+            other => {
+                anyhow::bail!("unknown setup {other:?}: use memory, local-durable, tcp, tcp-file or both")
+            }
         };
         let addr = node.raft_addr().map(|a| a.to_string()).unwrap_or_else(|| format!("n{id}"));
         members.insert(id, Node::new(addr, ""));

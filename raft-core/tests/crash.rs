@@ -72,6 +72,9 @@ use rand::Rng;
 const DIR_VAR: &str = "RAFT_CORE_CRASH_DIR";
 /// Set (to any path) to make the child acknowledge appends before fsync.
 const NO_FSYNC_VAR: &str = "RAFT_CORE_CRASH_NO_FSYNC";
+/// Set (to any path) to make the child keep its log in a file of its own
+/// (`StorageOptions::log_file`, format 3) instead of the database.
+const LOG_FILE_VAR: &str = "RAFT_CORE_CRASH_LOG_FILE";
 /// Batches of three entries submitted and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 64;
 /// Kills of the child on one directory (about half a second each).
@@ -90,7 +93,8 @@ fn entry(index: u64) -> Entry {
 fn crash_child() {
     let Ok(dir) = std::env::var(DIR_VAR) else { return };
     let no_fsync = std::env::var_os(NO_FSYNC_VAR).is_some();
-    let options = StorageOptions { lose_unsynced_writes: true, unsafe_no_fsync: no_fsync };
+    let log_file = std::env::var_os(LOG_FILE_VAR).is_some();
+    let options = StorageOptions { lose_unsynced_writes: true, unsafe_no_fsync: no_fsync, log_file };
     // A checkpoint fsyncs, and with it every append before it; without
     // fsyncs of its own, the negative control takes none, so that nothing
     // it appends ever reaches the disk.
@@ -159,10 +163,13 @@ const FIRST_ACK_WITHIN: Duration = Duration::from_secs(60);
 /// Runs the child until it has acknowledged an append, lets it go on for a
 /// random while, kills it in the middle of its appends, and checks the
 /// directory.
-async fn run_round(dir: &std::path::Path, no_fsync: bool, rng: &mut impl Rng) -> Round {
+async fn run_round(dir: &std::path::Path, no_fsync: bool, log_file: bool, rng: &mut impl Rng) -> Round {
     let mut env = vec![(DIR_VAR, dir)];
     if no_fsync {
         env.push((NO_FSYNC_VAR, dir));
+    }
+    if log_file {
+        env.push((LOG_FILE_VAR, dir));
     }
     let child = child::Child::spawn("crash_child", &env);
     // The random moment is measured from the first acknowledgement, not from
@@ -186,6 +193,12 @@ async fn run_round(dir: &std::path::Path, no_fsync: bool, rng: &mut impl Rng) ->
     let mut violations = Vec::new();
 
     let db = Db::open(dir).unwrap();
+    let format = if log_file {
+        raft_core::storage::db::FORMAT_LOG_FILE
+    } else {
+        raft_core::storage::db::FORMAT_VERSION
+    };
+    assert_eq!(db.format(), format, "the directory's format");
     let mut log = RedbLogStore::new(db.clone());
     let mut sm = StateMachineStore::open(db, Register).unwrap();
     let state = log.get_log_state().await.unwrap();
@@ -249,15 +262,17 @@ async fn run_round(dir: &std::path::Path, no_fsync: bool, rng: &mut impl Rng) ->
     Round { submitted, acked, violations }
 }
 
-#[tokio::test]
-async fn crash_at_random_moments_loses_no_acknowledged_entry() {
+/// Kills the child [`ROUNDS`] times on one directory; every round must
+/// find every acknowledged entry, and at least one kill must land while
+/// appends were in flight.
+async fn crash_rounds(log_file: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::thread_rng();
     let mut total_acked = 0;
     let mut killed_in_flight = 0;
 
     for round in 0..ROUNDS {
-        let r = run_round(dir.path(), false, &mut rng).await;
+        let r = run_round(dir.path(), false, log_file, &mut rng).await;
         assert!(r.violations.is_empty(), "round {round}: {:?}", r.violations);
         assert!(
             r.acked > total_acked,
@@ -272,18 +287,50 @@ async fn crash_at_random_moments_loses_no_acknowledged_entry() {
     assert!(killed_in_flight > 0, "no kill landed while appends were in flight");
 }
 
+/// The child acknowledging appends before any fsync: the checks must find
+/// acknowledged entries lost.
+///
+/// In the database, nothing the child appends ever reaches the disk, so one
+/// round must show it. A log file syncs a segment when it moves on to the
+/// next one (the first segments are small: 1 MiB, then 2 MiB), which makes
+/// every entry before durable; a kill that lands just after that, before
+/// the next acknowledgement, finds nothing lost. So a log file gets up to
+/// five rounds, each on a new directory, to show it.
+async fn acknowledging_before_fsync(log_file: bool) {
+    let rounds = if log_file { 5 } else { 1 };
+    let mut rng = rand::thread_rng();
+    let mut seen = Vec::new();
+    for _ in 0..rounds {
+        let dir = tempfile::tempdir().unwrap();
+        // The child's appends are not fsynced (and it takes no checkpoint,
+        // which would fsync them), so the kill loses acknowledged entries.
+        let r = run_round(dir.path(), true, log_file, &mut rng).await;
+        assert!(r.acked > 0, "the child acknowledged nothing");
+        if r.violations.iter().any(|v| v.starts_with("acknowledged entry") && v.contains(" lost ")) {
+            return;
+        }
+        seen.push((r.acked, r.violations));
+    }
+    panic!("a lost acknowledged entry went unnoticed in {rounds} round(s): (acked, violations) {seen:?}");
+}
+
+#[tokio::test]
+async fn crash_at_random_moments_loses_no_acknowledged_entry() {
+    crash_rounds(false).await;
+}
+
 #[tokio::test]
 async fn acknowledging_before_fsync_is_caught_by_the_same_checks() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = rand::thread_rng();
-    // The child's appends are never fsynced (and it takes no checkpoint,
-    // which would fsync them), so the kill loses every acknowledged entry.
-    let r = run_round(dir.path(), true, &mut rng).await;
-    assert!(r.acked > 0, "the child acknowledged nothing");
-    assert!(
-        r.violations.iter().any(|v| v.starts_with("acknowledged entry") && v.contains(" lost ")),
-        "a lost acknowledged entry went unnoticed: acked {}, {:?}",
-        r.acked,
-        r.violations
-    );
+    acknowledging_before_fsync(false).await;
+}
+
+/// The same with the log in a file of its own (`StorageOptions::log_file`).
+#[tokio::test]
+async fn crash_at_random_moments_loses_no_acknowledged_entry_of_a_log_file() {
+    crash_rounds(true).await;
+}
+
+#[tokio::test]
+async fn acknowledging_before_fsync_to_a_log_file_is_caught_by_the_same_checks() {
+    acknowledging_before_fsync(true).await;
 }

@@ -41,7 +41,7 @@ fn entry(index: u64) -> Entry {
 }
 
 fn faulty(unsafe_no_fsync: bool) -> StorageOptions {
-    StorageOptions { lose_unsynced_writes: true, unsafe_no_fsync }
+    StorageOptions { lose_unsynced_writes: true, unsafe_no_fsync, ..StorageOptions::default() }
 }
 
 /// The child: appends [`ENTRIES`] entries, printing the last index of each

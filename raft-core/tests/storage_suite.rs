@@ -13,7 +13,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::RaftLogReader as _;
 use proptest::prelude::*;
-use raft_core::storage::{rollback, Db, MemLogStore, RedbLogStore, StateMachineStore};
+use raft_core::storage::{rollback, Db, MemLogStore, RedbLogStore, StateMachineStore, StorageOptions};
 use raft_core::types::TypeConfig;
 
 type StorageError = openraft::StorageError<TypeConfig>;
@@ -24,6 +24,28 @@ impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore, tempfile::TempDir
     async fn build(&self) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
+        Ok((
+            dir,
+            RedbLogStore::new(db.clone()),
+            StateMachineStore::open(db, Register).expect("open state machine"),
+        ))
+    }
+}
+
+/// The log in a file of its own (on-disk format 3).
+struct FileLogBuilder;
+
+fn open_file_log(dir: &std::path::Path) -> Db {
+    let options = StorageOptions { log_file: true, ..StorageOptions::default() };
+    let db = Db::open_with(dir, options).expect("open db");
+    assert_eq!(db.format(), raft_core::storage::db::FORMAT_LOG_FILE);
+    db
+}
+
+impl StoreBuilder<TypeConfig, RedbLogStore, StateMachineStore, tempfile::TempDir> for FileLogBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, RedbLogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_file_log(dir.path());
         Ok((
             dir,
             RedbLogStore::new(db.clone()),
@@ -47,6 +69,11 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder
 #[tokio::test]
 async fn redb_store_passes_openraft_storage_suite() {
     Suite::test_all(RedbBuilder).await.expect("storage suite");
+}
+
+#[tokio::test]
+async fn file_log_store_passes_openraft_storage_suite() {
+    Suite::test_all(FileLogBuilder).await.expect("storage suite");
 }
 
 #[tokio::test]
@@ -157,6 +184,14 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
+        rt.block_on(no_entry_leaves_without_a_record(RedbLogStore::new(db.clone()), &db, &steps));
+    }
+
+    #[test]
+    fn no_entry_leaves_the_file_log_without_a_record(steps in proptest::collection::vec(step(), 1..30)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_file_log(dir.path());
         rt.block_on(no_entry_leaves_without_a_record(RedbLogStore::new(db.clone()), &db, &steps));
     }
 

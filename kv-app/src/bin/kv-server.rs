@@ -762,6 +762,7 @@ async fn main() -> Result<()> {
     config.raft.storage = StorageOptions {
         lose_unsynced_writes: args.fault_lose_unsynced_writes,
         unsafe_no_fsync: args.unsafe_no_fsync,
+        ..StorageOptions::default()
     };
     config.faults = Faults {
         unsafe_local_reads: args.unsafe_local_reads,

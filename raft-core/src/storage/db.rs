@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use super::fault::PowerLossBackend;
 use super::options::StorageOptions;
+use super::wal::{FsDir, WalDir, WalError};
 use crate::codec;
 
 /// The file name of the database inside a data directory.
@@ -45,6 +46,16 @@ pub const DB_FILE: &str = "raft.redb";
 ///   vote the term and the candidate voted for. Version 1 files would
 ///   decode into nonsense, so they are refused.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// The on-disk format of a directory whose Raft log is a file of its own
+/// ([`super::wal`], in `<data-dir>/wal/`) rather than the `log` table: the
+/// other tables as in [`FORMAT_VERSION`]. A new directory gets it when
+/// opened with [`StorageOptions::log_file`]; a build that knows only
+/// format 2 refuses it instead of reading an empty log.
+pub const FORMAT_LOG_FILE: u32 = 3;
+
+/// The directory, inside a data directory, of a format-3 log.
+pub const WAL_DIR: &str = "wal";
 
 /// redb's page cache. Its default, 1 GiB, would let the process grow with
 /// the file; the state machine keeps its own copy of the state in memory,
@@ -143,7 +154,7 @@ pub enum OpenError {
         reason: String,
     },
     /// The database was written by a build with another on-disk format.
-    #[error("{path}: on-disk format version {found}, this build understands only {FORMAT_VERSION}")]
+    #[error("{path}: on-disk format version {found}, this build understands only {FORMAT_VERSION} and {FORMAT_LOG_FILE}")]
     UnknownFormat {
         /// The database file.
         path: PathBuf,
@@ -162,6 +173,14 @@ pub enum OpenError {
         /// The database file.
         path: PathBuf,
     },
+    /// A database whose log is a file of its own was opened without a
+    /// directory for that file ([`Db::on_backend`] instead of
+    /// [`Db::on_backends`]).
+    #[error("{path}: the Raft log of this database is a file of its own, and no directory for it was given")]
+    NoLogDirectory {
+        /// The database.
+        path: PathBuf,
+    },
 }
 
 /// A shared handle on the node's database.
@@ -170,11 +189,19 @@ pub struct Db {
     pub(crate) inner: Arc<DbFile>,
     path: Option<PathBuf>,
     options: StorageOptions,
+    /// [`FORMAT_VERSION`] or [`FORMAT_LOG_FILE`].
+    format: u32,
+    /// Where the log's file lives, in format 3.
+    log_dir: Option<Arc<dyn WalDir>>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).field("options", &self.options).finish()
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -208,7 +235,12 @@ impl Db {
         } else {
             builder().create(&path)
         };
-        Self::checked(opened, existed, Some(path), options)
+        let log_dir = || -> Result<Arc<dyn WalDir>, OpenError> {
+            let at = dir.join(WAL_DIR);
+            let made = FsDir::new(&at, options.lose_unsynced_writes);
+            Ok(Arc::new(made.map_err(|source| OpenError::Io { path: at, source })?))
+        };
+        Self::checked(opened, existed, Some(path), options, Some(&log_dir))
     }
 
     /// Opens (or creates) a database on any redb storage backend: a
@@ -237,6 +269,25 @@ impl Db {
     /// [`PowerLossBackend`] and means nothing
     /// here: a backend decides itself what a power failure keeps.
     pub fn on_backend(backend: impl redb::StorageBackend, options: StorageOptions) -> Result<Db, OpenError> {
+        Self::on_backends_inner(backend, None, options)
+    }
+
+    /// Like [`Db::on_backend`], with a directory for the log's own file
+    /// ([`StorageOptions::log_file`], format 3): a simulated one
+    /// ([`super::SimDir`]) beside a [`super::SimDisk`], say.
+    pub fn on_backends(
+        backend: impl redb::StorageBackend,
+        log_dir: Arc<dyn WalDir>,
+        options: StorageOptions,
+    ) -> Result<Db, OpenError> {
+        Self::on_backends_inner(backend, Some(log_dir), options)
+    }
+
+    fn on_backends_inner(
+        backend: impl redb::StorageBackend,
+        log_dir: Option<Arc<dyn WalDir>>,
+        options: StorageOptions,
+    ) -> Result<Db, OpenError> {
         warn_if_faulty(&BACKEND_PATH, options);
         let path = Path::new(BACKEND_PATH);
         open_guarded(path, || {
@@ -252,18 +303,28 @@ impl Db {
                 backend.set_len(0).map_err(io)?;
             }
             let existed = len > 0 && !interrupted;
-            Self::checked(builder().create_with_backend(backend), existed, None, options)
+            let given = |dir: &Arc<dyn WalDir>| {
+                let dir = dir.clone();
+                move || -> Result<Arc<dyn WalDir>, OpenError> { Ok(dir.clone()) }
+            };
+            let log_dir = log_dir.as_ref().map(given);
+            let log_dir = log_dir.as_ref().map(|f| f as &dyn Fn() -> Result<Arc<dyn WalDir>, OpenError>);
+            Self::checked(builder().create_with_backend(backend), existed, None, options, log_dir)
         })
     }
 
     /// Turns redb's answer to opening the database at `path` (`None`: on a
     /// backend) into a [`Db`] whose format version was checked, or written
     /// if the database is new (`existed` false).
+    ///
+    /// `log_dir` gives the directory of a format-3 log; `None` where there
+    /// is none (in memory).
     fn checked(
         opened: Result<Database, redb::DatabaseError>,
         existed: bool,
         path: Option<PathBuf>,
         options: StorageOptions,
+        log_dir: Option<&dyn Fn() -> Result<Arc<dyn WalDir>, OpenError>>,
     ) -> Result<Db, OpenError> {
         let named = path.clone().unwrap_or_else(|| PathBuf::from(BACKEND_PATH));
         let corrupted = |reason: String| OpenError::Corrupted { path: named.clone(), reason };
@@ -280,11 +341,17 @@ impl Db {
             }
             Err(e) => return Err(corrupted(e.to_string())),
         };
-        let db = Db { inner: Arc::new(DbFile::new(db, path.clone())), path, options };
-        db.check_format(existed, &named).map_err(|e| match e {
+        let mut db =
+            Db { inner: Arc::new(DbFile::new(db, path.clone())), path, options, format: 0, log_dir: None };
+        let new_format = if options.log_file && log_dir.is_some() { FORMAT_LOG_FILE } else { FORMAT_VERSION };
+        db.format = db.check_format(existed, &named, new_format).map_err(|e| match e {
             FormatCheck::Redb(reason) => corrupted(reason),
             FormatCheck::Open(e) => e,
         })?;
+        if db.format == FORMAT_LOG_FILE {
+            let Some(log_dir) = log_dir else { return Err(OpenError::NoLogDirectory { path: named }) };
+            db.log_dir = Some(log_dir()?);
+        }
         Ok(db)
     }
 
@@ -294,9 +361,14 @@ impl Db {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap_or_else(|e| panic!("invariant: an in-memory redb always opens ({e})"));
-        let db =
-            Db { inner: Arc::new(DbFile::new(db, None)), path: None, options: StorageOptions::default() };
-        db.check_format(false, Path::new(""))
+        let db = Db {
+            inner: Arc::new(DbFile::new(db, None)),
+            path: None,
+            options: StorageOptions::default(),
+            format: FORMAT_VERSION,
+            log_dir: None,
+        };
+        db.check_format(false, Path::new(""), FORMAT_VERSION)
             .unwrap_or_else(|_| panic!("invariant: a new in-memory database takes a format version"));
         db
     }
@@ -309,6 +381,17 @@ impl Db {
     /// The storage options it was opened with.
     pub fn options(&self) -> StorageOptions {
         self.options
+    }
+
+    /// Its on-disk format: [`FORMAT_VERSION`], or [`FORMAT_LOG_FILE`] if
+    /// the log is a file of its own.
+    pub fn format(&self) -> u32 {
+        self.format
+    }
+
+    /// The directory of the log's own file, in format 3.
+    pub(crate) fn log_dir(&self) -> Option<&Arc<dyn WalDir>> {
+        self.log_dir.as_ref()
     }
 
     /// Runs `f`, which reads or writes the database, turning a panic inside
@@ -328,9 +411,9 @@ impl Db {
         })
     }
 
-    /// Checks the format version, or writes it into a new database; errors
-    /// name `path`.
-    fn check_format(&self, existed: bool, path: &Path) -> Result<(), FormatCheck> {
+    /// Checks the format version, or writes `new_format` into a new
+    /// database; returns the format. Errors name `path`.
+    fn check_format(&self, existed: bool, path: &Path, new_format: u32) -> Result<u32, FormatCheck> {
         let path = || path.to_path_buf();
         let found: Option<u32> = {
             let tx = self.inner.begin_read().map_err(FormatCheck::redb)?;
@@ -344,7 +427,7 @@ impl Db {
             }
         };
         match found {
-            Some(FORMAT_VERSION) => Ok(()),
+            Some(found @ (FORMAT_VERSION | FORMAT_LOG_FILE)) => Ok(found),
             Some(found) => Err(FormatCheck::Open(OpenError::UnknownFormat { path: path(), found })),
             None if existed && self.has_any_table()? => {
                 Err(FormatCheck::Open(OpenError::ForeignDatabase { path: path() }))
@@ -353,7 +436,7 @@ impl Db {
                 let tx = self.inner.begin_write().map_err(FormatCheck::redb)?;
                 {
                     let mut meta = tx.open_table(META).map_err(FormatCheck::redb)?;
-                    meta.insert("format", codec::encode(&FORMAT_VERSION).as_slice())
+                    meta.insert("format", codec::encode(&new_format).as_slice())
                         .map_err(FormatCheck::redb)?;
                     // Create the other tables so readers never meet a
                     // missing table.
@@ -362,7 +445,7 @@ impl Db {
                     tx.open_table(crate::app::APP_TABLE).map_err(FormatCheck::redb)?;
                 }
                 tx.commit().map_err(FormatCheck::redb)?;
-                Ok(())
+                Ok(new_format)
             }
         }
     }
@@ -464,6 +547,9 @@ pub enum DbError {
     /// The application's storage failed during apply.
     #[error(transparent)]
     App(#[from] crate::app::StateError),
+    /// The log's own file failed (format 3).
+    #[error(transparent)]
+    Wal(#[from] WalError),
     /// redb panicked reading or writing the file (see `Db::guarded`).
     #[error("{path}: redb failed on the data file ({message}); the file is probably corrupted")]
     Panicked {

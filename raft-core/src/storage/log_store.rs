@@ -81,6 +81,7 @@ use tokio::sync::oneshot;
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, LOG, META, SM};
 use super::rollback;
+use super::wal::{read_located, Wal, WalOptions};
 use crate::codec;
 use crate::types::{Entry, EntryPayload, LogId, TypeConfig, Vote};
 
@@ -125,6 +126,9 @@ enum Queue {
 /// What the writer thread shares with the store's clones.
 struct State {
     db: Db,
+    /// The log's own file, in a format-3 directory; `None`: the log is the
+    /// database's `log` table.
+    wal: Option<Mutex<Wal>>,
     /// Entries appended but not yet durable, by index.
     pending: Mutex<BTreeMap<u64, Entry>>,
     /// The newest commit index openraft told us of, not yet written: it
@@ -162,8 +166,23 @@ impl RedbLogStore {
     /// or its writer thread not started.
     pub fn try_new(db: Db) -> Result<Self, DbError> {
         let vote = read_meta::<Vote>(&db, "vote")?;
+        let wal = match db.log_dir() {
+            Some(dir) => {
+                let mut wal = Wal::open(dir.clone(), WalOptions::default())?;
+                // The purged log id is kept in the database, written before
+                // the log's segments go: entries at or below it that the
+                // file still holds are forgotten, and a file that ends
+                // before it goes on after it.
+                if let Some(purged) = read_meta::<LogId>(&db, "purged")? {
+                    wal.purge_through(purged.index)?;
+                }
+                Some(Mutex::new(wal))
+            }
+            None => None,
+        };
         let state = Arc::new(State {
             db,
+            wal,
             pending: Mutex::new(BTreeMap::new()),
             committed: Mutex::new(None),
             vote: Mutex::new(vote),
@@ -237,7 +256,15 @@ impl RedbLogStore {
             None => end,
         };
         let mut out = Vec::new();
-        if !empty_range(start, redb_end) {
+        if let Some(wal) = &self.state().wal {
+            if !empty_range(start, redb_end) {
+                let (from, to) = index_range(start, redb_end);
+                let located = lock(wal).locate(from, to);
+                for record in read_located(&located)? {
+                    out.push(codec::decode::<Entry>(&record.payload)?);
+                }
+            }
+        } else if !empty_range(start, redb_end) {
             let db = &self.state().db;
             db.guarded(|| {
                 let tx = db.inner.begin_read()?;
@@ -256,6 +283,23 @@ impl RedbLogStore {
     fn log_state(&self) -> Result<LogState<TypeConfig>, DbError> {
         let last_pending = lock(&self.state().pending).values().next_back().map(|e| e.log_id);
         let db = &self.state().db;
+        if let Some(wal) = &self.state().wal {
+            let purged = read_meta::<LogId>(db, "purged")?;
+            let last = match last_pending {
+                Some(last) => Some(last),
+                None => {
+                    let located = {
+                        let wal = lock(wal);
+                        wal.bounds().map(|(_, last)| wal.locate(last, last + 1)).unwrap_or_default()
+                    };
+                    match read_located(&located)?.pop() {
+                        Some(record) => Some(codec::decode::<Entry>(&record.payload)?.log_id),
+                        None => purged,
+                    }
+                }
+            };
+            return Ok(LogState { last_purged_log_id: purged, last_log_id: last });
+        }
         db.guarded(|| {
             let tx = db.inner.begin_read()?;
             let meta = tx.open_table(META)?;
@@ -321,6 +365,21 @@ fn read_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &str) -> Result<Optio
 
 fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+/// `(start, end)` as a half-open range `[from, to)`.
+fn index_range(start: Bound<u64>, end: Bound<u64>) -> (u64, u64) {
+    let from = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match end {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
 }
 
 /// Whether `(start, end)` holds no index.
@@ -452,7 +511,119 @@ pub(crate) fn notify_durable(entries: &[Entry]) {
 /// every op is an append and the database acknowledges appends before fsync
 /// (`unsafe_no_fsync`).
 fn write_group(state: &State, ops: &[Op]) -> Result<(), DbError> {
-    state.db.guarded(|| write_group_unguarded(state, ops))
+    match &state.wal {
+        Some(wal) => state.db.guarded(|| write_group_to_file(state, wal, ops)),
+        None => state.db.guarded(|| write_group_unguarded(state, ops)),
+    }
+}
+
+/// The flag of a format-3 log record whose entry a writer waits for at
+/// `leader` durability (what the `leader_durable` table notes in format 2).
+const FLAG_NOTED: u8 = 1;
+
+/// [`write_group`] for a log in a file of its own (format 3). Appends go to
+/// the file; votes, and the rollback records and purged log id of
+/// truncations and purges, to the database, each in a durable transaction
+/// of its own, in queue order. The file is synced once, at the end, outside
+/// its lock (readers go on meanwhile), unless the group is only appends
+/// and the database acknowledges appends before fsync.
+///
+/// A truncation writes its rollback record before the file's truncation
+/// record: a crash between the two leaves the entries in the log, and the
+/// next truncation records them again (twice, never not at all).
+fn write_group_to_file(state: &State, wal: &Mutex<Wal>, ops: &[Op]) -> Result<(), DbError> {
+    let only_appends = ops.iter().all(|op| matches!(op, Op::Append { .. }));
+    let mut new_vote = None;
+    let durable_tx = || -> Result<redb::WriteTransaction, DbError> {
+        let mut tx = state.db.inner.begin_write()?;
+        tx.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
+        Ok(tx)
+    };
+    let entry_of = |record: super::wal::Record| -> Result<(Entry, bool), DbError> {
+        Ok((codec::decode::<Entry>(&record.payload)?, record.flags & FLAG_NOTED != 0))
+    };
+    for op in ops {
+        match op {
+            Op::Append { entries, .. } => {
+                let encoded: Vec<(u64, u8, Vec<u8>)> = entries
+                    .iter()
+                    .map(|e| (e.log_id.index, if is_noted(e) { FLAG_NOTED } else { 0 }, codec::encode(e)))
+                    .collect();
+                lock(wal).append(encoded.iter().map(|(i, f, b)| (*i, *f, b.as_slice())))?;
+            }
+            Op::Vote { vote, .. } => {
+                let tx = durable_tx()?;
+                {
+                    let mut meta = tx.open_table(META)?;
+                    put_value(&mut meta, "vote", vote)?;
+                    if let Some(committed) = *lock(&state.committed) {
+                        put_value(&mut meta, "committed", &Some(committed))?;
+                    }
+                }
+                tx.commit()?;
+                new_vote = Some(*vote);
+            }
+            Op::TruncateAfter { after, .. } => {
+                let from = after.map_or(0, |l| l.index + 1);
+                let removed = lock(wal).read(from, u64::MAX)?;
+                if !removed.is_empty() {
+                    let removed = removed.into_iter().map(entry_of).collect::<Result<Vec<_>, _>>()?;
+                    let term = new_vote.or(*lock(&state.vote)).map_or(0, |v| v.leader_id.term);
+                    let tx = durable_tx()?;
+                    rollback::record_flagged(&tx, removed, term)?;
+                    tx.commit()?;
+                }
+                lock(wal).truncate_from(from)?;
+            }
+            Op::Purge { upto, .. } => {
+                // Acknowledged entries not known to be committed get a
+                // record before they go (a snapshot installed over an old
+                // leader's tail). Known to be committed: at or below a
+                // commit index whose entry this log holds (Log Matching).
+                let committed = *lock(&state.committed);
+                let noted = lock(wal).flagged(0, upto.index.saturating_add(1), FLAG_NOTED);
+                let held_at = |index: u64| -> Result<Option<LogId>, DbError> {
+                    match lock(wal).read(index, index.saturating_add(1))?.pop() {
+                        Some(record) => Ok(Some(entry_of(record)?.0.log_id)),
+                        None => Ok(None),
+                    }
+                };
+                let proven = match committed {
+                    Some(c) if held_at(c.index)? == Some(c) => Some(c.index),
+                    _ => None,
+                };
+                let mut flagged = Vec::new();
+                for index in noted.into_iter().filter(|&i| proven.is_none_or(|c| i > c)) {
+                    if let Some(record) = lock(wal).read(index, index + 1)?.pop() {
+                        flagged.push(entry_of(record)?.0);
+                    }
+                }
+                let term = new_vote.or(*lock(&state.vote)).map_or(0, |v| v.leader_id.term);
+                let tx = durable_tx()?;
+                rollback::record_purged_flagged(&tx, *upto, term, flagged)?;
+                {
+                    let mut meta = tx.open_table(META)?;
+                    put_value(&mut meta, "purged", upto)?;
+                    if let Some(committed) = committed {
+                        put_value(&mut meta, "committed", &Some(committed))?;
+                    }
+                }
+                tx.commit()?;
+                lock(wal).purge_through(upto.index)?;
+            }
+        }
+    }
+    if !(only_appends && state.db.options().unsafe_no_fsync) {
+        let unsynced = lock(wal).to_sync();
+        if let Some((file, name)) = unsynced {
+            file.sync_data().map_err(|source| super::wal::WalError::Io { file: name, source })?;
+            lock(wal).mark_synced();
+        }
+    }
+    if new_vote.is_some() {
+        *lock(&state.vote) = new_vote;
+    }
+    Ok(())
 }
 
 fn write_group_unguarded(state: &State, ops: &[Op]) -> Result<(), DbError> {
@@ -656,6 +827,7 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let state = State {
             db: db.clone(),
+            wal: None,
             pending: Mutex::new(BTreeMap::new()),
             committed: Mutex::new(Some(log_id(1, 3))),
             vote: Mutex::new(Some(Vote::new(1, 1))),

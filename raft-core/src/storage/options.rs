@@ -15,6 +15,11 @@ pub struct StorageOptions {
     /// [`redb::Durability::None`]). **Breaks Raft's safety**: an entry a
     /// majority acknowledged can vanish when those nodes crash.
     pub unsafe_no_fsync: bool,
+    /// Keep the Raft log of a *new* directory in a file of its own
+    /// ([`super::wal`], on-disk format 3) instead of the database: an
+    /// fsync then writes only the pages an append covers. Not a fault, and
+    /// no effect on a directory that exists: its format decides.
+    pub log_file: bool,
 }
 
 impl StorageOptions {

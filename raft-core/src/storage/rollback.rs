@@ -161,6 +161,37 @@ pub(crate) fn record(tx: &WriteTransaction, removed: Vec<Entry>, term: u64) -> R
     insert(tx, term, None, entries).map(Some)
 }
 
+/// [`record`] for a log that keeps the flags itself (a format-3 log's
+/// records carry them): `removed` pairs each entry with whether this node
+/// acknowledged it at `leader` durability.
+pub(crate) fn record_flagged(
+    tx: &WriteTransaction,
+    removed: Vec<(Entry, bool)>,
+    term: u64,
+) -> Result<Option<u64>, DbError> {
+    if removed.is_empty() {
+        return Ok(None);
+    }
+    let entries = removed.into_iter().map(|(e, flagged)| RolledBackEntry::new(e, flagged)).collect();
+    insert(tx, term, None, entries).map(Some)
+}
+
+/// [`record_purged`] for a log that keeps the flags itself: `flagged` are
+/// the entries being purged that this node acknowledged at `leader`
+/// durability and that are not known to be committed.
+pub(crate) fn record_purged_flagged(
+    tx: &WriteTransaction,
+    upto: LogId,
+    term: u64,
+    flagged: Vec<Entry>,
+) -> Result<Option<u64>, DbError> {
+    if flagged.is_empty() {
+        return Ok(None);
+    }
+    let entries = flagged.into_iter().map(|e| RolledBackEntry::new(e, true)).collect();
+    insert(tx, term, Some(upto.index), entries).map(Some)
+}
+
 /// Forgets the flags of entries known to be committed: those up to
 /// `committed`, provided the log holds `committed` itself (`log_id_at`
 /// says what the log holds at an index). By the Log Matching property, the

@@ -185,8 +185,10 @@ pub enum WalError {
 /// How a log is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalOptions {
-    /// The size of a new segment, in bytes (a record larger than that gets
-    /// a segment of its own size).
+    /// The largest size of a new segment, in bytes. The first is 1 MiB
+    /// (or this, if smaller), and each next one twice its predecessor's
+    /// size up to this. A record larger than that gets a segment of its
+    /// own size.
     pub segment_bytes: u64,
 }
 
@@ -217,6 +219,7 @@ const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 const KIND_RESTART: u8 = 3;
 const ZERO_CHUNK: u64 = 1 << 20;
+const FIRST_SEGMENT: u64 = 1 << 20;
 const SUFFIX: &str = ".wal";
 
 /// Where an entry's record lies.
@@ -226,6 +229,7 @@ struct Loc {
     /// The record's offset in its segment.
     offset: u64,
     len: u32,
+    flags: u8,
 }
 
 struct Segment {
@@ -249,6 +253,9 @@ pub struct Wal {
     /// Whether the next entry's index is fixed (`first + locs.len()`);
     /// not for a log that never held an entry.
     anchored: bool,
+    /// One past the highest index purged since opening (or restarted
+    /// after, by a record): a truncation never goes below it.
+    floor: u64,
     /// The segment being appended to, and where its next record goes.
     active: u64,
     offset: u64,
@@ -389,6 +396,7 @@ impl Wal {
             first: 0,
             locs: VecDeque::new(),
             anchored: false,
+            floor: 0,
             active: 0,
             offset: SEGMENT_HEADER,
             dirty: false,
@@ -472,7 +480,7 @@ impl Wal {
                     let result = match r.kind {
                         KIND_ENTRY => {
                             max_index = max_index.max(Some(r.index));
-                            let loc = Loc { segment: number, offset: at as u64, len: r.len };
+                            let loc = Loc { segment: number, offset: at as u64, len: r.len, flags: r.flags };
                             self.push(r.index, loc)
                         }
                         KIND_TRUNCATE => self.cut(r.index),
@@ -520,14 +528,16 @@ impl Wal {
             }
         }
         if !self.anchored || from <= self.first {
-            // A log that never held an entry, or whose first segments were
-            // purged, goes on at `from`.
+            // Everything goes (or the segments holding what went before
+            // were deleted). After a purge the log goes on at `from`,
+            // which is past it; otherwise at whatever index comes next, as
+            // a new log would.
             self.locs.clear();
             self.first = from;
+            self.anchored = self.floor > 0;
         } else {
             self.locs.truncate((from - self.first) as usize);
         }
-        self.anchored = true;
         Ok(())
     }
 
@@ -536,6 +546,7 @@ impl Wal {
         self.locs.clear();
         self.first = next;
         self.anchored = true;
+        self.floor = self.floor.max(next);
     }
 
     fn io_err(&self, name: &str) -> impl FnOnce(io::Error) -> WalError {
@@ -547,7 +558,10 @@ impl Wal {
     /// zero-filled and synced with its directory, and makes it active.
     fn create_segment(&mut self, number: u64, need: u64) -> Result<(), WalError> {
         let name = segment_name(number);
-        let size = self.options.segment_bytes.max(SEGMENT_HEADER + need).max(SEGMENT_HEADER + RECORD_HEADER);
+        // 1 MiB for the first segment, doubling up to the configured size:
+        // a node that writes little never zero-fills much.
+        let growing = (FIRST_SEGMENT << (number - 1).min(16)).min(self.options.segment_bytes);
+        let size = growing.max(SEGMENT_HEADER + need).max(SEGMENT_HEADER + RECORD_HEADER);
         let file = self.dir.open(&name).map_err(self.io_err(&name))?;
         let zeros = vec![0; size.min(ZERO_CHUNK) as usize];
         let mut at = 0;
@@ -619,7 +633,7 @@ impl Wal {
             }
             let offset = self.offset + batch.len() as u64;
             encode_record(&mut batch, KIND_ENTRY, flags, index, payload);
-            locs.push((index, Loc { segment: self.active, offset, len }));
+            locs.push((index, Loc { segment: self.active, offset, len, flags }));
             next = Some(index + 1);
         }
         self.flush_batch(&mut batch, &mut locs)
@@ -639,15 +653,17 @@ impl Wal {
         Ok(())
     }
 
-    /// Removes every entry from `from` on. Durable only after
-    /// [`Wal::sync`]; no longer readable at once.
+    /// Removes every entry from `from` on (none if `from` lies at or past
+    /// the end). Durable only after [`Wal::sync`]; no longer readable at
+    /// once. A `from` at or below an index purged since opening counts as
+    /// the one after it: the log is then empty and goes on after the purge.
     pub fn truncate_from(&mut self, from: u64) -> Result<(), WalError> {
-        if let Some(next) = self.next_index() {
-            if from > next {
-                return Err(WalError::Refused(format!(
-                    "a truncation from {from} lies past the log's end (next index {next})"
-                )));
-            }
+        // Never below a purge: the log goes on after it.
+        let from = from.max(self.floor);
+        // Nothing to remove, nothing to write: a truncation at or past the
+        // end, or of a log that never held an entry.
+        if self.next_index().is_none_or(|next| from >= next) {
+            return Ok(());
         }
         let mut record = Vec::new();
         encode_record(&mut record, KIND_TRUNCATE, 0, from, &[]);
@@ -669,12 +685,27 @@ impl Wal {
         Ok(())
     }
 
+    /// The active segment's file, if written since the last sync: for an
+    /// owner that syncs it without holding the log, so that readers go on
+    /// meanwhile, and then calls [`Wal::mark_synced`]. Nothing may be
+    /// written in between.
+    pub fn to_sync(&self) -> Option<(WalFile, String)> {
+        let segment = self.segments.get(&self.active).filter(|_| self.dirty)?;
+        Some((segment.file.clone(), self.dir.describe(&segment_name(self.active))))
+    }
+
+    /// Records that the file [`Wal::to_sync`] gave was synced.
+    pub fn mark_synced(&mut self) {
+        self.dirty = false;
+    }
+
     /// Forgets every entry at or below `upto`, and deletes the segments
     /// that hold nothing else (never the active one). The caller keeps
     /// `upto` durably itself: after a crash, entries at or below it may
     /// still be read back from a segment not yet deleted.
     pub fn purge_through(&mut self, upto: u64) -> Result<(), WalError> {
         let next = upto.checked_add(1).ok_or_else(|| WalError::Refused("a purge through u64::MAX".into()))?;
+        self.floor = self.floor.max(next);
         match self.next_index() {
             Some(n) if n > next => {
                 if next > self.first {
@@ -738,6 +769,14 @@ impl Wal {
             }
         }
         out
+    }
+
+    /// The indexes in `[start, end)` of entries appended with any of the
+    /// flags in `mask`, found without reading the file.
+    pub fn flagged(&self, start: u64, end: u64, mask: u8) -> Vec<u64> {
+        let from = start.max(self.first);
+        let to = end.min(self.first + self.locs.len() as u64);
+        (from..to).filter(|&i| self.locs[(i - self.first) as usize].flags & mask != 0).collect()
     }
 
     /// Reads the entries in `[start, end)` that the log holds.
@@ -860,8 +899,14 @@ mod tests {
             let err = wal.append([(bad, 0, &[1u8][..])]).unwrap_err();
             assert!(matches!(err, WalError::Refused(_)), "{err}");
         }
-        assert!(matches!(wal.truncate_from(7), Err(WalError::Refused(_))));
+        wal.truncate_from(7).unwrap(); // past the end: nothing to remove
         assert_eq!(wal.bounds(), Some((3, 4)));
+        wal.truncate_from(3).unwrap(); // all of it: it goes on as a new log would
+        assert_eq!((wal.bounds(), wal.next_index()), (None, None));
+        append(&mut wal, 3, 3, 0, 8);
+        wal.purge_through(3).unwrap();
+        wal.truncate_from(0).unwrap(); // below the purge: all that is left
+        assert_eq!((wal.bounds(), wal.next_index()), (None, Some(4)));
     }
 
     #[test]
