@@ -9,7 +9,7 @@
 //! | `results.json` | the verdict, every checker's result, the statistics ([`jepsen_checker::stats`]) and the options |
 //! | `latency.svg`, `rate.svg` | latency and throughput over time, faults shaded ([`jepsen_checker::plot`]) |
 //! | `nodes/node-<i>/server.log` | each node's log |
-//! | `nodes/node-<i>/raft.redb` | each node's data, kept only if the verdict is not valid |
+//! | `nodes/node-<i>/raft.redb`, `nodes/node-<i>/wal/` | each node's data (database, log file), kept only if the verdict is not valid |
 //!
 //! Besides the history checkers, two verdicts come from the nodes
 //! themselves: `logs` (a panic in any node's log) and `exits` (a node

@@ -488,10 +488,12 @@ pub struct StatusResponse {
     /// older than this field.
     #[serde(default)]
     pub version: Option<String>,
-    /// The size of the node's database file (`raft.redb` in its data
-    /// directory), in bytes: its log, vote and checkpointed state, free
-    /// pages inside the file included. `None` from a server older than this
-    /// field, or one that could not read the file's size.
+    /// The size of the node's data, in bytes: its database file
+    /// (`raft.redb` in its data directory: vote, checkpointed state, and in
+    /// on-disk format 2 the log; free pages inside the file included) and,
+    /// in format 3, its log's segments (`wal/*.wal`, each at its full,
+    /// preallocated size). `None` from a server older than this field, or
+    /// one that could not read the database file's size.
     #[serde(default)]
     pub db_size_bytes: Option<u64>,
 }

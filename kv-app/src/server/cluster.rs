@@ -78,19 +78,28 @@ pub async fn status(State(ctx): State<Ctx>) -> Response {
     .into_response()
 }
 
-/// The size of the node's database file, read from its metadata on a
-/// blocking-pool thread (`tokio::fs`), so that a slow disk does not stall
-/// the runtime; `None` for a node in memory, or when the file cannot be
-/// read (a status answer is more use without the size than not at all).
+/// The size of the node's data: its database file and, in on-disk format
+/// 3, the segments of its log file (each at its full, preallocated size),
+/// read from their metadata on a blocking-pool thread (`tokio::fs`), so
+/// that a slow disk does not stall the runtime; `None` for a node in
+/// memory, or when the database file cannot be read (a status answer is
+/// more use without the size than not at all).
 async fn db_size_bytes(ctx: &Ctx) -> Option<u64> {
     let path = ctx.node.db_path()?;
-    match tokio::fs::metadata(path).await {
-        Ok(metadata) => Some(metadata.len()),
+    let mut total = match tokio::fs::metadata(path).await {
+        Ok(metadata) => metadata.len(),
         Err(e) => {
             tracing::debug!(node_id = ctx.id, path = %path.display(), error = %e, "reading the database's size");
-            None
+            return None;
+        }
+    };
+    let log_dir = path.with_file_name(raft_core::storage::db::WAL_DIR);
+    if let Ok(mut segments) = tokio::fs::read_dir(&log_dir).await {
+        while let Ok(Some(segment)) = segments.next_entry().await {
+            total += segment.metadata().await.map_or(0, |m| m.len());
         }
     }
+    Some(total)
 }
 
 /// `GET /v1/cluster/members`.

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::fault::PowerLossBackend;
 use super::options::StorageOptions;
-use super::wal::{FsDir, WalDir, WalError};
+use super::wal::{FsDir, Wal, WalDir, WalError, WalOptions};
 use crate::codec;
 
 /// The file name of the database inside a data directory.
@@ -389,9 +389,22 @@ impl Db {
         self.format
     }
 
-    /// The directory of the log's own file, in format 3.
-    pub(crate) fn log_dir(&self) -> Option<&Arc<dyn WalDir>> {
-        self.log_dir.as_ref()
+    /// The log of a format-3 directory, opened and caught up with the
+    /// purged log id; `None` in format 2. The purged log id is kept in the
+    /// database, written before the log's segments go: entries at or below
+    /// it that the file still holds are forgotten, and a file that ends
+    /// before it goes on after it.
+    pub(crate) fn open_log_file(&self) -> Result<Option<Wal>, DbError> {
+        let Some(dir) = &self.log_dir else { return Ok(None) };
+        let mut wal = Wal::open(dir.clone(), WalOptions::default())?;
+        let purged: Option<crate::types::LogId> = self.guarded(|| {
+            let tx = self.inner.begin_read()?;
+            get_value(&tx.open_table(META)?, "purged")
+        })?;
+        if let Some(purged) = purged {
+            wal.purge_through(purged.index)?;
+        }
+        Ok(Some(wal))
     }
 
     /// Runs `f`, which reads or writes the database, turning a panic inside

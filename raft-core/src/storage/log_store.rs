@@ -81,7 +81,7 @@ use tokio::sync::oneshot;
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, LOG, META, SM};
 use super::rollback;
-use super::wal::{read_located, Wal, WalOptions};
+use super::wal::{read_located, Wal};
 use crate::codec;
 use crate::types::{Entry, EntryPayload, LogId, TypeConfig, Vote};
 
@@ -166,20 +166,7 @@ impl RedbLogStore {
     /// or its writer thread not started.
     pub fn try_new(db: Db) -> Result<Self, DbError> {
         let vote = read_meta::<Vote>(&db, "vote")?;
-        let wal = match db.log_dir() {
-            Some(dir) => {
-                let mut wal = Wal::open(dir.clone(), WalOptions::default())?;
-                // The purged log id is kept in the database, written before
-                // the log's segments go: entries at or below it that the
-                // file still holds are forgotten, and a file that ends
-                // before it goes on after it.
-                if let Some(purged) = read_meta::<LogId>(&db, "purged")? {
-                    wal.purge_through(purged.index)?;
-                }
-                Some(Mutex::new(wal))
-            }
-            None => None,
-        };
+        let wal = db.open_log_file()?.map(Mutex::new);
         let state = Arc::new(State {
             db,
             wal,
@@ -241,7 +228,11 @@ impl RedbLogStore {
                 Err(e) => Err(e.into()),
             }
         })?;
-        Ok(saved.max(applied).max(*lock(&self.state().committed)))
+        let noted = match &self.state().wal {
+            Some(wal) => lock(wal).note().map(codec::decode::<Option<LogId>>).transpose()?.flatten(),
+            None => None,
+        };
+        Ok(saved.max(applied).max(noted).max(*lock(&self.state().committed)))
     }
 
     /// Reads `[start, end)`: pending entries over what redb holds. The
@@ -611,6 +602,15 @@ fn write_group_to_file(state: &State, wal: &Mutex<Wal>, ops: &[Op]) -> Result<()
                 tx.commit()?;
                 lock(wal).purge_through(upto.index)?;
             }
+        }
+    }
+    // The commit index rides along, as a note, when it moved (see
+    // `save_committed`).
+    if let Some(committed) = *lock(&state.committed) {
+        let note = codec::encode(&Some(committed));
+        let mut wal = lock(wal);
+        if wal.note() != Some(note.as_slice()) {
+            wal.write_note(&note)?;
         }
     }
     if !(only_appends && state.db.options().unsafe_no_fsync) {

@@ -5,7 +5,7 @@
 /// How a data directory is opened. The default is the safe storage every
 /// real node must use; each `true` field breaks a durability guarantee on
 /// purpose (see [`super::fault`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageOptions {
     /// Open the database through [`PowerLossBackend`](super::PowerLossBackend), so that a killed
     /// process loses every write it had not fsynced, as a machine that loses
@@ -16,10 +16,18 @@ pub struct StorageOptions {
     /// majority acknowledged can vanish when those nodes crash.
     pub unsafe_no_fsync: bool,
     /// Keep the Raft log of a *new* directory in a file of its own
-    /// ([`super::wal`], on-disk format 3) instead of the database: an
-    /// fsync then writes only the pages an append covers. Not a fault, and
-    /// no effect on a directory that exists: its format decides.
+    /// ([`super::wal`], on-disk format 3; the default) rather than in the
+    /// database's `log` table (format 2): an fsync then writes only the
+    /// pages an append covers. Not a fault, and no effect on a directory
+    /// that exists: its format decides.
     pub log_file: bool,
+}
+
+impl Default for StorageOptions {
+    /// Safe storage, with the log in a file of its own.
+    fn default() -> Self {
+        StorageOptions { lose_unsynced_writes: false, unsafe_no_fsync: false, log_file: true }
+    }
 }
 
 impl StorageOptions {

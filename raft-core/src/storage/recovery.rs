@@ -231,12 +231,19 @@ pub fn force_new_cluster(dir: &Path, id: NodeId) -> Result<ForcedCluster, Recove
         log_id: crate::types::log_id(term, last.index + 1),
         payload: EntryPayload::Membership(membership),
     };
-    db.guarded(|| {
-        let tx = db.inner.begin_write()?;
-        tx.open_table(LOG)?.insert(entry.log_id.index, codec::encode(&entry).as_slice())?;
-        tx.commit()?;
-        Ok(())
-    })?;
+    match db.open_log_file()? {
+        Some(mut wal) => {
+            let bytes = codec::encode(&entry);
+            wal.append([(entry.log_id.index, 0, bytes.as_slice())]).map_err(DbError::from)?;
+            wal.sync().map_err(DbError::from)?;
+        }
+        None => db.guarded(|| {
+            let tx = db.inner.begin_write()?;
+            tx.open_table(LOG)?.insert(entry.log_id.index, codec::encode(&entry).as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })?,
+    }
     tracing::warn!(
         node_id = id,
         path = %dir.display(),
@@ -258,16 +265,37 @@ fn read_cluster(db: &Db) -> Result<Option<(LogId, Membership)>, DbError> {
         Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
         Err(e) => return Err(e.into()),
     };
-    let log = tx.open_table(LOG)?;
     let mut last = None;
     let mut membership = None;
-    for item in log.iter()?.rev() {
-        let (_, v) = item?;
-        let entry: Entry = codec::decode(v.value())?;
+    let mut visit = |bytes: &[u8]| -> Result<bool, DbError> {
+        let entry: Entry = codec::decode(bytes)?;
         last = last.or(Some(entry.log_id));
         if let EntryPayload::Membership(m) = entry.payload {
             membership = Some(m);
-            break;
+            return Ok(true);
+        }
+        Ok(false)
+    };
+    match db.open_log_file()? {
+        Some(wal) => {
+            // Newest first, a chunk at a time, up to the last membership.
+            let (first, mut end) = wal.bounds().map_or((0, 0), |(f, l)| (f, l + 1));
+            'scan: while end > first {
+                let start = end.saturating_sub(256).max(first);
+                for record in wal.read(start, end)?.iter().rev() {
+                    if visit(&record.payload)? {
+                        break 'scan;
+                    }
+                }
+                end = start;
+            }
+        }
+        None => {
+            for item in tx.open_table(LOG)?.iter()?.rev() {
+                if visit(item?.1.value())? {
+                    break;
+                }
+            }
         }
     }
     let last = last.max(purged).max(applied);

@@ -365,12 +365,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_redb_log_records_every_truncation_and_keeps_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        truncation_is_recorded(RedbLogStore::new(db.clone()), &db).await;
-        drop(db);
-        let db = Db::open(dir.path()).unwrap();
-        assert_eq!(records(&db).unwrap().len(), 2, "the records survive a restart");
+        for log_file in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open(dir.path(), log_file);
+            truncation_is_recorded(RedbLogStore::new(db.clone()), &db).await;
+            drop(db);
+            let db = Db::open(dir.path()).unwrap();
+            assert_eq!(records(&db).unwrap().len(), 2, "the records survive a restart");
+        }
     }
 
     #[tokio::test]
@@ -389,10 +391,24 @@ mod tests {
         store.append(entries, IOFlushed::noop()).await.unwrap();
     }
 
+    /// The flags in the `leader_durable` table (format 2; a format-3 log
+    /// keeps them in its records, and has no such table).
     fn flags(db: &Db) -> usize {
         let tx = db.inner.begin_read().unwrap();
-        let table = tx.open_table(LEADER_DURABLE).unwrap();
-        table.iter().unwrap().count()
+        match tx.open_table(LEADER_DURABLE) {
+            Ok(table) => table.iter().unwrap().count(),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A data directory in `dir`: the log in the database (format 2) or in
+    /// a file of its own (format 3).
+    fn open(dir: &std::path::Path, log_file: bool) -> Db {
+        let options = crate::storage::StorageOptions { log_file, ..Default::default() };
+        let db = Db::open_with(dir, options).unwrap();
+        assert_eq!(db.format(), if log_file { 3 } else { 2 });
+        db
     }
 
     /// A node that installs a snapshot over its own uncommitted tail purges
@@ -435,13 +451,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_redb_log_records_acknowledged_entries_a_snapshot_purges() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        a_purge_behind_a_foreign_snapshot_records_acknowledged_entries(RedbLogStore::new(db.clone()), &db)
+        for log_file in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open(dir.path(), log_file);
+            a_purge_behind_a_foreign_snapshot_records_acknowledged_entries(
+                RedbLogStore::new(db.clone()),
+                &db,
+            )
             .await;
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        compaction_of_committed_entries_records_nothing(RedbLogStore::new(db.clone()), &db).await;
+            let dir = tempfile::tempdir().unwrap();
+            let db = open(dir.path(), log_file);
+            compaction_of_committed_entries_records_nothing(RedbLogStore::new(db.clone()), &db).await;
+        }
     }
 
     #[tokio::test]

@@ -26,7 +26,8 @@
 //! ```text
 //! segment header   0  magic "raftwal\0"       record   0  crc32 of bytes 4..24+len
 //!                  8  format version (1)               4  len: payload bytes
-//!                 12  zero                             8  kind: 1 entry, 2 truncation
+//!                 12  zero                             8  kind: 1 entry, 2 truncation,
+//!                                                         3 restart, 4 note
 //!                 16  segment number                   9  flags (the caller's)
 //!                 24  crc32 of bytes 0..24            10  zero
 //!                 28  zero                            16  index
@@ -34,6 +35,9 @@
 //! ```
 //!
 //! An *entry* record holds one log entry (the caller's encoding). A
+//! *note* (kind 4) holds a few bytes of the caller's that the last note
+//! replaces (the log store's commit index). A *restart* (kind 3) with
+//! index `i` says that the log goes on at `i`, everything before purged. A
 //! *truncation* record with index `i` removes every entry from `i` on:
 //! the log never rewrites a byte it wrote, so a truncation is a record
 //! too, and the entries it removes stay in their segment, dead, until the
@@ -218,6 +222,7 @@ const RECORD_HEADER: u64 = 24;
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 const KIND_RESTART: u8 = 3;
+const KIND_NOTE: u8 = 4;
 const ZERO_CHUNK: u64 = 1 << 20;
 const FIRST_SEGMENT: u64 = 1 << 20;
 const SUFFIX: &str = ".wal";
@@ -256,6 +261,8 @@ pub struct Wal {
     /// One past the highest index purged since opening (or restarted
     /// after, by a record): a truncation never goes below it.
     floor: u64,
+    /// The payload of the last note record ([`Wal::write_note`]).
+    note: Option<Vec<u8>>,
     /// The segment being appended to, and where its next record goes.
     active: u64,
     offset: u64,
@@ -272,6 +279,19 @@ impl Debug for Wal {
             .field("active", &self.active)
             .field("offset", &self.offset)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Wal {
+    /// Closes every segment: a clean close, not a power failure (a
+    /// [`PowerLossBackend`](super::PowerLossBackend) writes out what it
+    /// buffered, as the kernel would).
+    fn drop(&mut self) {
+        for (number, segment) in &self.segments {
+            if let Err(e) = segment.file.close() {
+                tracing::warn!(segment = %self.dir.describe(&segment_name(*number)), error = %e, "closing a Raft log segment");
+            }
+        }
     }
 }
 
@@ -354,7 +374,7 @@ fn parse_record(data: &[u8], at: usize) -> Result<Option<Parsed>, String> {
     if crc32fast::hash(&data[at + 4..end]) != crc {
         return Err("a record's checksum does not match".into());
     }
-    if !matches!(kind, KIND_ENTRY | KIND_TRUNCATE | KIND_RESTART) {
+    if !matches!(kind, KIND_ENTRY | KIND_TRUNCATE | KIND_RESTART | KIND_NOTE) {
         return Err(format!("a record of unknown kind {kind}"));
     }
     Ok(Some(Parsed { kind, flags, index, len }))
@@ -397,6 +417,7 @@ impl Wal {
             locs: VecDeque::new(),
             anchored: false,
             floor: 0,
+            note: None,
             active: 0,
             offset: SEGMENT_HEADER,
             dirty: false,
@@ -484,6 +505,11 @@ impl Wal {
                             self.push(r.index, loc)
                         }
                         KIND_TRUNCATE => self.cut(r.index),
+                        KIND_NOTE => {
+                            let body = at + RECORD_HEADER as usize;
+                            self.note = Some(data[body..body + r.len as usize].to_vec());
+                            Ok(())
+                        }
                         _ => {
                             self.restart(r.index);
                             Ok(())
@@ -670,6 +696,25 @@ impl Wal {
         self.make_room(record.len() as u64)?;
         self.write_at_end(&record)?;
         self.cut(from).map_err(WalError::Refused)
+    }
+
+    /// Writes a note: bytes of the caller's that [`Wal::note`] returns, also
+    /// after reopening, until the next note replaces them. Durable only
+    /// after [`Wal::sync`]; a note in a segment that a purge deleted is
+    /// gone, unless a later one replaced it. (The log store keeps its
+    /// commit index here, a hint that may be lost.)
+    pub fn write_note(&mut self, note: &[u8]) -> Result<(), WalError> {
+        let mut record = Vec::new();
+        encode_record(&mut record, KIND_NOTE, 0, 0, note);
+        self.make_room(record.len() as u64)?;
+        self.write_at_end(&record)?;
+        self.note = Some(note.to_vec());
+        Ok(())
+    }
+
+    /// The last note written or found on opening.
+    pub fn note(&self) -> Option<&[u8]> {
+        self.note.as_deref()
     }
 
     /// Makes everything written so far durable.
@@ -1003,6 +1048,21 @@ mod tests {
         drop(file);
         let err = Wal::open(Arc::new(dir.clone()), SMALL).unwrap_err();
         assert!(matches!(err, WalError::Corrupted { offset: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_last_note_comes_back_after_reopening() {
+        let dir = SimDir::new();
+        let mut wal = open(&dir, SMALL);
+        assert_eq!(wal.note(), None);
+        wal.write_note(b"first").unwrap();
+        append(&mut wal, 1, 6, 0, 40);
+        wal.write_note(b"second").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = open(&dir, SMALL);
+        assert_eq!(wal.note(), Some(&b"second"[..]));
+        assert_eq!(wal.bounds(), Some((1, 6)));
     }
 
     #[test]
