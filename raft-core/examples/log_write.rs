@@ -73,7 +73,7 @@ fn main() -> Result<()> {
             for (w, c) in children.into_iter().enumerate() {
                 let out = c.wait_with_output()?;
                 let line = String::from_utf8_lossy(&out.stdout);
-                println!("{:<6} {:>7} {:>8} {}", kind, bytes, w, line.trim());
+                println!("{:<6} {:>7} {:>8} {}", kind, bytes, w, line.trim_end());
             }
         }
     }
