@@ -3,8 +3,8 @@
 #
 # Starts a 3-member etcd cluster and a 3-node kv cluster on 127.0.0.1, each
 # member with its own temporary data directory. Both fsync their log before
-# acknowledging a write (etcd's WAL by default; kv's redb log with immediate
-# durability), and both use 100 ms heartbeats. Then it runs the same loads
+# acknowledging a write (etcd's WAL by default; kv's log file, fdatasync'd
+# before each append counts), and both use 100 ms heartbeats. Then it runs the same loads
 # against each, alternating which goes first:
 #
 #   put at 1, 16, 64 and 256 clients;

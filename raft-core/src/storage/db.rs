@@ -1,19 +1,22 @@
-//! The node's data directory: one redb database, its tables and its format
-//! version.
+//! The node's data directory: a redb database, its tables and its format
+//! version, and the log file's directory.
 //!
 //! # On-disk layout
 //!
-//! `<data-dir>/raft.redb` holds everything. The log's writer writes `meta`
-//! and `log`; a checkpoint or a snapshot install writes `sm` and `app`, each
-//! in a transaction of its own:
+//! `<data-dir>/raft.redb` holds everything but the log, which is a file of
+//! its own in `<data-dir>/wal/` ([`super::wal`]; on-disk format 3). A
+//! directory created before format 3 keeps the log in the `log` table
+//! below (format 2), and is opened as it is. The log's writer writes the
+//! log and `meta`; a checkpoint or a snapshot install writes `sm` and
+//! `app`, each in a transaction of its own:
 //!
 //! | table     | key          | value                                          |
 //! |-----------|--------------|------------------------------------------------|
 //! | `meta`    | `"format"`   | format version (u32), written at creation      |
 //! |           | `"vote"`     | the current term and vote                      |
-//! |           | `"committed"`| a committed log id, written with log appends   |
+//! |           | `"committed"`| a committed log id, written with log appends (format 3: with votes and purges; the log file's note records carry it) |
 //! |           | `"purged"`   | the last purged log id                         |
-//! | `log`     | index (u64)  | one encoded log entry                          |
+//! | `log`     | index (u64)  | one encoded log entry (format 2; empty in 3)   |
 //! | `sm`      | `"applied"`  | the log id the checkpointed state reflects     |
 //! |           | `"membership"`| the membership as of that log id              |
 //! |           | `"snapshot_meta"` | the current snapshot's metadata           |

@@ -1,5 +1,13 @@
-//! The durable Raft log, kept in redb, written by a dedicated thread so that
-//! the leader's fsync overlaps replication.
+//! The durable Raft log, kept in a file of its own ([`super::wal`], on-disk
+//! format 3) or, in a directory created before that, in redb (format 2),
+//! written by a dedicated thread so that the leader's fsync overlaps
+//! replication.
+//!
+//! The module describes the redb case; a format-3 store differs only in
+//! where the writer puts things (`write_group_to_file`): entries go to the
+//! log file and one `fdatasync` ends each group, while votes, rollback
+//! records and the purged log id go to redb, each in a durable transaction,
+//! in queue order.
 //!
 //! Raft may count an entry towards a commit only once it is on stable
 //! storage (§5.3, and Figure 2's "persistent state"): a node that
@@ -139,6 +147,25 @@ struct State {
     /// Set when a write transaction failed: every later write fails too,
     /// because the writes after a lost one would leave a hole.
     failed: Mutex<Option<String>>,
+    /// Format 3: the index at or below which the `leader` durability flags
+    /// of the log file's records no longer count, their entries known to
+    /// be committed (what `rollback::forget_committed` does to the
+    /// `leader_durable` table in format 2). Kept in the log file's note.
+    flags_forgotten_through: Mutex<u64>,
+}
+
+/// The note a format-3 log store keeps in its log file: the commit index
+/// hint, and where its `leader` durability flags stop counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Note {
+    committed: Option<LogId>,
+    flags_forgotten_through: u64,
+}
+
+impl Note {
+    fn of(wal: &Wal) -> Result<Option<Note>, DbError> {
+        Ok(wal.note().map(codec::decode::<Note>).transpose()?)
+    }
 }
 
 /// One queued write.
@@ -166,7 +193,12 @@ impl RedbLogStore {
     /// or its writer thread not started.
     pub fn try_new(db: Db) -> Result<Self, DbError> {
         let vote = read_meta::<Vote>(&db, "vote")?;
-        let wal = db.open_log_file()?.map(Mutex::new);
+        let wal = db.open_log_file()?;
+        let note = match &wal {
+            Some(wal) => Note::of(wal)?,
+            None => None,
+        };
+        let wal = wal.map(Mutex::new);
         let state = Arc::new(State {
             db,
             wal,
@@ -174,6 +206,7 @@ impl RedbLogStore {
             committed: Mutex::new(None),
             vote: Mutex::new(vote),
             failed: Mutex::new(None),
+            flags_forgotten_through: Mutex::new(note.map_or(0, |n| n.flags_forgotten_through)),
         });
         let writer_state = state.clone();
         let (queue, writer) = if crate::deterministic::is_on() {
@@ -229,7 +262,7 @@ impl RedbLogStore {
             }
         })?;
         let noted = match &self.state().wal {
-            Some(wal) => lock(wal).note().map(codec::decode::<Option<LogId>>).transpose()?.flatten(),
+            Some(wal) => Note::of(&lock(wal))?.and_then(|n| n.committed),
             None => None,
         };
         Ok(saved.max(applied).max(noted).max(*lock(&self.state().committed)))
@@ -580,11 +613,12 @@ fn write_group_to_file(state: &State, wal: &Mutex<Wal>, ops: &[Op]) -> Result<()
                     }
                 };
                 let proven = match committed {
-                    Some(c) if held_at(c.index)? == Some(c) => Some(c.index),
-                    _ => None,
+                    Some(c) if held_at(c.index)? == Some(c) => c.index,
+                    _ => 0,
                 };
+                let forgotten = proven.max(*lock(&state.flags_forgotten_through));
                 let mut flagged = Vec::new();
-                for index in noted.into_iter().filter(|&i| proven.is_none_or(|c| i > c)) {
+                for index in noted.into_iter().filter(|&i| i > forgotten) {
                     if let Some(record) = lock(wal).read(index, index + 1)?.pop() {
                         flagged.push(entry_of(record)?.0);
                     }
@@ -605,13 +639,31 @@ fn write_group_to_file(state: &State, wal: &Mutex<Wal>, ops: &[Op]) -> Result<()
         }
     }
     // The commit index rides along, as a note, when it moved (see
-    // `save_committed`).
-    if let Some(committed) = *lock(&state.committed) {
-        let note = codec::encode(&Some(committed));
+    // `save_committed`), with where the flags stop counting: up to a
+    // commit index this log holds, by Log Matching (a commit index it does
+    // not hold, a snapshot's installed over a diverging log, proves
+    // nothing about the flagged entries before it; one with no flagged
+    // entry before it needs no proof).
+    if let Some(c) = *lock(&state.committed) {
+        let mut forgotten = *lock(&state.flags_forgotten_through);
+        if c.index > forgotten {
+            let flagged = lock(wal).flagged(forgotten + 1, c.index.saturating_add(1), FLAG_NOTED);
+            let held = || -> Result<bool, DbError> {
+                match lock(wal).read(c.index, c.index.saturating_add(1))?.pop() {
+                    Some(record) => Ok(entry_of(record)?.0.log_id == c),
+                    None => Ok(false),
+                }
+            };
+            if flagged.is_empty() || held()? {
+                forgotten = c.index;
+            }
+        }
+        let note = codec::encode(&Note { committed: Some(c), flags_forgotten_through: forgotten });
         let mut wal = lock(wal);
         if wal.note() != Some(note.as_slice()) {
             wal.write_note(&note)?;
         }
+        *lock(&state.flags_forgotten_through) = forgotten;
     }
     if !(only_appends && state.db.options().unsafe_no_fsync) {
         let unsynced = lock(wal).to_sync();
@@ -832,6 +884,7 @@ mod tests {
             committed: Mutex::new(Some(log_id(1, 3))),
             vote: Mutex::new(Some(Vote::new(1, 1))),
             failed: Mutex::new(None),
+            flags_forgotten_through: Mutex::new(0),
         };
         let (noted, _durable) = crate::types::Batch::noted(vec![serde_bytes::ByteBuf::from(vec![2u8])]);
         let mut entries: Vec<Entry> = (1..=3)

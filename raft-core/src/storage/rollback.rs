@@ -449,6 +449,34 @@ mod tests {
         assert_eq!(flags(db), 0);
     }
 
+    /// Once the log's own entry at the commit index is known committed, the
+    /// flagged entries before it stay forgotten: a later purge behind a
+    /// snapshot this log does not hold (installed after the node lost its
+    /// leadership) records nothing. Format 2 removes the flags from its
+    /// table; format 3 keeps them in the log file and remembers, in its
+    /// note, where they stop counting.
+    #[tokio::test]
+    async fn flags_stay_forgotten_once_their_entries_are_known_committed() {
+        for log_file in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open(dir.path(), log_file);
+            let mut store = RedbLogStore::new(db.clone());
+            noted_log(&mut store).await;
+            // The entries are durable (a vote waits for what was queued
+            // before it) before the commit index arrives, as in a cluster.
+            store.save_vote(&Vote::new(1, 1)).await.unwrap();
+            store.save_committed(Some(log_id(1, 3))).await.unwrap();
+            // Any write carries the commit index to the writer.
+            store.save_vote(&Vote::new(2, 2)).await.unwrap();
+            drop(store);
+            // Also across a restart.
+            let mut store = RedbLogStore::new(db.clone());
+            store.save_committed(Some(log_id(2, 5))).await.unwrap();
+            store.purge(log_id(2, 5)).await.unwrap();
+            assert!(records(&db).unwrap().is_empty(), "log_file {log_file}: {:?}", records(&db).unwrap());
+        }
+    }
+
     #[tokio::test]
     async fn the_redb_log_records_acknowledged_entries_a_snapshot_purges() {
         for log_file in [false, true] {
