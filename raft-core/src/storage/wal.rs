@@ -60,11 +60,13 @@
 //!   into a new segment, the previous segment is synced. A bad record in
 //!   any other segment is corruption, and opening refuses the directory
 //!   ([`WalError::Corrupted`]) rather than drop acknowledged entries.
-//! * **An interrupted segment creation.** A new segment is zero-filled,
-//!   given its header, synced, and the directory synced, before the first
-//!   record goes into it. A last segment whose header is not valid was
-//!   being created when the power failed: it holds nothing and opening
-//!   removes it.
+//! * **Segments that hold nothing.** A new segment is zero-filled, given
+//!   its header, synced, and the directory synced, before the first record
+//!   goes into it; to keep that out of an append's way, the next segment
+//!   is made on a thread of its own once the active one is half full.
+//!   Segments after the last one that holds a record are such spares, or
+//!   were being made when the power failed (their header may be
+//!   incomplete): opening removes them.
 //!
 //! # What the caller must do
 //!
@@ -268,6 +270,8 @@ pub struct Wal {
     offset: u64,
     /// Whether the active segment was written since the last sync.
     dirty: bool,
+    /// The next segment, being made ahead of need ([`Wal::prepare_next`]).
+    spare: Option<std::thread::JoinHandle<Result<(u64, Segment), WalError>>>,
 }
 
 impl Debug for Wal {
@@ -287,6 +291,10 @@ impl Drop for Wal {
     /// [`PowerLossBackend`](super::PowerLossBackend) writes out what it
     /// buffered, as the kernel would).
     fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            // Left for the next opening, which removes it: it holds nothing.
+            let _ = spare.join();
+        }
         for (number, segment) in &self.segments {
             if let Err(e) = segment.file.close() {
                 tracing::warn!(segment = %self.dir.describe(&segment_name(*number)), error = %e, "closing a Raft log segment");
@@ -380,6 +388,25 @@ fn parse_record(data: &[u8], at: usize) -> Result<Option<Parsed>, String> {
     Ok(Some(Parsed { kind, flags, index, len }))
 }
 
+/// Creates segment `number` of `size` bytes in `dir`: zero-filled, with its
+/// header, synced, and its directory synced, before any record goes in.
+fn make_segment(dir: &Arc<dyn WalDir>, number: u64, size: u64) -> Result<Segment, WalError> {
+    let name = segment_name(number);
+    let io_err = |source| WalError::Io { file: dir.describe(&name), source };
+    let file = dir.open(&name).map_err(io_err)?;
+    let zeros = vec![0; size.min(ZERO_CHUNK) as usize];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(ZERO_CHUNK);
+        file.write(at, &zeros[..n as usize]).map_err(io_err)?;
+        at += n;
+    }
+    file.write(0, &encode_segment_header(number)).map_err(io_err)?;
+    file.sync_data().map_err(io_err)?;
+    dir.sync().map_err(|source| WalError::Io { file: dir.describe(""), source })?;
+    Ok(Segment { file, size, max_index: None })
+}
+
 /// Zeroes whatever follows the last whole record (at `end`) of the last
 /// segment, whose bytes are `data`, and syncs: the leftovers of writes a
 /// crash interrupted. See the [module docs](self).
@@ -421,31 +448,43 @@ impl Wal {
             active: 0,
             offset: SEGMENT_HEADER,
             dirty: false,
+            spare: None,
         };
-        let count = numbers.len();
-        let mut ends = BTreeMap::new();
-        for (i, &number) in numbers.iter().enumerate() {
-            let last = i + 1 == count;
+        // Segments after the last one that holds a record hold nothing: a
+        // spare made ahead of need, or one whose creation a crash cut
+        // short (its header may be incomplete). They go.
+        let read = |number: u64| -> Result<(WalFile, Vec<u8>), WalError> {
             let name = segment_name(number);
             let file = dir.open(&name).map_err(io_err(&name))?;
             let size = file.len().map_err(io_err(&name))?;
             let mut data = vec![0; size as usize];
             file.read(0, &mut data).map_err(io_err(&name))?;
-            let header_ok =
-                size >= SEGMENT_HEADER && data[..SEGMENT_HEADER as usize] == encode_segment_header(number);
-            if !header_ok {
-                let no_records =
-                    data.get(SEGMENT_HEADER as usize..).is_none_or(|rest| rest.iter().all(|&b| b == 0));
-                if last && no_records {
-                    tracing::warn!(
-                        segment = %dir.describe(&name),
-                        "removing a Raft log segment whose creation a crash interrupted"
-                    );
-                    drop(file);
-                    dir.remove(&name).map_err(io_err(&name))?;
-                    dir.sync().map_err(io_err(""))?;
-                    continue;
-                }
+            Ok((file, data))
+        };
+        let mut last_data = None;
+        for &number in &numbers {
+            let (_, data) = read(number)?;
+            if data.get(SEGMENT_HEADER as usize..).is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
+                last_data = Some(number);
+            }
+        }
+        let unused: Vec<u64> = numbers.iter().copied().filter(|&n| last_data.is_none_or(|l| n > l)).collect();
+        for &number in &unused {
+            let name = segment_name(number);
+            tracing::debug!(segment = %dir.describe(&name), "removing a Raft log segment that holds no record");
+            dir.remove(&name).map_err(io_err(&name))?;
+        }
+        if !unused.is_empty() {
+            dir.sync().map_err(io_err(""))?;
+        }
+        for &number in numbers.iter().filter(|&&n| last_data.is_some_and(|l| n <= l)) {
+            let last = Some(number) == last_data;
+            let name = segment_name(number);
+            let (file, data) = read(number)?;
+            let size = data.len() as u64;
+            // A header checked only here: a segment that holds a record
+            // was synced whole before its first record went in.
+            if size < SEGMENT_HEADER || data[..SEGMENT_HEADER as usize] != encode_segment_header(number) {
                 return Err(WalError::Corrupted {
                     file: dir.describe(&name),
                     offset: 0,
@@ -456,16 +495,13 @@ impl Wal {
             let (end, max_index) = wal.replay_segment(number, &name, &data, last)?;
             if last {
                 zero_tail(&file, &data, end).map_err(io_err(&name))?;
-            }
-            ends.insert(number, end);
-            wal.segments.insert(number, Segment { file, size, max_index });
-        }
-        match ends.last_key_value() {
-            Some((&number, &end)) => {
                 wal.active = number;
                 wal.offset = end;
             }
-            None => wal.create_segment(1, 0)?,
+            wal.segments.insert(number, Segment { file, size, max_index });
+        }
+        if wal.segments.is_empty() {
+            wal.create_segment(1, 0)?;
         }
         Ok(wal)
     }
@@ -580,30 +616,69 @@ impl Wal {
         move |source| WalError::Io { file, source }
     }
 
-    /// Creates segment `number`, big enough for a record of `need` bytes,
-    /// zero-filled and synced with its directory, and makes it active.
-    fn create_segment(&mut self, number: u64, need: u64) -> Result<(), WalError> {
-        let name = segment_name(number);
-        // 1 MiB for the first segment, doubling up to the configured size:
-        // a node that writes little never zero-fills much.
+    /// The size of a new segment `number` that must hold a record of
+    /// `need` bytes: 1 MiB for the first, doubling up to the configured
+    /// size, so that a node that writes little never zero-fills much.
+    fn segment_size(&self, number: u64, need: u64) -> u64 {
         let growing = (FIRST_SEGMENT << (number - 1).min(16)).min(self.options.segment_bytes);
-        let size = growing.max(SEGMENT_HEADER + need).max(SEGMENT_HEADER + RECORD_HEADER);
-        let file = self.dir.open(&name).map_err(self.io_err(&name))?;
-        let zeros = vec![0; size.min(ZERO_CHUNK) as usize];
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(ZERO_CHUNK);
-            file.write(at, &zeros[..n as usize]).map_err(self.io_err(&name))?;
-            at += n;
-        }
-        file.write(0, &encode_segment_header(number)).map_err(self.io_err(&name))?;
-        file.sync_data().map_err(self.io_err(&name))?;
-        self.dir.sync().map_err(self.io_err(""))?;
-        self.segments.insert(number, Segment { file, size, max_index: None });
+        growing.max(SEGMENT_HEADER + need).max(SEGMENT_HEADER + RECORD_HEADER)
+    }
+
+    /// Makes segment `number`, big enough for a record of `need` bytes,
+    /// the active one: the spare made ahead if it is that segment and big
+    /// enough, else a new one made now.
+    fn create_segment(&mut self, number: u64, need: u64) -> Result<(), WalError> {
+        let spare = match self.spare.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok((n, segment)))) if n == number && segment.size >= SEGMENT_HEADER + need => {
+                Some(segment)
+            }
+            Some(Ok(Ok((n, segment)))) => {
+                // Another number, or too small for this record: remade below.
+                drop(segment);
+                let spare = segment_name(n);
+                self.dir.remove(&spare).map_err(self.io_err(&spare))?;
+                None
+            }
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "making a Raft log segment ahead of need failed; making it now");
+                None
+            }
+            Some(Err(_)) => {
+                tracing::error!("the thread making a Raft log segment ahead of need panicked; making it now");
+                None
+            }
+            None => None,
+        };
+        let segment = match spare {
+            Some(segment) => segment,
+            None => make_segment(&self.dir, number, self.segment_size(number, need))?,
+        };
+        self.segments.insert(number, segment);
         self.active = number;
         self.offset = SEGMENT_HEADER;
         self.dirty = false;
         Ok(())
+    }
+
+    /// Once the active segment is half full, starts making the next one on
+    /// a thread of its own, so that moving on to it does not wait for its
+    /// zero-filling (up to 64 MiB). Not in deterministic mode
+    /// ([`crate::deterministic`]), where segments are made when needed.
+    fn prepare_next(&mut self) {
+        if self.spare.is_some() || crate::deterministic::is_on() || self.offset < self.active_size() / 2 {
+            return;
+        }
+        let number = self.active + 1;
+        let (dir, size) = (self.dir.clone(), self.segment_size(number, 0));
+        let made = std::thread::Builder::new()
+            .name("raft-log-segment".into())
+            .spawn(move || make_segment(&dir, number, size).map(|segment| (number, segment)));
+        match made {
+            Ok(thread) => self.spare = Some(thread),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a thread to make a Raft log segment ahead of need")
+            }
+        }
     }
 
     fn active_size(&self) -> u64 {
@@ -631,6 +706,7 @@ impl Wal {
         segment.file.write(self.offset, bytes).map_err(self.io_err(&name))?;
         self.offset += bytes.len() as u64;
         self.dirty = true;
+        self.prepare_next();
         Ok(())
     }
 
@@ -1048,6 +1124,28 @@ mod tests {
         drop(file);
         let err = Wal::open(Arc::new(dir.clone()), SMALL).unwrap_err();
         assert!(matches!(err, WalError::Corrupted { offset: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_next_segment_is_made_ahead_and_an_unused_one_is_removed_on_opening() {
+        let options = WalOptions { segment_bytes: 4096 };
+        let dir = SimDir::new();
+        let mut wal = open(&dir, options);
+        // Past half of the first segment: the second is made meanwhile.
+        append(&mut wal, 1, 30, 0, 60);
+        wal.sync().unwrap();
+        assert!(wal.spare.is_some(), "a spare is being made");
+        drop(wal); // waits for it
+        assert_eq!(segments(&dir), [segment_name(1), segment_name(2)]);
+        let mut wal = open(&dir, options);
+        assert_eq!(segments(&dir), [segment_name(1)], "the spare held nothing");
+        assert_eq!(wal.bounds(), Some((1, 30)));
+        // Moving on to the spare: what goes there comes back.
+        append(&mut wal, 31, 60, 0, 60);
+        wal.sync().unwrap();
+        drop(wal);
+        let wal = open(&dir, options);
+        assert_eq!(all(&wal), (1..=90).map(|i| (i, payload(i, 0, 60))).collect::<Vec<_>>());
     }
 
     #[test]
