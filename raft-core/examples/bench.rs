@@ -4,7 +4,7 @@
 //! * `memory`: in-memory log, in-process transport, empty commands; the
 //!   terms of openraft's own published benchmark, so it measures Raft
 //!   itself (plus this crate's state machine transaction per batch).
-//! * `tcp`: durable redb logs (an fsync per append) in a temporary
+//! * `tcp`: durable logs in redb (on-disk format 2; an fsync per append) in a temporary
 //!   directory, and the TCP transport on loopback: what a real deployment on
 //!   one machine pays.
 //! * `tcp-file`: the same with each log in a file of its own

@@ -1,5 +1,5 @@
 //! A replicated counter on a three-node cluster, in one process, over real
-//! TCP on loopback and with durable redb logs in a temporary directory.
+//! TCP on loopback and with durable logs in a temporary directory.
 //!
 //! It walks through the life of a Raft cluster and prints each step:
 //! initialization and the first election, writes committed by a majority,

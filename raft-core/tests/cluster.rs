@@ -1,4 +1,4 @@
-//! Clusters of real nodes: durable redb logs in temporary directories and
+//! Clusters of real nodes: durable logs in temporary directories and
 //! the TCP transport on 127.0.0.1, ports chosen by the OS.
 //!
 //! These tests check the promises of Raft that an embedder relies on:

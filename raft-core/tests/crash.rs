@@ -1,4 +1,5 @@
-//! Crash safety of the redb log under power loss, with appends in flight.
+//! Crash safety of the durable log under power loss, with appends in flight:
+//! in redb (on-disk format 2) and in the log file (format 3).
 //!
 //! A child process opens a data directory through the power-loss backend
 //! (`storage/fault.rs`: every write not yet fsynced lives only in the

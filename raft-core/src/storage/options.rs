@@ -1,10 +1,12 @@
 //! How a data directory is opened: the safe default every real node uses,
-//! and the two faults a test may switch on (see [`super::fault`] for what
-//! each one breaks and why a test wants it).
+//! the two faults a test may switch on (see [`super::fault`] for what each
+//! one breaks and why a test wants it), and where a new directory keeps
+//! its log.
 
 /// How a data directory is opened. The default is the safe storage every
-/// real node must use; each `true` field breaks a durability guarantee on
-/// purpose (see [`super::fault`]).
+/// real node must use; `lose_unsynced_writes` and `unsafe_no_fsync` each
+/// break a durability guarantee on purpose (see [`super::fault`]), and
+/// `log_file` chooses the on-disk format of a new directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageOptions {
     /// Open the database through [`PowerLossBackend`](super::PowerLossBackend), so that a killed
