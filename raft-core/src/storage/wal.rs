@@ -462,10 +462,11 @@ impl Wal {
             Ok((file, data))
         };
         let mut last_data = None;
-        for &number in &numbers {
+        for &number in numbers.iter().rev() {
             let (_, data) = read(number)?;
             if data.get(SEGMENT_HEADER as usize..).is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
                 last_data = Some(number);
+                break;
             }
         }
         let unused: Vec<u64> = numbers.iter().copied().filter(|&n| last_data.is_none_or(|l| n > l)).collect();
