@@ -61,6 +61,10 @@ struct Args {
     /// Batches being committed at once (group commit); default: Config's.
     #[arg(long)]
     max_inflight_batches: Option<usize>,
+    /// Followers write every append through their log writer thread, never
+    /// in place (`Config::follower_writes_in_place` off).
+    #[arg(long)]
+    follower_thread: bool,
 }
 
 #[tokio::main]
@@ -80,6 +84,7 @@ async fn main() -> Result<()> {
         if let Some(k) = args.max_inflight_batches {
             config.max_inflight_batches = k;
         }
+        config.follower_writes_in_place = !args.follower_thread;
         let nodes = start(setup, dir.path(), config).await?;
         let nodes = Arc::new(nodes);
         for &writers in &args.writers {

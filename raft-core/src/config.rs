@@ -93,6 +93,14 @@ pub struct Config {
     /// in `docs/benchmarks.md`, 2 and 4 were 15% and 45% slower at 64
     /// writers.
     pub max_inflight_batches: usize,
+    /// Whether a follower writes the entries of an AppendEntries on the
+    /// task that serves it, when its log writer is idle, instead of handing
+    /// them to the writer thread (see
+    /// [`crate::storage::RedbLogStore::write_in_place_when_following`]).
+    /// Default on: it takes two thread hand-offs off every commit's path.
+    /// The leader always writes through its thread, so that its fsync
+    /// overlaps replication.
+    pub follower_writes_in_place: bool,
     /// How long [`crate::RaftNode::write`] and
     /// [`crate::RaftNode::read_barrier`] wait. A write that times out is
     /// *indeterminate*: it may still commit. Default 5 s.
@@ -132,6 +140,7 @@ impl Config {
             max_batch_commands: 1024,
             max_batch_bytes: 1 << 20,
             max_inflight_batches: 1,
+            follower_writes_in_place: true,
             request_timeout: Duration::from_secs(5),
             change_timeout: Duration::from_secs(60),
             storage: StorageOptions::default(),

@@ -353,6 +353,9 @@ impl<A: StateMachine> RaftNode<A> {
                     path: dir.clone(),
                     reason: format!("opening the log: {e}"),
                 })?;
+                if config.follower_writes_in_place {
+                    log.write_in_place_when_following(id);
+                }
                 let raft = Raft::new(id, raft_config, network, log, sm.clone()).await.map_err(raft_err)?;
                 (raft, db, sm)
             }

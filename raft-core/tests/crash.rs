@@ -67,7 +67,7 @@ use openraft::type_config::TypeConfigExt;
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use raft_core::codec;
 use raft_core::storage::{Db, RedbLogStore, StateMachineStore, StorageOptions};
-use raft_core::types::{log_id, Batch, Entry, EntryPayload, TypeConfig};
+use raft_core::types::{log_id, Batch, Entry, EntryPayload, TypeConfig, Vote};
 use rand::Rng;
 
 const DIR_VAR: &str = "RAFT_CORE_CRASH_DIR";
@@ -76,6 +76,10 @@ const NO_FSYNC_VAR: &str = "RAFT_CORE_CRASH_NO_FSYNC";
 /// Set (to any path) to make the child keep its log in a file of its own
 /// (`StorageOptions::log_file`, format 3) instead of the database.
 const LOG_FILE_VAR: &str = "RAFT_CORE_CRASH_LOG_FILE";
+/// Set (to any path) to make the child a follower that writes its appends
+/// in place (`RedbLogStore::write_in_place_when_following`): it is node 2
+/// and has voted for node 1 before its first append.
+const FOLLOWER_VAR: &str = "RAFT_CORE_CRASH_FOLLOWER";
 /// Batches of three entries submitted and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 64;
 /// Kills of the child on one directory (about half a second each).
@@ -95,6 +99,7 @@ fn crash_child() {
     let Ok(dir) = std::env::var(DIR_VAR) else { return };
     let no_fsync = std::env::var_os(NO_FSYNC_VAR).is_some();
     let log_file = std::env::var_os(LOG_FILE_VAR).is_some();
+    let follower = std::env::var_os(FOLLOWER_VAR).is_some();
     let options = StorageOptions { lose_unsynced_writes: true, unsafe_no_fsync: no_fsync, log_file };
     // A checkpoint fsyncs, and with it every append before it; without
     // fsyncs of its own, the negative control takes none, so that nothing
@@ -104,6 +109,10 @@ fn crash_child() {
     rt.block_on(async move {
         let db = Db::open_with(std::path::Path::new(&dir), options).unwrap();
         let mut log = RedbLogStore::new(db.clone());
+        if follower {
+            log.write_in_place_when_following(2);
+            log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        }
         let mut sm = StateMachineStore::open(db, Register).unwrap();
         let state = log.get_log_state().await.unwrap();
         let mut next = state.last_log_id.map_or(1, |l| l.index + 1);
@@ -164,13 +173,17 @@ const FIRST_ACK_WITHIN: Duration = Duration::from_secs(60);
 /// Runs the child until it has acknowledged an append, lets it go on for a
 /// random while, kills it in the middle of its appends, and checks the
 /// directory.
-async fn run_round(dir: &std::path::Path, no_fsync: bool, log_file: bool, rng: &mut impl Rng) -> Round {
+async fn run_round(dir: &std::path::Path, no_fsync: bool, setup: Setup, rng: &mut impl Rng) -> Round {
+    let Setup { log_file, follower } = setup;
     let mut env = vec![(DIR_VAR, dir)];
     if no_fsync {
         env.push((NO_FSYNC_VAR, dir));
     }
     if log_file {
         env.push((LOG_FILE_VAR, dir));
+    }
+    if follower {
+        env.push((FOLLOWER_VAR, dir));
     }
     let child = child::Child::spawn("crash_child", &env);
     // The random moment is measured from the first acknowledgement, not from
@@ -263,17 +276,29 @@ async fn run_round(dir: &std::path::Path, no_fsync: bool, log_file: bool, rng: &
     Round { submitted, acked, violations }
 }
 
+/// Where the child keeps its log, and how it writes it.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// In a file of its own (format 3), not in the database.
+    log_file: bool,
+    /// As a follower, every append written in place while the writer
+    /// thread is idle (it still takes the purges).
+    follower: bool,
+}
+
 /// Kills the child [`ROUNDS`] times on one directory; every round must
-/// find every acknowledged entry, and at least one kill must land while
-/// appends were in flight.
-async fn crash_rounds(log_file: bool) {
+/// find every acknowledged entry, and, unless the child writes in place,
+/// at least one kill must land while appends were in flight. (An append
+/// written in place is acknowledged before `append` returns: the child
+/// has nothing in flight; its kills land in the middle of a write.)
+async fn crash_rounds(setup: Setup) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::thread_rng();
     let mut total_acked = 0;
     let mut killed_in_flight = 0;
 
     for round in 0..ROUNDS {
-        let r = run_round(dir.path(), false, log_file, &mut rng).await;
+        let r = run_round(dir.path(), false, setup, &mut rng).await;
         assert!(r.violations.is_empty(), "round {round}: {:?}", r.violations);
         assert!(
             r.acked > total_acked,
@@ -285,7 +310,7 @@ async fn crash_rounds(log_file: bool) {
             killed_in_flight += 1;
         }
     }
-    assert!(killed_in_flight > 0, "no kill landed while appends were in flight");
+    assert!(setup.follower || killed_in_flight > 0, "no kill landed while appends were in flight");
 }
 
 /// The child acknowledging appends before any fsync: the checks must find
@@ -305,7 +330,7 @@ async fn acknowledging_before_fsync(log_file: bool) {
         let dir = tempfile::tempdir().unwrap();
         // The child's appends are not fsynced (and it takes no checkpoint,
         // which would fsync them), so the kill loses acknowledged entries.
-        let r = run_round(dir.path(), true, log_file, &mut rng).await;
+        let r = run_round(dir.path(), true, Setup { log_file, follower: false }, &mut rng).await;
         assert!(r.acked > 0, "the child acknowledged nothing");
         if r.violations.iter().any(|v| v.starts_with("acknowledged entry") && v.contains(" lost ")) {
             return;
@@ -317,7 +342,7 @@ async fn acknowledging_before_fsync(log_file: bool) {
 
 #[tokio::test]
 async fn crash_at_random_moments_loses_no_acknowledged_entry() {
-    crash_rounds(false).await;
+    crash_rounds(Setup { log_file: false, follower: false }).await;
 }
 
 #[tokio::test]
@@ -328,7 +353,14 @@ async fn acknowledging_before_fsync_is_caught_by_the_same_checks() {
 /// The same with the log in a file of its own (`StorageOptions::log_file`).
 #[tokio::test]
 async fn crash_at_random_moments_loses_no_acknowledged_entry_of_a_log_file() {
-    crash_rounds(true).await;
+    crash_rounds(Setup { log_file: true, follower: false }).await;
+}
+
+/// The same with a follower's log file, whose appends are written in place
+/// on the caller's task, and its purges by the writer thread.
+#[tokio::test]
+async fn crash_at_random_moments_loses_no_acknowledged_entry_of_a_follower_writing_in_place() {
+    crash_rounds(Setup { log_file: true, follower: true }).await;
 }
 
 #[tokio::test]
