@@ -35,37 +35,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps memory it no longer uses before it gives it back
-/// to the operating system: 10 s instead of its default of 1 s.
-///
-/// With 1 s, memory that a busy server frees and reuses a second later
-/// (the buffers of a burst of requests, a checkpoint's transaction) is
-/// given back in between, and taking it again costs a page fault; where
-/// transparent huge pages are on, each such fault zeroes a whole 2 MiB page.
-/// Under 256 clients that was about 8% of the three servers' CPU
-/// (`clear_page_erms` in `perf`), and 13,000 to 21,000 page faults in 6 s
-/// fell to 500 to 1,500 with 10 s (docs/benchmarks.md).
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-/// `mi_option_purge_delay`: its place in the `mi_option_t` enum of
-/// mimalloc 3.3.2 (`mimalloc.h`), which libmimalloc-sys 0.1.49 builds and
-/// gives no name. A test checks that it holds the purge delay's default.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Sets mimalloc's purge delay ([`ALLOCATOR_PURGE_DELAY_MS`]) unless the
-/// environment chose one (`MIMALLOC_PURGE_DELAY`, read by mimalloc itself).
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: `mi_option_set` stores a number in mimalloc's table of
-    // options (an atomic store); it takes no pointer, and every value is
-    // valid for the purge delay (negative: never purge). mimalloc reads
-    // the option whenever it next considers giving memory back.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) }
-}
-
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -730,7 +699,6 @@ fn parse_filter(filter: &str, from: FilterFrom) -> Result<tracing_subscriber::En
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tune_allocator();
     let (cli, matches, merged) = parse()?;
     install_tracing(&cli.args, &matches, &merged)?;
     if let Some(file) = &merged.file {
@@ -939,30 +907,4 @@ async fn run_inspect(args: InspectArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The option `tune_allocator` sets is the purge delay: untouched, it
-    /// holds mimalloc 3.3.2's default for it, 1,000 ms (no neighbouring
-    /// option defaults to that), and a value set is read back.
-    #[test]
-    #[allow(unsafe_code)]
-    fn the_tuned_option_is_the_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reading and storing numbers in mimalloc's option table.
-        unsafe {
-            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
-            assert_ne!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY - 1), 1000);
-            assert_ne!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY + 1), 1000);
-        }
-        tune_allocator();
-        // SAFETY: as above.
-        let set = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(set, ALLOCATOR_PURGE_DELAY_MS);
-    }
 }
