@@ -157,9 +157,21 @@ impl ServerConfig {
     }
 }
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach. Cheap to clone: one reference count
+/// (axum clones the state for every request that extracts it).
 #[derive(Clone)]
-pub struct Ctx {
+pub struct Ctx(Arc<Shared>);
+
+impl std::ops::Deref for Ctx {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What a [`Ctx`] holds.
+pub struct Shared {
     /// This node's id.
     pub id: NodeId,
     /// The Raft node.
@@ -252,7 +264,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         .with_context(|| format!("opening node {} in {}", config.id, config.data_dir.display()))?;
     let node = Arc::new(node);
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let ctx = Ctx {
+    let ctx = Ctx(Arc::new(Shared {
         id: config.id,
         node: node.clone(),
         http: tls::node_client_builder(config.http_tls.as_ref())
@@ -266,7 +278,7 @@ pub async fn start(config: ServerConfig, http: TcpListener, raft: TcpListener) -
         changes,
         shutdown: shutdown_rx.clone(),
         leases: Arc::default(),
-    };
+    }));
 
     let app = router(ctx.clone());
     let stopped = async move {
@@ -348,7 +360,8 @@ impl Server {
         self.lease_task.abort();
         let _ = self.lease_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
-        let Ctx { node, .. } = self.ctx;
+        let node = self.ctx.node.clone();
+        drop(self.ctx);
         match Arc::try_unwrap(node) {
             // The handoff is done (or failed) already.
             Ok(node) => node.shutdown_without_handoff().await,
