@@ -28,6 +28,8 @@
 #   --json FILE      also write every load's full report as a JSON array
 #   --etcd-port P    etcd client ports P+1..P+3, peer ports P+11..P+13 (default 23790)
 #   --keep           keep the data directories and logs (path printed at exit)
+#   --pool P         kvctl bench's --pool: connection (default: each client its own
+#                    bare HTTP/1.1 connection), shared or per-client (reqwest's pool)
 #   --wrk            also run the puts at 1 and 64 connections with wrk, a lighter
 #                    generator (scripts/wrk/*.lua), against each leader, and print
 #                    a second table (installs wrk with apt-get if missing)
@@ -47,6 +49,7 @@ json_out=""
 etcd_port=23790
 keep=0
 use_wrk=0
+pool=connection
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) seconds=3; warmup=1 ;;
@@ -57,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --etcd-port) etcd_port="$2"; shift ;;
     --keep) keep=1 ;;
     --wrk) use_wrk=1 ;;
+    --pool) pool="$2"; shift ;;
     -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -163,7 +167,7 @@ run_one() { # system, load index, load name, options...
   echo "-- $system: $name" >&2
   # shellcheck disable=SC2068 # the options are meant to split into words
   if "$kvctl" bench --target "$system" --endpoints "$endpoints" --server-pids "$pids" \
-      --duration "$seconds" --warmup "$warmup" --json $@ >"$out.tmp"; then
+      --duration "$seconds" --warmup "$warmup" --pool "$pool" --json $@ >"$out.tmp"; then
     jq -c --arg load "$name" --arg system "$system" --argjson n "$n" \
       '. + {load: $load, system: $system, n: $n}' "$out.tmp" >"$out"
   else
@@ -194,7 +198,7 @@ if [[ -n "$json_out" ]]; then cp "$tmp/all.json" "$json_out"; fi
 
 machine="$(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -sr), \
 etcd $(etcd --version | sed -n 's/^etcd Version: //p'), kv $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-settings="3 members each on 127.0.0.1; 65,536 keys, 256-byte values; ${seconds} s per load after ${warmup} s warm-up; $(date -u +%Y-%m-%dT%H:%MZ)"
+settings="3 members each on 127.0.0.1; 65,536 keys, 256-byte values; ${seconds} s per load after ${warmup} s warm-up; kvctl bench --pool ${pool}; $(date -u +%Y-%m-%dT%H:%MZ)"
 
 # One row per load: TSV, cells already formatted.
 rows="$(side_by_side_rows "$tmp/all.json" system kv etcd)"

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kv_client::api::Consistency;
-use kv_tools::bench::{self, LoadConfig, Report, Route, Stop, Target};
+use kv_tools::bench::{self, LoadConfig, Pool, Report, Route, Stop, Target};
 use kv_tools::local_cluster::{ClusterConfig, LocalCluster};
 
 mod common;
@@ -66,17 +66,21 @@ async fn both_protocols_find_the_leader_and_complete_an_ops_budget() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server = tokio::spawn(bench::serve_instant(listener, 64));
-    for target in [Target::Kv, Target::Etcd] {
+    for (target, pool) in [Target::Kv, Target::Etcd]
+        .into_iter()
+        .flat_map(|t| [Pool::Shared, Pool::PerClient, Pool::Connection].map(|p| (t, p)))
+    {
         // Two endpoints, so the leader is looked up (both are the leader).
         let mut cfg = LoadConfig::new(target, vec![addr.clone(), addr.clone()]);
         cfg.stop = Stop::Ops(500);
         cfg.read_ratio = 0.5;
         cfg.reads_to = Route::Leader;
+        cfg.pool = pool;
         let r = bench::run_load(&cfg).await.unwrap();
         assert_sane(&r);
-        assert_eq!(r.ops, 500, "{target:?}: an ops budget is exact");
+        assert_eq!(r.ops, 500, "{target:?} {pool:?}: an ops budget is exact");
         assert_eq!(r.write_endpoints, [format!("http://{addr}")], "{target:?}");
-        assert_eq!(r.missing, 0, "{target:?}: the instant server's range answer has a value");
+        assert_eq!(r.missing, 0, "{target:?} {pool:?}: the instant server's range answer has a value");
     }
     server.abort();
 }
@@ -94,13 +98,16 @@ async fn a_mixed_load_on_a_real_kv_server_completes_without_errors() {
     cfg.read_ratio = 0.5;
     cfg.consistency = Consistency::Session;
     cfg.warmup = Duration::from_millis(200);
-    let r = bench::run_load(&cfg).await.unwrap();
-    assert_sane(&r);
-    assert_eq!(r.prefill_errors, 0);
-    assert!(r.reads > 0 && r.writes > 0, "{r:?}");
-    assert_eq!(r.missing, 0, "every key was written by the prefill");
-    let cpu = r.client_cpu_us_per_op;
-    assert!(cfg!(not(target_os = "linux")) || cpu.is_some_and(|c| c > 0.0), "{cpu:?}");
+    for pool in [Pool::Shared, Pool::Connection] {
+        cfg.pool = pool;
+        let r = bench::run_load(&cfg).await.unwrap();
+        assert_sane(&r);
+        assert_eq!(r.prefill_errors, 0);
+        assert!(r.reads > 0 && r.writes > 0, "{pool:?}: {r:?}");
+        assert_eq!(r.missing, 0, "{pool:?}: every key was written by the prefill");
+        let cpu = r.client_cpu_us_per_op;
+        assert!(cfg!(not(target_os = "linux")) || cpu.is_some_and(|c| c > 0.0), "{cpu:?}");
+    }
     drop(cluster);
 }
 

@@ -76,11 +76,15 @@ fn kvctl_speaks_https_with_a_client_certificate() {
     let out = with(&["--json", "status"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // The load generator speaks HTTPS with the same options.
-    let out = with(&["--json", "bench", "--ops", "20", "--clients", "2", "--warmup", "0", "--keys", "10"]);
-    assert!(out.status.success(), "bench: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["ops"], 20, "{report}");
+    // The load generator speaks HTTPS with the same options, through
+    // reqwest's pool and on connections of its own.
+    for pool in ["shared", "connection"] {
+        let load = ["--ops", "20", "--clients", "2", "--warmup", "0", "--keys", "10", "--pool", pool];
+        let out = with(&[&["--json", "bench"][..], &load].concat());
+        assert!(out.status.success(), "bench --pool {pool}: {}", text(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((&report["ops"], &report["errors"]), (&20.into(), &0.into()), "{pool}: {report}");
+    }
 
     // Without a client certificate: refused, exit 2, and the reason.
     let out = kvctl(&["--endpoints", &http, "--cacert", &cacert, "put", "greeting", "bye"]);
@@ -147,6 +151,21 @@ fn cluster_up_tls_starts_a_cluster_with_every_protection_on() {
     assert!(out.status.success(), "put with the CA and the admin token: {}", text(&out.stderr));
     let out = secure(&["--consistency", "linearizable", "get", "greeting"]);
     assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+    // The load generator on connections of its own sends the token too.
+    let load = ["--json", "bench", "--pool", "connection", "--ops", "20", "--warmup", "0", "--keys", "10"];
+    let out = secure(&load);
+    assert!(out.status.success(), "bench --pool connection: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&report["ops"], &report["errors"]), (&20.into(), &0.into()), "{report}");
+    // Without the token every request is refused (one endpoint, so no
+    // leader lookup stops the run first).
+    let one = https.split(',').next().unwrap();
+    let out = kvctl(&[&["--cacert", ca, "--endpoints", one][..], &load].concat());
+    assert_eq!(out.status.code(), Some(2), "no operation succeeded: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&report["ops"], &report["errors"]), (&0.into(), &20.into()), "{report}");
+    let kinds = report["error_kinds"].as_object().unwrap();
+    assert!(kinds.keys().all(|k| k.starts_with("401")), "{report}");
 
     // Each protection is on: no token, no CA, plaintext HTTP.
     let out = kvctl(&["--cacert", ca, "--endpoints", https.as_str(), "get", "greeting"]);

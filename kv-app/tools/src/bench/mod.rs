@@ -61,6 +61,13 @@
 //! pinned to another core with `taskset`. The throughput reached there is
 //! the generator's ceiling on this machine.
 //!
+//! `--pool` chooses how workers reach the servers. `connection` (the
+//! default) gives each worker a bare HTTP/1.1 connection per endpoint,
+//! driven by the worker's own task (`conn.rs`): the lightest, as wrk's
+//! workers are. `shared` sends through one reqwest client, whose pool all
+//! workers share, as an application would; `per-client` gives each worker a
+//! reqwest client of its own.
+//!
 //! Shortcuts a production tool would not take: the leader is found once,
 //! so a leader change during a run shows up as errors (or as forwarded
 //! writes on kv); every write carries the same value; and kv writes do not
@@ -75,7 +82,8 @@
 //!    leader, prefill, warm-up, the measured phase, the progress bar and
 //!    the CPU samples.
 //! 3. `worker.rs`: the closed-loop workers and the two protocols they
-//!    speak, kv's HTTP API and etcd's JSON gateway.
+//!    speak, kv's HTTP API and etcd's JSON gateway; `conn.rs`: a worker's
+//!    own connection (`--pool connection`).
 //! 4. `report.rs`: the latency histograms, and the [`Report`] they and
 //!    the counters end up in, for humans or as JSON.
 //! 5. `instant.rs`: the [instant server](instant_router) that measures
@@ -98,6 +106,7 @@
 //!     them ([`run_watch`]).
 
 mod cluster;
+mod conn;
 mod elections;
 mod etcd_cluster;
 mod failover;
@@ -176,6 +185,10 @@ pub enum Pool {
     Shared,
     /// One HTTP client (and so one connection per endpoint) per worker.
     PerClient,
+    /// One bare HTTP/1.1 connection per worker and endpoint, driven by the
+    /// worker's own task (hyper's low-level client, no pool): lighter per
+    /// request than reqwest, as wrk is.
+    Connection,
 }
 
 /// `kvctl bench`'s own options. The endpoints, `--consistency`,
@@ -220,9 +233,10 @@ pub struct BenchArgs {
     /// reads find values.
     #[arg(long)]
     pub prefill: bool,
-    /// HTTP keep-alive pooling: one pool shared by all clients, or one
-    /// HTTP client per bench client.
-    #[arg(long, value_enum, default_value_t = Pool::Shared)]
+    /// How clients reach the servers: each on a bare HTTP/1.1 connection of
+    /// its own (the lightest), through one reqwest pool shared by all, or
+    /// one reqwest client per bench client.
+    #[arg(long, value_enum, default_value_t = Pool::Connection)]
     pub pool: Pool,
     /// Async runtime threads [default: one per CPU].
     #[arg(long)]
@@ -332,7 +346,7 @@ impl LoadConfig {
             writes_to: Route::Leader,
             reads_to: Route::Spread,
             prefill: false,
-            pool: Pool::Shared,
+            pool: Pool::Connection,
             request_timeout: Duration::from_secs(30),
             server_pids: Vec::new(),
             seed: 1,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use axum::body::Bytes;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::Method;
 use base64::Engine as _;
 use kv_client::api::{codes, Consistency, JsonValue, PutRequest};
 use kv_client::client::BearerToken;
@@ -29,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Deserialize;
 
+use super::conn::Conn;
 use super::report::Tally;
 use super::run::Schedule;
 use super::{LoadConfig, Pool};
@@ -110,12 +112,61 @@ impl Plan {
     }
 }
 
+/// How a worker reaches its endpoints.
+enum Http {
+    /// Through reqwest (`--pool shared` or `per-client`).
+    Pooled { client: reqwest::Client, write_base: String, read_base: String },
+    /// On connections of its own (`--pool connection`); `read` is `None`
+    /// when reads go where writes go. Boxed: hyper's connection state is
+    /// large.
+    Own { write: Box<Conn>, read: Option<Box<Conn>> },
+}
+
+/// Which of a worker's endpoints a request goes to.
+#[derive(Clone, Copy)]
+enum Side {
+    Write,
+    Read,
+}
+
+impl Http {
+    /// Sends one request and reads the whole answer.
+    async fn send(
+        &mut self,
+        side: Side,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Bytes), String> {
+        match self {
+            Http::Pooled { client, write_base, read_base } => {
+                let base = match side {
+                    Side::Write => write_base,
+                    Side::Read => read_base,
+                };
+                let mut req = client.request(method, format!("{base}{path}"));
+                if let Some(body) = body {
+                    req = req.header(CONTENT_TYPE, "application/json").body(body);
+                }
+                let resp = req.send().await.map_err(request_error)?;
+                let status = resp.status().as_u16();
+                Ok((status, resp.bytes().await.map_err(request_error)?))
+            }
+            Http::Own { write, read } => {
+                let conn = match (side, read) {
+                    (Side::Read, Some(read)) => read,
+                    _ => write,
+                };
+                conn.send(method, path, body).await
+            }
+        }
+    }
+}
+
 /// One closed-loop client.
 pub(super) struct Worker {
-    http: reqwest::Client,
+    http: Http,
     plan: Arc<Plan>,
-    write_base: String,
-    read_base: String,
     rng: StdRng,
     /// kv: the highest log index seen, the session token for session reads.
     token: u64,
@@ -130,18 +181,34 @@ pub(super) fn workers(
     let mut seeds = StdRng::seed_from_u64(cfg.seed);
     (0..cfg.clients)
         .map(|i| {
-            let http = match cfg.pool {
-                Pool::Shared => http.clone(),
-                Pool::PerClient => http_client(cfg.request_timeout, cfg.token.as_ref(), cfg.tls.as_ref())?,
+            let write_base = &plan.write_bases[i % plan.write_bases.len()];
+            let read_base = &plan.read_bases[i % plan.read_bases.len()];
+            let pooled = |client| Http::Pooled {
+                client,
+                write_base: write_base.clone(),
+                read_base: read_base.clone(),
             };
-            Ok(Worker {
-                http,
-                write_base: plan.write_bases[i % plan.write_bases.len()].clone(),
-                read_base: plan.read_bases[i % plan.read_bases.len()].clone(),
-                plan: plan.clone(),
-                rng: StdRng::seed_from_u64(seeds.gen()),
-                token: 0,
-            })
+            let http = match cfg.pool {
+                Pool::Shared => pooled(http.clone()),
+                Pool::PerClient => {
+                    pooled(http_client(cfg.request_timeout, cfg.token.as_ref(), cfg.tls.as_ref())?)
+                }
+                Pool::Connection => {
+                    let conn = |base| -> anyhow::Result<Box<Conn>> {
+                        Ok(Box::new(Conn::new(
+                            base,
+                            cfg.request_timeout,
+                            cfg.token.as_ref(),
+                            cfg.tls.as_ref(),
+                        )?))
+                    };
+                    Http::Own {
+                        write: conn(write_base)?,
+                        read: if read_base == write_base { None } else { Some(conn(read_base)?) },
+                    }
+                }
+            };
+            Ok(Worker { http, plan: plan.clone(), rng: StdRng::seed_from_u64(seeds.gen()), token: 0 })
         })
         .collect()
 }
@@ -211,37 +278,35 @@ impl Worker {
     async fn request(&mut self, op: Op, key: u64) -> Result<Answer, String> {
         let plan = &*self.plan;
         let name = key_name(key);
-        let req = match (plan.protocol, op) {
-            (Protocol::Kv, Op::Write) => self
-                .http
-                .put(format!("{}/v1/kv/{name}{}", self.write_base, plan.kv_write_query))
-                .header(CONTENT_TYPE, "application/json")
-                .body(plan.kv_put_body.clone()),
+        let (side, method, path, body) = match (plan.protocol, op) {
+            (Protocol::Kv, Op::Write) => (
+                Side::Write,
+                Method::PUT,
+                format!("/v1/kv/{name}{}", plan.kv_write_query),
+                Some(plan.kv_put_body.clone()),
+            ),
             (Protocol::Kv, Op::Read) => {
-                let url = if plan.send_token {
-                    format!(
-                        "{}/v1/kv/{name}?consistency={}&token={}",
-                        self.read_base, plan.kv_consistency, self.token
-                    )
+                let path = if plan.send_token {
+                    format!("/v1/kv/{name}?consistency={}&token={}", plan.kv_consistency, self.token)
                 } else {
-                    format!("{}/v1/kv/{name}?consistency={}", self.read_base, plan.kv_consistency)
+                    format!("/v1/kv/{name}?consistency={}", plan.kv_consistency)
                 };
-                self.http.get(url)
+                (Side::Read, Method::GET, path, None)
             }
-            (Protocol::Etcd, Op::Write) => self
-                .http
-                .post(format!("{}/v3/kv/put", self.write_base))
-                .header(CONTENT_TYPE, "application/json")
-                .body(etcd_put_body(&name, &plan.etcd_value_b64)),
-            (Protocol::Etcd, Op::Read) => self
-                .http
-                .post(format!("{}/v3/kv/range", self.read_base))
-                .header(CONTENT_TYPE, "application/json")
-                .body(etcd_range_body(&name, plan.serializable)),
+            (Protocol::Etcd, Op::Write) => (
+                Side::Write,
+                Method::POST,
+                "/v3/kv/put".to_owned(),
+                Some(Bytes::from(etcd_put_body(&name, &plan.etcd_value_b64))),
+            ),
+            (Protocol::Etcd, Op::Read) => (
+                Side::Read,
+                Method::POST,
+                "/v3/kv/range".to_owned(),
+                Some(Bytes::from(etcd_range_body(&name, plan.serializable))),
+            ),
         };
-        let resp = req.send().await.map_err(request_error)?;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(request_error)?;
+        let (status, body) = self.http.send(side, method, &path, body).await?;
         match plan.protocol {
             Protocol::Kv => {
                 let missing = status == 404
