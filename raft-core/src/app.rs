@@ -278,7 +278,98 @@ pub(crate) type Bytes = Arc<[u8]>;
 
 /// The application state: a persistent ordered map, whose clones share
 /// structure and cost O(1).
-pub(crate) type StateMap = imbl::OrdMap<Bytes, Bytes>;
+pub(crate) type StateMap = imbl::OrdMap<Key, Bytes>;
+
+/// How many bytes a [`Key`] holds in place.
+const INLINE_KEY: usize = 22;
+
+/// A key of the application state, ordered as its bytes are.
+///
+/// A key of up to 22 bytes is held in place, inside the map's node; a
+/// longer one behind a shared pointer, as values are. Why: each applied
+/// batch copies every map node it changes (the previous state stays
+/// readable through the views taken of it), and finding a key compares it
+/// with a few keys of each node on the way down. Keys held in place are
+/// copied with the node's memory and compared without following a pointer
+/// to another part of the heap; shared ones cost a reference count's
+/// increment on every copy, and a decrement when the copy is dropped.
+#[derive(Clone)]
+pub(crate) enum Key {
+    /// Bytes `..len` of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY],
+    },
+    Shared(Bytes),
+}
+
+impl Key {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            // At most INLINE_KEY (22): fits in a u8.
+            Key::Inline { len: key.len() as u8, bytes }
+        } else {
+            Key::Shared(key.into())
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
 
 /// Write access to the application state, valid during one `apply` batch.
 ///
@@ -299,6 +390,13 @@ impl AppState<'_> {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         self.data.insert(key.into(), value.into());
         Ok(())
+    }
+
+    /// Stores `value` under `key` and returns the value it replaced: what
+    /// [`AppState::get`] then [`AppState::insert`] would do, finding the
+    /// key once.
+    pub fn replace(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.data.insert(key.into(), value.into()).map(|v| v.to_vec()))
     }
 
     /// Removes `key`; returns whether it was present.
@@ -377,4 +475,62 @@ fn scan_prefix(data: &StateMap, prefix: &[u8], start: &[u8], limit: usize) -> Ve
         .take(limit)
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Byte strings around the length where keys stop being held in place.
+    fn key_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop_oneof![Just(0u8), Just(b'a'), any::<u8>()], 0..=2 * INLINE_KEY)
+    }
+
+    #[test]
+    fn replace_returns_the_value_it_replaced() {
+        let mut data = StateMap::new();
+        let mut state = AppState { data: &mut data };
+        assert_eq!(state.replace(b"k", b"1").unwrap(), None);
+        assert_eq!(state.replace(b"k", b"2").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(state.get(b"k").unwrap(), Some(b"2".to_vec()));
+        let long = [7u8; 2 * INLINE_KEY];
+        assert_eq!(state.replace(&long, b"x").unwrap(), None);
+        assert_eq!(state.replace(&long, b"y").unwrap(), Some(b"x".to_vec()));
+        assert!(state.remove(&long).unwrap());
+        assert_eq!(state.get(&long).unwrap(), None);
+    }
+
+    proptest! {
+        /// A key compares, hashes and reads back as its bytes do, whether
+        /// it is held in place or shared.
+        #[test]
+        fn keys_order_as_their_bytes(a in key_bytes(), b in key_bytes()) {
+            let (ka, kb) = (Key::from(&a[..]), Key::from(&b[..]));
+            prop_assert_eq!(&ka[..], &a[..]);
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            prop_assert_eq!(ka == kb, a == b);
+            prop_assert_eq!(matches!(ka, Key::Inline { .. }), a.len() <= INLINE_KEY);
+        }
+
+        /// The map finds, ranges over and removes keys by their bytes.
+        #[test]
+        fn the_state_map_finds_keys_by_their_bytes(keys in prop::collection::btree_set(key_bytes(), 0..40)) {
+            let mut map = StateMap::new();
+            for k in &keys {
+                map.insert(Key::from(&k[..]), Bytes::from(&k[..]));
+            }
+            for k in &keys {
+                prop_assert_eq!(map.get(&k[..]).map(|v| &v[..]), Some(&k[..]));
+            }
+            let in_order: Vec<&[u8]> = map.keys().map(|k| &k[..]).collect();
+            let expected: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+            prop_assert_eq!(in_order, expected);
+            for k in &keys {
+                prop_assert!(map.remove(&k[..]).is_some());
+            }
+            prop_assert!(map.is_empty());
+        }
+    }
 }

@@ -73,8 +73,8 @@ use serde_bytes::ByteBuf;
 use super::blocking;
 use super::db::{get_value, put_value, Db, DbError, SM};
 use crate::app::{
-    AppState, AppView, ApplyContext, EncodedStateMachine, Published, StateError, StateEvent, StateMachine,
-    StateMap, APP_TABLE,
+    AppState, AppView, ApplyContext, EncodedStateMachine, Key, Published, StateError, StateEvent,
+    StateMachine, StateMap, APP_TABLE,
 };
 use crate::codec;
 use crate::types::{Entry, EntryPayload, LogId, Replies, Snapshot, SnapshotMeta, StoredMembership};
@@ -129,7 +129,7 @@ impl SnapshotData {
         }
         let mut state = StateMap::new();
         for (k, v) in file.pairs {
-            state.insert(k.into_vec().into(), v.into_vec().into());
+            state.insert(Key::from(&k[..]), v.into_vec().into());
         }
         Ok(SnapshotData { state })
     }

@@ -390,7 +390,7 @@ mod tests {
         // A state of a few hundred bytes: several pieces of 64.
         let mut state = crate::app::StateMap::new();
         for i in 0..20u8 {
-            state.insert(vec![i; 8].into(), vec![i; 16].into());
+            state.insert(crate::app::Key::from(&[i; 8][..]), vec![i; 16].into());
         }
         let meta = crate::types::SnapshotMeta {
             last_log_id: Some(log_id(1, 5)),
