@@ -366,14 +366,14 @@ fn change_key(
     value: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, StateError> {
     let map_key = data_key(key);
-    let prev = state.get(&map_key)?;
-    match value {
-        Some(v) => state.insert(&map_key, v)?,
-        None if prev.is_none() => return Ok(None),
+    let prev = match value {
+        Some(v) => state.replace(&map_key, v)?,
         None => {
+            let Some(prev) = state.get(&map_key)? else { return Ok(None) };
             state.remove(&map_key)?;
+            Some(prev)
         }
-    }
+    };
     if let Some(log) = sink.log {
         let value = value.map(<[u8]>::to_vec);
         log.stage(Change {

@@ -10,11 +10,13 @@
 //! state, so a follower shows the same numbers as the leader once it has
 //! applied as far, and a restart does not set them back to zero.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
@@ -28,6 +30,9 @@ use super::Ctx;
 
 type Labels = Vec<(String, String)>;
 
+/// By route: each method and status seen, with its counter and histogram.
+type RequestHandles = HashMap<Box<str>, Vec<(&'static str, u16, Counter, Histogram)>>;
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~3.3 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -38,6 +43,10 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The counter and histogram of each route, method and status seen so
+    /// far (both share their values with the families above), so that
+    /// recording a request of a kind seen before allocates nothing.
+    request_handles: RwLock<RequestHandles>,
     /// Times this node saw the leader change (including to "none").
     pub leader_changes: Counter,
     /// Times this node saw a new term (each is an election somewhere).
@@ -71,6 +80,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("kv")),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            request_handles: RwLock::default(),
             leader_changes: Counter::default(),
             terms_seen: Counter::default(),
             term: Gauge::default(),
@@ -167,16 +177,35 @@ impl Metrics {
         self.watch_ends.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
     }
 
-    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    fn record(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let method = method_label(method);
+        {
+            let handles = self.request_handles.read().unwrap_or_else(|p| p.into_inner());
+            let seen =
+                handles.get(route).and_then(|l| l.iter().find(|(m, s, ..)| *m == method && *s == status));
+            if let Some((_, _, count, latency)) = seen {
+                count.inc();
+                latency.observe(seconds);
+                return;
+            }
+        }
         let labels = vec![
             ("route".to_string(), route.to_string()),
             ("method".to_string(), method.to_string()),
             ("status".to_string(), status.to_string()),
         ];
-        self.requests.get_or_create(&labels).inc();
+        let count = self.requests.get_or_create(&labels).clone();
         let labels =
             vec![("route".to_string(), route.to_string()), ("method".to_string(), method.to_string())];
-        self.latency.get_or_create(&labels).observe(seconds);
+        let latency = self.latency.get_or_create(&labels).clone();
+        count.inc();
+        latency.observe(seconds);
+        let mut handles = self.request_handles.write().unwrap_or_else(|p| p.into_inner());
+        let kinds = handles.entry(route.into()).or_default();
+        // Another request of the same kind may have come first.
+        if !kinds.iter().any(|(m, s, ..)| *m == method && *s == status) {
+            kinds.push((method, status, count, latency));
+        }
     }
 
     /// Counts a request that `auth` refused, by `reason` (`unauthenticated`
@@ -194,12 +223,31 @@ impl Default for Metrics {
 
 /// The middleware that counts and times every request by its route.
 pub async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    ctx.metrics.record(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    ctx.metrics.record(route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
+}
+
+/// A method's label: its name if HTTP defines it, else `OTHER`, so that a
+/// client cannot add a label value per made-up method.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+    KNOWN.iter().position(|m| m == method).map_or("OTHER", |i| NAMES[i])
 }
 
 /// `GET /metrics`.
@@ -249,4 +297,54 @@ pub async fn scrape(State(ctx): State<Ctx>) -> Response {
         return super::error::ApiError::internal(format!("encoding metrics: {e}")).into_response();
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        encode(&mut out, &m.registry.lock().unwrap()).unwrap();
+        out
+    }
+
+    /// Requests are counted by kind, also once the kind's handles are
+    /// cached, and a made-up method gets one label value for all.
+    #[test]
+    fn requests_are_counted_by_route_method_and_status() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.record("/v1/kv/{*key}", &Method::PUT, 200, 0.001);
+        }
+        m.record("/v1/kv/{*key}", &Method::PUT, 503, 0.001);
+        m.record("/v1/kv/{*key}", &Method::GET, 200, 0.001);
+        for name in ["FOO", "BAR"] {
+            m.record("/health", &Method::from_bytes(name.as_bytes()).unwrap(), 405, 0.001);
+        }
+        let out = text(&m);
+        let count = |labels: &str| {
+            let prefix = format!("kv_http_requests_total{{{labels}}} ");
+            out.lines().find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+        };
+        assert_eq!(
+            count(r#"route="/v1/kv/{*key}",method="PUT",status="200""#).as_deref(),
+            Some("3"),
+            "{out}"
+        );
+        assert_eq!(
+            count(r#"route="/v1/kv/{*key}",method="PUT",status="503""#).as_deref(),
+            Some("1"),
+            "{out}"
+        );
+        assert_eq!(
+            count(r#"route="/v1/kv/{*key}",method="GET",status="200""#).as_deref(),
+            Some("1"),
+            "{out}"
+        );
+        assert_eq!(count(r#"route="/health",method="OTHER",status="405""#).as_deref(), Some("2"), "{out}");
+        assert!(!out.contains("FOO") && !out.contains("BAR"), "{out}");
+        let seconds = r#"kv_http_request_seconds_count{route="/v1/kv/{*key}",method="PUT"} 4"#;
+        assert!(out.lines().any(|l| l == seconds), "{out}");
+    }
 }
