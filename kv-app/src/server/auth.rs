@@ -1,7 +1,9 @@
 //! Who may call which route: bearer tokens for clients, a cluster secret
-//! for nodes, checked by a middleware ([`check`]) before any handler runs.
+//! for nodes, checked ([`admit`]) before any handler runs, by the one
+//! middleware every request goes through (`metrics::track`, so that a
+//! refused request is counted and timed like the rest).
 //!
-//! Without `--token-file` the middleware lets everything through and the
+//! Without `--token-file` everything is let through and the
 //! API is open to anyone who can reach it, as it always was. With it:
 //!
 //! * A client sends `Authorization: Bearer <token>`. The token's line in
@@ -33,13 +35,13 @@
 //! A production system would also rate-limit failed attempts and could
 //! accept a node's TLS client certificate in place of the cluster secret.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kv_client::api::codes;
 
@@ -249,7 +251,7 @@ impl Auth {
 
     /// Whether the sender of `headers` may make a request that needs
     /// `access`; `what` names the request in a refusal.
-    fn authorize(&self, access: Access, headers: &HeaderMap, what: &str) -> Result<(), Refusal> {
+    fn authorize(&self, access: Access, headers: &HeaderMap, what: impl fmt::Display) -> Result<(), Refusal> {
         if access == Access::Open {
             return Ok(());
         }
@@ -314,23 +316,19 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The middleware: lets a request through to its handler only if its
-/// caller may make it (everything, when auth is off).
-pub async fn check(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let Some(auth) = &ctx.auth else {
-        return next.run(req).await;
-    };
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let access = access(req.method(), route.as_deref());
-    let what = format!("{} {}", req.method(), req.uri().path());
-    match auth.authorize(access, req.headers(), &what) {
-        Ok(()) => next.run(req).await,
-        Err(refusal) => {
-            tracing::debug!(node_id = ctx.id, request = %what, reason = refusal.reason(), ?refusal, "refused");
-            ctx.metrics.auth_refused(refusal.reason());
-            refusal.into_response()
-        }
-    }
+/// Whether `req` may go on to its handler: `Err` holds the refusal to
+/// answer instead, already logged and counted. With auth off, every
+/// request may.
+pub fn admit(ctx: &Ctx, req: &Request) -> Result<(), Response> {
+    let Some(auth) = &ctx.auth else { return Ok(()) };
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let access = access(req.method(), route);
+    let (method, path) = (req.method(), req.uri().path());
+    auth.authorize(access, req.headers(), format_args!("{method} {path}")).map_err(|refusal| {
+        tracing::debug!(node_id = ctx.id, %method, path, reason = refusal.reason(), ?refusal, "refused");
+        ctx.metrics.auth_refused(refusal.reason());
+        refusal.into_response()
+    })
 }
 
 #[cfg(test)]

@@ -221,12 +221,18 @@ impl Default for Metrics {
     }
 }
 
-/// The middleware that counts and times every request by its route.
+/// The middleware every request goes through: it checks the caller
+/// ([`super::auth::admit`]), then counts and times the request by its
+/// route, refused ones included. One middleware, not one for each: each
+/// costs a boxed future and a copy of the service per request.
 pub async fn track(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = match super::auth::admit(&ctx, &req) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal,
+    };
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     ctx.metrics.record(route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp

@@ -408,7 +408,7 @@ fn check_https_names(config: &ServerConfig, tls: &tls::HttpTls, bound: SocketAdd
 fn router(ctx: Ctx) -> Router {
     // A value may arrive base64-encoded (4/3 larger) inside a JSON body.
     let body_limit = ctx.config.max_value_bytes.saturating_mul(4) / 3 + 64 * 1024;
-    let routes = Router::new()
+    Router::new()
         .route("/health", get(cluster::health))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/kv", get(kv::list))
@@ -431,15 +431,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/cluster/transfer-leader", post(cluster::transfer_leader))
         .route("/v1/internal/read-index", post(kv::read_index))
         .fallback(cluster::not_found)
-        .method_not_allowed_fallback(cluster::method_not_allowed);
-    // Only with a token file: without one nothing is checked, and a layer
-    // that only passes requests on costs a boxed future per request. Inside
-    // `track`, so refused requests are counted and timed too.
-    let routes = match &ctx.auth {
-        Some(_) => routes.layer(axum::middleware::from_fn_with_state(ctx.clone(), auth::check)),
-        None => routes,
-    };
-    routes
+        .method_not_allowed_fallback(cluster::method_not_allowed)
+        // Checks the caller too (`auth::admit`).
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ctx)
