@@ -30,7 +30,7 @@
 #   --keep           keep the data directories and logs (path printed at exit)
 #   --pool P         kvctl bench's --pool: connection (default: each client its own
 #                    bare HTTP/1.1 connection), shared or per-client (reqwest's pool)
-#   --wrk            also run the puts at 1 and 64 connections with wrk, a lighter
+#   --wrk            also run the puts at 1, 64 and 256 connections with wrk, a lighter
 #                    generator (scripts/wrk/*.lua), against each leader, and print
 #                    a second table (installs wrk with apt-get if missing)
 #
@@ -219,7 +219,7 @@ if [[ "$use_wrk" -eq 1 ]]; then
   etcd_leader="$(etcdctl --endpoints="$etcd_endpoints" endpoint status -w json |
     jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')"
   wrk_rows=""
-  for conns in 1 64; do
+  for conns in 1 64 256; do
     log "wrk: kv and etcd, puts over $conns connection(s)"
     kv="$(wrk_puts "http://$kv_leader" "$conns" scripts/wrk/kv-put.lua "$warmup" "$seconds" "$tmp/results/wrk-kv-$conns.txt")"
     etcd="$(wrk_puts "$etcd_leader" "$conns" scripts/wrk/etcd-put.lua "$warmup" "$seconds" "$tmp/results/wrk-etcd-$conns.txt")"
