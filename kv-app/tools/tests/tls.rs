@@ -86,6 +86,26 @@ fn kvctl_speaks_https_with_a_client_certificate() {
         assert_eq!((&report["ops"], &report["errors"]), (&20.into(), &0.into()), "{pool}: {report}");
     }
 
+    // The load generator on its own connections says why TLS failed.
+    let load = ["--json", "bench", "--pool", "connection", "--ops", "4", "--warmup", "0", "--keys", "10"];
+    let out = kvctl(&[&["--endpoints", &http, "--cacert", &cacert][..], &load].concat());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&String> = report["error_kinds"].as_object().unwrap().keys().collect();
+    assert!(
+        !kinds.is_empty() && kinds.iter().all(|k| k.contains("requires a client certificate")),
+        "without a client certificate: {report}"
+    );
+    let out = kvctl(
+        &[&["--endpoints", &http, "--cacert", &cert, "--cert", &cert, "--key", &key][..], &load].concat(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&String> = report["error_kinds"].as_object().unwrap().keys().collect();
+    assert!(
+        !kinds.is_empty()
+            && kinds.iter().all(|k| k.starts_with("tls: ") && k.contains("not signed by the CA")),
+        "trusting another CA: {report}"
+    );
+
     // Without a client certificate: refused, exit 2, and the reason.
     let out = kvctl(&["--endpoints", &http, "--cacert", &cacert, "put", "greeting", "bye"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

@@ -1,7 +1,7 @@
 //! `--pool connection`: each worker owns one bare HTTP/1.1 connection and
 //! drives it from its own task, as wrk's workers do.
 //!
-//! reqwest's pooled client is the default: it is what an application would
+//! reqwest's pooled client (`--pool shared`) is what an application would
 //! use. But it pays per request for what a closed loop on one connection
 //! does not need: parsing the URL, looking up and returning a pooled
 //! connection, and a hand-off between the worker's task and the task that
@@ -100,8 +100,8 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole answer: its status and body.
-    /// Errors are short names (`"connect"`, `"timeout"`, hyper's words),
-    /// as the report counts them.
+    /// Errors are short names (`"connect"`, `"timeout"`, `"tls: ..."` with
+    /// what a TLS failure means, hyper's words), as the report counts them.
     pub(super) async fn send(
         &mut self,
         method: Method,
@@ -133,7 +133,7 @@ impl Conn {
         }
         if self.live.is_none() {
             let opened = open(&self.authority, self.tls.as_ref()).await;
-            self.live = Some(opened.map_err(|_| "connect".to_owned())?);
+            self.live = Some(opened.map_err(|e| error_name(e.as_ref(), "connect"))?);
         }
         let mut req = Request::builder().method(method).uri(path).header(HOST, self.host_header.clone());
         if body.is_some() {
@@ -155,18 +155,32 @@ impl Conn {
         // Drive the socket on this task until the answer is whole.
         tokio::select! {
             biased;
-            result = &mut answer => result.map_err(|e| e.to_string()),
+            result = &mut answer => result.map_err(|e| hyper_error(&e)),
             ended = conn => match ended {
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(hyper_error(&e)),
                 // Closed cleanly: an answer that is not whole by now never
                 // will be.
                 Ok(()) => match answer.now_or_never() {
-                    Some(result) => result.map_err(|e| e.to_string()),
+                    Some(result) => result.map_err(|e| hyper_error(&e)),
                     None => Err("connection closed".to_owned()),
                 },
             },
         }
     }
+}
+
+/// `"tls: "` and what the failure means if TLS is why `e` happened (a
+/// server certificate this client does not trust, a client certificate the
+/// server wants), else `otherwise`.
+fn error_name(e: &(dyn std::error::Error + 'static), otherwise: &str) -> String {
+    match kv_client::tls::tls_error(e) {
+        Some(tls) => format!("tls: {}", kv_client::tls::describe(tls)),
+        None => otherwise.to_owned(),
+    }
+}
+
+fn hyper_error(e: &hyper::Error) -> String {
+    error_name(e, &e.to_string())
 }
 
 /// Opens a connection to `authority`, over TLS if `tls` is given.
